@@ -1,0 +1,105 @@
+using System.Diagnostics;
+using Beagle.Drafting;
+using Beagle.Models;
+using Beagle.Tokenization;
+
+namespace Beagle.Decoding;
+
+/// <summary>
+/// The decode loop (the only one in the project): prefill, then rounds of the chosen strategy (plain or speculative),
+/// with EOS, stop strings, token limits, UTF-8-safe streaming and cancellation handled here once.
+/// Not thread-safe: TorchSharp state is per thread; run one generation at a time per Generator (see BeagleEngine).
+/// </summary>
+public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftModel? draft = null)
+{
+    public LlamaModel Target { get; } = target;
+    public ITokenizer Tokenizer { get; } = tokenizer;
+    public IDraftModel? Draft { get; } = draft;
+
+    /// <summary>Encodes <paramref name="prompt"/> and streams the completion.</summary>
+    public IEnumerable<GenerationChunk> Generate(string prompt, GenerationOptions options, GenerationStats? stats = null, CancellationToken cancellationToken = default)
+        => Generate(Tokenizer.Encode(prompt, options.AddBos && Tokenizer.BosId >= 0), options, stats, cancellationToken);
+
+    /// <summary>Streams the completion of <paramref name="promptIds"/>. Throws OperationCanceledException when cancelled.</summary>
+    public IEnumerable<GenerationChunk> Generate(IReadOnlyList<int> promptIds, GenerationOptions options, GenerationStats? stats = null, CancellationToken cancellationToken = default)
+    {
+        options.Validate();
+        if (promptIds.Count == 0) throw new ArgumentException("the prompt is empty: give at least one token (e.g. BOS)", nameof(promptIds));
+        int ctx = Target.Config.MaxSeqLen;
+        if (promptIds.Count >= ctx)
+            throw new ArgumentException($"the prompt has {promptIds.Count} tokens but the model's context is {ctx}; shorten it to at most {ctx - 1} tokens", nameof(promptIds));
+        foreach (var id in promptIds)
+            if ((uint)id >= (uint)Target.Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(promptIds), $"token id {id} is outside the vocabulary (size {Target.Config.VocabSize})");
+        return Run(promptIds.ToArray(), options, stats ?? new GenerationStats(), cancellationToken);
+    }
+
+    /// <summary>Runs to the end and returns the whole completion.</summary>
+    public GenerationResult Complete(string prompt, GenerationOptions options, CancellationToken cancellationToken = default)
+    {
+        var stats = new GenerationStats();
+        var text = new System.Text.StringBuilder(); var ids = new List<int>();
+        foreach (var c in Generate(prompt, options, stats, cancellationToken)) { text.Append(c.Text); ids.AddRange(c.TokenIds); }
+        return new GenerationResult(text.ToString(), ids.ToArray(), stats);
+    }
+
+    IEnumerable<GenerationChunk> Run(int[] prompt, GenerationOptions o, GenerationStats stats, CancellationToken ct)
+    {
+        ct.ThrowIfCancellationRequested();
+        stats.PromptTokens = prompt.Length;
+        if (o.MaxNewTokens == 0) { stats.FinishReason = FinishReason.Length; yield break; }
+        var eos = Target.Config.EosIds;
+        var sampler = new Sampler(o.Sampling);
+        using var cache = Target.NewCache();
+        using var strategy = CreateStrategy(cache, sampler, stats, o);
+        var decoder = new StreamingDecoder(Tokenizer, prompt[^1]);
+        var stops = new StopStringMatcher(o.StopStrings);
+
+        long t0 = Stopwatch.GetTimestamp();
+        int pending;
+        using (var pre = Target.Forward(cache, prompt, Enumerable.Range(0, prompt.Length).ToArray(), lastLogitsOnly: true))
+            pending = strategy.Start(pre, prompt);
+        stats.PrefillSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        long tDecode = Stopwatch.GetTimestamp();
+
+        int[] batch = [pending];
+        bool first = true;
+        while (true)
+        {
+            var emitted = new List<int>(batch.Length);
+            string text = "";
+            bool done = false;
+            foreach (var tok in batch)
+            {
+                if (eos.Contains(tok)) { stats.FinishReason = FinishReason.EndOfSequence; done = true; break; }
+                emitted.Add(tok);
+                stats.NewTokens++;
+                text += stops.Push(decoder.Append(tok));
+                if (stops.Stopped) { stats.FinishReason = FinishReason.StopString; done = true; break; }
+                if (stats.NewTokens >= o.MaxNewTokens) { stats.FinishReason = FinishReason.Length; done = true; break; }
+            }
+            if (!first) stats.RoundTokens += batch.Length;
+            first = false;
+            if (done && stats.FinishReason != FinishReason.StopString) text += stops.Push(decoder.Flush()) + stops.Flush();
+            stats.DecodeSeconds = Stopwatch.GetElapsedTime(tDecode).TotalSeconds;
+            if (emitted.Count > 0 || text.Length > 0) yield return new GenerationChunk(emitted.ToArray(), text);
+            if (done) yield break;
+
+            ct.ThrowIfCancellationRequested();
+            batch = strategy.Step(batch[^1]);
+            if (batch.Length == 0)
+            {
+                stats.FinishReason = FinishReason.ContextFull;
+                var tail = stops.Push(decoder.Flush()) + stops.Flush();
+                stats.DecodeSeconds = Stopwatch.GetElapsedTime(tDecode).TotalSeconds;
+                if (tail.Length > 0) yield return new GenerationChunk([], tail);
+                yield break;
+            }
+        }
+    }
+
+    IDecodeStrategy CreateStrategy(KvCache cache, Sampler sampler, GenerationStats stats, GenerationOptions o)
+    {
+        if (Draft is null || o.Speculative is null || o.Speculative.Disabled) return new PlainStrategy(Target, cache, sampler, stats);
+        return SpeculativeStrategyFactory.Create(Target, Draft, cache, sampler, stats, o.Speculative);
+    }
+}

@@ -1,0 +1,27 @@
+namespace Beagle.Decoding;
+
+/// <summary>
+/// Draft-tree budget for speculative decoding (EAGLE-2 dynamic tree, beagle-method.md section 3).
+/// A null field means "use the budget measured for this machine and model" (see TreeBudget).
+/// </summary>
+public sealed record SpeculativeOptions
+{
+    /// <summary>Tokens verified per round, including the root (the last accepted token). 2..256.</summary>
+    public int? TreeTokens { get; init; }
+    /// <summary>Draft steps per round (tree depth). 1..32.</summary>
+    public int? TreeDepth { get; init; }
+    /// <summary>Children expanded per frontier node and frontier width. 1..64; 1 = a chain.</summary>
+    public int? TreeTopK { get; init; }
+    /// <summary>Deeper draft nodes see their ancestors' draft states ("concate", on by default).</summary>
+    public bool ConcatDraftStates { get; init; } = true;
+    /// <summary>Turn speculation off and decode plainly (still counts statistics).</summary>
+    public bool Disabled { get; init; }
+
+    public SpeculativeOptions Validate()
+    {
+        if (TreeTokens is { } n && (n < 2 || n > 256)) throw new ArgumentOutOfRangeException(nameof(TreeTokens), n, "tree tokens must be in [2, 256]");
+        if (TreeDepth is { } d && (d < 1 || d > 32)) throw new ArgumentOutOfRangeException(nameof(TreeDepth), d, "tree depth must be in [1, 32]");
+        if (TreeTopK is { } k && (k < 1 || k > 64)) throw new ArgumentOutOfRangeException(nameof(TreeTopK), k, "tree top-k must be in [1, 64]");
+        return this;
+    }
+}

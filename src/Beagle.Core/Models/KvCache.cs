@@ -1,0 +1,78 @@
+using static TorchSharp.torch;
+
+namespace Beagle.Models;
+
+/// <summary>
+/// A key/value cache for one sequence, allocated once at its full capacity (no concatenation per step).
+/// Layout per layer: [capacity, kvHeads, headDim], slot-major, so writing T new positions is one
+/// <c>index_copy_</c>. Slots [0, Length) hold committed positions. A forward writes its T positions at
+/// [Length, Length+T) and advances Length; tree verification then keeps only the accepted slots with
+/// <see cref="KeepSlots"/>. The cache owns its tensors (they live outside any dispose scope) and frees them on Dispose.
+/// </summary>
+public sealed class KvCache : IDisposable
+{
+    readonly Tensor _k, _v;                 // [L, capacity, kvH, hd]
+    internal readonly Tensor[] K, V;        // per-layer views [capacity, kvH, hd]
+
+    public int Capacity { get; }
+    /// <summary>Number of committed positions.</summary>
+    public int Length { get; private set; }
+
+    internal KvCache(ModelConfig c, int capacity, Device device)
+    {
+        Capacity = capacity;
+        using var scope = NewDisposeScope();
+        _k = zeros([c.Layers, capacity, c.KvHeads, c.EffectiveHeadDim], device: device).DetachFromDisposeScope();
+        _v = zeros([c.Layers, capacity, c.KvHeads, c.EffectiveHeadDim], device: device).DetachFromDisposeScope();
+        K = new Tensor[c.Layers]; V = new Tensor[c.Layers];
+        for (int l = 0; l < c.Layers; l++) { K[l] = _k[l].DetachFromDisposeScope(); V[l] = _v[l].DetachFromDisposeScope(); }
+    }
+
+    /// <summary>Reserves T slots for a forward; returns the first slot. Throws when the sequence would exceed capacity.</summary>
+    internal int Advance(int count)
+    {
+        if (Length + count > Capacity)
+            throw new InvalidOperationException($"sequence of {Length + count} positions exceeds the context length {Capacity}");
+        int start = Length;
+        Length += count;
+        return start;
+    }
+
+    /// <summary>Forgets every position from <paramref name="length"/> on.</summary>
+    public void Rewind(int length)
+    {
+        if (length < 0 || length > Length) throw new ArgumentOutOfRangeException(nameof(length));
+        Length = length;
+    }
+
+    /// <summary>
+    /// Keeps the given slots (each &gt;= <paramref name="start"/>, in order) as positions start, start+1, …, and drops the
+    /// rest. Used after tree verification: slots are the accepted path's tree slots. Two ops per tensor, all layers at once.
+    /// </summary>
+    public void KeepSlots(int start, ReadOnlySpan<long> slots)
+    {
+        if (start < 0 || start > Length) throw new ArgumentOutOfRangeException(nameof(start));
+        bool identity = true;
+        for (int i = 0; i < slots.Length; i++)
+        {
+            if (slots[i] < start || slots[i] >= Length) throw new ArgumentOutOfRangeException(nameof(slots), $"slot {slots[i]} is outside [{start}, {Length})");
+            if (slots[i] != start + i) identity = false;
+        }
+        if (!identity)
+        {
+            using var scope = NewDisposeScope();
+            var src = tensor(slots.ToArray(), device: _k.device);
+            var dst = arange(start, start + slots.Length, dtype: ScalarType.Int64, device: _k.device);
+            _k.index_copy_(1, dst, _k.index_select(1, src));
+            _v.index_copy_(1, dst, _v.index_select(1, src));
+        }
+        Length = start + slots.Length;
+    }
+
+    public void Dispose()
+    {
+        foreach (var t in K) t.Dispose();
+        foreach (var t in V) t.Dispose();
+        _k.Dispose(); _v.Dispose();
+    }
+}

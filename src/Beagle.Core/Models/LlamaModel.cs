@@ -1,0 +1,244 @@
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Beagle.Models;
+
+/// <summary>What one target forward returns. Both tensors are owned by the caller (outside the forward's dispose scope).</summary>
+/// <param name="Logits">[T, V] (or [1, V] when only the last row was asked for).</param>
+/// <param name="Hidden">[T, D]: the top hidden state of every position, i.e. the LM head's input (after the final norm).</param>
+public sealed record ForwardOutput(Tensor Logits, Tensor Hidden) : IDisposable
+{
+    public void Dispose() { Logits.Dispose(); Hidden.Dispose(); }
+}
+
+/// <summary>
+/// A Llama-family decoder (llama2.c, Llama 2/3, Qwen2, Mistral) for inference, in fp32.
+///
+/// Built for a small number of tensor ops per layer, because on a CPU at stories260K's size each op costs a few
+/// microseconds of overhead and the FLOPs are negligible (issue #2): q, k, their rotary partners and v come out of one
+/// fused matmul with the RMSNorm weight folded in; rotary is one mul and one addcmul; the output and down projections
+/// add the residual in the same addmm; gate and up share one matmul; the KV cache is written in place.
+/// Folding the norm weight into the matmul changes rounding only at the 1e-7 level; the golden tests hold it to the
+/// reference's tokens and to 1e-4 on logits.
+/// </summary>
+public sealed class LlamaModel : IDisposable
+{
+    sealed class Layer : IDisposable
+    {
+        public required Tensor WqkvT;   // [D, 2*(Q+K) + K]: q | k | q-partner | k-partner | v, attn norm folded in
+        public Tensor? Bqkv;            // [2*(Q+K) + K] or null
+        public required Tensor WoT;     // [Q, D]
+        public required Tensor W13T;    // [D, 2*Hff]: gate | up, ffn norm folded in
+        public required Tensor W2T;     // [Hff, D]
+        public void Dispose() { WqkvT.Dispose(); Bqkv?.Dispose(); WoT.Dispose(); W13T.Dispose(); W2T.Dispose(); }
+    }
+
+    readonly Layer[] _layers;
+    readonly Tensor _finalNorm;   // [D]
+    readonly Tensor _lmHeadT;     // [D, V]
+    readonly RotaryTables _rope;
+    readonly int _q, _kv, _hd, _h, _kvh, _g;
+
+    public ModelConfig Config { get; }
+    public Device Device { get; }
+    /// <summary>[V, D], frozen. Shared with drafts (they must not modify it).</summary>
+    public Tensor Embedding { get; }
+    /// <summary>[V, D], frozen. Same tensor as <see cref="Embedding"/> when the model ties them.</summary>
+    public Tensor LmHeadWeight { get; }
+    /// <summary>[D] final RMSNorm weight.</summary>
+    public Tensor FinalNormWeight => _finalNorm;
+
+    public LlamaModel(LlamaWeights w, Device? device = null)
+    {
+        Config = w.Config.Validate();
+        Device = device ?? CPU;
+        var c = Config;
+        (_hd, _h, _kvh, _g, _q, _kv) = (c.EffectiveHeadDim, c.Heads, c.KvHeads, c.GroupSize, c.QDim, c.KvDim);
+        _rope = new RotaryTables(_hd, c.MaxSeqLen, c.RopeTheta, c.RopeLayout, c.RopeScaling, Device);
+
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        Tensor Keep(Tensor t) => t.to(float32).to(Device).contiguous().DetachFromDisposeScope();
+
+        Embedding = Keep(w.TokenEmbedding);
+        LmHeadWeight = w.LmHead is null ? Embedding : Keep(w.LmHead);
+        _lmHeadT = Keep(LmHeadWeight.t());
+        _finalNorm = Keep(w.FinalNorm);
+
+        // Row permutation that maps each head dimension to its rotary partner, for q (H heads) and k (kvH heads).
+        long[] PartnerRows(int heads)
+        {
+            var idx = new long[heads * _hd];
+            for (int h = 0; h < heads; h++) for (int j = 0; j < _hd; j++) idx[h * _hd + j] = h * _hd + _rope.Pair[j];
+            return idx;
+        }
+        var qPair = tensor(PartnerRows(_h)); var kPair = tensor(PartnerRows(_kvh));
+
+        _layers = new Layer[c.Layers];
+        for (int l = 0; l < c.Layers; l++)
+        {
+            var lw = w.Layers[l];
+            var an = lw.AttnNorm.unsqueeze(0);
+            var wq = lw.Wq * an; var wk = lw.Wk * an; var wv = lw.Wv * an;
+            var wqkv = cat([wq, wk, wq.index_select(0, qPair), wk.index_select(0, kPair), wv], 0);   // [2(Q+K)+K, D]
+            Tensor? b = null;
+            if (c.QkvBias)
+            {
+                if (lw.Bq is null || lw.Bk is null || lw.Bv is null) throw new InvalidDataException($"layer {l}: qkv bias expected (qwen2) but missing");
+                b = Keep(cat([lw.Bq, lw.Bk, lw.Bq.index_select(0, qPair), lw.Bk.index_select(0, kPair), lw.Bv], 0));
+            }
+            var fn = lw.FfnNorm.unsqueeze(0);
+            _layers[l] = new Layer
+            {
+                WqkvT = Keep(wqkv.t()),
+                Bqkv = b,
+                WoT = Keep(lw.Wo.t()),
+                W13T = Keep(cat([lw.W1 * fn, lw.W3 * fn], 0).t()),
+                W2T = Keep(lw.W2.t()),
+            };
+        }
+    }
+
+    /// <summary>A fresh KV cache for one sequence of at most <paramref name="capacity"/> positions (default: the model's context).</summary>
+    public KvCache NewCache(int? capacity = null)
+    {
+        int cap = capacity ?? Config.MaxSeqLen;
+        if (cap <= 0 || cap > Config.MaxSeqLen) throw new ArgumentOutOfRangeException(nameof(capacity), $"capacity must be in [1, {Config.MaxSeqLen}], got {cap}");
+        return new KvCache(Config, cap, Device);
+    }
+
+    /// <summary>
+    /// Runs T new tokens of one sequence through the model, writing their keys and values into
+    /// <paramref name="cache"/> at slots [cache.Length, cache.Length+T) and advancing cache.Length by T.
+    /// </summary>
+    /// <param name="tokens">T token ids.</param>
+    /// <param name="positions">T rotary positions (for a chain: Length..Length+T-1; for a tree: Length + depth).</param>
+    /// <param name="mask">[T, Length+T] bool, true = may attend; null = causal over the new tokens, all cached slots visible.</param>
+    /// <param name="lastLogitsOnly">Compute logits for the last row only (prefill); Hidden still covers all T rows.</param>
+    public ForwardOutput Forward(KvCache cache, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, Tensor? mask = null, bool lastLogitsOnly = false)
+    {
+        int T = tokens.Length;
+        if (T == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
+        if (positions.Length != T) throw new ArgumentException($"{positions.Length} positions for {T} tokens", nameof(positions));
+        int start = cache.Length;
+        int S = start + T;
+        if (mask is not null && (mask.shape.Length != 2 || mask.shape[0] != T || mask.shape[1] != S))
+            throw new ArgumentException($"mask must be [{T}, {S}], got [{string.Join(", ", mask.shape)}]", nameof(mask));
+        var vocab = Config.VocabSize;
+        var tokArr = new long[T]; var posArr = new long[T];
+        for (int i = 0; i < T; i++)
+        {
+            if ((uint)tokens[i] >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (size {vocab})");
+            if ((uint)positions[i] >= (uint)_rope.MaxPositions) throw new ArgumentOutOfRangeException(nameof(positions), $"position {positions[i]} is beyond the context length {_rope.MaxPositions}");
+            tokArr[i] = tokens[i]; posArr[i] = positions[i];
+        }
+        cache.Advance(T);
+
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var pos = tensor(posArr, device: Device);
+        var x = Embedding.index_select(0, tensor(tokArr, device: Device));            // [T, D]
+        var cos = _rope.Cos.index_select(0, pos).unsqueeze(1);                         // [T, 1, hd]
+        var sin = _rope.SinSigned.index_select(0, pos).unsqueeze(1);
+        var slots = T == 1 ? tensor(new long[] { start }, device: Device) : arange(start, S, dtype: ScalarType.Int64, device: Device);
+
+        Tensor? m = mask;
+        if (m is null && (T > 1 || (Config.SlidingWindow is { } w0 && S > w0)))
+            m = CausalMask(T, start, posArr);
+        if (m is not null && _g > 1) m = m.repeat(_g, 1);                              // rows ordered (group, t)
+
+        for (int l = 0; l < _layers.Length; l++)
+        {
+            var (k, v, q) = Project(_layers[l], x, cos, sin, 1, T);                    // k, v: [T, kvH, hd]
+            cache.K[l].index_copy_(0, slots, k);
+            cache.V[l].index_copy_(0, slots, v);
+            var kk = cache.K[l].narrow(0, 0, S).permute(1, 0, 2).unsqueeze(0);         // [1, kvH, S, hd]
+            var vv = cache.V[l].narrow(0, 0, S).permute(1, 0, 2).unsqueeze(0);
+            x = AttendAndMlp(_layers[l], x, q, kk, vv, m, 1, T);
+        }
+        var hidden = RmsNorm(x).mul_(_finalNorm);                                      // [T, D]
+        var logits = (lastLogitsOnly ? hidden.narrow(0, T - 1, 1) : hidden).mm(_lmHeadT);
+        return new ForwardOutput(logits.MoveToOuterDisposeScope(), hidden.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>
+    /// Top hidden states of a batch of sequences, causal, no cache (feature extraction for training).
+    /// tokens: [B, T] int64, positions 0..T-1. Returns [B, T, D], owned by the caller.
+    /// </summary>
+    public Tensor HiddenStates(Tensor tokens)
+    {
+        if (tokens.dim() != 2) throw new ArgumentException("tokens must be [B, T]", nameof(tokens));
+        int B = (int)tokens.shape[0], T = (int)tokens.shape[1];
+        if (T > Config.MaxSeqLen) throw new ArgumentException($"sequence length {T} exceeds the context length {Config.MaxSeqLen}");
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var x = Embedding.index_select(0, tokens.reshape(-1).to(Device));               // [B*T, D]
+        var cos = _rope.Cos.narrow(0, 0, T).repeat(B, 1).unsqueeze(1);                 // [B*T, 1, hd]
+        var sin = _rope.SinSigned.narrow(0, 0, T).repeat(B, 1).unsqueeze(1);
+        var posArr = new long[T]; for (int i = 0; i < T; i++) posArr[i] = i;
+        var m = CausalMask(T, 0, posArr);
+        if (_g > 1) m = m.repeat(_g, 1);
+        foreach (var layer in _layers)
+        {
+            var (k, v, q) = Project(layer, x, cos, sin, B, T);
+            var kk = k.view(B, T, _kvh, _hd).permute(0, 2, 1, 3);                      // [B, kvH, T, hd]
+            var vv = v.view(B, T, _kvh, _hd).permute(0, 2, 1, 3);
+            x = AttendAndMlp(layer, x, q, kk, vv, m, B, T);
+        }
+        return RmsNorm(x).mul_(_finalNorm).view(B, T, -1).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Logits through the frozen LM head: hidden [..., D] → [..., V].</summary>
+    public Tensor Logits(Tensor hidden) => matmul(hidden, _lmHeadT);
+
+    /// <summary>[T, start+T] bool: row i (position pos[i], slot start+i) sees slots ≤ start+i within the sliding window.</summary>
+    Tensor CausalMask(int T, int start, long[] pos)
+    {
+        int S = start + T;
+        var data = new bool[T * S];
+        int window = Config.SlidingWindow ?? int.MaxValue;
+        for (int i = 0; i < T; i++)
+            for (int j = 0; j <= start + i; j++)
+                data[i * S + j] = (start + i) - j < window;
+        return tensor(data, [T, S], device: Device);
+    }
+
+    Tensor RmsNorm(Tensor x) => x * x.square().mean([-1], keepdim: true).add_(Config.NormEps).rsqrt_();
+
+    (Tensor k, Tensor v, Tensor q) Project(Layer layer, Tensor x, Tensor cos, Tensor sin, int B, int T)
+    {
+        int n = B * T, qk = _q + _kv;
+        var h = RmsNorm(x);
+        var qkv = layer.Bqkv is null ? h.mm(layer.WqkvT) : addmm(layer.Bqkv, h, layer.WqkvT, 1, 1);   // [n, 2qk + kv]
+        var a = qkv.narrow(1, 0, qk).view(n, _h + _kvh, _hd);
+        var p = qkv.narrow(1, qk, qk).view(n, _h + _kvh, _hd);
+        var r = addcmul(a * cos, p, sin, 1);                                                    // rotary, [n, H+kvH, hd]
+        var q = r.narrow(1, 0, _h);                                                           // [n, H, hd]
+        var k = r.narrow(1, _h, _kvh);                                                        // [n, kvH, hd]
+        var v = qkv.narrow(1, 2 * qk, _kv).view(n, _kvh, _hd);
+        return (k, v, q);
+    }
+
+    Tensor AttendAndMlp(Layer layer, Tensor x, Tensor q, Tensor kk, Tensor vv, Tensor? mask, int B, int T)
+    {
+        // Grouped-query attention without repeating K/V: the G query heads that share a kv head are stacked along the
+        // query axis, [B, kvH, G*T, hd], and the mask is repeated G times along its rows.
+        var qq = q.view(B, T, _kvh, _g, _hd).permute(0, 2, 3, 1, 4).reshape(B, _kvh, _g * T, _hd);
+        var o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask: mask);               // [B, kvH, G*T, hd]
+        var oo = o.view(B, _kvh, _g, T, _hd).permute(0, 3, 1, 2, 4).reshape(B * T, _q);
+        x = addmm(x, oo, layer.WoT, 1, 1);                                                           // residual + Wo·attn
+        var gu = RmsNorm(x).mm(layer.W13T);                                                    // [n, 2*Hff]
+        int hff = (int)gu.shape[1] / 2;
+        var act = F.silu(gu.narrow(1, 0, hff)).mul_(gu.narrow(1, hff, hff));
+        return addmm(x, act, layer.W2T, 1, 1);                                                       // residual + W2·act
+    }
+
+    public void Dispose()
+    {
+        foreach (var l in _layers) l.Dispose();
+        _finalNorm.Dispose(); _lmHeadT.Dispose(); _rope.Dispose();
+        if (!ReferenceEquals(LmHeadWeight, Embedding)) LmHeadWeight.Dispose();
+        Embedding.Dispose();
+    }
+}
