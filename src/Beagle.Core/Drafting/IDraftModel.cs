@@ -1,8 +1,61 @@
+using static TorchSharp.torch;
+
 namespace Beagle.Drafting;
 
-/// <summary>A draft model (Beagle or EAGLE-2) that proposes tokens for the target to verify. Implemented in issue #3.</summary>
+/// <summary>
+/// A draft model (Beagle or EAGLE-2) that proposes tokens for the target to verify. A draft sees the target only
+/// through what it is given here: the target's frozen embedding and LM head (shared, never copied) and the target's
+/// top hidden states of accepted positions.
+/// </summary>
 public interface IDraftModel : IDisposable
 {
     /// <summary>"beagle" or "eagle2".</summary>
     string Architecture { get; }
+
+    /// <summary>Size of the draft's output vocabulary (the target's, or a reduced one; see <see cref="DraftToTarget"/>).</summary>
+    int DraftVocabSize { get; }
+
+    /// <summary>Maps a draft-vocabulary index to a target token id; null when the draft predicts the full target vocabulary.</summary>
+    IReadOnlyList<int>? DraftToTarget { get; }
+
+    /// <summary>Per-sequence drafting state (its own caches), for one generation. Single-threaded, like the target.</summary>
+    IDraftSession StartSession(int capacity);
+}
+
+/// <summary>
+/// The draft's state for one sequence. The protocol, per generation:
+/// <list type="number">
+/// <item><see cref="Commit"/> the prompt's tokens and true states (after prefill).</item>
+/// <item>Each round: <see cref="Expand"/> the root (the pending token, parent -1), then batches of deeper nodes whose
+///   parents are earlier nodes of the same round; then <see cref="EndRound"/>.</item>
+/// <item>After verification: <see cref="Commit"/> the newly accepted tokens with their true states.</item>
+/// </list>
+/// </summary>
+public interface IDraftSession : IDisposable
+{
+    /// <summary>Number of committed positions.</summary>
+    int Length { get; }
+
+    /// <summary>
+    /// Appends accepted positions [Length, Length+m): <paramref name="tokens"/> are the tokens at those positions and
+    /// <paramref name="hidden"/> [m, D] the target's top hidden states there (the LM head's input). The caller keeps
+    /// ownership of <paramref name="hidden"/>; the session copies what it keeps.
+    /// </summary>
+    void Commit(ReadOnlySpan<int> tokens, Tensor hidden);
+
+    /// <summary>
+    /// One draft forward over a batch of tree nodes of this round. Node j (numbered in call order across the round,
+    /// starting at 0) has token <paramref name="tokens"/>[i] at rotary position <paramref name="positions"/>[i];
+    /// <paramref name="parents"/>[i] is the round number of its parent node, or -1 for the root (the pending token,
+    /// whose parent is the committed context). A node sees the committed context and (with concatenation on) the
+    /// draft states of its ancestors. Returns log-probabilities [N, DraftVocabSize] of the token that follows each
+    /// node, owned by the caller.
+    /// </summary>
+    Tensor Expand(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents);
+
+    /// <summary>Discards every draft state of the round; committed state is kept.</summary>
+    void EndRound();
+
+    /// <summary>Whether deeper nodes see their ancestors' draft states ("concate"; default on).</summary>
+    bool ConcatDraftStates { get; set; }
 }
