@@ -1,0 +1,100 @@
+using System.ComponentModel;
+using System.Text.Json;
+using Beagle.Decoding;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace Beagle.Cli.Commands;
+
+public sealed class GenerateSettings : ModelSettings
+{
+    [CommandOption("-p|--prompt <TEXT>")]
+    [Description("The prompt. Default: empty (the model starts from BOS).")]
+    public string Prompt { get; init; } = "";
+
+    [CommandOption("-n|--max-tokens <N>")]
+    [Description("Maximum new tokens (default 256).")]
+    public int MaxTokens { get; init; } = 256;
+
+    [CommandOption("-t|--temperature <T>")]
+    [Description("0 = greedy (default); > 0 samples.")]
+    public float Temperature { get; init; }
+
+    [CommandOption("--top-k <K>")]
+    [Description("Sample among the K most likely tokens (0 = off).")]
+    public int TopK { get; init; }
+
+    [CommandOption("--top-p <P>")]
+    [Description("Nucleus sampling mass in (0, 1] (1 = off).")]
+    public float TopP { get; init; } = 1f;
+
+    [CommandOption("--seed <S>")]
+    [Description("Seed for sampling (default: random).")]
+    public int? Seed { get; init; }
+
+    [CommandOption("--stop <TEXT>")]
+    [Description("Stop string (repeatable).")]
+    public string[] Stop { get; init; } = [];
+
+    [CommandOption("--json")]
+    [Description("Print one JSON object instead of text.")]
+    public bool Json { get; init; }
+
+    public override ValidationResult Validate()
+    {
+        var b = base.Validate();
+        if (!b.Successful) return b;
+        if (MaxTokens < 0) return ValidationResult.Error("--max-tokens must be >= 0");
+        if (!(Temperature >= 0)) return ValidationResult.Error("--temperature must be >= 0");
+        if (TopK < 0) return ValidationResult.Error("--top-k must be >= 0");
+        if (!(TopP > 0 && TopP <= 1)) return ValidationResult.Error("--top-p must be in (0, 1]");
+        return ValidationResult.Success();
+    }
+}
+
+/// <summary><c>beagle generate</c>: prints the prompt and its completion (or JSON with --json).</summary>
+public sealed class GenerateCommand : Command<GenerateSettings>
+{
+    public override int Execute(CommandContext context, GenerateSettings s, CancellationToken cancellationToken)
+    {
+        var (model, tokenizer) = CliModels.LoadTarget(s);
+        using var _ = model;
+        var gen = new Beagle.Decoding.Generator(model, tokenizer);
+        var options = new GenerationOptions
+        {
+            MaxNewTokens = s.MaxTokens,
+            Sampling = new SamplingOptions { Temperature = s.Temperature, TopK = s.TopK, TopP = s.TopP, Seed = s.Seed },
+            StopStrings = s.Stop,
+        };
+        var stats = new GenerationStats();
+        var ids = new List<int>();
+        var text = new System.Text.StringBuilder();
+        if (!s.Json) Console.Write(s.Prompt);
+        foreach (var chunk in gen.Generate(s.Prompt, options, stats, cancellationToken))
+        {
+            ids.AddRange(chunk.TokenIds);
+            text.Append(chunk.Text);
+            if (!s.Json) Console.Write(chunk.Text);
+        }
+        if (s.Json)
+        {
+            var o = new Dictionary<string, object?>
+            {
+                ["text"] = text.ToString(),
+                ["prompt_tokens"] = stats.PromptTokens,
+                ["new_tokens"] = stats.NewTokens,
+                ["token_ids"] = ids,
+                ["tokens_per_second"] = Math.Round(stats.TokensPerSecond, 1),
+                ["target_forwards"] = stats.TargetForwards,
+                ["finish_reason"] = stats.FinishReason.ToString(),
+            };
+            Console.WriteLine(JsonSerializer.Serialize(o, new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
+        }
+        else
+        {
+            Console.WriteLine();
+            AnsiConsole.MarkupLine($"[grey]{stats.NewTokens} tokens, {stats.TokensPerSecond:F0} tokens/s, {stats.TargetForwards} target forwards[/]");
+        }
+        return 0;
+    }
+}

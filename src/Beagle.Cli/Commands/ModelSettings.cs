@@ -1,0 +1,33 @@
+using System.ComponentModel;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace Beagle.Cli.Commands;
+
+/// <summary>Options shared by every command that loads a target model.</summary>
+public class ModelSettings : CommandSettings
+{
+    [CommandOption("--target <PATH>")]
+    [Description("llama2.c checkpoint (.bin) or Hugging Face model folder. Default: stories260K from $BEAGLE_MODELS or the user cache (see `beagle download`).")]
+    public string? Target { get; init; }
+
+    [CommandOption("--tokenizer <PATH>")]
+    [Description("Tokenizer file (llama2.c .bin, tokenizer.json or tokenizer.model). Default: found next to the target.")]
+    public string? Tokenizer { get; init; }
+
+    [CommandOption("--threads <N>")]
+    [Description("libtorch intra-op threads. Default 1: fastest for small models on this kind of CPU (see README benchmarks).")]
+    public int Threads { get; init; } = 1;
+
+    [CommandOption("--device <DEVICE>")]
+    [Description("auto (CUDA when available), cpu or cuda[:N].")]
+    public string Device { get; init; } = "auto";
+
+    public override ValidationResult Validate()
+    {
+        if (Threads < 1) return ValidationResult.Error("--threads must be >= 1");
+        if (Target is not null && !File.Exists(Target) && !Directory.Exists(Target)) return ValidationResult.Error($"--target: no file or folder at '{Target}'");
+        if (Tokenizer is not null && !File.Exists(Tokenizer)) return ValidationResult.Error($"--tokenizer: no file at '{Tokenizer}'");
+        return ValidationResult.Success();
+    }
+}

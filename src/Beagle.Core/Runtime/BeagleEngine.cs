@@ -1,0 +1,179 @@
+using System.Runtime.CompilerServices;
+using System.Threading.Channels;
+using Beagle.Decoding;
+using Beagle.Drafting;
+using Beagle.Models;
+using Beagle.Tokenization;
+
+namespace Beagle.Runtime;
+
+/// <summary>Engine settings. Validated when the engine is created.</summary>
+public sealed record EngineOptions
+{
+    /// <summary>Requests that may wait while one runs; a full queue rejects new requests at once (no hang).</summary>
+    public int QueueCapacity { get; init; } = 16;
+    /// <summary>Intra-op threads for libtorch; null = leave as is. 1 is fastest for small models (docs/benchmarks.md).</summary>
+    public int? Threads { get; init; }
+
+    public EngineOptions Validate()
+    {
+        if (QueueCapacity < 1) throw new ArgumentOutOfRangeException(nameof(QueueCapacity), QueueCapacity, "queue capacity must be >= 1");
+        if (Threads is { } t && t < 1) throw new ArgumentOutOfRangeException(nameof(Threads), t, "threads must be >= 1");
+        return this;
+    }
+}
+
+/// <summary>What the engine serves: a target, its tokenizer and optionally a draft. Owned by the engine once given.</summary>
+public sealed record EngineModels(LlamaModel Target, ITokenizer Tokenizer, IDraftModel? Draft = null) : IDisposable
+{
+    public void Dispose() { Draft?.Dispose(); Target.Dispose(); }
+}
+
+/// <summary>Thrown when the engine's request queue is full.</summary>
+public sealed class EngineBusyException(int capacity)
+    : InvalidOperationException($"the Beagle engine's request queue is full ({capacity} waiting); retry later or raise EngineOptions.QueueCapacity");
+
+/// <summary>
+/// One worker thread that owns a loaded model and runs generation requests one at a time from a bounded queue.
+/// TorchSharp dispose scopes and no_grad are per thread, so every tensor operation happens on that thread; callers
+/// only await results (architecture.md, "Threading"). Faces (chat client, SK service, ML.NET, hosting, CLI) all
+/// generate through <see cref="Generator"/>, which they reach through this engine or directly on one thread.
+/// </summary>
+public sealed class BeagleEngine : IAsyncDisposable, IDisposable
+{
+    readonly Channel<Func<Generator, Task>> _queue;
+    readonly Thread _worker;
+    readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    readonly EngineOptions _options;
+    readonly CancellationTokenSource _shutdown = new();
+    EngineModels? _models;
+    Generator? _generator;
+    int _waiting;
+
+    /// <summary>Starts the worker and loads the models on it (<paramref name="load"/> runs on the worker thread).</summary>
+    public BeagleEngine(Func<EngineModels> load, EngineOptions? options = null)
+    {
+        _options = (options ?? new EngineOptions()).Validate();
+        _queue = Channel.CreateBounded<Func<Generator, Task>>(new BoundedChannelOptions(_options.QueueCapacity) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
+        _worker = new Thread(() => WorkerLoop(load)) { IsBackground = true, Name = "beagle-engine" };
+        _worker.Start();
+    }
+
+    /// <summary>Completes when the models are loaded; faults with the loading error.</summary>
+    public Task Ready => _ready.Task;
+
+    /// <summary>The tokenizer (thread-safe for encoding and decoding). Available once <see cref="Ready"/> completed.</summary>
+    public ITokenizer Tokenizer => Loaded.Tokenizer;
+    public ModelConfig TargetConfig => Loaded.Target.Config;
+    public IDraftModel? Draft => Loaded.Draft;
+    /// <summary>Requests waiting or running.</summary>
+    public int QueueDepth => Volatile.Read(ref _waiting);
+
+    EngineModels Loaded => _models ?? throw new InvalidOperationException(Ready.IsFaulted ? $"the engine failed to load its model: {Ready.Exception!.InnerException!.Message}" : "the engine is still loading its model; await Ready first");
+
+    void WorkerLoop(Func<EngineModels> load)
+    {
+        try
+        {
+            if (_options.Threads is { } t) TorchSharp.torch.set_num_threads(t);
+            _models = load();
+            _generator = new Generator(_models.Target, _models.Tokenizer, _models.Draft);
+            _ready.SetResult();
+        }
+        catch (Exception e) { _ready.SetException(e); return; }
+
+        var reader = _queue.Reader;
+        while (reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
+            while (reader.TryRead(out var work))
+            {
+                // Work items run synchronously on this thread; they complete their own task objects.
+                try { work(_generator!).GetAwaiter().GetResult(); } catch { /* reported to the caller through its channel */ }
+                Interlocked.Decrement(ref _waiting);
+            }
+        _models.Dispose();
+    }
+
+    /// <summary>Runs arbitrary work on the engine thread (e.g. a measurement) and returns its result.</summary>
+    public async Task<T> RunAsync<T>(Func<Generator, CancellationToken, T> work, CancellationToken cancellationToken = default)
+    {
+        await Ready.ConfigureAwait(false);
+        var tcs = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Enqueue(g =>
+        {
+            if (cancellationToken.IsCancellationRequested) tcs.TrySetCanceled(cancellationToken);
+            else try { tcs.TrySetResult(work(g, cancellationToken)); }
+                catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested) { tcs.TrySetCanceled(cancellationToken); }
+                catch (Exception e) { tcs.TrySetException(e); }
+            return Task.CompletedTask;
+        });
+        return await tcs.Task.ConfigureAwait(false);
+    }
+
+    /// <summary>Streams a completion of a text prompt.</summary>
+    public IAsyncEnumerable<GenerationChunk> GenerateAsync(string prompt, GenerationOptions options, GenerationStats? stats = null, CancellationToken cancellationToken = default)
+        => Stream((g, ct) => g.Generate(prompt, options, stats, ct), cancellationToken);
+
+    /// <summary>Streams a completion of token ids.</summary>
+    public IAsyncEnumerable<GenerationChunk> GenerateAsync(IReadOnlyList<int> promptIds, GenerationOptions options, GenerationStats? stats = null, CancellationToken cancellationToken = default)
+        => Stream((g, ct) => g.Generate(promptIds, options, stats, ct), cancellationToken);
+
+    /// <summary>Runs a whole completion.</summary>
+    public async Task<GenerationResult> CompleteAsync(string prompt, GenerationOptions options, CancellationToken cancellationToken = default)
+    {
+        var stats = new GenerationStats();
+        var text = new System.Text.StringBuilder(); var ids = new List<int>();
+        await foreach (var c in GenerateAsync(prompt, options, stats, cancellationToken).ConfigureAwait(false)) { text.Append(c.Text); ids.AddRange(c.TokenIds); }
+        return new GenerationResult(text.ToString(), ids.ToArray(), stats);
+    }
+
+    async IAsyncEnumerable<GenerationChunk> Stream(Func<Generator, CancellationToken, IEnumerable<GenerationChunk>> start, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        await Ready.ConfigureAwait(false);
+        var output = Channel.CreateUnbounded<GenerationChunk>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        // Cancelled by the caller, by the engine shutting down, or by the caller abandoning the stream (finally below).
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _shutdown.Token);
+        var ct = linked.Token;
+        Enqueue(g =>
+        {
+            try
+            {
+                // The generator checks the token once per round, so cancellation stops generation within one round.
+                foreach (var chunk in start(g, ct)) output.Writer.TryWrite(chunk);
+                output.Writer.TryComplete();
+            }
+            catch (Exception e) { output.Writer.TryComplete(e); }
+            return Task.CompletedTask;
+        });
+        try
+        {
+            await foreach (var chunk in output.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+                yield return chunk;
+        }
+        finally
+        {
+            if (!output.Reader.Completion.IsCompleted) linked.Cancel();
+        }
+    }
+
+    void Enqueue(Func<Generator, Task> work)
+    {
+        if (_shutdown.IsCancellationRequested) throw new ObjectDisposedException(nameof(BeagleEngine));
+        Interlocked.Increment(ref _waiting);
+        if (!_queue.Writer.TryWrite(work))
+        {
+            Interlocked.Decrement(ref _waiting);
+            throw new EngineBusyException(_options.QueueCapacity);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_shutdown.IsCancellationRequested) return;
+        _shutdown.Cancel();
+        _queue.Writer.TryComplete();
+        await Task.Run(() => _worker.Join()).ConfigureAwait(false);
+        _shutdown.Dispose();
+    }
+
+    public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
+}
