@@ -77,23 +77,39 @@ public sealed class Llama2cTokenizer : ITokenizer
             else for (int j = 0; j < len; j++) tokens.Add(bytes[i + j] + 3);
             i += len;
         }
-        // Greedy merges: the first pair with the strictly highest score wins, as in run.c.
-        int start = addBos ? 1 : 0;   // run.c merges across BOS too, but "\n<s>\n"+x is never a token; skip it for speed
-        var sb = new StringBuilder();
-        while (true)
+        // Greedy merges, as in run.c: repeatedly merge the adjacent pair whose merged piece has the highest score,
+        // the leftmost such pair on ties. run.c rescans all pairs after each merge (quadratic: minutes for a book);
+        // a heap over a linked list gives the same merges in O(n log n). Stale heap entries are skipped.
+        int start = addBos ? 1 : 0;   // "\n<s>\n"+x is never a token, so BOS never merges
+        int n = tokens.Count;
+        var ids = tokens.ToArray();
+        var next = new int[n]; var prev = new int[n]; var alive = new bool[n]; var version = new int[n];
+        for (int i = 0; i < n; i++) { next[i] = i + 1 < n ? i + 1 : -1; prev[i] = i - 1; alive[i] = i >= start; }
+        if (start == 1 && n > 1) prev[1] = -1;
+        var heap = new PriorityQueue<(int Left, int Right, int Merged, int VL, int VR), (float NegScore, int Left)>();
+        void Consider(int l)
         {
-            float best = -1e10f; int bestId = -1, bestIdx = -1;
-            for (int i = start; i < tokens.Count - 1; i++)
-            {
-                sb.Clear();
-                sb.Append(Encoding.Latin1.GetString(_pieces[tokens[i]])).Append(Encoding.Latin1.GetString(_pieces[tokens[i + 1]]));
-                if (_lookup.TryGetValue(sb.ToString(), out int id) && _scores[id] > best) { best = _scores[id]; bestId = id; bestIdx = i; }
-            }
-            if (bestIdx < 0) break;
-            tokens[bestIdx] = bestId;
-            tokens.RemoveAt(bestIdx + 1);
+            if (l < 0 || !alive[l]) return;
+            int r = next[l];
+            if (r < 0 || !alive[r]) return;
+            var key = Encoding.Latin1.GetString(_pieces[ids[l]]) + Encoding.Latin1.GetString(_pieces[ids[r]]);
+            if (_lookup.TryGetValue(key, out int m)) heap.Enqueue((l, r, m, version[l], version[r]), (-_scores[m], l));
         }
-        return tokens.ToArray();
+        for (int i = start; i < n; i++) Consider(i);
+        while (heap.TryDequeue(out var e, out _))
+        {
+            if (!alive[e.Left] || !alive[e.Right] || next[e.Left] != e.Right || version[e.Left] != e.VL || version[e.Right] != e.VR) continue;
+            ids[e.Left] = e.Merged; version[e.Left]++;
+            alive[e.Right] = false;
+            next[e.Left] = next[e.Right];
+            if (next[e.Left] >= 0) prev[next[e.Left]] = e.Left;
+            if (prev[e.Left] >= 0) Consider(prev[e.Left]);
+            Consider(e.Left);
+        }
+        var merged = new List<int>(n);
+        if (start == 1) merged.Add(ids[0]);
+        for (int i = start; i >= 0 && i < n; i = next[i]) if (alive[i]) merged.Add(ids[i]);
+        return merged.ToArray();
     }
 
     public ReadOnlySpan<byte> TokenBytes(int token, int previous)

@@ -1,0 +1,113 @@
+using System.Diagnostics;
+using Beagle.Drafting;
+using Beagle.Models;
+using static TorchSharp.torch;
+
+namespace Beagle.Decoding;
+
+/// <summary>
+/// Speculative decoding, one round per <see cref="Step"/> (architecture.md, "One speculative round"):
+/// draft a tree from the pending token, verify it in one target forward with the tree mask, accept a path,
+/// keep the accepted KV entries in place, commit their true states to the draft, emit path + bonus token.
+/// </summary>
+internal sealed class SpeculativeStrategy : IDecodeStrategy
+{
+    readonly LlamaModel _target;
+    readonly IDraftModel _draft;
+    readonly IDraftSession _session;
+    readonly KvCache _cache;
+    readonly Sampler _sampler;
+    readonly GenerationStats _stats;
+    readonly int _tokens, _depth, _topK;
+
+    public SpeculativeStrategy(LlamaModel target, IDraftModel draft, KvCache cache, Sampler sampler, GenerationStats stats, TreeBudget budget, bool concat)
+    {
+        (_target, _draft, _cache, _sampler, _stats) = (target, draft, cache, sampler, stats);
+        (_tokens, _depth, _topK) = (budget.Tokens, budget.Depth, budget.TopK);
+        _session = draft.StartSession(cache.Capacity);
+        _session.ConcatDraftStates = concat;
+        stats.AcceptedAtDepth = new long[_depth];
+    }
+
+    public int Start(ForwardOutput prefill, IReadOnlyList<int> prompt)
+    {
+        _session.Commit(prompt.ToArray(), prefill.Hidden);   // true states h_0..h_{n-1}
+        return LogitsRow.Choose(prefill.Logits, 0, _sampler);
+    }
+
+    public int[] Step(int pending)
+    {
+        int n = _cache.Length;
+        int room = _cache.Capacity - n;
+        if (room <= 0) return [];
+        long t0 = Stopwatch.GetTimestamp();
+
+        // 1. Draft: the tree never exceeds the context left.
+        int steps = 0;
+        var tree = DraftTree.Build(_session, _draft.DraftToTarget, pending, n, Math.Min(_tokens, room), Math.Min(_depth, room - 1), _topK, ref steps);
+        _session.EndRound();
+        _stats.DraftSteps += steps;
+        long t1 = Stopwatch.GetTimestamp();
+        _stats.DraftSeconds += Stopwatch.GetElapsedTime(t0, t1).TotalSeconds;
+
+        // 2-3. Verify the whole tree in one target forward.
+        List<int> path; int bonus;
+        Tensor hidden;
+        using (var scope = NewDisposeScope())
+        {
+            var mask = tree.Count == 1 ? null : tree.Mask(n, _target.Device);
+            var o = _target.Forward(_cache, tree.Tokens, tree.Positions(n), mask);       // logits [N, V], hidden [N, D]
+            _stats.TargetForwards++;
+            // 4. Accept.
+            if (_sampler.Options.IsGreedy)
+            {
+                var argmax = o.Logits.argmax(-1).cpu().data<long>().ToArray();
+                (path, bonus) = Verifier.AcceptGreedy(tree, argmax);
+            }
+            else
+            {
+                var logits = o.Logits.cpu();
+                (path, bonus) = Verifier.AcceptSampling(tree, i => _sampler.Probabilities(logits[i].data<float>().ToArray()), _sampler);
+            }
+            var pathIdx = path.Select(i => (long)i).ToArray();
+            hidden = o.Hidden.index_select(0, tensor(pathIdx, device: _target.Device)).MoveToOuterDisposeScope();   // [len, D]
+        }
+
+        // 5. Commit: keep the accepted path's KV entries in place; give the draft their true states.
+        var slots = path.Select(i => (long)(n + i)).ToArray();
+        _cache.KeepSlots(n, slots);
+        var pathTokens = path.Select(i => tree.Tokens[i]).ToArray();
+        using (hidden) _session.Commit(pathTokens, hidden);
+        _stats.VerifySeconds += Stopwatch.GetElapsedTime(t1).TotalSeconds;
+
+        if (tree.Count > 1)
+        {
+            _stats.DraftRounds++;
+            for (int d = 1; d < path.Count; d++) _stats.AcceptedAtDepth[d - 1]++;
+        }
+        var emitted = new int[path.Count];
+        for (int i = 1; i < path.Count; i++) emitted[i - 1] = tree.Tokens[path[i]];
+        emitted[^1] = bonus;
+        return emitted;
+    }
+
+    public void Dispose() => _session.Dispose();
+}
+
+/// <summary>A resolved tree budget.</summary>
+public readonly record struct TreeBudget(int Tokens, int Depth, int TopK)
+{
+    /// <summary>
+    /// Used when neither the caller nor a calibration chose one. Measured on stories260K (docs/benchmarks.md); a
+    /// calibrated budget replaces it per machine and model.
+    /// </summary>
+    public static TreeBudget Default { get; } = new(16, 5, 4);
+
+    public static TreeBudget Resolve(SpeculativeOptions o, TreeBudget fallback)
+    {
+        var b = new TreeBudget(o.TreeTokens ?? fallback.Tokens, o.TreeDepth ?? fallback.Depth, o.TreeTopK ?? fallback.TopK);
+        if (b.Tokens - 1 > b.Depth * b.TopK)
+            b = b with { Tokens = Math.Max(2, Math.Min(b.Tokens, b.Depth * b.TopK + 1)) };   // cannot keep more nodes than were drafted
+        return b;
+    }
+}

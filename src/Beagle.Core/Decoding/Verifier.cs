@@ -1,0 +1,53 @@
+using Beagle.Drafting;
+
+namespace Beagle.Decoding;
+
+/// <summary>
+/// Chooses the accepted path of a verified draft tree (beagle-method.md section 3).
+/// Greedy: the longest root-to-leaf path whose tokens equal the target's argmax, then the target's next token.
+/// Sampling: at each accepted node, try its children best-first; child x is accepted with probability p(x)
+/// (tree tokens are chosen deterministically, so q(x) = 1); on rejection p(x) := 0 and p is renormalised; if every
+/// child fails, the bonus token is drawn from what remains of p. The output distribution is exactly p, the same
+/// distribution plain sampling draws from (temperature, top-k, top-p applied by <see cref="Sampler.Probabilities"/>).
+/// </summary>
+public static class Verifier
+{
+    /// <param name="argmax">Target argmax after each tree node, [N].</param>
+    /// <returns>Accepted node indices (root first) and the bonus token.</returns>
+    public static (List<int> Path, int Bonus) AcceptGreedy(DraftTree tree, ReadOnlySpan<long> argmax)
+    {
+        var path = new List<int> { 0 };
+        int cur = 0;
+        while (true)
+        {
+            int want = (int)argmax[cur], next = -1;
+            foreach (var c in tree.Children[cur]) if (tree.Tokens[c] == want) { next = c; break; }
+            if (next < 0) return (path, want);
+            path.Add(next); cur = next;
+        }
+    }
+
+    /// <param name="probabilities">Returns the sampling distribution after node i (computed lazily: only accepted nodes are asked).</param>
+    public static (List<int> Path, int Bonus) AcceptSampling(DraftTree tree, Func<int, float[]> probabilities, Sampler sampler)
+    {
+        var path = new List<int> { 0 };
+        int cur = 0;
+        while (true)
+        {
+            var p = probabilities(cur);
+            int accepted = -1;
+            double mass = 1.0;   // remaining (unnormalised) mass of p after rejections
+            foreach (var c in tree.Children[cur])
+            {
+                int x = tree.Tokens[c];
+                double px = p[x] / mass;   // probability under the renormalised residual
+                if (px > 0 && sampler.NextUniform() < px) { accepted = c; break; }
+                mass -= p[x];
+                p[x] = 0f;
+                if (mass <= 1e-12) break;
+            }
+            if (accepted < 0) return (path, sampler.Draw(p));
+            path.Add(accepted); cur = accepted;
+        }
+    }
+}

@@ -1,0 +1,150 @@
+using Beagle.Decoding;
+using static TorchSharp.torch;
+
+namespace Beagle.Drafting;
+
+/// <summary>
+/// One round's draft tree, flattened in breadth-first order: node 0 is the root (the pending token), every parent
+/// precedes its children. Built by EAGLE-2's dynamic expansion (beagle-method.md section 3): expand the best
+/// <c>topK</c> frontier nodes by cumulative log-probability, record all their top-k children, keep the best top-k as
+/// the next frontier, repeat <c>depth</c> times; then keep the best <c>tokens - 1</c> recorded nodes (a connected
+/// tree: a child never outscores its parent, and ties prefer the shallower node).
+/// </summary>
+public sealed class DraftTree
+{
+    /// <summary>Token id of each node (target vocabulary).</summary>
+    public int[] Tokens { get; }
+    /// <summary>Parent index of each node (-1 for the root).</summary>
+    public int[] Parents { get; }
+    /// <summary>Depth of each node (root 0).</summary>
+    public int[] Depths { get; }
+    /// <summary>Children of each node, best first.</summary>
+    public int[][] Children { get; }
+    public int Count => Tokens.Length;
+
+    DraftTree(int[] tokens, int[] parents, int[] depths)
+    {
+        Tokens = tokens; Parents = parents; Depths = depths;
+        var kids = new List<int>[tokens.Length];
+        for (int i = 0; i < kids.Length; i++) kids[i] = [];
+        for (int i = 1; i < tokens.Length; i++) kids[parents[i]].Add(i);   // added in score order (see Build)
+        Children = kids.Select(k => k.ToArray()).ToArray();
+    }
+
+    /// <summary>A tree with only the root (used when no draft token fits).</summary>
+    public static DraftTree RootOnly(int root) => new([root], [-1], [0]);
+
+    /// <summary>Per-node candidate recorded during expansion.</summary>
+    record struct Candidate(int Token, int Parent /* candidate index, -1 = root */, int Depth, float Score, int Expansion /* draft-session node id once expanded, else -1 */);
+
+    /// <summary>
+    /// Builds the tree for one round. The session must have the committed context; <paramref name="root"/> is the
+    /// pending token at position <paramref name="rootPosition"/>. Calls EndRound is the caller's job.
+    /// </summary>
+    /// <param name="draftSteps">Incremented once per draft forward.</param>
+    public static DraftTree Build(IDraftSession session, IReadOnlyList<int>? draftToTarget, int root, int rootPosition,
+        int totalTokens, int depth, int topK, ref int draftSteps)
+    {
+        if (totalTokens <= 1 || depth < 1) return RootOnly(root);
+        var cands = new List<Candidate>(depth * topK * topK);
+        int expansions = 0;
+
+        // Depth 1: expand the root.
+        Expand(session, [root], [rootPosition], [-1], topK, draftToTarget, out var tok, out var lp);
+        draftSteps++;
+        int rootExpansion = expansions++;
+        var frontier = new List<int>(topK);
+        for (int j = 0; j < tok.GetLength(1); j++)
+        {
+            cands.Add(new Candidate(tok[0, j], -1, 1, lp[0, j], -1));
+            frontier.Add(cands.Count - 1);
+        }
+
+        for (int d = 2; d <= depth; d++)
+        {
+            // Expand the frontier: each node's parent in the session is its parent's expansion (root = rootExpansion).
+            int m = frontier.Count;
+            var tokens = new int[m]; var positions = new int[m]; var parents = new int[m];
+            for (int i = 0; i < m; i++)
+            {
+                var c = cands[frontier[i]];
+                tokens[i] = c.Token; positions[i] = rootPosition + c.Depth;
+                parents[i] = c.Parent < 0 ? rootExpansion : cands[c.Parent].Expansion;
+                cands[frontier[i]] = c with { Expansion = expansions + i };
+            }
+            expansions += m;
+            Expand(session, tokens, positions, parents, topK, draftToTarget, out tok, out lp);
+            draftSteps++;
+            // All children of the frontier, scored cumulatively; the best topK become the next frontier.
+            int first = cands.Count;
+            for (int i = 0; i < m; i++)
+            {
+                float ps = cands[frontier[i]].Score;
+                for (int j = 0; j < tok.GetLength(1); j++) cands.Add(new Candidate(tok[i, j], frontier[i], d, ps + lp[i, j], -1));
+            }
+            var next = Enumerable.Range(first, cands.Count - first).OrderByDescending(i => cands[i].Score).ThenBy(i => i).Take(topK).ToList();
+            if (d < depth) frontier = next;
+        }
+
+        // Rerank every recorded node; keep the best totalTokens-1. Ties prefer shallower (then earlier) nodes, so a
+        // kept node's parent is always kept: parent score >= child score, and the parent is shallower and earlier.
+        var keep = Enumerable.Range(0, cands.Count)
+            .OrderByDescending(i => cands[i].Score).ThenBy(i => cands[i].Depth).ThenBy(i => i)
+            .Take(totalTokens - 1).ToList();
+        // Breadth-first order: by depth, then by score (so Children lists are best first).
+        keep.Sort((a, b) => cands[a].Depth != cands[b].Depth ? cands[a].Depth.CompareTo(cands[b].Depth)
+                          : cands[b].Score != cands[a].Score ? cands[b].Score.CompareTo(cands[a].Score) : a.CompareTo(b));
+        var index = new Dictionary<int, int>(keep.Count);
+        int n = keep.Count + 1;
+        var outTokens = new int[n]; var outParents = new int[n]; var outDepths = new int[n];
+        outTokens[0] = root; outParents[0] = -1;
+        for (int i = 0; i < keep.Count; i++)
+        {
+            var c = cands[keep[i]];
+            index[keep[i]] = i + 1;
+            outTokens[i + 1] = c.Token; outDepths[i + 1] = c.Depth;
+            outParents[i + 1] = c.Parent < 0 ? 0 : index.TryGetValue(c.Parent, out var p) ? p
+                : throw new InvalidOperationException("draft tree is not connected (a kept node's parent was dropped)");
+        }
+        return new DraftTree(outTokens, outParents, outDepths);
+    }
+
+    /// <summary>One draft forward; returns the top-k (target-vocabulary) tokens and log-probs of each node.</summary>
+    static void Expand(IDraftSession session, int[] tokens, int[] positions, int[] parents, int topK,
+        IReadOnlyList<int>? map, out int[,] topTokens, out float[,] topLogp)
+    {
+        using var scope = NewDisposeScope();
+        var logp = session.Expand(tokens, positions, parents);      // [m, Vd]
+        int m = tokens.Length, k = (int)Math.Min(topK, logp.shape[1]);
+        var (vals, idx) = logp.topk(k, dim: -1);
+        var v = vals.cpu().data<float>().ToArray();
+        var ix = idx.cpu().data<long>().ToArray();
+        topTokens = new int[m, k]; topLogp = new float[m, k];
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < k; j++)
+            {
+                int di = (int)ix[i * k + j];
+                topTokens[i, j] = map is null ? di : map[di];
+                topLogp[i, j] = v[i * k + j];
+            }
+    }
+
+    /// <summary>
+    /// Tree attention mask for verification: [N, contextLength + N] bool; every node sees the whole committed
+    /// context and its own ancestors (itself included).
+    /// </summary>
+    public Tensor Mask(int contextLength, Device device)
+    {
+        int n = Count, s = contextLength + n;
+        var data = new bool[n * s];
+        for (int i = 0; i < n; i++)
+        {
+            Array.Fill(data, true, i * s, contextLength);
+            for (int a = i; a >= 0; a = Parents[a]) data[i * s + contextLength + a] = true;
+        }
+        return tensor(data, [n, s], device: device);
+    }
+
+    /// <summary>Rotary positions of the nodes: contextLength + depth.</summary>
+    public int[] Positions(int contextLength) => Depths.Select(d => contextLength + d).ToArray();
+}

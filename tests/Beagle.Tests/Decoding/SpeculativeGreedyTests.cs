@@ -1,0 +1,68 @@
+using Beagle.Decoding;
+using Beagle.Tests.Infrastructure;
+using Xunit;
+
+namespace Beagle.Tests.Decoding;
+
+/// <summary>Greedy speculative decoding must equal plain greedy decoding token for token, whatever the draft.</summary>
+public class SpeculativeGreedyTests
+{
+    static readonly Lazy<MarkovDraft> Bigram = new(() => MarkovDraft.Bigram(TestAssets.StoriesTokenizer, TestAssets.TinyStories, 512));
+    static readonly Lazy<MarkovDraft> RandomDraft = new(() => MarkovDraft.Random(512, 7));
+
+    public static TheoryData<string, int, int, int> Shapes => new()
+    {
+        { "bigram", 2, 1, 1 },     // a 1-token chain
+        { "bigram", 5, 4, 1 },     // a chain of 4
+        { "bigram", 16, 5, 4 },    // the default budget
+        { "bigram", 48, 6, 8 },    // wider than the default
+        { "random", 2, 1, 1 },
+        { "random", 16, 5, 4 },
+        { "random", 48, 6, 8 },
+    };
+
+    static readonly string[] Prompts = ["Once upon a time", "Tom and Lily went to the", "The little dog was sad because", ""];
+
+    [Theory]
+    [MemberData(nameof(Shapes))]
+    public void Greedy_speculative_output_equals_plain_greedy(string draftKind, int tokens, int depth, int topK)
+    {
+        var draft = draftKind == "bigram" ? Bigram.Value : RandomDraft.Value;
+        var plain = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer);
+        var spec = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer, draft);
+        foreach (var prompt in Prompts)
+        {
+            var o = new GenerationOptions { MaxNewTokens = 120 };
+            var expected = plain.Complete(prompt, o);
+            var actual = spec.Complete(prompt, o with { Speculative = new SpeculativeOptions { TreeTokens = tokens, TreeDepth = depth, TreeTopK = topK } });
+            Assert.Equal(expected.TokenIds, actual.TokenIds);
+            Assert.Equal(expected.Text, actual.Text);
+            Assert.True(actual.Stats.TargetForwards <= expected.Stats.TargetForwards);
+            Assert.True(actual.Stats.AcceptanceLength >= 1.0);
+        }
+    }
+
+    [Fact]
+    public void A_good_draft_accepts_more_than_one_token_per_forward()
+    {
+        var spec = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer, Bigram.Value);
+        var r = spec.Complete("Once upon a time", new GenerationOptions { MaxNewTokens = 200, Speculative = new SpeculativeOptions() });
+        Assert.True(r.Stats.AcceptanceLength > 1.3, $"acceptance length {r.Stats.AcceptanceLength}");
+        Assert.True(r.Stats.AcceptanceRateByDepth[0] > r.Stats.AcceptanceRateByDepth[^1]);
+    }
+
+    [Fact]
+    public void Generation_near_the_end_of_the_context_stays_lossless_and_stops_cleanly()
+    {
+        var model = TestAssets.Stories;
+        var prompt = TestAssets.StoriesTokenizer.Encode("Once upon a time", true).ToList();
+        while (prompt.Count < model.Config.MaxSeqLen - 20) prompt.AddRange(prompt.Skip(1).Take(model.Config.MaxSeqLen - 20 - prompt.Count));
+        var o = new GenerationOptions { MaxNewTokens = 100 };
+        var plain = new Generator(model, TestAssets.StoriesTokenizer).Generate(prompt, o).SelectMany(c => c.TokenIds).ToArray();
+        var stats = new GenerationStats();
+        var spec = new Generator(model, TestAssets.StoriesTokenizer, Bigram.Value)
+            .Generate(prompt, o with { Speculative = new SpeculativeOptions { TreeTokens = 16, TreeDepth = 5, TreeTopK = 4 } }, stats).SelectMany(c => c.TokenIds).ToArray();
+        Assert.Equal(plain, spec);
+        Assert.True(stats.FinishReason is FinishReason.ContextFull or FinishReason.EndOfSequence, stats.FinishReason.ToString());
+    }
+}
