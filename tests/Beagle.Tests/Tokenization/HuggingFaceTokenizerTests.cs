@@ -91,7 +91,7 @@ public class HuggingFaceTokenizerTests
 
     static int SpId(string piece) => 259 + Array.IndexOf(SpExtra, piece);
 
-    static string WriteSentencePiece(TempDir dir, bool withConfig)
+    static string WriteSentencePiece(TempDir dir, bool withConfig, bool metaspace = false)
     {
         var vocab = new JsonObject { ["<unk>"] = 0, ["<s>"] = 1, ["</s>"] = 2 };
         for (int b = 0; b < 256; b++) vocab[$"<0x{b:X2}>"] = 3 + b;
@@ -120,17 +120,25 @@ public class HuggingFaceTokenizerTests
                 ["merges"] = new JsonArray("▁ h", "l l", "▁h e", "▁he ll", "▁hell o", "▁ w"),
             },
         };
+        if (metaspace)
+        {
+            // The newer (Mistral, recent Llama 2) form: no normalizer, a Metaspace pre-tokenizer that prepends "▁" once.
+            json["normalizer"] = null;
+            json["pre_tokenizer"] = new JsonObject { ["type"] = "Metaspace", ["replacement"] = "▁", ["prepend_scheme"] = "first", ["split"] = false };
+        }
         var path = dir.File("tokenizer.json");
         File.WriteAllText(path, json.ToJsonString());
         if (withConfig) File.WriteAllText(dir.File("tokenizer_config.json"), "{\"add_bos_token\": false, \"bos_token\": \"<s>\"}");
         return path;
     }
 
-    [Fact]
-    public void SentencePiece_style_bpe_merges_and_falls_back_to_bytes()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void SentencePiece_style_bpe_merges_and_falls_back_to_bytes(bool metaspace)
     {
         using var dir = TestAssets.TempDir();
-        var tok = HuggingFaceTokenizer.FromTokenizerJson(WriteSentencePiece(dir, withConfig: false));
+        var tok = HuggingFaceTokenizer.FromTokenizerJson(WriteSentencePiece(dir, withConfig: false, metaspace));
         Assert.Equal(1, tok.BosId);   // from the post-processor template
         // "hello wörld" → "▁hello▁wörld": ▁hello | ▁w | ö = C3 B6 as bytes | r | l | d
         int[] expected = [1, SpId("▁hello"), SpId("▁w"), 3 + 0xC3, 3 + 0xB6, SpId("r"), SpId("l"), SpId("d")];
@@ -158,6 +166,9 @@ public class HuggingFaceTokenizerTests
         Assert.Equal(1, ids[0]);
         Assert.Equal(text, tok.Decode(ids));
         AssertStreamsLikeWhole(tok, ids, text);
+        using var dir2 = TestAssets.TempDir();
+        tok = HuggingFaceTokenizer.FromTokenizerJson(WriteSentencePiece(dir2, withConfig: false, metaspace: true));
+        Assert.Equal(ids, tok.Encode(text, addBos: true));
     }
 
     [Fact]
