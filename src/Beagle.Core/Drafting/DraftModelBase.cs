@@ -55,6 +55,7 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
         // The draft's own rotary tables (interleaved pairs; the layout is a convention of the draft's own weights).
         _rope = new RotaryTables(config.HeadDim, config.MaxPositions, config.RopeTheta, RopeLayout.Interleaved, null, target.Device);
         _pair = tensor(_rope.Pair, device: target.Device).DetachFromDisposeScope();
+        // RotaryTables detaches its own tensors from the scope.
     }
 
     public abstract IDraftSession StartSession(int capacity);
