@@ -1,4 +1,5 @@
 using Beagle.Drafting;
+using Xunit.Abstractions;
 using TorchSharp;
 using Xunit;
 using static Beagle.Tests.Drafting.DraftTestKit;
@@ -197,5 +198,75 @@ public class DraftSessionTests
         Assert.Throws<InvalidOperationException>(() => s.Commit([1], h.narrow(0, 0, 1)));
         Assert.Throws<ArgumentOutOfRangeException>(() => s.Expand([1, 2], [N + 1, N + 1], [0, 1]));   // parent in the same batch
         Assert.Throws<ArgumentException>(() => s.Expand([1], [N + 2], [0]));                          // not one deeper
+    }
+}
+
+[Collection(DraftingCollection.Name)]
+public class DraftLifetimeAndSpeedTests(Xunit.Abstractions.ITestOutputHelper output)
+{
+    [Theory]
+    [InlineData(DraftConfig.Beagle)]
+    [InlineData(DraftConfig.Eagle2)]
+    public void A_draft_and_session_built_inside_a_dispose_scope_outlive_it(string arch)
+    {
+        DraftModelBase draft;
+        IDraftSession s;
+        var seq = Tokens(6, seed: 2);
+        using var h = TrueStates(seq);
+        using (var scope = NewDisposeScope())
+        {
+            draft = NewDraft(arch);
+            s = draft.StartSession(16);
+        }
+        using (draft)
+        using (s)
+        {
+            s.Commit(seq.AsSpan(0, 5), h.narrow(0, 0, 5));
+            using var lp = s.Expand([seq[5]], [5], [-1]);
+            Assert.False(lp.isnan().any().item<bool>());
+            using var hh = ((dynamic)draft).Logits(h);
+            Assert.Equal(new long[] { 6, 512 }, ((Tensor)hh).shape);
+        }
+    }
+
+    [Theory]
+    [InlineData(DraftConfig.Beagle, true)]
+    [InlineData(DraftConfig.Beagle, false)]
+    [InlineData(DraftConfig.Eagle2, true)]
+    public void One_draft_step_at_stories260K_size_takes_well_under_a_millisecond(string arch, bool concat)
+    {
+        using var draft = NewDraft(arch);
+        var seq = Tokens(101, seed: 8);
+        using var h = TrueStates(seq);
+        using var s = draft.StartSession(256);
+        s.ConcatDraftStates = concat;
+        s.Commit(seq.AsSpan(0, 100), h.narrow(0, 0, 100));
+        // One round = root + a chain of 5, repeated; reported per Expand call (one node each).
+        double Run(int rounds)
+        {
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            for (int r = 0; r < rounds; r++)
+            {
+                s.Expand([seq[100]], [100], [-1]).Dispose();
+                for (int d = 1; d <= 5; d++) s.Expand([d + 10], [100 + d], [d - 1]).Dispose();
+                s.EndRound();
+            }
+            return sw.Elapsed.TotalMilliseconds / (rounds * 6);
+        }
+        // The same machine's target step (stories260K: 5 layers) as a load-independent yardstick.
+        double TargetStep(int n)
+        {
+            using var cache = Target.NewCache(256);
+            Target.Forward(cache, seq.AsSpan(0, 100), Enumerable.Range(0, 100).ToArray(), lastLogitsOnly: true).Dispose();
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            for (int i = 0; i < n; i++) { Target.Forward(cache, [seq[100]], [100]).Dispose(); cache.Rewind(100); }
+            return sw.Elapsed.TotalMilliseconds / n;
+        }
+        Run(20); TargetStep(20);
+        double ms = Run(100), target = TargetStep(300);
+        output.WriteLine($"{arch} concat={concat}: {ms:F3} ms per Expand (1 node, 100 committed, 1 thread); target step {target:F3} ms");
+        // One draft block must cost less than the 5-layer target step; the absolute bound is loose for a shared machine.
+        Assert.True(ms < target, $"draft step {ms:F3} ms is not cheaper than the target step {target:F3} ms");
+        Assert.True(ms < 5.0, $"{ms:F3} ms per draft step");
     }
 }
