@@ -47,8 +47,10 @@ public sealed class RotaryTables : IDisposable
                 sin[p * headDim + j] = first ? -MathF.Sin(angle) : MathF.Sin(angle);
             }
         }
-        Cos = tensor(cos, [maxPositions, headDim]).to(device);
-        SinSigned = tensor(sin, [maxPositions, headDim]).to(device);
+        // Owned by this object: detached from any dispose scope the caller may be in (e.g. a model built lazily inside one).
+        using var scope = NewDisposeScope();
+        Cos = tensor(cos, [maxPositions, headDim]).to(device).DetachFromDisposeScope();
+        SinSigned = tensor(sin, [maxPositions, headDim]).to(device).DetachFromDisposeScope();
     }
 
     static void ApplyLlama3Scaling(double[] invFreq, RopeScaling s)
