@@ -1,0 +1,171 @@
+using Beagle.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Beagle.Drafting;
+
+/// <summary>
+/// What Beagle and EAGLE-2 drafts share: the config, the target's frozen embedding and LM head (references held
+/// outside the module's registered parameters and buffers, so they are neither trained nor saved), rotary tables,
+/// RMSNorm and grouped-query attention with a guard for fully masked rows.
+/// </summary>
+public abstract class DraftModelBase : nn.Module, IDraftModel
+{
+    /// <summary>
+    /// The target tensors a draft reads. Kept in a plain class (not a Tensor field) so that TorchSharp never registers
+    /// them as parameters or buffers of the draft: they stay the target's, frozen and shared.
+    /// </summary>
+    protected sealed class TargetTensors
+    {
+        /// <summary>[V, D], the target's embedding (not owned).</summary>
+        public required Tensor Embedding { get; init; }
+        /// <summary>[Vd, D]: the target's LM head (not owned) or, with a reduced vocabulary, its mapped rows (owned).</summary>
+        public required Tensor LmHead { get; init; }
+        public bool OwnsLmHead { get; init; }
+    }
+
+    readonly TargetTensors _target;
+    readonly RotaryTables _rope;
+    readonly Tensor _pair;        // [hd] int64 rotary partner index
+
+    /// <summary>Number of draft states one round may hold (tree nodes expanded per round).</summary>
+    public const int MaxRoundNodes = 512;
+
+    public DraftConfig Config { get; }
+    public LlamaModel Target { get; }
+    public string Architecture => Config.Architecture;
+    public int DraftVocabSize { get; }
+    public IReadOnlyList<int>? DraftToTarget => Config.DraftVocab;
+
+    protected DraftModelBase(string name, DraftConfig config, LlamaModel target) : base(name)
+    {
+        Config = config.Validate();
+        config.CheckAgainst(target.Config);
+        Target = target;
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        Tensor lmHead = target.LmHeadWeight;
+        if (config.DraftVocab is { } dv)
+            lmHead = target.LmHeadWeight.index_select(0, tensor(dv.Select(i => (long)i).ToArray(), device: target.Device))
+                .contiguous().DetachFromDisposeScope();
+        _target = new TargetTensors { Embedding = target.Embedding, LmHead = lmHead, OwnsLmHead = config.DraftVocab is not null };
+        DraftVocabSize = (int)lmHead.shape[0];
+        // The draft's own rotary tables (interleaved pairs; the layout is a convention of the draft's own weights).
+        _rope = new RotaryTables(config.HeadDim, config.MaxPositions, config.RopeTheta, RopeLayout.Interleaved, null, target.Device);
+        _pair = tensor(_rope.Pair, device: target.Device).DetachFromDisposeScope();
+    }
+
+    public abstract IDraftSession StartSession(int capacity);
+
+    protected Device Dev => Target.Device;
+    protected RotaryTables Rope => _rope;
+    /// <summary>[Vd, D] LM-head rows of the draft vocabulary.</summary>
+    protected Tensor LmHead => _target.LmHead;
+
+    /// <summary>Target embedding of tokens [...] int64 → [..., D] (frozen: no gradient reaches the target).</summary>
+    protected Tensor Embed(Tensor tokens)
+    {
+        var flat = tokens.reshape(-1).to(int64).to(Dev);
+        var shape = tokens.shape.Append(Config.Dim).ToArray();
+        return _target.Embedding.index_select(0, flat).view(shape);
+    }
+
+    /// <summary>Embedding rows [N, D] for token ids (inference path).</summary>
+    protected Tensor Embed(ReadOnlySpan<int> tokens)
+    {
+        var ids = new long[tokens.Length];
+        int v = (int)_target.Embedding.shape[0];
+        for (int i = 0; i < ids.Length; i++)
+        {
+            if ((uint)tokens[i] >= (uint)v) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (size {v})");
+            ids[i] = tokens[i];
+        }
+        return _target.Embedding.index_select(0, tensor(ids, device: Dev));
+    }
+
+    /// <summary>Draft logits through the target's frozen LM head: states [..., D] → [..., DraftVocabSize].</summary>
+    public Tensor Logits(Tensor states) => F.linear(states, _target.LmHead);
+
+    /// <summary>RMSNorm over the last axis, weight applied.</summary>
+    protected Tensor RmsNorm(Tensor x, Tensor weight) =>
+        x * x.square().mean([-1], keepdim: true).add(Config.NormEps).rsqrt() * weight;
+
+    /// <summary>RMSNorm without weight (the weight is folded into the next matmul on the inference path).</summary>
+    protected Tensor RmsNormNoWeight(Tensor x) => x * x.square().mean([-1], keepdim: true).add_(Config.NormEps).rsqrt_();
+
+    /// <summary>Rotary at positions: x [..., T, heads, hd], positions [T] int64 → same shape.</summary>
+    protected Tensor ApplyRope(Tensor x, Tensor positions)
+    {
+        var pos = positions.to(int64).to(Dev);
+        var cos = _rope.Cos.index_select(0, pos).unsqueeze(1);        // [T, 1, hd]
+        var sin = _rope.SinSigned.index_select(0, pos).unsqueeze(1);
+        return _rope.Apply(x, cos, sin, _pair);
+    }
+
+    /// <summary>
+    /// Grouped-query attention, training layout. q [B, T, H, hd]; k, v [B, kvH, S, hd]; mask [T, S] or [B, T, S] bool
+    /// (true = attend). Returns [B, T, H*hd].
+    /// Guard: SDPA gives NaN for a row with no visible key (and NaN gradients into every weight). Such rows are
+    /// opened to all keys for the softmax and their output is then multiplied by 0, so the attention contributes
+    /// exactly zero for them (the empty sum) with finite gradients.
+    /// </summary>
+    protected Tensor Attend(Tensor q, Tensor k, Tensor v, Tensor mask)
+    {
+        long B = q.shape[0], T = q.shape[1], S = k.shape[2];
+        int kvH = Config.KvHeads, G = Config.GroupSize, hd = Config.HeadDim;
+        // Query heads sharing a kv head are stacked along the query axis: [B, kvH, G*T, hd]; mask rows repeat G times.
+        var qq = q.view(B, T, kvH, G, hd).permute(0, 2, 3, 1, 4).reshape(B, kvH, G * T, hd);
+        var m = mask.to(Dev);
+        if (m.dtype != ScalarType.Bool) throw new ArgumentException("mask must be bool (true = attend)", nameof(mask));
+        if (m.dim() == 2)
+        {
+            if (m.shape[0] != T || m.shape[1] != S) throw new ArgumentException($"mask must be [{T}, {S}], got [{string.Join(", ", m.shape)}]", nameof(mask));
+            if (G > 1) m = m.repeat(G, 1);                                               // [G*T, S]
+        }
+        else if (m.dim() == 3)
+        {
+            if (m.shape[0] != B || m.shape[1] != T || m.shape[2] != S) throw new ArgumentException($"mask must be [{B}, {T}, {S}], got [{string.Join(", ", m.shape)}]", nameof(mask));
+            m = (G > 1 ? m.repeat(1, G, 1) : m).unsqueeze(1);                            // [B, 1, G*T, S]
+        }
+        else throw new ArgumentException("mask must be [T, S] or [B, T, S]", nameof(mask));
+        var visible = m.any(-1, keepdim: true);                                          // [.., G*T, 1]
+        var safe = m.logical_or(visible.logical_not());
+        var o = F.scaled_dot_product_attention(qq, k, v, attn_mask: safe);              // [B, kvH, G*T, hd]
+        o = o * visible.to(o.dtype);
+        return o.view(B, kvH, G, T, hd).permute(0, 3, 1, 2, 4).reshape(B, T, Config.QDim);
+    }
+
+    /// <summary>Inference attention for N query rows: q [N, H, hd]; k, v [S, kvH, hd]; mask [G*N, S] or null (all visible). → [N, H*hd].</summary>
+    protected Tensor AttendRows(Tensor q, Tensor k, Tensor v, Tensor? mask)
+    {
+        long N = q.shape[0];
+        int kvH = Config.KvHeads, G = Config.GroupSize, hd = Config.HeadDim;
+        var qq = q.view(1, N, kvH, G, hd).permute(0, 2, 3, 1, 4).reshape(1, kvH, G * N, hd);  // rows ordered (g, n)
+        var kk = k.permute(1, 0, 2).unsqueeze(0);                                         // [1, kvH, S, hd]
+        var vv = v.permute(1, 0, 2).unsqueeze(0);
+        var o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask: mask);              // [1, kvH, G*N, hd]
+        return o.view(kvH, G, N, hd).permute(2, 0, 1, 3).reshape(N, Config.QDim);
+    }
+
+    /// <summary>Row permutation mapping each dimension of a [heads*hd] projection to its rotary partner.</summary>
+    protected Tensor PartnerRows(int heads)
+    {
+        var idx = new long[heads * Config.HeadDim];
+        for (int h = 0; h < heads; h++)
+            for (int j = 0; j < Config.HeadDim; j++) idx[h * Config.HeadDim + j] = h * Config.HeadDim + _rope.Pair[j];
+        return tensor(idx, device: Dev);
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _rope.Dispose();
+            _pair.Dispose();
+            if (_target.OwnsLmHead) _target.LmHead.Dispose();
+        }
+        base.Dispose(disposing);
+    }
+}
