@@ -160,7 +160,7 @@ public sealed class FeatureCache
     /// </summary>
     public (int Shard, int Row)[] EpochOrder(int seed, int epoch)
     {
-        var rng = new Random(HashCode.Combine(seed, epoch, 0x5eed));
+        var rng = new Random(Seeds.Mix(seed, epoch, 0x5eed));   // not HashCode.Combine: that is randomised per process
         var shardOrder = Enumerable.Range(0, ShardCount).ToArray();
         rng.Shuffle(shardOrder);
         var order = new List<(int, int)>(Count);
@@ -248,6 +248,17 @@ public sealed class FeatureCache
         using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         foreach (var s in sequences) sha.AppendData(MemoryMarshal.AsBytes(s.AsSpan()));
         return Convert.ToHexStringLower(sha.GetHashAndReset())[..16];
+    }
+}
+
+/// <summary>Deterministic seed mixing (stable across processes, unlike HashCode).</summary>
+public static class Seeds
+{
+    public static int Mix(long a, long b, long c = 0)
+    {
+        ulong x = (ulong)a * 0x9E3779B97F4A7C15UL ^ (ulong)b * 0xBF58476D1CE4E5B9UL ^ (ulong)c * 0x94D049BB133111EBUL;
+        x ^= x >> 31; x *= 0xD6E8FEB86659FD93UL; x ^= x >> 32;
+        return (int)(x & 0x7FFFFFFF);
     }
 }
 
