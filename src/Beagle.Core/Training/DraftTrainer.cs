@@ -134,7 +134,7 @@ public abstract class DraftTrainer
         else if (File.Exists(metricsPath)) File.Delete(metricsPath);
 
         var sw = Stopwatch.StartNew();
-        long stepsThisRun = 0;
+        long stepsThisRun = 0, savedAt = step;
         double lastLoss = double.NaN;
         var window = new Accum(Depths); var epochAcc = new Accum(Depths);
         int tokensPerStep = o.BatchSize * o.SeqLen;
@@ -188,7 +188,10 @@ public abstract class DraftTrainer
                     if (o.Plots) TrainingPlots.TryWrite(Path.Combine(o.OutputDir, "plots"), epochs, progress);
                 }
                 if (epochEnd || step % o.CheckpointEverySteps == 0 || Stop())
+                {
                     SaveCheckpoint(draft, optimizer, step, epoch, cache, epochs);
+                    savedAt = step;
+                }
                 if (Stop()) break;
             }
             if (Stop()) break;
@@ -210,7 +213,7 @@ public abstract class DraftTrainer
             };
             DraftCheckpoint.Save(draft, draftDir, training);
         }
-        else if (stepsThisRun > 0 || !Directory.Exists(CheckpointDir))
+        else if (savedAt != step || !Directory.Exists(CheckpointDir))
             SaveCheckpoint(draft, optimizer, step, (int)Math.Min(step / nb, o.Epochs - 1), cache, epochs);
         progress?.Report(new TrainingProgress((int)Math.Min(step / nb + (completed ? 0 : 1), o.Epochs), o.Epochs, StageOf((int)Math.Min(step / nb, o.Epochs - 1)),
             step, totalSteps, lastLoss, double.NaN, double.NaN, [], 0, 0, TimeSpan.Zero,
@@ -260,10 +263,11 @@ public abstract class DraftTrainer
         {
             try { (tau, byDepth) = Evaluate(draft, heldOut, ct); }
             catch (OperationCanceledException) { error = "cancelled"; }
-            catch (Exception e) when (e is NotSupportedException or NotImplementedException or InvalidOperationException or ArgumentException)
+            catch (Exception e) when (e is not OutOfMemoryException)
             {
-                // The speculative decoder may not be available yet (it throws NotSupportedException until it lands):
-                // training must go on; the reason is recorded in metrics.jsonl.
+                // Evaluation must never end a training run: the speculative decoder may not be available yet (it
+                // throws NotSupportedException until it lands) or may fail on this draft; the reason is recorded in
+                // metrics.jsonl and the progress message instead.
                 error = $"{e.GetType().Name}: {e.Message}";
             }
         }

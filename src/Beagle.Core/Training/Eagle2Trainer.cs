@@ -53,7 +53,9 @@ public sealed class Eagle2Trainer(LlamaModel target, ITokenizer tokenizer, Train
             var src = Enumerable.Range(0, n).Select(j => (long)Math.Min(j + 1 + u, T - 1)).ToArray();
             var srcT = tensor(src, device: Target.Device);
             var nextTokens = tokens.index_select(1, srcT);                                       // [B, n]
-            var positions = arange(u, n + u, dtype: ScalarType.Int64, device: Target.Device);    // [n]
+            // Positions j+u, clamped to the draft's rotary table: only entries outside the loss (j >= n-u) can exceed it.
+            int maxPos = draft.Config.MaxPositions - 1;
+            var positions = tensor(Enumerable.Range(0, n).Select(j => (long)Math.Min(j + u, maxPos)).ToArray(), device: Target.Device);   // [n]
             var mask = TttMask(n, u, Target.Device);                                           // [n, (u+1)n]
             var (fhat, k, v) = draft.ForwardStep(nextTokens, features, positions, pastK, pastV, mask);   // fhat [B, n, D]
             pastK = k; pastV = v;
