@@ -54,6 +54,7 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
         DraftVocabSize = (int)lmHead.shape[0];
         // The draft's own rotary tables (interleaved pairs; the layout is a convention of the draft's own weights).
         _rope = new RotaryTables(config.HeadDim, config.MaxPositions, config.RopeTheta, RopeLayout.Interleaved, null, target.Device);
+        _rope.Cos.DetachFromDisposeScope(); _rope.SinSigned.DetachFromDisposeScope();   // built inside this scope: keep them alive
         _pair = tensor(_rope.Pair, device: target.Device).DetachFromDisposeScope();
         // RotaryTables detaches its own tensors from the scope.
     }

@@ -1,0 +1,354 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Beagle.Checkpoints;
+using Beagle.Decoding;
+using Beagle.Drafting;
+using Beagle.Models;
+using Beagle.Tokenization;
+using TorchSharp;
+using TorchSharp.Modules;
+using TorchSharp.PyBridge;
+using static TorchSharp.torch;
+
+namespace Beagle.Training;
+
+/// <summary>Loss and statistics of one optimiser step.</summary>
+/// <param name="AgreementByDepth">Sum of top-1 agreements per depth, and the count behind each sum.</param>
+public sealed record StepStats(double Loss, double CrossEntropy, double RegressionLoss, double[] AgreementByDepth, double[] CountByDepth);
+
+/// <summary>
+/// The training loop shared by <see cref="TwoStageTrainer"/> (Beagle) and <see cref="Eagle2Trainer"/>: data, feature
+/// cache, AdamW with warm-up then constant LR and grad-norm clipping, checkpoints (atomic, with optimiser state, data
+/// position and schedule), exact resume, cancellation, progress, metrics.jsonl, plots, per-epoch evaluation with the real
+/// tree decoder, and the final draft. Subclasses implement one step (forward and backward) on a batch.
+///
+/// Determinism: draft initialisation uses torch's global RNG seeded with <see cref="TrainingOptions.Seed"/>; every
+/// random choice of a step (window offset, noise) comes from generators seeded by (seed, global step), and the data
+/// order is a pure function of (seed, epoch). So the checkpoint needs only the step and the optimiser state for a
+/// resumed run to repeat an uninterrupted one exactly.
+/// </summary>
+public abstract class DraftTrainer
+{
+    protected LlamaModel Target { get; }
+    protected ITokenizer Tokenizer { get; }
+    protected TrainingOptions Options { get; }
+    /// <summary>[Vd] int64 target ids of the reduced draft vocabulary, or null.</summary>
+    protected Tensor? KeptIds { get; private set; }
+
+    protected DraftTrainer(LlamaModel target, ITokenizer tokenizer, TrainingOptions options)
+    {
+        Target = target; Tokenizer = tokenizer; Options = options.Validate();
+        if (tokenizer.VocabSize != target.Config.VocabSize)
+            throw new ArgumentException($"tokenizer vocabulary ({tokenizer.VocabSize}) differs from the target's ({target.Config.VocabSize})");
+    }
+
+    /// <summary>The trainer for <see cref="TrainingOptions.Architecture"/>.</summary>
+    public static DraftTrainer Create(LlamaModel target, ITokenizer tokenizer, TrainingOptions options) => options.Validate().Architecture switch
+    {
+        DraftConfig.Beagle => new TwoStageTrainer(target, tokenizer, options),
+        DraftConfig.Eagle2 => new Eagle2Trainer(target, tokenizer, options),
+        var a => throw new ArgumentException($"unknown architecture '{a}'"),
+    };
+
+    /// <summary>Loads the llama2.c target and tokenizer named in the options and trains on a worker thread.</summary>
+    public static Task<TrainingResult> TrainAsync(TrainingOptions options, IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        options.Validate();
+        if (options.TargetPath is null || options.TokenizerPath is null) throw new ArgumentException("target and tokenizer paths are required", nameof(options));
+        return Task.Factory.StartNew(() =>
+        {
+            using var w = Llama2cCheckpoint.Load(options.TargetPath);
+            using var target = new LlamaModel(w);
+            var tok = Llama2cTokenizer.Load(options.TokenizerPath, target.Config.VocabSize);
+            return Create(target, tok, options).Train(progress, cancellationToken);
+        }, cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+    }
+
+    /// <summary>Trains with an already loaded target on a worker thread (TorchSharp state stays on that thread).</summary>
+    public static Task<TrainingResult> TrainAsync(LlamaModel target, ITokenizer tokenizer, TrainingOptions options,
+        IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        var trainer = Create(target, tokenizer, options);
+        return Task.Factory.StartNew(() => trainer.Train(progress, cancellationToken), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+    }
+
+    /// <summary>The stage (1 or 2) of a 0-based epoch. EAGLE-2 has a single stage (reported as 1).</summary>
+    protected int StageOf(int epoch) => epoch < Options.EffectiveStage1Epochs ? 1 : 2;
+
+    /// <summary>Depths reported in <see cref="StepStats"/>.</summary>
+    protected abstract int Depths { get; }
+
+    /// <summary>
+    /// One step on a batch: forward, loss, backward (gradients accumulated into the draft's parameters; the caller
+    /// zeroes, clips and steps). tokens [B, T] int64, states [B, T, D] float32 true states.
+    /// </summary>
+    protected abstract StepStats Step(DraftModelBase draft, Tensor tokens, Tensor states, int stage, long globalStep);
+
+    /// <summary>One step, for tests and benchmarks (forward and backward only; no optimiser).</summary>
+    internal StepStats RunStep(DraftModelBase draft, Tensor tokens, Tensor states, int stage, long globalStep) => Step(draft, tokens, states, stage, globalStep);
+
+    /// <summary>A torch generator for the randomness of one step (noise), seeded by (seed, step, salt).</summary>
+    protected torch.Generator StepGenerator(long globalStep, int salt) => new((ulong)Seeds.Mix(Options.Seed, globalStep, salt), Target.Device);
+    /// <summary>A .NET RNG for the choices of one step (window offset), seeded by (seed, step, salt).</summary>
+    protected Random StepRandom(long globalStep, int salt) => new(Seeds.Mix(Options.Seed, globalStep, salt));
+
+    string CheckpointDir => Path.Combine(Options.OutputDir, "checkpoint");
+
+    /// <summary>Runs the whole training (or the rest of it, with <see cref="TrainingOptions.Resume"/>). Synchronous.</summary>
+    public TrainingResult Train(IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        var o = Options;
+        Directory.CreateDirectory(o.OutputDir);
+        var metricsPath = Path.Combine(o.OutputDir, "metrics.jsonl");
+
+        // ---- data ----
+        var (train, heldOut) = LoadData(cancellationToken);
+        var cache = FeatureCache.Open(o.FeatureCacheDir ?? Path.Combine(o.OutputDir, "features"), Target, Tokenizer, train,
+            o.BatchSize, o.ShardSize, settings: "fp16-v1", cancellationToken);
+        int nb = cache.BatchesPerEpoch(o.BatchSize);
+        if (nb == 0) throw new InvalidOperationException($"{cache.Count} sequences give no full batch of {o.BatchSize}; lower --batch or add data");
+        long totalSteps = (long)nb * o.Epochs;
+        int[]? draftVocab = o.DraftVocab is { } dvN ? MostFrequentTokens(train, dvN, Target.Config.VocabSize) : null;
+        KeptIds = draftVocab is null ? null : tensor(draftVocab.Select(i => (long)i).ToArray(), device: Target.Device);
+
+        // ---- model and optimiser ----
+        torch.manual_seed(o.Seed);
+        var config = DraftConfig.ForTarget(Target.Config, o.Architecture, draftVocab);
+        using var draft = DraftCheckpoint.Create(config, Target);
+        var parameters = draft.parameters().Where(p => p.requires_grad).ToList();
+        using var optimizer = torch.optim.AdamW(parameters, lr: o.LearningRate, beta1: o.Beta1, beta2: o.Beta2, weight_decay: o.WeightDecay);
+
+        long step = 0;
+        var epochs = new List<EpochMetrics>();
+        if (o.Resume && Directory.Exists(CheckpointDir))
+        {
+            var state = JsonNode.Parse(File.ReadAllText(Path.Combine(CheckpointDir, "state.json")))!.AsObject();
+            if ((string?)state["arch"] != o.Architecture) throw new InvalidOperationException($"checkpoint is for '{state["arch"]}', not '{o.Architecture}'");
+            if ((string?)state["feature_cache"] != cache.Key.Id) throw new InvalidOperationException("the checkpoint was trained on different data or a different target (feature cache key differs); cannot resume");
+            draft.load_safetensors(Path.Combine(CheckpointDir, DraftCheckpoint.WeightsFile), strict: true);
+            optimizer.load_state_dict(Path.Combine(CheckpointDir, "optimizer.bin"));
+            step = (long)state["step"]!;
+            epochs = state["epochs"].Deserialize<List<EpochMetrics>>(MetricsJson) ?? [];
+        }
+        else if (File.Exists(metricsPath)) File.Delete(metricsPath);
+
+        var sw = Stopwatch.StartNew();
+        long stepsThisRun = 0, savedAt = step;
+        double lastLoss = double.NaN;
+        var window = new Accum(Depths); var epochAcc = new Accum(Depths);
+        int tokensPerStep = o.BatchSize * o.SeqLen;
+
+        bool Stop() => cancellationToken.IsCancellationRequested || (o.StopAfterSteps is { } s && step >= s);
+
+        while (step < totalSteps)
+        {
+            int epoch = (int)(step / nb), stage = StageOf(epoch);
+            int startBatch = (int)(step % nb);
+            if (startBatch == 0) epochAcc = new Accum(Depths);
+            if (Stop()) break;
+            foreach (var (b, tokens, states) in cache.Batches(o.BatchSize, o.Seed, epoch, startBatch))
+            {
+                using (var scope = NewDisposeScope())
+                {
+                    tokens.MoveToOuterDisposeScope(); states.MoveToOuterDisposeScope();   // owned by this scope now
+                    double lr = o.LearningRate * (o.WarmupSteps == 0 ? 1.0 : Math.Min(1.0, (step + 1.0) / o.WarmupSteps));
+                    foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
+                    optimizer.zero_grad();
+                    var st = Step(draft, tokens, states, stage, step);
+                    torch.nn.utils.clip_grad_norm_(parameters, o.MaxGradNorm);
+                    optimizer.step();
+                    step++; stepsThisRun++;
+                    lastLoss = st.Loss;
+                    window.Add(st); epochAcc.Add(st);
+
+                    if (step % o.LogEverySteps == 0 || step == totalSteps)
+                    {
+                        double tps = stepsThisRun * tokensPerStep / Math.Max(1e-9, sw.Elapsed.TotalSeconds);
+                        var eta = TimeSpan.FromSeconds((totalSteps - step) * tokensPerStep / Math.Max(1e-9, tps));
+                        var p = new TrainingProgress(epoch + 1, o.Epochs, stage, step, totalSteps, window.Loss, window.Ce, window.VLoss,
+                            window.Acceptance, lr, tps, eta);
+                        progress?.Report(p);
+                        AppendMetrics(metricsPath, new JsonObject
+                        {
+                            ["type"] = "step", ["step"] = step, ["epoch"] = epoch + 1, ["stage"] = stage, ["loss"] = Num(p.Loss), ["ce"] = Num(p.CrossEntropy),
+                            ["vloss"] = Num(p.RegressionLoss), ["acc_by_depth"] = new JsonArray(p.AcceptanceByDepth.Select(Num).ToArray()),
+                            ["lr"] = lr, ["tokens_per_second"] = tps,
+                        });
+                        window = new Accum(Depths);
+                    }
+                }
+
+                bool epochEnd = b == nb - 1;
+                if (epochEnd)
+                {
+                    var em = EndOfEpoch(draft, epoch, stage, step, totalSteps, epochAcc, heldOut, progress, cancellationToken);
+                    epochs.Add(em);
+                    AppendMetrics(metricsPath, JsonSerializer.SerializeToNode(em, MetricsJson)!.AsObject().Also(j => j["type"] = "epoch"));
+                    if (o.Plots) TrainingPlots.TryWrite(Path.Combine(o.OutputDir, "plots"), epochs, progress);
+                }
+                if (epochEnd || step % o.CheckpointEverySteps == 0 || Stop())
+                {
+                    SaveCheckpoint(draft, optimizer, step, epoch, cache, epochs);
+                    savedAt = step;
+                }
+                if (Stop()) break;
+            }
+            if (Stop()) break;
+        }
+
+        bool completed = step >= totalSteps;
+        string? draftDir = null;
+        if (completed)
+        {
+            draftDir = Path.Combine(o.OutputDir, "draft");
+            var training = new JsonObject
+            {
+                ["options"] = o.ToJson(),
+                ["steps"] = step,
+                ["feature_cache"] = cache.Key.Id,
+                ["data_hash"] = cache.Key.DataHash,
+                ["final_loss"] = Num(lastLoss),
+                ["epochs"] = JsonSerializer.SerializeToNode(epochs, MetricsJson),
+            };
+            DraftCheckpoint.Save(draft, draftDir, training);
+        }
+        else if (savedAt != step || !Directory.Exists(CheckpointDir))
+            SaveCheckpoint(draft, optimizer, step, (int)Math.Min(step / nb, o.Epochs - 1), cache, epochs);
+        progress?.Report(new TrainingProgress((int)Math.Min(step / nb + (completed ? 0 : 1), o.Epochs), o.Epochs, StageOf((int)Math.Min(step / nb, o.Epochs - 1)),
+            step, totalSteps, lastLoss, double.NaN, double.NaN, [], 0, 0, TimeSpan.Zero,
+            completed ? $"done: draft saved to {draftDir}" : $"stopped at step {step}; checkpoint in {CheckpointDir}"));
+        KeptIds?.Dispose(); KeptIds = null;
+        return new TrainingResult(o.OutputDir, draftDir, step, completed, lastLoss, epochs, cache.Reused);
+    }
+
+    static readonly JsonSerializerOptions MetricsJson = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
+
+    /// <summary>A JSON number, or null for NaN/infinity (a depth with no sample yet).</summary>
+    static JsonNode? Num(double d) => double.IsFinite(d) ? JsonValue.Create(d) : null;
+
+    (List<int[]> Train, List<int[]> HeldOut) LoadData(CancellationToken ct)
+    {
+        var o = Options;
+        var docs = new List<int[]>();
+        foreach (var path in o.DataPaths) docs.AddRange(SequencePacker.Tokenize(TextSources.ReadDocuments(path), Tokenizer));
+        if (o.Generate > 0)
+            docs.AddRange(TextSources.Generate(Target, Tokenizer, o.Generate, o.GenerateMaxTokens, o.GenerateTemperature, o.Seed, ct));
+        // Held-out prompts: the last EvalPrompts documents (long enough to give a prompt), removed from the training data.
+        var heldOut = new List<int[]>();
+        for (int i = docs.Count - 1; i >= 0 && heldOut.Count < o.EvalPrompts && docs.Count > 1; i--)
+            if (docs[i].Length > o.EvalPromptTokens) { heldOut.Add(docs[i][..o.EvalPromptTokens]); docs.RemoveAt(i); }
+        var seqs = SequencePacker.Pack(docs, o.SeqLen, o.MaxSequences > 0 ? o.MaxSequences : null);
+        return (seqs, heldOut);
+    }
+
+    /// <summary>The N most frequent token ids of the data (ties by lower id), sorted ascending.</summary>
+    public static int[] MostFrequentTokens(IEnumerable<int[]> sequences, int n, int vocab)
+    {
+        if (n > vocab) throw new ArgumentOutOfRangeException(nameof(n), n, $"draft vocabulary larger than the target's ({vocab})");
+        var counts = new long[vocab];
+        foreach (var s in sequences) foreach (var t in s) counts[t]++;
+        return Enumerable.Range(0, vocab).OrderByDescending(i => counts[i]).ThenBy(i => i).Take(n).Order().ToArray();
+    }
+
+    EpochMetrics EndOfEpoch(DraftModelBase draft, int epoch, int stage, long step, long totalSteps, Accum acc, List<int[]> heldOut,
+        IProgress<TrainingProgress>? progress, CancellationToken ct)
+    {
+        double? tau = null; double[]? byDepth = null; string? error = null;
+        if (heldOut.Count > 0 && Options.EvalPrompts > 0)
+        {
+            try { (tau, byDepth) = Evaluate(draft, heldOut, ct); }
+            catch (OperationCanceledException) { error = "cancelled"; }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                // Evaluation must never end a training run: the speculative decoder may not be available yet (it
+                // throws NotSupportedException until it lands) or may fail on this draft; the reason is recorded in
+                // metrics.jsonl and the progress message instead.
+                error = $"{e.GetType().Name}: {e.Message}";
+            }
+        }
+        var m = new EpochMetrics(epoch + 1, stage, step, acc.Loss, acc.Acceptance, tau, byDepth, error);
+        progress?.Report(new TrainingProgress(epoch + 1, Options.Epochs, stage, step, totalSteps, acc.Loss, acc.Ce, acc.VLoss,
+            acc.Acceptance, 0, 0, TimeSpan.Zero,
+            tau is { } t ? $"epoch {epoch + 1}: eval acceptance length {t:F3}" : $"epoch {epoch + 1}: evaluation unavailable ({error})"));
+        return m;
+    }
+
+    /// <summary>
+    /// Acceptance length and acceptance rate by depth with the real tree decoder (greedy) on held-out prompts,
+    /// pooled over prompts (sum of round tokens over sum of target forwards).
+    /// </summary>
+    public (double AcceptanceLength, double[] ByDepth) Evaluate(IDraftModel draft, IReadOnlyList<int[]> prompts, CancellationToken ct = default)
+    {
+        var gen = new Decoding.Generator(Target, Tokenizer, draft);
+        var options = new GenerationOptions
+        {
+            MaxNewTokens = Options.EvalMaxNewTokens,
+            Speculative = new SpeculativeOptions { TreeTokens = Options.EvalTreeTokens, TreeDepth = Options.EvalTreeDepth, TreeTopK = Options.EvalTreeTopK },
+        };
+        long roundTokens = 0, forwards = 0, rounds = 0; var accepted = new List<long>();
+        using var _ = no_grad();
+        foreach (var p in prompts)
+        {
+            var stats = new GenerationStats();
+            foreach (var __ in gen.Generate(p, options, stats, ct)) { }
+            roundTokens += stats.RoundTokens; forwards += stats.TargetForwards; rounds += stats.DraftRounds;
+            for (int d = 0; d < stats.AcceptedAtDepth.Length; d++)
+            {
+                while (accepted.Count <= d) accepted.Add(0);
+                accepted[d] += stats.AcceptedAtDepth[d];
+            }
+        }
+        return (forwards == 0 ? 0 : (double)roundTokens / forwards, accepted.Select(a => rounds == 0 ? 0 : (double)a / rounds).ToArray());
+    }
+
+    void SaveCheckpoint(DraftModelBase draft, OptimizerHelper optimizer, long step, int epoch, FeatureCache cache, List<EpochMetrics> epochs)
+    {
+        var state = new JsonObject
+        {
+            ["arch"] = Options.Architecture,
+            ["step"] = step,
+            ["epoch"] = epoch,
+            ["data_position"] = new JsonObject { ["epoch"] = (int)(step / cache.BatchesPerEpoch(Options.BatchSize)), ["batch"] = (int)(step % cache.BatchesPerEpoch(Options.BatchSize)) },
+            // No RNG tensors to store: every step's randomness is seeded by (seed, step) (see the class summary).
+            ["rng"] = new JsonObject { ["seed"] = Options.Seed, ["scheme"] = "per-step: Seeds.Mix(seed, step, salt)" },
+            ["schedule"] = new JsonObject { ["lr"] = Options.LearningRate, ["warmup_steps"] = Options.WarmupSteps, ["kind"] = "linear warm-up, then constant" },
+            ["feature_cache"] = cache.Key.Id,
+            ["options"] = Options.ToJson(),
+            ["epochs"] = JsonSerializer.SerializeToNode(epochs, MetricsJson),
+        };
+        AtomicFile.ReplaceDirectory(CheckpointDir, dir =>
+        {
+            draft.save_safetensors(Path.Combine(dir, DraftCheckpoint.WeightsFile));
+            optimizer.save_state_dict(Path.Combine(dir, "optimizer.bin"));
+            File.WriteAllText(Path.Combine(dir, "state.json"), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        });
+    }
+
+    static void AppendMetrics(string path, JsonObject line) => File.AppendAllText(path, line.ToJsonString() + "\n");
+
+    /// <summary>Running averages of step statistics.</summary>
+    sealed class Accum(int depths)
+    {
+        int _n; double _loss, _ce, _vl;
+        readonly double[] _agree = new double[depths], _count = new double[depths];
+        public void Add(StepStats s)
+        {
+            _n++; _loss += s.Loss; _ce += s.CrossEntropy; _vl += s.RegressionLoss;
+            for (int d = 0; d < Math.Min(depths, s.AgreementByDepth.Length); d++) { _agree[d] += s.AgreementByDepth[d]; _count[d] += s.CountByDepth[d]; }
+        }
+        public double Loss => _n == 0 ? double.NaN : _loss / _n;
+        public double Ce => _n == 0 ? double.NaN : _ce / _n;
+        public double VLoss => _n == 0 ? double.NaN : _vl / _n;
+        public double[] Acceptance => _agree.Zip(_count, (a, c) => c == 0 ? double.NaN : a / c).ToArray();
+    }
+}
+
+static class JsonExtensions
+{
+    public static JsonObject Also(this JsonObject o, Action<JsonObject> f) { f(o); return o; }
+}

@@ -1,0 +1,155 @@
+using System.Text.Json.Nodes;
+using Beagle.Drafting;
+using Beagle.Tests.Infrastructure;
+using Beagle.Training;
+using TorchSharp.PyBridge;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace Beagle.Tests.Training;
+
+public class TrainerTests
+{
+    static string DataFile(TempDir tmp, int docs = 60)
+    {
+        var path = tmp.File("data.txt");
+        File.WriteAllText(path, string.Join("\n\n", TextSources.SplitPlainText(File.ReadAllText(TestAssets.TinyStories)).Take(docs)));
+        return path;
+    }
+
+    static (Tensor Tokens, Tensor States) FixedBatch(int B = 4, int T = 64)
+    {
+        var docs = TextSources.SplitPlainText(File.ReadAllText(TestAssets.TinyStories)).Take(30);
+        var seqs = SequencePacker.Pack(SequencePacker.Tokenize(docs, TestAssets.StoriesTokenizer), T, B);
+        var tokens = tensor(seqs.SelectMany(s => s.Select(x => (long)x)).ToArray(), [B, T]);
+        return (tokens, TestAssets.Stories.HiddenStates(tokens));
+    }
+
+    [Theory]
+    [InlineData("beagle", 1)]
+    [InlineData("beagle", 2)]
+    [InlineData("eagle2", 1)]
+    public void AFewStepsReduceTheLossOnAFixedBatch(string arch, int stage)
+    {
+        using var tmp = TestAssets.TempDir();
+        var options = new TrainingOptions { Architecture = arch, OutputDir = tmp.Path, Generate = 1, WindowK = 3, SimSteps = 3, NoiseStd = 0 };
+        var trainer = DraftTrainer.Create(TestAssets.Stories, TestAssets.StoriesTokenizer, options);
+        manual_seed(7);
+        using var draft = DraftCheckpoint.Create(DraftConfig.ForTarget(TestAssets.Stories.Config, arch), TestAssets.Stories);
+        var ps = draft.parameters().Where(p => p.requires_grad).ToList();
+        using var opt = optim.AdamW(ps, lr: 3e-3, beta1: 0.9, beta2: 0.95);
+        var (tokens, states) = FixedBatch();
+        var losses = new List<double>();
+        for (int i = 0; i < 15; i++)
+        {
+            using var scope = NewDisposeScope();
+            opt.zero_grad();
+            // Same global step each time: same window offset and noise, so only the parameters change.
+            var st = trainer.RunStep(draft, tokens, states, stage, 0);
+            Assert.True(double.IsFinite(st.Loss), $"loss is {st.Loss}");
+            opt.step();
+            losses.Add(st.Loss);
+        }
+        Assert.True(losses[^1] < 0.8 * losses[0], $"{arch} stage {stage}: loss {losses[0]:F4} -> {losses[^1]:F4}");
+    }
+
+    [Fact]
+    public void DetachedSimulationGivesStepOneGradientsEqualToStageOne()
+    {
+        // With one simulated step, stage 2 is the stage-1 forward restricted to offset-1 queries (k weight beta_1 = k):
+        // an independent check that the slot half of the keys is invisible at step 1.
+        using var tmp = TestAssets.TempDir();
+        var options = new TrainingOptions { OutputDir = tmp.Path, Generate = 1, WindowK = 3, SimSteps = 1, NoiseStd = 0 };
+        var trainer = (TwoStageTrainer)DraftTrainer.Create(TestAssets.Stories, TestAssets.StoriesTokenizer, options);
+        manual_seed(3);
+        using var draft = (BeagleDraft)DraftCheckpoint.Create(DraftConfig.ForTarget(TestAssets.Stories.Config), TestAssets.Stories);
+        var (tokens, states) = FixedBatch(2, 32);
+        var s2 = trainer.Stage2(draft, tokens, states, 5, 1, fullBackprop: false);
+        var s2Full = trainer.Stage2(draft, tokens, states, 5, 1, fullBackprop: true);
+        Assert.Equal(s2.Loss, s2Full.Loss, 5);
+        Assert.Equal(s2.AgreementByDepth[0], s2Full.AgreementByDepth[0]);
+    }
+
+    [Fact]
+    public void ResumingAnInterruptedRunGivesTheSameWeightsAsAnUninterruptedRun()
+    {
+        using var tmp = TestAssets.TempDir();
+        var data = DataFile(tmp);
+        TrainingOptions Opts(string dir) => new()
+        {
+            OutputDir = tmp.File(dir), FeatureCacheDir = tmp.File("features"), DataPaths = [data], SeqLen = 64, BatchSize = 4,
+            MaxSequences = 12, Epochs = 2, Stage1Epochs = 1, WindowK = 3, SimSteps = 2, WarmupSteps = 2, EvalPrompts = 0, Plots = false,
+            CheckpointEverySteps = 100, LogEverySteps = 1, Seed = 11,
+        };
+        var target = TestAssets.Stories; var tok = TestAssets.StoriesTokenizer;
+        var full = DraftTrainer.Create(target, tok, Opts("a")).Train();
+        Assert.True(full.Completed);
+        Assert.Equal(6, full.Steps);                                          // 12 sequences / 4 = 3 batches × 2 epochs
+
+        var first = DraftTrainer.Create(target, tok, Opts("b") with { StopAfterSteps = 4 }).Train();   // stops inside stage 2
+        Assert.False(first.Completed);
+        Assert.Equal(4, first.Steps);
+        Assert.True(first.FeatureCacheReused);
+        var resumed = DraftTrainer.Create(target, tok, Opts("b") with { Resume = true }).Train();
+        Assert.True(resumed.Completed);
+        Assert.Equal(6, resumed.Steps);
+
+        using var a = DraftCheckpoint.Load(full.DraftDir!, target);
+        using var b = DraftCheckpoint.Load(resumed.DraftDir!, target);
+        var pa = a.state_dict(); var pb = b.state_dict();
+        Assert.Equal(pa.Keys.Order(), pb.Keys.Order());
+        foreach (var k in pa.Keys)
+            Assert.True(pa[k].allclose(pb[k], rtol: 0, atol: 1e-6), $"parameter {k} differs after resume");
+
+        var training = DraftCheckpoint.ReadTraining(full.DraftDir!);
+        Assert.Equal("beagle", (string?)training["options"]!["architecture"]);
+        var lines = File.ReadAllLines(Path.Combine(full.OutputDir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
+        Assert.Equal(6, lines.Count(l => (string?)l["type"] == "step"));
+        Assert.Equal(2, lines.Count(l => (string?)l["type"] == "epoch"));
+    }
+
+    [Fact]
+    public void CancellationSavesACheckpointAndReturnsCleanly()
+    {
+        using var tmp = TestAssets.TempDir();
+        using var cts = new CancellationTokenSource();
+        var options = new TrainingOptions
+        {
+            Architecture = "eagle2", OutputDir = tmp.Path, DataPaths = [DataFile(tmp, 30)], SeqLen = 64, BatchSize = 2, MaxSequences = 8,
+            Epochs = 1, EvalPrompts = 0, Plots = false, DraftVocab = 200, LogEverySteps = 1,
+        };
+        var progress = new SyncProgress(p => { if (p.Step == 2) cts.Cancel(); });
+        var r = DraftTrainer.Create(TestAssets.Stories, TestAssets.StoriesTokenizer, options).Train(progress, cts.Token);
+        Assert.False(r.Completed);
+        Assert.Equal(2, r.Steps);
+        Assert.True(File.Exists(Path.Combine(tmp.Path, "checkpoint", "state.json")));
+        Assert.True(File.Exists(Path.Combine(tmp.Path, "checkpoint", "optimizer.bin")));
+    }
+
+    [Fact]
+    public void PlotsRenderHeadless()
+    {
+        using var tmp = TestAssets.TempDir();
+        var files = TrainingPlots.Write(tmp.Path, [
+            new EpochMetrics(1, 1, 10, 3.0, [0.5, 0.3, 0.2], 1.8, [0.6, 0.3], null),
+            new EpochMetrics(2, 2, 20, 2.5, [0.6, 0.35, double.NaN], null, null, "NotSupportedException"),
+        ]);
+        foreach (var f in files) Assert.True(new FileInfo(f).Length > 1000, f);
+    }
+
+    [Fact]
+    public void TrainBenchReportsMemoryAndSpeed()
+    {
+        var r = TrainBench.RunOne(TestAssets.Stories, TestAssets.StoriesTokenizer, new TrainBenchSettings("beagle", 2, Batch: 2, SeqLen: 32, Steps: 2));
+        Assert.True(r.StepMs > 0 && r.TokensPerSecond > 0);
+        Assert.True(r.PeakMemoryMb > 0);
+        var e = TrainBench.RunOne(TestAssets.Stories, TestAssets.StoriesTokenizer, new TrainBenchSettings("eagle2", 2, Batch: 2, SeqLen: 32, Steps: 2));
+        Assert.Equal("eagle2", TrainBenchResult.FromJson(e.ToJson()).Arch);
+    }
+
+    /// <summary>Progress&lt;T&gt; posts to the thread pool; tests need the callback inline.</summary>
+    sealed class SyncProgress(Action<TrainingProgress> f) : IProgress<TrainingProgress>
+    {
+        public void Report(TrainingProgress value) => f(value);
+    }
+}
