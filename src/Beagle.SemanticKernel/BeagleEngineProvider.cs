@@ -1,0 +1,101 @@
+using Beagle.Checkpoints;
+using Beagle.Models;
+using Beagle.Runtime;
+using Beagle.Tokenization;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Beagle.SemanticKernel;
+
+/// <summary>
+/// One registration's engine: created on first use (never at registration), loaded on the engine's own thread, and
+/// disposed with the provider (the DI container disposes it). Also fixes the chat template for the model.
+/// </summary>
+public sealed class BeagleEngineProvider : IAsyncDisposable, IDisposable
+{
+    readonly Lazy<BeagleEngine> _engine;
+    readonly ILogger _logger;
+    int _disposed;
+
+    public BeagleEngineProvider(BeagleModelOptions options, ILoggerFactory? loggerFactory = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        Options = options.Clone().Validate();
+        _logger = (ILogger?)loggerFactory?.CreateLogger<BeagleEngineProvider>() ?? NullLogger.Instance;
+        (ChatTemplate, var reason) = Options.ChatTemplate is { } name
+            ? (ChatTemplates.Parse(name), "set by the ChatTemplate option")
+            : ChatTemplates.Detect(Options.TargetPath);
+        _logger.LogInformation("Beagle model {ModelId}: chat template {Template} ({Reason})", ModelId, ChatTemplate, reason);
+        _engine = new Lazy<BeagleEngine>(Create, LazyThreadSafetyMode.ExecutionAndPublication);
+    }
+
+    /// <summary>The validated copy of the options this provider serves.</summary>
+    public BeagleModelOptions Options { get; }
+    public string ModelId => Options.EffectiveModelId;
+    public ChatTemplateKind ChatTemplate { get; }
+    /// <summary>True once the engine was created (loading may still be running; see <see cref="BeagleEngine.Ready"/>).</summary>
+    public bool IsCreated => _engine.IsValueCreated;
+
+    /// <summary>The engine, created (and its loading started) on first access.</summary>
+    public BeagleEngine Engine
+    {
+        get
+        {
+            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+            return _engine.Value;
+        }
+    }
+
+    /// <summary>The engine once its model is loaded; throws the loading error.</summary>
+    public async Task<BeagleEngine> GetReadyEngineAsync(CancellationToken cancellationToken = default)
+    {
+        var engine = Engine;
+        await engine.Ready.WaitAsync(cancellationToken).ConfigureAwait(false);
+        return engine;
+    }
+
+    BeagleEngine Create()
+    {
+        _logger.LogInformation("Beagle model {ModelId}: loading {Target} on device {Device}", ModelId, Options.TargetPath, Options.Device);
+        var engine = new BeagleEngine(() => Load(Options), new EngineOptions { QueueCapacity = Options.QueueCapacity, Threads = Options.Threads });
+        BeagleMetrics.Track(engine, ModelId);
+        engine.Ready.ContinueWith(t =>
+        {
+            if (t.IsFaulted) _logger.LogError(t.Exception!.InnerException, "Beagle model {ModelId}: loading failed", ModelId);
+            else _logger.LogInformation("Beagle model {ModelId}: loaded (draft: {Draft})", ModelId, engine.Draft?.Architecture ?? "none");
+        }, TaskScheduler.Default);
+        return engine;
+    }
+
+    /// <summary>Loads target, tokenizer and draft. Runs on the engine thread.</summary>
+    internal static EngineModels Load(BeagleModelOptions o)
+    {
+        var device = DeviceSelector.Resolve(o.Device);
+        if (Directory.Exists(o.TargetPath))
+            // TODO(hf): use Beagle.Checkpoints.TargetLoader.Load(path, tokenizerPath, device) once it is on main.
+            throw new NotSupportedException($"TargetPath '{o.TargetPath}' is a folder: Hugging Face targets need Beagle.Checkpoints.TargetLoader, which this build does not have yet; use a llama2.c .bin checkpoint");
+        if (!File.Exists(o.TargetPath)) throw new FileNotFoundException($"TargetPath: no llama2.c checkpoint at '{o.TargetPath}'", o.TargetPath);
+        string tokPath = o.TokenizerPath ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(o.TargetPath))!, "tok512.bin");
+        if (!File.Exists(tokPath)) throw new FileNotFoundException($"TokenizerPath: no tokenizer at '{tokPath}' (set TokenizerPath)", tokPath);
+        if (o.DraftPath is not null)
+            // TODO(drafts): load with Beagle.Drafting.DraftCheckpoint.Load(dir, target) once it is on main.
+            throw new NotSupportedException($"DraftPath '{o.DraftPath}': loading draft checkpoints needs Beagle.Drafting.DraftCheckpoint, which this build does not have yet; leave DraftPath unset for plain decoding");
+
+        LlamaModel model;
+        using (var w = Llama2cCheckpoint.Load(o.TargetPath)) model = new LlamaModel(w, device);
+        try { return new EngineModels(model, Llama2cTokenizer.Load(tokPath, model.Config.VocabSize)); }
+        catch { model.Dispose(); throw; }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        if (_engine.IsValueCreated)
+        {
+            BeagleMetrics.Untrack(_engine.Value);
+            await _engine.Value.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
+}

@@ -1,0 +1,47 @@
+using System.Collections.Concurrent;
+using System.Diagnostics.Metrics;
+using Beagle.Decoding;
+using Beagle.Runtime;
+
+namespace Beagle.SemanticKernel;
+
+/// <summary>
+/// The "Beagle" meter (System.Diagnostics.Metrics): per-generation speed and acceptance, tokens generated and the
+/// queue depth of every live engine. Every measurement carries the tag <c>beagle.model</c>.
+/// </summary>
+public static class BeagleMetrics
+{
+    public const string MeterName = "Beagle";
+    static readonly Meter Meter = new(MeterName, "1.0");
+    static readonly ConcurrentDictionary<BeagleEngine, string> Engines = new();
+
+    /// <summary>Decode speed of each finished generation (prefill excluded).</summary>
+    public static readonly Histogram<double> TokensPerSecond =
+        Meter.CreateHistogram<double>("beagle.generation.tokens_per_second", "{token}/s", "Decode speed of a generation (prefill excluded)");
+    /// <summary>Tokens per target forward (tau) of each finished generation; 1 for plain decoding.</summary>
+    public static readonly Histogram<double> AcceptanceLength =
+        Meter.CreateHistogram<double>("beagle.generation.acceptance_length", "{token}", "Tokens emitted per target forward (tau)");
+    /// <summary>Tokens generated, including those of cancelled generations.</summary>
+    public static readonly Counter<long> GeneratedTokens =
+        Meter.CreateCounter<long>("beagle.generated_tokens", "{token}", "Tokens generated");
+
+    static BeagleMetrics()
+    {
+        Meter.CreateObservableGauge("beagle.engine.queue_depth",
+            () => Engines.Select(e => new Measurement<int>(e.Key.QueueDepth, new KeyValuePair<string, object?>("beagle.model", e.Value))),
+            "{request}", "Requests waiting or running in an engine");
+    }
+
+    internal static void Track(BeagleEngine engine, string modelId) => Engines[engine] = modelId;
+    internal static void Untrack(BeagleEngine engine) => Engines.TryRemove(engine, out _);
+
+    /// <summary>Records one generation (finished, failed or cancelled).</summary>
+    internal static void Record(string modelId, GenerationStats stats, bool completed)
+    {
+        var tag = new KeyValuePair<string, object?>("beagle.model", modelId);
+        if (stats.NewTokens > 0) GeneratedTokens.Add(stats.NewTokens, tag);
+        if (!completed || stats.NewTokens == 0) return;
+        TokensPerSecond.Record(stats.TokensPerSecond, tag);
+        if (stats.TargetForwards > 0) AcceptanceLength.Record(stats.AcceptanceLength, tag);
+    }
+}

@@ -1,0 +1,73 @@
+using Beagle.Tokenization;
+
+namespace Beagle.SemanticKernel;
+
+/// <summary>
+/// Which model a registration serves and how. Bound from configuration by the hosting package (section "Beagle"),
+/// or filled in code. <see cref="Validate"/> names the offending setting in every message.
+/// </summary>
+public sealed class BeagleModelOptions
+{
+    /// <summary>The configuration section the hosting package binds by default.</summary>
+    public const string SectionName = "Beagle";
+
+    /// <summary>llama2.c checkpoint (.bin) or Hugging Face model folder. Required.</summary>
+    public string TargetPath { get; set; } = "";
+    /// <summary>Tokenizer file; null = next to the target (tok512.bin for llama2.c, the folder itself for Hugging Face).</summary>
+    public string? TokenizerPath { get; set; }
+    /// <summary>Draft checkpoint folder (draft.json + draft.safetensors); null = plain decoding of the target.</summary>
+    public string? DraftPath { get; set; }
+    /// <summary>auto (CUDA when available), cpu or cuda[:N].</summary>
+    public string Device { get; set; } = "auto";
+    /// <summary>libtorch intra-op threads; null = leave libtorch's default. 1 is fastest for small models.</summary>
+    public int? Threads { get; set; }
+    /// <summary>Requests that may wait while one runs; more are rejected at once with EngineBusyException.</summary>
+    public int QueueCapacity { get; set; } = 16;
+    /// <summary>plain, llama2, llama3, chatml (qwen) or mistral; null = detected from the model (see ChatTemplates.Detect).</summary>
+    public string? ChatTemplate { get; set; }
+    /// <summary>Output token limit when a request sets none (ChatOptions.MaxOutputTokens / max_tokens).</summary>
+    public int DefaultMaxTokens { get; set; } = 256;
+    /// <summary>Model id reported in responses and metadata; null = the target's file or folder name.</summary>
+    public string? ModelId { get; set; }
+
+    /// <summary>The model id: <see cref="ModelId"/> or the target's file/folder name without extension.</summary>
+    public string EffectiveModelId => !string.IsNullOrWhiteSpace(ModelId) ? ModelId
+        : Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(TargetPath));
+
+    /// <summary>
+    /// The problems with these options, each naming its setting (prefixed with <paramref name="prefix"/>, e.g. "Beagle:").
+    /// With <paramref name="checkFiles"/> the paths must exist too (done at host start, not at registration, so that
+    /// registering never touches the disk).
+    /// </summary>
+    public IReadOnlyList<string> Problems(bool checkFiles, string prefix = "")
+    {
+        var p = new List<string>();
+        if (string.IsNullOrWhiteSpace(TargetPath)) p.Add($"{prefix}{nameof(TargetPath)} is required: a llama2.c checkpoint (.bin) or a Hugging Face model folder");
+        else if (checkFiles && !File.Exists(TargetPath) && !Directory.Exists(TargetPath)) p.Add($"{prefix}{nameof(TargetPath)}: no file or folder at '{TargetPath}'");
+        if (TokenizerPath is not null && checkFiles && !File.Exists(TokenizerPath) && !Directory.Exists(TokenizerPath))
+            p.Add($"{prefix}{nameof(TokenizerPath)}: no file at '{TokenizerPath}'");
+        if (DraftPath is not null && checkFiles && !Directory.Exists(DraftPath) && !File.Exists(DraftPath))
+            p.Add($"{prefix}{nameof(DraftPath)}: no draft checkpoint at '{DraftPath}'");
+        var device = (Device ?? "").Trim().ToLowerInvariant();
+        if (!(device is "auto" or "cpu" || device == "cuda" || (device.StartsWith("cuda:") && int.TryParse(device[5..], out var n) && n >= 0)))
+            p.Add($"{prefix}{nameof(Device)} must be auto, cpu or cuda[:N], got '{Device}'");
+        if (Threads is { } t && t < 1) p.Add($"{prefix}{nameof(Threads)} must be >= 1 (or unset), got {t}");
+        if (QueueCapacity < 1) p.Add($"{prefix}{nameof(QueueCapacity)} must be >= 1, got {QueueCapacity}");
+        if (DefaultMaxTokens < 1) p.Add($"{prefix}{nameof(DefaultMaxTokens)} must be >= 1, got {DefaultMaxTokens}");
+        if (ChatTemplate is not null)
+            try { ChatTemplates.Parse(ChatTemplate); }
+            catch (ArgumentException) { p.Add($"{prefix}{nameof(ChatTemplate)}: unknown template '{ChatTemplate}' (use plain, llama2, llama3, chatml or mistral, or leave it unset to detect)"); }
+        return p;
+    }
+
+    /// <summary>Throws <see cref="ArgumentException"/> listing every problem (see <see cref="Problems"/>).</summary>
+    public BeagleModelOptions Validate(bool checkFiles = false)
+    {
+        var problems = Problems(checkFiles);
+        if (problems.Count > 0) throw new ArgumentException("invalid Beagle model options: " + string.Join("; ", problems));
+        return this;
+    }
+
+    /// <summary>A copy, so a registration is not changed by later edits of the caller's instance.</summary>
+    public BeagleModelOptions Clone() => (BeagleModelOptions)MemberwiseClone();
+}
