@@ -71,6 +71,8 @@ internal sealed record DraftTrainingRequest(
 /// <summary>The core trainer. Interim until Beagle.Training lands: refuses with a clear message.</summary>
 internal static class DraftTrainer
 {
+    public static bool Available => false;
+
     /// <summary>Trains and writes a draft checkpoint to <c>request.OutputDir</c>; reports progress lines.</summary>
     public static Task TrainAsync(DraftTrainingRequest request, IProgress<string> progress, CancellationToken cancellationToken)
     {
