@@ -56,7 +56,11 @@ internal static class DraftStore
     public const string Missing = "this build of Beagle.MLNet cannot load draft checkpoints yet (it waits for Beagle.Drafting.DraftCheckpoint); use no draft (plain decoding)";
 
     /// <summary>Loads a draft folder for <paramref name="target"/>. Runs on the engine thread.</summary>
-    public static IDraftModel Load(string dir, LlamaModel target) => throw new NotSupportedException(Missing + $" (draft folder '{dir}', target dim {target.Config.Dim})");
+    public static IDraftModel Load(string dir, LlamaModel target) =>
+        TestLoader?.Invoke(dir, target) ?? throw new NotSupportedException(Missing + $" (draft folder '{dir}', target dim {target.Config.Dim})");
+
+    /// <summary>Tests only: stands in for the draft loader so the embedding of draft files can be tested end to end.</summary>
+    internal static Func<string, LlamaModel, IDraftModel>? TestLoader { get; set; }
 
     /// <summary>The draft's architecture recorded in its folder, if known (for the model description).</summary>
     public static string? Architecture(IReadOnlyDictionary<string, byte[]> files) => null;

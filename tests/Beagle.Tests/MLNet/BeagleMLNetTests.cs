@@ -250,3 +250,64 @@ public class BeagleMLNetTests
         else if (t is IEnumerable<ITransformer> chain) foreach (var x in chain) DisposeBeagle(x);
     }
 }
+
+/// <summary>
+/// The draft's files travel inside the model zip. Until the core's DraftCheckpoint lands, a stand-in loader records
+/// what it is given; the draft is loaded but not used (UseDraft = false), so output stays plain greedy.
+/// </summary>
+public class BeagleMLNetDraftEmbeddingTests
+{
+    sealed class StubDraft : Beagle.Drafting.IDraftModel
+    {
+        public string Architecture => "beagle";
+        public int DraftVocabSize => 512;
+        public IReadOnlyList<int>? DraftToTarget => null;
+        public Beagle.Drafting.IDraftSession StartSession(int capacity) => throw new InvalidOperationException("the stub draft is never used for decoding");
+        public void Dispose() { }
+    }
+
+    [Fact]
+    public void Draft_files_are_embedded_in_the_zip_and_handed_back_to_the_draft_loader_on_load()
+    {
+        using var dir = TestAssets.TempDir();
+        var draftDir = Path.Combine(dir.Path, "draft");
+        Directory.CreateDirectory(Path.Combine(draftDir, "sub"));
+        var weights = Enumerable.Range(0, 5000).Select(i => (byte)(i * 7)).ToArray();
+        File.WriteAllBytes(Path.Combine(draftDir, "draft.safetensors"), weights);
+        File.WriteAllText(Path.Combine(draftDir, "sub", "config.json"), "{\"arch\":\"beagle\"}");
+        var seen = new List<Dictionary<string, byte[]>>();
+        Beagle.MLNet.Internal.DraftStore.TestLoader = (d, _) =>
+        {
+            lock (seen) seen.Add(Directory.EnumerateFiles(d, "*", SearchOption.AllDirectories).ToDictionary(f => Path.GetRelativePath(d, f), File.ReadAllBytes));
+            return new StubDraft();
+        };
+        try
+        {
+            var ml = new MLContext(seed: 1);
+            var data = ml.Data.LoadFromEnumerable(new[] { new PromptInput { Prompt = "Once upon a time" } });
+            using var model = ml.Beagle().Generate(new BeagleGenerateOptions
+            {
+                TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, DraftPath = draftDir, UseDraft = false, MaxNewTokens = 8,
+            }).Fit(data);
+            Assert.True(model.HasDraft);
+            var before = model.Transform(data).GetColumn<string>("Completion").Single();
+            BeagleModel.Save(ml, model, data.Schema, dir.File("m.zip"));
+            using (var zip = ZipFile.OpenRead(dir.File("m.zip")))
+            {
+                Assert.NotNull(zip.GetEntry("beagle/draft/draft.safetensors"));
+                Assert.NotNull(zip.GetEntry("beagle/draft/sub/config.json"));
+            }
+
+            var reloaded = Assert.IsType<BeagleTransformer>(BeagleModel.Load(new MLContext(), dir.File("m.zip"), out _));
+            using (reloaded)
+            {
+                Assert.True(reloaded.HasDraft);
+                Assert.Equal(before, reloaded.Transform(data).GetColumn<string>("Completion").Single());
+            }
+            Assert.Equal(2, seen.Count);   // fit, then load
+            Assert.Equal(weights, seen[1]["draft.safetensors"]);
+            Assert.Equal("{\"arch\":\"beagle\"}", System.Text.Encoding.UTF8.GetString(seen[1][Path.Combine("sub", "config.json")]));
+        }
+        finally { Beagle.MLNet.Internal.DraftStore.TestLoader = null; }
+    }
+}
