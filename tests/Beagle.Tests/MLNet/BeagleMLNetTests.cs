@@ -229,6 +229,44 @@ public class BeagleMLNetTests
     }
 
     [Fact]
+    public void TrainDraft_honours_a_cancelled_token()
+    {
+        var ml = new MLContext(seed: 1);
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        var est = ml.Beagle().TrainDraft(new BeagleTrainDraftOptions { TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, TextColumnName = "Prompt", CancellationToken = cts.Token });
+        Assert.ThrowsAny<OperationCanceledException>(() => est.Fit(PromptView(ml, "Once upon a time there was a cat.")));
+    }
+
+    [Fact]
+    public void TrainDraft_fits_a_tiny_draft_whose_speculative_greedy_output_equals_plain_greedy()
+    {
+        var ml = new MLContext(seed: 1);
+        var texts = File.ReadLines(TestAssets.TinyStories).Where(l => l.Trim().Length > 0).Take(32).ToArray();
+        var data = ml.Data.LoadFromEnumerable(texts.Select(t => new PromptInput { Prompt = t }).ToArray());
+        using var dir = TestAssets.TempDir();
+        var est = ml.Beagle().TrainDraft(new BeagleTrainDraftOptions
+        {
+            TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, TextColumnName = "Prompt", MaxNewTokens = MaxTokens,
+            Epochs = 1, Stage1Epochs = 1, MaxSteps = 2, BatchSize = 4, Window = 16, SeqLen = 64, OutputDir = dir.File("draft"),
+        });
+        if (!BeagleCatalog.CanTrainDrafts)
+        {
+            // Until the core trainer is wired in (Internal/CoreAdapters.cs), Fit says so plainly.
+            var e = Assert.Throws<NotSupportedException>(() => est.Fit(data));
+            Assert.Contains("Beagle.Training", e.Message);
+            return;
+        }
+        using var model = est.Fit(data);
+        Assert.True(model.HasDraft);
+        Assert.NotEmpty(Directory.EnumerateFiles(dir.File("draft"), "*", SearchOption.AllDirectories));
+        // Lossless: greedy speculative decoding gives plain greedy's text whatever the (barely trained) draft proposes.
+        var rows = Rows(ml, model.Transform(PromptView(ml, Prompts)));
+        Assert.Equal(Reference(Prompts), rows.Select(r => r.Completion).ToArray());
+        Assert.All(rows, r => Assert.True(r.AcceptanceLength >= 1f));
+    }
+
+    [Fact]
     public void Fit_reports_through_the_MLContext_log()
     {
         var ml = new MLContext(seed: 1);
