@@ -1,0 +1,145 @@
+using Beagle.MLNet.Internal;
+using Microsoft.ML;
+using Microsoft.ML.Runtime;
+
+namespace Beagle.MLNet;
+
+/// <summary>
+/// Estimator of a generation-only transformer: Fit loads the target (and an existing draft, if given) and returns a
+/// <see cref="BeagleTransformer"/>; nothing is learned from the data, which only has to carry the prompt column.
+/// </summary>
+public sealed class BeagleGenerateEstimator : IEstimator<BeagleTransformer>
+{
+    readonly MLContext _ml;
+    readonly BeagleGenerateOptions _options;
+
+    internal BeagleGenerateEstimator(MLContext ml, BeagleGenerateOptions options)
+    {
+        _ml = ml; _options = options;
+        options.Validate();
+    }
+
+    public BeagleTransformer Fit(IDataView input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        SchemaChecks.CheckPrompt(input.Schema, _options.InputColumnName);
+        var draft = _options.DraftPath is null ? new Dictionary<string, byte[]>() : BeagleRuntime.ReadFiles(_options.DraftPath);
+        return BeaglePipeline.Build(_ml, input, _options, draft, "generate");
+    }
+
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema) => BeaglePipeline.OutputSchema(_ml, inputSchema, _options.InputColumnName);
+}
+
+/// <summary>
+/// Estimator that trains a draft for the target on a text column with the core trainer (stage 1 then stage 2), writes
+/// it to <see cref="BeagleTrainDraftOptions.OutputDir"/>, and returns a <see cref="BeagleTransformer"/> that decodes
+/// speculatively with it. Progress goes to <c>mlContext.Log</c> (source "Beagle"); cancel with
+/// <see cref="BeagleTrainDraftOptions.CancellationToken"/>.
+/// Note: in an estimator chain ML.NET transforms the training data after Fit, so there it must also carry the prompt
+/// column (which may be the text column itself: set InputColumnName = TextColumnName).
+/// </summary>
+public sealed class BeagleTrainDraftEstimator : IEstimator<BeagleTransformer>
+{
+    readonly MLContext _ml;
+    readonly BeagleTrainDraftOptions _options;
+
+    internal BeagleTrainDraftEstimator(MLContext ml, BeagleTrainDraftOptions options)
+    {
+        _ml = ml; _options = options;
+        options.Validate();
+    }
+
+    public BeagleTransformer Fit(IDataView input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        var o = _options;
+        SchemaChecks.CheckText(input.Schema, o.TextColumnName, "training-text");
+        var ct = o.CancellationToken;
+        var host = ((IHostEnvironment)_ml).Register("Beagle");
+        using var ch = host.Start("TrainDraft");
+
+        var texts = new List<string>();
+        var textColumn = input.Schema[o.TextColumnName];
+        using (var cursor = input.GetRowCursor([textColumn]))
+        {
+            var get = cursor.GetGetter<ReadOnlyMemory<char>>(textColumn);
+            ReadOnlyMemory<char> v = default;
+            while (cursor.MoveNext())
+            {
+                if ((texts.Count & 1023) == 0) ct.ThrowIfCancellationRequested();
+                get(ref v);
+                if (!v.IsEmpty) texts.Add(v.ToString());
+            }
+        }
+        if (texts.Count == 0) throw new ArgumentException($"the training-text column '{o.TextColumnName}' has no non-empty rows", nameof(input));
+        ch.Info(MessageSensitivity.None, "training a {0} draft for {1} on {2} texts ({3} epochs, {4} in stage 1)", o.Architecture, o.TargetPath, texts.Count, o.Epochs, o.Stage1Epochs);
+
+        string outDir = o.OutputDir ?? Path.Combine(Path.GetTempPath(), "beagle-mlnet-train-" + Guid.NewGuid().ToString("N")[..12]);
+        Directory.CreateDirectory(outDir);
+        var request = new DraftTrainingRequest(o.TargetPath, o.TokenizerPath, o.Device, texts, o.Architecture, o.Epochs, o.Stage1Epochs,
+            o.Window, o.SimSteps, o.BatchSize, o.SeqLen, o.LearningRate, o.MaxSteps, o.TrainSeed, outDir);
+        // The trainer reports from its own thread; a channel is thread-safe to write to.
+        var progress = new SyncProgress(line => ch.Info(MessageSensitivity.None, "{0}", line));
+        DraftTrainer.TrainAsync(request, progress, ct).GetAwaiter().GetResult();
+        ch.Info(MessageSensitivity.None, "draft written to {0}", outDir);
+
+        return BeaglePipeline.Build(_ml, input, o, BeagleRuntime.ReadFiles(outDir), "train-draft", checkPrompt: false);
+    }
+
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema)
+    {
+        SchemaChecks.CheckText(inputSchema, _options.TextColumnName, "training-text");
+        return BeaglePipeline.OutputSchema(_ml, inputSchema, _options.InputColumnName);
+    }
+
+    /// <summary>IProgress that calls back synchronously (Progress&lt;T&gt; would post to the thread pool and reorder lines).</summary>
+    sealed class SyncProgress(Action<string> report) : IProgress<string> { public void Report(string value) => report(value); }
+}
+
+/// <summary>Builds the inner chain shared by both estimators.</summary>
+internal static class BeaglePipeline
+{
+    /// <summary>copy prompt → private column; Beagle CustomMapping; drop the private column.</summary>
+    public static IEstimator<ITransformer> Inner(MLContext ml, string inputColumn, Action<BeaglePromptRow, BeagleCompletionRow> map) =>
+        ml.Transforms.CopyColumns(BeagleColumns.InternalPrompt, inputColumn)
+            .Append(ml.Transforms.CustomMapping(map, BeagleMappingFactory.ContractName))
+            .Append(ml.Transforms.DropColumns(BeagleColumns.InternalPrompt));
+
+    public static SchemaShape OutputSchema(MLContext ml, SchemaShape input, string inputColumn)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        SchemaChecks.CheckText(input, inputColumn, "prompt");
+        // Schema propagation only: the mapping is never run, so no model is loaded here.
+        return Inner(ml, inputColumn, static (_, _) => { }).GetOutputSchema(input);
+    }
+
+    public static BeagleTransformer Build(MLContext ml, IDataView input, BeagleModelOptions o, IReadOnlyDictionary<string, byte[]> draftFiles, string kind, bool checkPrompt = true)
+    {
+        var settings = new SettingsRecord
+        {
+            InputColumnName = o.InputColumnName, Device = o.Device, Threads = o.Threads, Generation = o.ToGenerationSettings(),
+            HasDraft = draftFiles.Count > 0, DraftArchitecture = draftFiles.Count > 0 ? DraftStore.Architecture(draftFiles) : null,
+        };
+        var host = ((IHostEnvironment)ml).Register("Beagle");
+        using (var ch = host.Start(kind))
+            ch.Info(MessageSensitivity.None, "loading target {0} ({1})", o.TargetPath, settings.HasDraft ? "with draft" : "no draft: plain decoding");
+        var runtime = BeagleRuntime.Start(o.TargetPath, o.TokenizerPath, settings, draftFiles);
+        try
+        {
+            var inner = Inner(ml, o.InputColumnName, runtime.Map);
+            // Fitting the inner chain only binds schemas (nothing is learned); with a training set that lacks the
+            // prompt column, bind it to a one-row empty prompt view instead.
+            IDataView bindTo = checkPrompt || input.Schema.GetColumnOrNull(o.InputColumnName) is not null
+                ? input
+                : EmptyPrompts(ml, o.InputColumnName);
+            return new BeagleTransformer(inner.Fit(bindTo), runtime);
+        }
+        catch { runtime.Dispose(); throw; }
+    }
+
+    static IDataView EmptyPrompts(MLContext ml, string column)
+    {
+        var view = ml.Data.LoadFromEnumerable(new[] { new BeaglePromptRow() });
+        return ml.Transforms.CopyColumns(column, BeagleColumns.InternalPrompt).Fit(view).Transform(view);
+    }
+}

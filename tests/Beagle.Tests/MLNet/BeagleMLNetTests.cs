@@ -1,0 +1,351 @@
+using System.IO.Compression;
+using Beagle.Decoding;
+using Beagle.MLNet;
+using Beagle.Tests.Infrastructure;
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Xunit;
+
+namespace Beagle.Tests.MLNet;
+
+public sealed class PromptInput
+{
+    public string Prompt { get; set; } = "";
+}
+
+public sealed class RawInput
+{
+    public string Raw { get; set; } = "";
+}
+
+public sealed class CompletionRow
+{
+    public string Prompt { get; set; } = "";
+    public string Completion { get; set; } = "";
+    public int NewTokens { get; set; }
+    public float AcceptanceLength { get; set; }
+    public float TokensPerSecond { get; set; }
+}
+
+/// <summary>
+/// The ML.NET face against the core engine: every completion is compared with <see cref="Generator.Complete"/> on the
+/// same target (a second, independent code path), and a reloaded model with the fitted one.
+/// </summary>
+public class BeagleMLNetTests
+{
+    const int MaxTokens = 32;
+    static readonly string[] Prompts = ["Once upon a time", "Lily and Tom went to the park", "The little dog"];
+
+    static BeagleGenerateOptions Options(string column = "Prompt") => new()
+    {
+        TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, InputColumnName = column, MaxNewTokens = MaxTokens,
+    };
+
+    static IDataView PromptView(MLContext ml, params string[] prompts) =>
+        ml.Data.LoadFromEnumerable(prompts.Select(p => new PromptInput { Prompt = p }).ToArray());
+
+    static string[] Reference(params string[] prompts)
+    {
+        var g = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer);
+        return prompts.Select(p => g.Complete(p, new GenerationOptions { MaxNewTokens = MaxTokens }).Text).ToArray();
+    }
+
+    static CompletionRow[] Rows(MLContext ml, IDataView view) => ml.Data.CreateEnumerable<CompletionRow>(view, reuseRowObject: false).ToArray();
+
+    [Fact]
+    public void Output_schema_keeps_the_input_columns_and_adds_the_four_typed_outputs_without_loading_the_model()
+    {
+        var ml = new MLContext(seed: 1);
+        var data = PromptView(ml, "x");
+        var shape = ml.Beagle().Generate(Options()).GetOutputSchema(Shape(data.Schema));
+
+        Assert.Equal(["Prompt", "Completion", "NewTokens", "AcceptanceLength", "TokensPerSecond"], shape.Select(c => c.Name).ToArray());
+        Assert.IsType<TextDataViewType>(shape.Single(c => c.Name == "Completion").ItemType);
+        Assert.Equal(NumberDataViewType.Int32, shape.Single(c => c.Name == "NewTokens").ItemType);
+        Assert.Equal(NumberDataViewType.Single, shape.Single(c => c.Name == "AcceptanceLength").ItemType);
+        Assert.Equal(NumberDataViewType.Single, shape.Single(c => c.Name == "TokensPerSecond").ItemType);
+    }
+
+    [Fact]
+    public void A_missing_prompt_column_is_refused_naming_it_at_schema_and_fit_time()
+    {
+        var ml = new MLContext(seed: 1);
+        var data = PromptView(ml, "x");
+        var est = ml.Beagle().Generate(Options("Question"));
+
+        var e1 = Assert.Throws<ArgumentException>(() => est.GetOutputSchema(Shape(data.Schema)));
+        Assert.Contains("'Question'", e1.Message);
+        var e2 = Assert.Throws<ArgumentException>(() => est.Fit(data));
+        Assert.Contains("'Question'", e2.Message);
+    }
+
+    [Fact]
+    public void A_prompt_column_that_is_not_text_is_refused_naming_it()
+    {
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(new[] { new { Prompt = 1f } });
+        var est = ml.Beagle().Generate(Options());
+
+        var e = Assert.Throws<ArgumentException>(() => est.GetOutputSchema(Shape(data.Schema)));
+        Assert.Contains("'Prompt'", e.Message);
+        Assert.Contains("text", e.Message);
+        Assert.Throws<ArgumentException>(() => est.Fit(data));
+    }
+
+    [Fact]
+    public void Transform_gives_the_core_engines_greedy_completion_for_every_row_with_plain_decoding_statistics()
+    {
+        var ml = new MLContext(seed: 1);
+        var data = PromptView(ml, Prompts);
+        using var model = ml.Beagle().Generate(Options()).Fit(data);
+        Assert.False(model.HasDraft);
+
+        var rows = Rows(ml, model.Transform(data));
+
+        Assert.Equal(Reference(Prompts), rows.Select(r => r.Completion).ToArray());
+        Assert.Equal(Prompts, rows.Select(r => r.Prompt).ToArray());
+        Assert.All(rows, r => Assert.InRange(r.NewTokens, 1, MaxTokens));
+        Assert.All(rows, r => Assert.Equal(1f, r.AcceptanceLength));   // plain decoding: one token per target forward
+        Assert.All(rows, r => Assert.True(r.TokensPerSecond > 0));
+    }
+
+    [Fact]
+    public void PredictionEngine_completes_single_prompts_like_the_core_engine()
+    {
+        var ml = new MLContext(seed: 1);
+        using var model = ml.Beagle().Generate(Options()).Fit(PromptView(ml, "x"));
+        var engine = ml.Model.CreatePredictionEngine<PromptInput, CompletionRow>(model);
+
+        var outs = Prompts.Select(p => engine.Predict(new PromptInput { Prompt = p }).Completion).ToArray();
+
+        Assert.Equal(Reference(Prompts), outs);
+    }
+
+    [Fact]
+    public void Composes_with_standard_transforms_upstream_and_downstream_and_the_whole_pipeline_round_trips()
+    {
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(Prompts.Select(p => new RawInput { Raw = p.ToUpperInvariant() }).ToArray());
+        var pipeline = ml.Transforms.Text.NormalizeText("Prompt", "Raw", Microsoft.ML.Transforms.Text.TextNormalizingEstimator.CaseMode.Lower)
+            .Append(ml.Beagle().Generate(Options()))
+            .Append(ml.Transforms.Conversion.ConvertType("NewTokensF", "NewTokens", DataKind.Single))
+            .Append(ml.Transforms.CopyColumns("Story", "Completion"));
+        var model = pipeline.Fit(data);
+        var lowered = Prompts.Select(p => p.ToLowerInvariant()).ToArray();
+        var expected = Reference(lowered);
+
+        var out1 = model.Transform(data);
+        Assert.Equal(expected, out1.GetColumn<string>("Story").ToArray());
+        Assert.Equal(out1.GetColumn<int>("NewTokens").Select(n => (float)n).ToArray(), out1.GetColumn<float>("NewTokensF").ToArray());
+
+        using var dir = TestAssets.TempDir();
+        BeagleModel.Save(ml, model, data.Schema, dir.File("pipeline.zip"));
+        var ml2 = new MLContext(seed: 2);
+        var reloaded = BeagleModel.Load(ml2, dir.File("pipeline.zip"), out var schema);
+        try
+        {
+            Assert.Equal("Raw", Assert.Single(schema).Name);
+            Assert.Equal(expected, reloaded.Transform(data).GetColumn<string>("Story").ToArray());
+        }
+        finally { DisposeBeagle(reloaded); DisposeBeagle(model); }
+    }
+
+    [Fact]
+    public void Save_embeds_the_target_record_and_load_reproduces_the_greedy_output_including_with_PredictionEngine()
+    {
+        var ml = new MLContext(seed: 1);
+        var data = PromptView(ml, Prompts);
+        using var model = ml.Beagle().Generate(Options()).Fit(data);
+        var before = Rows(ml, model.Transform(data)).Select(r => r.Completion).ToArray();
+        using var dir = TestAssets.TempDir();
+        var path = dir.File("beagle.zip");
+
+        BeagleModel.Save(ml, model, data.Schema, path);
+        using (var zip = ZipFile.OpenRead(path))
+        {
+            Assert.NotNull(zip.GetEntry("beagle/target.json"));
+            Assert.NotNull(zip.GetEntry("beagle/settings.json"));
+        }
+        var ml2 = new MLContext(seed: 2);
+        var reloaded = BeagleModel.Load(ml2, path, out _);
+        try
+        {
+            var bt = Assert.IsType<BeagleTransformer>(reloaded);
+            Assert.Equal(model.TargetFingerprint, bt.TargetFingerprint);
+            Assert.Equal(before, Rows(ml2, reloaded.Transform(PromptView(ml2, Prompts))).Select(r => r.Completion).ToArray());
+            var pe = ml2.Model.CreatePredictionEngine<PromptInput, CompletionRow>(reloaded);
+            Assert.Equal(before[0], pe.Predict(new PromptInput { Prompt = Prompts[0] }).Completion);
+            // A reloaded model still checks its input column, and saves again.
+            Assert.Throws<ArgumentException>(() => reloaded.GetOutputSchema(ml2.Data.LoadFromEnumerable(new[] { new RawInput() }).Schema));
+            BeagleModel.Save(ml2, reloaded, data.Schema, dir.File("again.zip"));
+        }
+        finally { DisposeBeagle(reloaded); }
+    }
+
+    [Fact]
+    public void Loading_against_a_different_target_is_refused_with_the_fingerprints()
+    {
+        var ml = new MLContext(seed: 1);
+        var data = PromptView(ml, "x");
+        using var model = ml.Beagle().Generate(Options()).Fit(data);
+        using var dir = TestAssets.TempDir();
+        BeagleModel.Save(ml, model, data.Schema, dir.File("beagle.zip"));
+        // Another target: the same file with one embedding weight changed (the first float after the 28-byte header).
+        var other = File.ReadAllBytes(TestAssets.ModelPath);
+        BitConverter.GetBytes(BitConverter.ToSingle(other, 28) + 0.5f).CopyTo(other, 28);
+        File.WriteAllBytes(dir.File("other.bin"), other);
+
+        var e = Assert.Throws<InvalidDataException>(() => BeagleModel.Load(new MLContext(), dir.File("beagle.zip"), out _,
+            new BeagleLoadOptions { TargetPath = dir.File("other.bin"), TokenizerPath = TestAssets.TokenizerPath }));
+        Assert.Contains("different target", e.Message);
+        Assert.Contains(model.TargetFingerprint, e.Message);
+    }
+
+    [Fact]
+    public void A_Beagle_zip_loaded_with_plain_Model_Load_points_to_BeagleModel_Load()
+    {
+        var ml = new MLContext(seed: 1);
+        var data = PromptView(ml, "x");
+        using var model = ml.Beagle().Generate(Options()).Fit(data);
+        using var dir = TestAssets.TempDir();
+        BeagleModel.Save(ml, model, data.Schema, dir.File("beagle.zip"));
+
+        var ml2 = new MLContext();
+        ml2.ComponentCatalog.RegisterAssembly(typeof(BeagleModel).Assembly);
+        var e = Assert.ThrowsAny<Exception>(() => ml2.Model.Load(dir.File("beagle.zip"), out _));
+        Assert.Contains("BeagleModel.Load", Flatten(e));
+    }
+
+    [Fact]
+    public void TrainDraft_validates_its_text_column_and_options()
+    {
+        var ml = new MLContext(seed: 1);
+        var data = PromptView(ml, "x");
+        var est = ml.Beagle().TrainDraft(new BeagleTrainDraftOptions { TargetPath = TestAssets.ModelPath, TextColumnName = "Story" });
+        var e = Assert.Throws<ArgumentException>(() => est.Fit(data));
+        Assert.Contains("'Story'", e.Message);
+        Assert.Throws<ArgumentException>(() => ml.Beagle().TrainDraft(new BeagleTrainDraftOptions { TargetPath = TestAssets.ModelPath, Architecture = "medusa" }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => ml.Beagle().TrainDraft(new BeagleTrainDraftOptions { TargetPath = TestAssets.ModelPath, Epochs = 2, Stage1Epochs = 3 }));
+    }
+
+    [Fact]
+    public void TrainDraft_honours_a_cancelled_token()
+    {
+        var ml = new MLContext(seed: 1);
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        var est = ml.Beagle().TrainDraft(new BeagleTrainDraftOptions { TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, TextColumnName = "Prompt", CancellationToken = cts.Token });
+        Assert.ThrowsAny<OperationCanceledException>(() => est.Fit(PromptView(ml, "Once upon a time there was a cat.")));
+    }
+
+    [Fact]
+    public void TrainDraft_fits_a_tiny_draft_whose_speculative_greedy_output_equals_plain_greedy()
+    {
+        var ml = new MLContext(seed: 1);
+        var texts = File.ReadLines(TestAssets.TinyStories).Where(l => l.Trim().Length > 0).Take(32).ToArray();
+        var data = ml.Data.LoadFromEnumerable(texts.Select(t => new PromptInput { Prompt = t }).ToArray());
+        using var dir = TestAssets.TempDir();
+        var est = ml.Beagle().TrainDraft(new BeagleTrainDraftOptions
+        {
+            TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, TextColumnName = "Prompt", MaxNewTokens = MaxTokens,
+            Epochs = 1, Stage1Epochs = 1, MaxSteps = 2, BatchSize = 4, Window = 16, SeqLen = 64, OutputDir = dir.File("draft"),
+        });
+        if (!BeagleCatalog.CanTrainDrafts)
+        {
+            // Until the core trainer is wired in (Internal/CoreAdapters.cs), Fit says so plainly.
+            var e = Assert.Throws<NotSupportedException>(() => est.Fit(data));
+            Assert.Contains("Beagle.Training", e.Message);
+            return;
+        }
+        using var model = est.Fit(data);
+        Assert.True(model.HasDraft);
+        Assert.NotEmpty(Directory.EnumerateFiles(dir.File("draft"), "*", SearchOption.AllDirectories));
+        // Lossless: greedy speculative decoding gives plain greedy's text whatever the (barely trained) draft proposes.
+        var rows = Rows(ml, model.Transform(PromptView(ml, Prompts)));
+        Assert.Equal(Reference(Prompts), rows.Select(r => r.Completion).ToArray());
+        Assert.All(rows, r => Assert.True(r.AcceptanceLength >= 1f));
+    }
+
+    [Fact]
+    public void Fit_reports_through_the_MLContext_log()
+    {
+        var ml = new MLContext(seed: 1);
+        var messages = new List<string>();
+        ml.Log += (_, e) => { if (e.Source.Contains("Beagle")) lock (messages) messages.Add(e.Message); };
+        using var model = ml.Beagle().Generate(Options()).Fit(PromptView(ml, "x"));
+        lock (messages) Assert.Contains(messages, m => m.Contains("loading target"));
+    }
+
+    /// <summary>SchemaShape.Create(DataViewSchema) is internal in ML.NET 5 (dotnet-stack-notes.md section 5); tests call it by reflection.</summary>
+    static SchemaShape Shape(DataViewSchema s) =>
+        (SchemaShape)typeof(SchemaShape).GetMethod("Create", System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic, [typeof(DataViewSchema)])!.Invoke(null, [s])!;
+
+    static string Flatten(Exception e) => e.InnerException is null ? e.Message : e.Message + " | " + Flatten(e.InnerException);
+
+    static void DisposeBeagle(ITransformer t)
+    {
+        if (t is IDisposable d) d.Dispose();
+        else if (t is IEnumerable<ITransformer> chain) foreach (var x in chain) DisposeBeagle(x);
+    }
+}
+
+/// <summary>
+/// The draft's files travel inside the model zip. Until the core's DraftCheckpoint lands, a stand-in loader records
+/// what it is given; the draft is loaded but not used (UseDraft = false), so output stays plain greedy.
+/// </summary>
+public class BeagleMLNetDraftEmbeddingTests
+{
+    sealed class StubDraft : Beagle.Drafting.IDraftModel
+    {
+        public string Architecture => "beagle";
+        public int DraftVocabSize => 512;
+        public IReadOnlyList<int>? DraftToTarget => null;
+        public Beagle.Drafting.IDraftSession StartSession(int capacity) => throw new InvalidOperationException("the stub draft is never used for decoding");
+        public void Dispose() { }
+    }
+
+    [Fact]
+    public void Draft_files_are_embedded_in_the_zip_and_handed_back_to_the_draft_loader_on_load()
+    {
+        using var dir = TestAssets.TempDir();
+        var draftDir = Path.Combine(dir.Path, "draft");
+        Directory.CreateDirectory(Path.Combine(draftDir, "sub"));
+        var weights = Enumerable.Range(0, 5000).Select(i => (byte)(i * 7)).ToArray();
+        File.WriteAllBytes(Path.Combine(draftDir, "draft.safetensors"), weights);
+        File.WriteAllText(Path.Combine(draftDir, "sub", "config.json"), "{\"arch\":\"beagle\"}");
+        var seen = new List<Dictionary<string, byte[]>>();
+        Beagle.MLNet.Internal.DraftStore.TestLoader = (d, _) =>
+        {
+            lock (seen) seen.Add(Directory.EnumerateFiles(d, "*", SearchOption.AllDirectories).ToDictionary(f => Path.GetRelativePath(d, f), File.ReadAllBytes));
+            return new StubDraft();
+        };
+        try
+        {
+            var ml = new MLContext(seed: 1);
+            var data = ml.Data.LoadFromEnumerable(new[] { new PromptInput { Prompt = "Once upon a time" } });
+            using var model = ml.Beagle().Generate(new BeagleGenerateOptions
+            {
+                TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, DraftPath = draftDir, UseDraft = false, MaxNewTokens = 8,
+            }).Fit(data);
+            Assert.True(model.HasDraft);
+            var before = model.Transform(data).GetColumn<string>("Completion").Single();
+            BeagleModel.Save(ml, model, data.Schema, dir.File("m.zip"));
+            using (var zip = ZipFile.OpenRead(dir.File("m.zip")))
+            {
+                Assert.NotNull(zip.GetEntry("beagle/draft/draft.safetensors"));
+                Assert.NotNull(zip.GetEntry("beagle/draft/sub/config.json"));
+            }
+
+            var reloaded = Assert.IsType<BeagleTransformer>(BeagleModel.Load(new MLContext(), dir.File("m.zip"), out _));
+            using (reloaded)
+            {
+                Assert.True(reloaded.HasDraft);
+                Assert.Equal(before, reloaded.Transform(data).GetColumn<string>("Completion").Single());
+            }
+            Assert.Equal(2, seen.Count);   // fit, then load
+            Assert.Equal(weights, seen[1]["draft.safetensors"]);
+            Assert.Equal("{\"arch\":\"beagle\"}", System.Text.Encoding.UTF8.GetString(seen[1][Path.Combine("sub", "config.json")]));
+        }
+        finally { Beagle.MLNet.Internal.DraftStore.TestLoader = null; }
+    }
+}
