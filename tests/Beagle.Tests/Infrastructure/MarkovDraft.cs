@@ -21,7 +21,7 @@ public sealed class MarkovDraft : IDraftModel
     public static MarkovDraft Bigram(ITokenizer tokenizer, string textPath, int vocab, int maxChars = 200_000)
     {
         var text = File.ReadAllText(textPath);
-        var ids = tokenizer.Encode(text[..Math.Min(maxChars, text.Length)], addBos: true);
+        var ids = tokenizer.Encode(text[..Math.Min(maxChars, text.Length)], addBos: true);   // O(n log n) merges: fine for 200k chars
         var counts = new float[vocab * vocab];
         Array.Fill(counts, 0.01f);
         for (int i = 0; i + 1 < ids.Length; i++) counts[ids[i] * vocab + ids[i + 1]] += 1;
