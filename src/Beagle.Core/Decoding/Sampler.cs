@@ -10,10 +10,13 @@ public sealed class Sampler
     readonly SamplingOptions _o;
     readonly Random _rng;
 
-    public Sampler(SamplingOptions options)
+    public Sampler(SamplingOptions options) : this(options, options.Seed is { } s ? new Random(s) : new Random()) { }
+
+    /// <summary>With an explicit random source (tests).</summary>
+    public Sampler(SamplingOptions options, Random rng)
     {
         _o = options.Validate();
-        _rng = options.Seed is { } s ? new Random(s) : new Random();
+        _rng = rng;
     }
 
     public SamplingOptions Options => _o;

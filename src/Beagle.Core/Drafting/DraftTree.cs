@@ -31,6 +31,15 @@ public sealed class DraftTree
         Children = kids.Select(k => k.ToArray()).ToArray();
     }
 
+    /// <summary>A tree from explicit arrays (breadth-first: every parent before its children). For tests and tools.</summary>
+    public static DraftTree FromArrays(int[] tokens, int[] parents, int[] depths)
+    {
+        if (tokens.Length == 0 || tokens.Length != parents.Length || tokens.Length != depths.Length) throw new ArgumentException("tokens, parents and depths must have the same non-zero length");
+        for (int i = 1; i < tokens.Length; i++)
+            if (parents[i] < 0 || parents[i] >= i || depths[i] != depths[parents[i]] + 1) throw new ArgumentException($"node {i}: parent must come earlier and be one level shallower");
+        return new DraftTree(tokens, parents, depths);
+    }
+
     /// <summary>A tree with only the root (used when no draft token fits).</summary>
     public static DraftTree RootOnly(int root) => new([root], [-1], [0]);
 
