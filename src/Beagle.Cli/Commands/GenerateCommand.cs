@@ -6,7 +6,7 @@ using Spectre.Console.Cli;
 
 namespace Beagle.Cli.Commands;
 
-public sealed class GenerateSettings : ModelSettings
+public sealed class GenerateSettings : DraftSettings
 {
     [CommandOption("-p|--prompt <TEXT>")]
     [Description("The prompt. Default: empty (the model starts from BOS).")]
@@ -59,12 +59,16 @@ public sealed class GenerateCommand : Command<GenerateSettings>
     {
         var (model, tokenizer) = CliModels.LoadTarget(s);
         using var _ = model;
-        var gen = new Beagle.Decoding.Generator(model, tokenizer);
+        var (draft, draftPath) = CliDrafts.Load(s, model);
+        using var __ = draft;
+        var gen = new Beagle.Decoding.Generator(model, tokenizer, draft);
+        if (draftPath is not null) CliDrafts.Calibrate(gen, s, tokenizer, draftPath, quiet: s.Json);
         var options = new GenerationOptions
         {
             MaxNewTokens = s.MaxTokens,
             Sampling = new SamplingOptions { Temperature = s.Temperature, TopK = s.TopK, TopP = s.TopP, Seed = s.Seed },
             StopStrings = s.Stop,
+            Speculative = draft is null ? null : s.SpeculativeOptions,
         };
         var stats = new GenerationStats();
         var ids = new List<int>();
@@ -88,12 +92,21 @@ public sealed class GenerateCommand : Command<GenerateSettings>
                 ["target_forwards"] = stats.TargetForwards,
                 ["finish_reason"] = stats.FinishReason.ToString(),
             };
+            if (draft is not null)
+            {
+                o["draft"] = draftPath;
+                o["acceptance_length"] = Math.Round(stats.AcceptanceLength, 3);
+                o["acceptance_by_depth"] = stats.AcceptanceRateByDepth.Select(x => Math.Round(x, 3)).ToArray();
+                o["draft_ms"] = Math.Round(stats.DraftSeconds * 1000, 1);
+                o["verify_ms"] = Math.Round(stats.VerifySeconds * 1000, 1);
+            }
             Console.WriteLine(JsonSerializer.Serialize(o, new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
         }
         else
         {
             Console.WriteLine();
-            AnsiConsole.MarkupLine($"[grey]{stats.NewTokens} tokens, {stats.TokensPerSecond:F0} tokens/s, {stats.TargetForwards} target forwards[/]");
+            var spec = draft is null ? "plain decoding" : $"draft {draft.Architecture}, acceptance length {stats.AcceptanceLength:F2}";
+            AnsiConsole.MarkupLine($"[grey]{stats.NewTokens} tokens, {stats.TokensPerSecond:F0} tokens/s, {stats.TargetForwards} target forwards, {Markup.Escape(spec)}[/]");
         }
         return 0;
     }

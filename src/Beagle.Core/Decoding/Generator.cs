@@ -16,6 +16,21 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
     public ITokenizer Tokenizer { get; } = tokenizer;
     public IDraftModel? Draft { get; } = draft;
 
+    /// <summary>
+    /// Tree budget used for any field a request's <see cref="SpeculativeOptions"/> leaves null. Set it from
+    /// <see cref="TreeBudgetCalibrator"/> (the CLI and engine do) — the built-in default is only a starting point.
+    /// </summary>
+    public TreeBudget DefaultTreeBudget { get; set; } = TreeBudget.Default;
+
+    /// <summary>
+    /// False when calibration found that drafting does not pay on this machine: requests that leave the whole budget
+    /// to the default are then decoded plainly (never slower than plain decoding). An explicit budget is honoured.
+    /// </summary>
+    public bool SpeculationPays { get; set; } = true;
+
+    /// <summary>Applies a calibration result.</summary>
+    public void Use(CalibratedBudget budget) { DefaultTreeBudget = budget.Budget; SpeculationPays = !budget.UsePlain; }
+
     /// <summary>Encodes <paramref name="prompt"/> and streams the completion.</summary>
     public IEnumerable<GenerationChunk> Generate(string prompt, GenerationOptions options, GenerationStats? stats = null, CancellationToken cancellationToken = default)
         => Generate(Tokenizer.Encode(prompt, options.AddBos && Tokenizer.BosId >= 0), options, stats, cancellationToken);
@@ -99,7 +114,9 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
 
     IDecodeStrategy CreateStrategy(KvCache cache, Sampler sampler, GenerationStats stats, GenerationOptions o)
     {
-        if (Draft is null || o.Speculative is null || o.Speculative.Disabled) return new PlainStrategy(Target, cache, sampler, stats);
-        return SpeculativeStrategyFactory.Create(Target, Draft, cache, sampler, stats, o.Speculative);
+        var s = o.Speculative;
+        bool budgetLeftToDefault = s is { TreeTokens: null, TreeDepth: null, TreeTopK: null };
+        if (Draft is null || s is null || s.Disabled || (budgetLeftToDefault && !SpeculationPays)) return new PlainStrategy(Target, cache, sampler, stats);
+        return new SpeculativeStrategy(Target, Draft, cache, sampler, stats, TreeBudget.Resolve(s, DefaultTreeBudget), s.ConcatDraftStates);
     }
 }

@@ -1,0 +1,94 @@
+using System.ComponentModel;
+using Beagle.Decoding;
+using Beagle.Drafting;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace Beagle.Cli.Commands;
+
+public sealed class BenchSettings : ModelSettings
+{
+    [CommandOption("--draft <DIR>")]
+    [Description("Draft checkpoint folder; repeat for several drafts. Default with the default model: the bundled Beagle and EAGLE-2 drafts.")]
+    public string[] Drafts { get; init; } = [];
+
+    [CommandOption("--prompts <FILE>")]
+    [Description("One prompt per line, or Spec-Bench / MT-bench jsonl (first turn). Default: docs/bench/stories-prompts.txt next to the tool.")]
+    public string? Prompts { get; init; }
+
+    [CommandOption("-n|--max-tokens <N>")]
+    [Description("New tokens per prompt (default 128).")]
+    public int MaxTokens { get; init; } = 128;
+
+    [CommandOption("--runs <R>")]
+    [Description("Repetitions; medians are reported (default 3).")]
+    public int Runs { get; init; } = 3;
+
+    [CommandOption("--tree-tokens <N>")] [Description("Fixed tree budget for every draft (default: measured per draft).")] public int? TreeTokens { get; init; }
+    [CommandOption("--tree-depth <D>")] [Description("Fixed tree depth (default: measured).")] public int? TreeDepth { get; init; }
+    [CommandOption("--tree-topk <K>")] [Description("Fixed tree top-k (default: measured).")] public int? TreeTopK { get; init; }
+
+    [CommandOption("--json <FILE>")]
+    [Description("Write the results as JSON.")]
+    public string? Json { get; init; }
+
+    public override ValidationResult Validate()
+    {
+        var b = base.Validate();
+        if (!b.Successful) return b;
+        foreach (var d in Drafts) if (!Directory.Exists(d)) return ValidationResult.Error($"--draft: no folder at '{d}'");
+        if (Prompts is not null && !File.Exists(Prompts)) return ValidationResult.Error($"--prompts: no file at '{Prompts}'");
+        if (MaxTokens < 1) return ValidationResult.Error("--max-tokens must be >= 1");
+        if (Runs < 1) return ValidationResult.Error("--runs must be >= 1");
+        return ValidationResult.Success();
+    }
+}
+
+/// <summary><c>beagle bench</c>: plain decoding and each draft, interleaved on the same prompts in one process.</summary>
+public sealed class BenchCommand : Command<BenchSettings>
+{
+    public override int Execute(CommandContext context, BenchSettings s, CancellationToken cancellationToken)
+    {
+        var (model, tokenizer) = CliModels.LoadTarget(s);
+        using var _ = model;
+        var draftPaths = s.Drafts.Length > 0 ? s.Drafts
+            : s.Target is null ? new[] { CliDrafts.BundledDraft("beagle"), CliDrafts.BundledDraft("eagle2") }.OfType<string>().ToArray() : [];
+        if (draftPaths.Length == 0) throw new ArgumentException("no draft to benchmark: pass --draft DIR (repeatable)");
+        var promptsPath = s.Prompts ?? Path.Combine(AppContext.BaseDirectory, "bench", "stories-prompts.txt");
+        var prompts = SpeculativeBenchmark.LoadPrompts(promptsPath);
+
+        var methods = new List<BenchMethod> { new("plain", null, null, null) };
+        var drafts = new List<IDraftModel>();
+        try
+        {
+            foreach (var path in draftPaths)
+            {
+                var d = DraftCheckpoint.Load(path, model);
+                drafts.Add(d);
+                SpeculativeOptions spec;
+                if (s.TreeTokens is not null || s.TreeDepth is not null || s.TreeTopK is not null)
+                    spec = new SpeculativeOptions { TreeTokens = s.TreeTokens, TreeDepth = s.TreeDepth, TreeTopK = s.TreeTopK };
+                else
+                {
+                    var cal = TreeBudgetCalibrator.GetOrMeasure(model, tokenizer, d, CliDrafts.DraftIdentity(path), log: m => AnsiConsole.MarkupLine($"[grey]{d.Architecture}: {Markup.Escape(m)}[/]"));
+                    // A benchmark reports the draft at its best measured budget, even where calibration prefers plain decoding.
+                    spec = new SpeculativeOptions { TreeTokens = cal.Tokens, TreeDepth = cal.Depth, TreeTopK = cal.TopK };
+                }
+                methods.Add(new BenchMethod(d.Architecture, path, d, spec));
+            }
+
+            BenchResult result = null!;
+            AnsiConsole.Status().Start("benchmarking", ctx =>
+                result = SpeculativeBenchmark.Run(model, tokenizer, methods, prompts, s.MaxTokens, s.Runs, progress: m => ctx.Status(m), cancellationToken: cancellationToken));
+
+            var table = new Table().AddColumns("method", "tree", "tokens/s", "speedup", "acceptance length", "peak memory (MB)");
+            foreach (var m in result.Methods)
+                table.AddRow(m.Name, m.Tree ?? "-", $"{m.TokensPerSecond:F0}", $"{m.Speedup:F2}x", $"{m.AcceptanceLength:F2}", $"{m.PeakMemoryMb:F0}");
+            AnsiConsole.Write(table);
+            AnsiConsole.MarkupLine($"[grey]{Markup.Escape(result.Machine)}; {result.Threads} thread(s); {result.Prompts} prompts x {result.Runs} runs; {result.MaxNewTokens} new tokens each; greedy outputs identical: {result.GreedyOutputsIdentical}[/]");
+            if (s.Json is not null) File.WriteAllText(s.Json, result.ToJson());
+            return result.GreedyOutputsIdentical ? 0 : 1;
+        }
+        finally { foreach (var d in drafts) d.Dispose(); }
+    }
+}

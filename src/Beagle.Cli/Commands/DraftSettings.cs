@@ -1,0 +1,82 @@
+using System.ComponentModel;
+using Beagle.Decoding;
+using Beagle.Drafting;
+using Beagle.Models;
+using Beagle.Tokenization;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace Beagle.Cli.Commands;
+
+/// <summary>Target options plus the speculative-decoding options of generate.</summary>
+public class DraftSettings : ModelSettings
+{
+    [CommandOption("--draft <DIR>")]
+    [Description("Draft checkpoint folder (draft.json + draft.safetensors). Default with the default model: the bundled Beagle draft.")]
+    public string? Draft { get; init; }
+
+    [CommandOption("--no-draft")]
+    [Description("Decode plainly, without a draft.")]
+    public bool NoDraft { get; init; }
+
+    [CommandOption("--tree-tokens <N>")]
+    [Description("Tokens verified per round, root included (2-256). Default: measured for this machine (cached).")]
+    public int? TreeTokens { get; init; }
+
+    [CommandOption("--tree-depth <D>")]
+    [Description("Draft steps per round (1-32). Default: measured.")]
+    public int? TreeDepth { get; init; }
+
+    [CommandOption("--tree-topk <K>")]
+    [Description("Children per expanded node (1-64; 1 = a chain). Default: measured.")]
+    public int? TreeTopK { get; init; }
+
+    public override ValidationResult Validate()
+    {
+        var b = base.Validate();
+        if (!b.Successful) return b;
+        if (Draft is not null && !Directory.Exists(Draft)) return ValidationResult.Error($"--draft: no folder at '{Draft}'");
+        if (Draft is not null && NoDraft) return ValidationResult.Error("--draft and --no-draft exclude each other");
+        if (TreeTokens is { } n && (n < 2 || n > 256)) return ValidationResult.Error("--tree-tokens must be in [2, 256]");
+        if (TreeDepth is { } d && (d < 1 || d > 32)) return ValidationResult.Error("--tree-depth must be in [1, 32]");
+        if (TreeTopK is { } k && (k < 1 || k > 64)) return ValidationResult.Error("--tree-topk must be in [1, 64]");
+        return ValidationResult.Success();
+    }
+
+    public SpeculativeOptions SpeculativeOptions => new() { TreeTokens = TreeTokens, TreeDepth = TreeDepth, TreeTopK = TreeTopK };
+    public bool ExplicitBudget => TreeTokens is not null || TreeDepth is not null || TreeTopK is not null;
+}
+
+internal static class CliDrafts
+{
+    /// <summary>The draft bundled with the tool for the default model (models/stories260K/beagle next to the executable).</summary>
+    public static string? BundledDraft(string arch = "beagle")
+    {
+        var dir = Path.Combine(AppContext.BaseDirectory, "models", "stories260K", arch);
+        return File.Exists(Path.Combine(dir, "draft.json")) ? dir : null;
+    }
+
+    /// <summary>Loads the draft a command asked for (null when none applies).</summary>
+    public static (IDraftModel? Draft, string? Path) Load(DraftSettings s, LlamaModel target)
+    {
+        if (s.NoDraft) return (null, null);
+        var path = s.Draft ?? (s.Target is null ? BundledDraft() : null);
+        return path is null ? (null, null) : (DraftCheckpoint.Load(path, target), path);
+    }
+
+    /// <summary>Applies the measured tree budget unless the user gave one (calibration runs once per machine/model/draft).</summary>
+    public static void Calibrate(Generator gen, DraftSettings s, ITokenizer tokenizer, string draftPath, bool quiet)
+    {
+        if (gen.Draft is null || s.ExplicitBudget) return;
+        var id = DraftIdentity(draftPath);
+        var budget = TreeBudgetCalibrator.GetOrMeasure(gen.Target, tokenizer, gen.Draft, id, log: quiet ? null : m => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]"));
+        gen.Use(budget);
+    }
+
+    /// <summary>The draft's identity for the budget cache: the weights hash recorded in draft.json.</summary>
+    public static string DraftIdentity(string draftPath)
+    {
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(draftPath, "draft.json")));
+        return json?["weights_sha256"]?.GetValue<string>() ?? Path.GetFullPath(draftPath);
+    }
+}

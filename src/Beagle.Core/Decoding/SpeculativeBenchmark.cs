@@ -1,0 +1,167 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Beagle.Drafting;
+using Beagle.Models;
+using Beagle.Tokenization;
+
+namespace Beagle.Decoding;
+
+/// <summary>One row of a benchmark: plain decoding (no draft) or a draft with its tree budget.</summary>
+public sealed record BenchMethod(string Name, string? DraftPath, IDraftModel? Draft, SpeculativeOptions? Speculative);
+
+/// <summary>Measured figures of one method (JSON names as `beagle bench --json` writes them).</summary>
+public sealed record BenchMethodResult(
+    [property: JsonPropertyName("name")] string Name,
+    [property: JsonPropertyName("draft")] string? Draft,
+    [property: JsonPropertyName("tokens_per_second")] double TokensPerSecond,
+    [property: JsonPropertyName("speedup")] double Speedup,
+    [property: JsonPropertyName("acceptance_length")] double AcceptanceLength,
+    [property: JsonPropertyName("peak_memory_mb")] double PeakMemoryMb,
+    [property: JsonPropertyName("acceptance_by_depth")] double[] AcceptanceByDepth,
+    [property: JsonPropertyName("tree")] string? Tree,
+    [property: JsonPropertyName("runs_tokens_per_second")] double[] RunsTokensPerSecond);
+
+public sealed record BenchResult(
+    [property: JsonPropertyName("machine")] string Machine,
+    [property: JsonPropertyName("threads")] int Threads,
+    [property: JsonPropertyName("max_new_tokens")] int MaxNewTokens,
+    [property: JsonPropertyName("prompts")] int Prompts,
+    [property: JsonPropertyName("runs")] int Runs,
+    [property: JsonPropertyName("methods")] IReadOnlyList<BenchMethodResult> Methods,
+    [property: JsonPropertyName("greedy_outputs_identical")] bool GreedyOutputsIdentical)
+{
+    public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true });
+}
+
+/// <summary>
+/// Plain decoding and each draft on the same prompts, interleaved prompt by prompt in one process, so that machine
+/// noise hits every method alike (README, "Performance discipline"). Tokens/s per run is total new tokens over total
+/// generation time (prefill included); the reported figure is the median over runs, and the speedup is the ratio of
+/// medians against plain decoding in the same run. Greedy outputs are compared token for token.
+/// </summary>
+public static class SpeculativeBenchmark
+{
+    public static BenchResult Run(LlamaModel target, ITokenizer tokenizer, IReadOnlyList<BenchMethod> methods, IReadOnlyList<string> prompts,
+        int maxNewTokens, int runs, SamplingOptions? sampling = null, Action<string>? progress = null, CancellationToken cancellationToken = default)
+    {
+        if (methods.Count == 0 || methods[0].Draft is not null) throw new ArgumentException("the first method must be plain decoding (no draft)");
+        if (prompts.Count == 0) throw new ArgumentException("no prompts to benchmark");
+        if (runs < 1) throw new ArgumentOutOfRangeException(nameof(runs), "runs must be >= 1");
+        sampling ??= SamplingOptions.Greedy;
+        var gens = methods.Select(m => new Generator(target, tokenizer, m.Draft)).ToArray();
+        var ids = prompts.Select(p => tokenizer.Encode(p, tokenizer.BosId >= 0)).ToArray();
+        int M = methods.Count;
+        var tokens = new long[runs, M]; var seconds = new double[runs, M];
+        var roundTokens = new long[M]; var forwards = new long[M]; var peak = new double[M];
+        var depthHits = new double[M][]; var rounds = new long[M];
+        var outputs = new int[M][][];
+        for (int m = 0; m < M; m++) outputs[m] = new int[ids.Length][];
+
+        // Warm-up: JIT, allocator and caches, one prompt per method.
+        for (int m = 0; m < M; m++) foreach (var _ in gens[m].Generate(ids[0], Options(methods[m], sampling, Math.Min(16, maxNewTokens)))) { }
+
+        for (int r = 0; r < runs; r++)
+            for (int p = 0; p < ids.Length; p++)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                progress?.Invoke($"run {r + 1}/{runs}, prompt {p + 1}/{ids.Length}");
+                for (int m = 0; m < M; m++)
+                {
+                    ResetPeakMemory();
+                    var stats = new GenerationStats();
+                    var list = new List<int>(maxNewTokens);
+                    long t0 = Stopwatch.GetTimestamp();
+                    foreach (var c in gens[m].Generate(ids[p], Options(methods[m], sampling, maxNewTokens), stats, cancellationToken)) list.AddRange(c.TokenIds);
+                    seconds[r, m] += Stopwatch.GetElapsedTime(t0).TotalSeconds;
+                    tokens[r, m] += stats.NewTokens;
+                    peak[m] = Math.Max(peak[m], PeakMemoryMb());
+                    roundTokens[m] += stats.RoundTokens; forwards[m] += stats.TargetForwards;
+                    if (stats.AcceptedAtDepth.Length > 0)
+                    {
+                        depthHits[m] ??= new double[stats.AcceptedAtDepth.Length];
+                        for (int d = 0; d < Math.Min(depthHits[m].Length, stats.AcceptedAtDepth.Length); d++) depthHits[m][d] += stats.AcceptedAtDepth[d];
+                        rounds[m] += stats.DraftRounds;
+                    }
+                    if (r == 0) outputs[m][p] = list.ToArray();
+                }
+            }
+
+        var tps = new double[M][];
+        for (int m = 0; m < M; m++) tps[m] = Enumerable.Range(0, runs).Select(r => tokens[r, m] / seconds[r, m]).ToArray();
+        double plainMedian = Median(tps[0]);
+        bool identical = true;
+        if (sampling.IsGreedy)
+            for (int m = 1; m < M; m++) for (int p = 0; p < ids.Length; p++) identical &= outputs[m][p].AsSpan().SequenceEqual(outputs[0][p]);
+        var results = new List<BenchMethodResult>();
+        for (int m = 0; m < M; m++)
+        {
+            var med = Median(tps[m]);
+            var byDepth = depthHits[m] is { } h && rounds[m] > 0 ? h.Select(x => Math.Round(x / rounds[m], 4)).ToArray() : [];
+            var b = methods[m].Speculative is { } s && methods[m].Draft is not null ? TreeBudget.Resolve(s, gens[m].DefaultTreeBudget) : (TreeBudget?)null;
+            results.Add(new BenchMethodResult(methods[m].Name, methods[m].DraftPath, Math.Round(med, 1), Math.Round(med / plainMedian, 3),
+                Math.Round(forwards[m] == 0 ? 1 : (double)roundTokens[m] / forwards[m], 3), Math.Round(peak[m], 1), byDepth,
+                b is { } bb ? $"{bb.Tokens}/{bb.Depth}/{bb.TopK}" : null, tps[m].Select(x => Math.Round(x, 1)).ToArray()));
+        }
+        return new BenchResult(MachineName(), TorchSharp.torch.get_num_threads(), maxNewTokens, ids.Length, runs, results, identical);
+    }
+
+    static GenerationOptions Options(BenchMethod m, SamplingOptions sampling, int maxNewTokens) =>
+        new() { MaxNewTokens = maxNewTokens, Sampling = sampling, Speculative = m.Draft is null ? null : m.Speculative ?? new SpeculativeOptions() };
+
+    static double Median(double[] v) { var s = v.OrderBy(x => x).ToArray(); return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2; }
+
+    /// <summary>Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM), so each method's own peak is seen.</summary>
+    static void ResetPeakMemory()
+    {
+        try { File.WriteAllText("/proc/self/clear_refs", "5"); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+
+    /// <summary>Peak resident memory of the process in MB (VmHWM on Linux; the working-set peak elsewhere).</summary>
+    public static double PeakMemoryMb()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/self/status"))
+                if (line.StartsWith("VmHWM:")) return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0;
+        }
+        catch (IOException) { }
+        return Process.GetCurrentProcess().PeakWorkingSet64 / (1024.0 * 1024.0);
+    }
+
+    public static string MachineName()
+    {
+        string cpu = Environment.OSVersion.ToString();
+        try { cpu = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name"))?.Split(':', 2)[1].Trim() ?? cpu; } catch (IOException) { }
+        return $"{cpu}, {Environment.ProcessorCount} cores";
+    }
+
+    /// <summary>
+    /// Prompts from a file: one per line, or JSON lines — Spec-Bench / MT-bench (<c>{"turns": [...]}</c>, first turn),
+    /// or an object with "prompt" or "text".
+    /// </summary>
+    public static IReadOnlyList<string> LoadPrompts(string path)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"prompt file not found: {path}", path);
+        var list = new List<string>();
+        int lineNo = 0;
+        foreach (var raw in File.ReadLines(path))
+        {
+            lineNo++;
+            var line = raw.Trim();
+            if (line.Length == 0) continue;
+            if (line.StartsWith('{'))
+            {
+                using var doc = JsonDocument.Parse(line);
+                var root = doc.RootElement;
+                if (root.TryGetProperty("turns", out var turns) && turns.ValueKind == JsonValueKind.Array && turns.GetArrayLength() > 0) list.Add(turns[0].GetString() ?? "");
+                else if (root.TryGetProperty("prompt", out var pr)) list.Add(pr.GetString() ?? "");
+                else if (root.TryGetProperty("text", out var tx)) list.Add(tx.GetString() ?? "");
+                else throw new InvalidDataException($"{path}:{lineNo}: a JSON line needs \"turns\", \"prompt\" or \"text\"");
+            }
+            else list.Add(line);
+        }
+        if (list.Count == 0) throw new InvalidDataException($"{path}: no prompts");
+        return list;
+    }
+}
