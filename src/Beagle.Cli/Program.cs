@@ -30,5 +30,7 @@ app.Configure(c =>
     c.AddCommand<DownloadCommand>("download").WithDescription("Download the default model (stories260K, sha256-checked) into the user cache, or explain how to place it offline.")
         .WithExample("download")
         .WithExample("download", "--dir", "./models", "--force");
+    c.AddCommand<ReportCommand>("report").WithDescription("Write report.md and PNG charts (tokens/s, speedup, acceptance by depth) from a saved bench result JSON.")
+        .WithExample("report", "bench.json", "--out", "./report");
 });
 return await app.RunAsync(args, cts.Token);
