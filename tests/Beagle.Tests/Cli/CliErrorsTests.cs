@@ -15,7 +15,10 @@ public class CliErrorsTests
         {
             c.UseStrictParsing();
             c.SetExceptionHandler((e, _) => CliErrors.Classify(e, cancelled: false));
+            c.ConfigureConsole(Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings { Out = new Spectre.Console.AnsiConsoleOutput(TextWriter.Null) }));
             c.AddCommand<Beagle.Cli.Commands.DownloadCommand>("download");
+            c.AddCommand<Beagle.Cli.Commands.GenerateCommand>("generate");
+            c.AddCommand<Beagle.Cli.Commands.ReportCommand>("report");
         });
         return app.Run(args);
     }
@@ -26,6 +29,16 @@ public class CliErrorsTests
         Assert.Equal(ExitCodes.Usage, Run("nosuch"));
         Assert.Equal(ExitCodes.Usage, Run("download", "--bogus"));
         Assert.Equal(ExitCodes.Usage, Run("download", "--url", "not a url"));
+    }
+
+    [Theory]
+    [InlineData("generate")]
+    [InlineData("download")]
+    [InlineData("report")]
+    public void Help_renders_for_every_command(string command)
+    {
+        // Option descriptions are Spectre markup: a stray "[" or "]" (e.g. "(0, 1]") breaks -h at run time.
+        Assert.Equal(ExitCodes.Ok, Run(command, "--help"));
     }
 
     [Fact]
