@@ -1,13 +1,38 @@
+using System.Reflection;
+using Beagle.Cli;
 using Beagle.Cli.Commands;
 using Spectre.Console.Cli;
+
+// Ctrl+C cancels the token every command receives (the decode loop checks it once per round); a second Ctrl+C kills.
+using var cts = new CancellationTokenSource();
+Console.CancelKeyPress += (_, e) =>
+{
+    if (cts.IsCancellationRequested) return;   // second press: let the runtime terminate the process
+    e.Cancel = true;
+    cts.Cancel();
+};
 
 var app = new CommandApp();
 app.Configure(c =>
 {
     c.SetApplicationName("beagle");
+    c.SetApplicationVersion(typeof(ExitCodes).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown");
+    c.CancellationExitCode(ExitCodes.Cancelled);
+    c.UseStrictParsing();   // a mistyped option is an error (exit 2), not silently ignored
+    c.SetExceptionHandler((e, _) => CliErrors.Handle(e, cts.IsCancellationRequested));
+#if DEBUG
+    c.ValidateExamples();
+#endif
     c.AddCommand<GenerateCommand>("generate").WithDescription("Generate text with a target model (optionally speculative with --draft).")
-        .WithExample("generate", "--prompt", "\"Once upon a time\"", "--max-tokens", "64");
+        .WithExample("generate", "--prompt", "\"Once upon a time\"", "--max-tokens", "64")
+        .WithExample("generate", "--target", "./Llama-3.2-1B", "--prompt", "\"The capital of France is\"", "--json")
+        .WithExample("generate", "-p", "\"Lily\"", "--temperature", "0.8", "--top-p", "0.9", "--seed", "7");
+    c.AddCommand<DownloadCommand>("download").WithDescription("Download the default model (stories260K, sha256-checked) into the user cache, or explain how to place it offline.")
+        .WithExample("download")
+        .WithExample("download", "--dir", "./models", "--force");
+    c.AddCommand<ReportCommand>("report").WithDescription("Write report.md and PNG charts (tokens/s, speedup, acceptance by depth) from a saved bench result JSON.")
+        .WithExample("report", "bench.json", "--out", "./report");
     c.AddCommand<BenchCommand>("bench").WithDescription("Benchmark plain decoding against drafts on the same prompts (tokens/s, speedup, acceptance length, memory).")
-        .WithExample("bench", "--draft", "models/stories260K/beagle", "--draft", "models/stories260K/eagle2", "--runs", "3");
+        .WithExample("bench", "--draft", "models/stories260K/beagle", "--draft", "models/stories260K/eagle2", "--runs", "3", "--report", "docs/bench");
 });
-return await app.RunAsync(args);
+return await app.RunAsync(args, cts.Token);

@@ -32,6 +32,10 @@ public sealed class BenchSettings : ModelSettings
     [Description("Write the results as JSON.")]
     public string? Json { get; init; }
 
+    [CommandOption("--report <DIR>")]
+    [Description("Write report.md and PNG charts (tokens/s, speedup, acceptance by depth) into DIR.")]
+    public string? Report { get; init; }
+
     public override ValidationResult Validate()
     {
         var b = base.Validate();
@@ -87,6 +91,12 @@ public sealed class BenchCommand : Command<BenchSettings>
             AnsiConsole.Write(table);
             AnsiConsole.MarkupLine($"[grey]{Markup.Escape(result.Machine)}; {result.Threads} thread(s); {result.Prompts} prompts x {result.Runs} runs; {result.MaxNewTokens} new tokens each; greedy outputs identical: {result.GreedyOutputsIdentical}[/]");
             if (s.Json is not null) File.WriteAllText(s.Json, result.ToJson());
+            if (s.Report is not null)
+            {
+                Directory.CreateDirectory(s.Report);
+                File.WriteAllText(Path.Combine(s.Report, "bench.json"), result.ToJson());
+                foreach (var f in Reporting.BenchReport.Write(result, s.Report)) AnsiConsole.MarkupLine($"[grey]wrote {Markup.Escape(f)}[/]");
+            }
             return result.GreedyOutputsIdentical ? 0 : 1;
         }
         finally { foreach (var d in drafts) d.Dispose(); }

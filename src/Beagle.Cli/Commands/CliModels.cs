@@ -2,27 +2,44 @@ using Beagle.Checkpoints;
 using Beagle.Models;
 using Beagle.Runtime;
 using Beagle.Tokenization;
+using Spectre.Console;
 
 namespace Beagle.Cli.Commands;
 
-/// <summary>Loads the target (and tokenizer) a command asked for.</summary>
+/// <summary>Loads the target (and tokenizer) a command asked for: --target (file or HF folder), else the default model.</summary>
 internal static class CliModels
 {
-    public static (LlamaModel Model, ITokenizer Tokenizer) LoadTarget(ModelSettings s)
+    /// <summary>The target named by <paramref name="s"/>; the caller owns (disposes) the result.</summary>
+    /// <exception cref="ModelNotAvailableException">No --target and the default model cannot be found or downloaded.</exception>
+    public static LoadedTarget Load(ModelSettings s, CancellationToken cancellationToken = default)
     {
         TorchSharp.torch.set_num_threads(s.Threads);
         var device = DeviceSelector.Resolve(s.Device);
-        string path = s.Target ?? DefaultModelPath();
-        string tokPath = s.Tokenizer ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "tok512.bin");
-        using var w = Llama2cCheckpoint.Load(path);
-        var model = new LlamaModel(w, device);
-        return (model, Llama2cTokenizer.Load(tokPath, model.Config.VocabSize));
+        if (s.Target is not null) return TargetLoader.Load(s.Target, s.Tokenizer, device);
+        var (model, tokenizer) = DefaultModel(cancellationToken);
+        return TargetLoader.Load(model, s.Tokenizer ?? tokenizer, device);
     }
 
-    static string DefaultModelPath()
+    /// <summary><see cref="Load"/> as a (model, tokenizer) pair; the caller owns the model.</summary>
+    public static (LlamaModel Model, ITokenizer Tokenizer) LoadTarget(ModelSettings s, CancellationToken cancellationToken = default)
     {
-        var dir = Environment.GetEnvironmentVariable("BEAGLE_MODELS");
-        if (dir is not null && File.Exists(Path.Combine(dir, "stories260K.bin"))) return Path.Combine(dir, "stories260K.bin");
-        throw new FileNotFoundException("no --target given and the default model is not available: set BEAGLE_MODELS to a folder holding stories260K.bin and tok512.bin");
+        var t = Load(s, cancellationToken);
+        return (t.Model, t.Tokenizer);
+    }
+
+    /// <summary>stories260K from $BEAGLE_MODELS or the user cache, downloading it into the cache once if needed.</summary>
+    static (string Model, string Tokenizer) DefaultModel(CancellationToken ct)
+    {
+        var store = new ModelStore();
+        var env = Environment.GetEnvironmentVariable(ModelStore.EnvironmentVariable);
+        bool cached = string.IsNullOrEmpty(env) && ModelStore.Stories260K.All(f => File.Exists(Path.Combine(store.CacheDir, f.Name)));
+        if (string.IsNullOrEmpty(env) && !cached)
+            CliErrors.Stderr.MarkupLine($"[grey]default model not in {Markup.Escape(store.CacheDir)}: downloading it once (see `beagle download`)[/]");
+        try { return store.GetDefaultModelAsync(ct).GetAwaiter().GetResult(); }
+        catch (FileNotFoundException e)
+        {
+            // BEAGLE_MODELS names a folder that lacks a file: the same situation for the user as "not available".
+            throw new ModelNotAvailableException(e.Message, e);
+        }
     }
 }

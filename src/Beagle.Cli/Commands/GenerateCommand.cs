@@ -25,7 +25,7 @@ public sealed class GenerateSettings : DraftSettings
     public int TopK { get; init; }
 
     [CommandOption("--top-p <P>")]
-    [Description("Nucleus sampling mass in (0, 1] (1 = off).")]
+    [Description("Nucleus sampling mass in (0, 1]] (1 = off).")]
     public float TopP { get; init; } = 1f;
 
     [CommandOption("--seed <S>")]

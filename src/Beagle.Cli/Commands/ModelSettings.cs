@@ -20,7 +20,7 @@ public class ModelSettings : CommandSettings
     public int Threads { get; init; } = 1;
 
     [CommandOption("--device <DEVICE>")]
-    [Description("auto (CUDA when available), cpu or cuda[:N].")]
+    [Description("auto (CUDA when available), cpu or cuda[[:N]].")]   // [[ ]]: help text is Spectre markup
     public string Device { get; init; } = "auto";
 
     public override ValidationResult Validate()

@@ -31,7 +31,11 @@ public sealed record BenchResult(
     [property: JsonPropertyName("methods")] IReadOnlyList<BenchMethodResult> Methods,
     [property: JsonPropertyName("greedy_outputs_identical")] bool GreedyOutputsIdentical)
 {
-    public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true });
+    static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+    public string ToJson() => JsonSerializer.Serialize(this, Indented);
+    public static BenchResult Parse(string json) =>
+        JsonSerializer.Deserialize<BenchResult>(json) ?? throw new InvalidDataException("bench result: the JSON is null");
+    public static BenchResult Load(string path) => Parse(File.ReadAllText(path));
 }
 
 /// <summary>

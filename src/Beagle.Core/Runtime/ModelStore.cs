@@ -5,6 +5,9 @@ namespace Beagle.Runtime;
 /// <summary>One file of the default model: its name, where to download it and its expected sha256.</summary>
 public sealed record ModelFile(string Name, string RelativeUrl, string Sha256);
 
+/// <summary>Progress of one file's download; <paramref name="TotalBytes"/> is null until the server says.</summary>
+public sealed record DownloadProgress(string File, long BytesReceived, long? TotalBytes);
+
 /// <summary>
 /// Finds the default target (karpathy's stories260K + tok512, MIT) on a user's machine: the folder named by
 /// BEAGLE_MODELS, else the user cache (~/.cache/beagle/models/stories260K or $XDG_CACHE_HOME/beagle/...), else it
@@ -78,20 +81,47 @@ public sealed class ModelStore
         return (Path.Combine(_cacheDir, Stories260K[0].Name), Path.Combine(_cacheDir, Stories260K[1].Name));
     }
 
+    /// <summary>The folder downloads go to (never the BEAGLE_MODELS folder, which is used as it is).</summary>
+    public string CacheDir => _cacheDir;
+
+    /// <summary>The full download address of a file of the default model.</summary>
+    public Uri UrlOf(ModelFile f) => new(_baseUrl, f.RelativeUrl);
+
+    /// <summary>
+    /// Fills the cache folder with the default model, whatever BEAGLE_MODELS says: files already there are kept unless
+    /// <paramref name="force"/>; each download is sha256-checked and moved into place atomically.
+    /// </summary>
+    public async Task<(string Model, string Tokenizer)> DownloadDefaultModelAsync(bool force = false, IProgress<DownloadProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        Directory.CreateDirectory(_cacheDir);
+        foreach (var f in Stories260K)
+        {
+            var target = Path.Combine(_cacheDir, f.Name);
+            if (File.Exists(target) && !force)
+            {
+                long n = new FileInfo(target).Length;
+                progress?.Report(new DownloadProgress(f.Name, n, n));
+                continue;
+            }
+            await DownloadAsync(f, target, cancellationToken, progress).ConfigureAwait(false);
+        }
+        return (Path.Combine(_cacheDir, Stories260K[0].Name), Path.Combine(_cacheDir, Stories260K[1].Name));
+    }
+
     /// <summary>Synchronous form of <see cref="GetDefaultModelAsync"/>.</summary>
     public (string Model, string Tokenizer) GetDefaultModel() => GetDefaultModelAsync().GetAwaiter().GetResult();
 
-    async Task DownloadAsync(ModelFile f, string target, CancellationToken ct)
+    async Task DownloadAsync(ModelFile f, string target, CancellationToken ct, IProgress<DownloadProgress>? progress = null)
     {
-        var url = new Uri(_baseUrl, f.RelativeUrl);
+        var url = UrlOf(f);
         var tmp = target + "." + Guid.NewGuid().ToString("N")[..8] + ".part";
         try
         {
             using var http = _handler is null ? new HttpClient() : new HttpClient(_handler, disposeHandler: false);
             http.Timeout = _timeout;
             byte[] bytes;
-            try { bytes = await http.GetByteArrayAsync(url, ct).ConfigureAwait(false); }
-            catch (Exception e) when (e is HttpRequestException or TaskCanceledException && !ct.IsCancellationRequested)
+            try { bytes = await ReadAllAsync(http, url, f.Name, progress, ct).ConfigureAwait(false); }
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException or IOException && !ct.IsCancellationRequested)
             {
                 throw new ModelNotAvailableException($"Could not download {f.Name} from {url} into {_cacheDir} ({e.Message}). {HowToProvide}", e);
             }
@@ -105,6 +135,25 @@ public sealed class ModelStore
         {
             if (File.Exists(tmp)) File.Delete(tmp);
         }
+    }
+
+    /// <summary>The body of <paramref name="url"/>, reporting bytes as they arrive (the files are small: ~1 MB).</summary>
+    static async Task<byte[]> ReadAllAsync(HttpClient http, Uri url, string name, IProgress<DownloadProgress>? progress, CancellationToken ct)
+    {
+        using var response = await http.GetAsync(url, HttpCompletionOption.ResponseHeadersRead, ct).ConfigureAwait(false);
+        response.EnsureSuccessStatusCode();
+        long? total = response.Content.Headers.ContentLength;
+        await using var body = await response.Content.ReadAsStreamAsync(ct).ConfigureAwait(false);
+        using var buffer = total is { } t ? new MemoryStream((int)Math.Min(t, int.MaxValue)) : new MemoryStream();
+        var chunk = new byte[81920];
+        progress?.Report(new DownloadProgress(name, 0, total));
+        int read;
+        while ((read = await body.ReadAsync(chunk, ct).ConfigureAwait(false)) > 0)
+        {
+            buffer.Write(chunk, 0, read);
+            progress?.Report(new DownloadProgress(name, buffer.Length, total));
+        }
+        return buffer.ToArray();
     }
 }
 

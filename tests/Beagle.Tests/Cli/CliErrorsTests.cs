@@ -1,0 +1,54 @@
+using Beagle.Cli;
+using Beagle.Runtime;
+using Spectre.Console.Cli;
+using Xunit;
+
+namespace Beagle.Tests.Cli;
+
+/// <summary>The exit codes of docs/cli.md, as the global exception handler assigns them.</summary>
+public class CliErrorsTests
+{
+    static int Run(params string[] args)
+    {
+        var app = new CommandApp();
+        app.Configure(c =>
+        {
+            c.UseStrictParsing();
+            c.SetExceptionHandler((e, _) => CliErrors.Classify(e, cancelled: false));
+            c.ConfigureConsole(Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings { Out = new Spectre.Console.AnsiConsoleOutput(TextWriter.Null) }));
+            c.AddCommand<Beagle.Cli.Commands.DownloadCommand>("download");
+            c.AddCommand<Beagle.Cli.Commands.GenerateCommand>("generate");
+            c.AddCommand<Beagle.Cli.Commands.ReportCommand>("report");
+        });
+        return app.Run(args);
+    }
+
+    [Fact]
+    public void Unknown_commands_and_options_and_bad_values_are_usage_errors()
+    {
+        Assert.Equal(ExitCodes.Usage, Run("nosuch"));
+        Assert.Equal(ExitCodes.Usage, Run("download", "--bogus"));
+        Assert.Equal(ExitCodes.Usage, Run("download", "--url", "not a url"));
+    }
+
+    [Theory]
+    [InlineData("generate")]
+    [InlineData("download")]
+    [InlineData("report")]
+    public void Help_renders_for_every_command(string command)
+    {
+        // Option descriptions are Spectre markup: a stray "[" or "]" (e.g. "(0, 1]") breaks -h at run time.
+        Assert.Equal(ExitCodes.Ok, Run(command, "--help"));
+    }
+
+    [Fact]
+    public void Each_failure_maps_to_its_documented_code()
+    {
+        Assert.Equal(3, CliErrors.Classify(new ModelNotAvailableException("x"), cancelled: false));
+        Assert.Equal(130, CliErrors.Classify(new OperationCanceledException(), cancelled: true));
+        // A cancellation nobody asked for (e.g. an HTTP timeout) is a runtime error, not Ctrl+C.
+        Assert.Equal(1, CliErrors.Classify(new TaskCanceledException(), cancelled: false));
+        Assert.Equal(1, CliErrors.Classify(new InvalidDataException("bad checkpoint"), cancelled: false));
+        Assert.Equal(1, CliErrors.Classify(new FileNotFoundException("gone"), cancelled: false));
+    }
+}
