@@ -80,6 +80,9 @@ public sealed class BeagleDraft : DraftModelBase
 
     public override IDraftSession StartSession(int capacity) => new Session(this, capacity);
 
+    /// <summary>Largest query table a session precomputes (32 MB: a 32k vocabulary at 2Q = 256).</summary>
+    const long QueryTableMaxBytes = 32L << 20;
+
     /// <summary>Inference weights folded once per session (norm weights into the matmuls, rotary partners fused).</summary>
     sealed class Folded : IDisposable
     {
@@ -88,7 +91,12 @@ public sealed class BeagleDraft : DraftModelBase
         public required Tensor WoT;    // [Q, D]
         public required Tensor W13T;   // [D, 2F], mlp_norm folded in
         public required Tensor W2T;    // [F, D]
-        public void Dispose() { WqT.Dispose(); WkvT.Dispose(); WoT.Dispose(); W13T.Dispose(); W2T.Dispose(); }
+        /// <summary>
+        /// [V, 2Q] = RMSNorm(E) · WqT for every token, or null. Queries depend only on the token, so for a small vocabulary
+        /// the whole query projection (embedding lookup, norm, matmul: 7 ops a step) becomes one row lookup.
+        /// </summary>
+        public Tensor? QueryTable;
+        public void Dispose() { WqT.Dispose(); WkvT.Dispose(); WoT.Dispose(); W13T.Dispose(); W2T.Dispose(); QueryTable?.Dispose(); }
     }
 
     Folded Fold()
@@ -107,6 +115,7 @@ public sealed class BeagleDraft : DraftModelBase
             WoT = Keep(_wo.weight!.t()),
             W13T = Keep((_w13.weight! * _mlpNorm.unsqueeze(0)).t()),
             W2T = Keep(_w2.weight!.t()),
+            QueryTable = null,
         };
     }
 
@@ -133,6 +142,10 @@ public sealed class BeagleDraft : DraftModelBase
             _m = m; _capacity = capacity;
             _w = m.Fold();
             using var scope = NewDisposeScope();
+            long vocab = m.Target.Embedding.shape[0];
+            if (vocab * 2L * m.Config.QDim * 4 <= QueryTableMaxBytes)
+                using (var _ = no_grad())
+                    _w.QueryTable = m.RmsNormNoWeight(m.Target.Embedding).mm(_w.WqT).DetachFromDisposeScope();   // [V, 2Q]
             var c = m.Config;
             _k = zeros([capacity + MaxRoundNodes, c.KvHeads, c.HeadDim], device: m.Dev).DetachFromDisposeScope();
             _v = zeros([capacity + MaxRoundNodes, c.KvHeads, c.HeadDim], device: m.Dev).DetachFromDisposeScope();
@@ -164,7 +177,7 @@ public sealed class BeagleDraft : DraftModelBase
                 throw new ArgumentException($"hidden must be [{m}, {_m.Config.Dim}], got [{string.Join(", ", hidden.shape)}]", nameof(hidden));
             if (Length + m > _capacity) throw new InvalidOperationException($"sequence of {Length + m} positions exceeds the session capacity {_capacity}");
             using var scope = NewDisposeScope();
-            using var _ = no_grad();
+            using var _ = inference_mode();
             var slots = arange(Length, Length + m, dtype: ScalarType.Int64, device: _m.Dev);  // slot = position
             var (k, v) = ProjectKv(hidden.to(float32).to(_m.Dev), slots);
             _k.index_copy_(0, slots, k);
@@ -183,7 +196,7 @@ public sealed class BeagleDraft : DraftModelBase
             var c = _m.Config;
             int N = tokens.Length, G = c.GroupSize, n0 = Length;
             using var scope = NewDisposeScope();
-            using var _ = no_grad();
+            using var _ = inference_mode();
 
             // Lazily append the draft states of parents that deeper nodes now need (their own ancestors already have slots).
             if (ConcatDraftStates)
@@ -222,7 +235,8 @@ public sealed class BeagleDraft : DraftModelBase
             for (int i = 0; i < N; i++) posArr[i] = positions[i];
             var qpos = tensor(posArr, device: _m.Dev);
             var x = _m.Embed(tokens);                                                      // [N, D]
-            var qp = _m.RmsNormNoWeight(x).mm(_w.WqT);                                     // [N, 2Q]
+            var qp = _w.QueryTable is { } table ? table.index_select(0, TokenIndex(tokens)) // [N, 2Q]
+                                                : _m.RmsNormNoWeight(x).mm(_w.WqT);
             var cos = _m.Rope.Cos.index_select(0, qpos).unsqueeze(1);                      // [N, 1, hd]
             var sin = _m.Rope.SinSigned.index_select(0, qpos).unsqueeze(1);
             var q = addcmul(qp.narrow(1, 0, c.QDim).view(N, c.Heads, c.HeadDim) * cos,
@@ -240,6 +254,13 @@ public sealed class BeagleDraft : DraftModelBase
         }
 
         public void EndRound() => _round.Clear();
+
+        Tensor TokenIndex(ReadOnlySpan<int> tokens)
+        {
+            var ids = new long[tokens.Length];
+            for (int i = 0; i < ids.Length; i++) ids[i] = tokens[i];   // range-checked by Embed above
+            return tensor(ids, device: _m.Dev);
+        }
 
         public void Dispose()
         {

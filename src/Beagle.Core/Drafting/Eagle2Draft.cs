@@ -196,7 +196,7 @@ public sealed class Eagle2Draft : DraftModelBase
                 throw new ArgumentException($"hidden must be [{m}, {_m.Config.Dim}], got [{string.Join(", ", hidden.shape)}]", nameof(hidden));
             if (Length + m > _capacity) throw new InvalidOperationException($"sequence of {Length + m} positions exceeds the session capacity {_capacity}");
             using var scope = NewDisposeScope();
-            using var _ = no_grad();
+            using var _ = inference_mode();
             _features.narrow(0, Length, m).copy_(hidden.to(float32).to(_m.Dev));
             tokens.CopyTo(_tokens.AsSpan(Length));
             Length += m;
@@ -231,7 +231,7 @@ public sealed class Eagle2Draft : DraftModelBase
                 featRows[i] = parents[i] < 0 ? -1 : parents[i];
             }
             using var scope = NewDisposeScope();
-            using var _ = no_grad();
+            using var _ = inference_mode();
             // Input features: the last true feature for roots, the parent's draft feature otherwise.
             Tensor feat;
             if (!anyChild) feat = _features.narrow(0, Length - 1, 1).expand(N, c.Dim);
