@@ -18,9 +18,6 @@ public sealed class BeagleCatalog
     readonly MLContext _ml;
     internal BeagleCatalog(MLContext ml) => _ml = ml;
 
-    /// <summary>Whether this build can train drafts (<see cref="TrainDraft"/>): always true since the core trainer is wired in; kept for callers that checked it.</summary>
-    public static bool CanTrainDrafts => true;
-
     /// <summary>Completes the prompt column with the target, speculatively when a draft is given, plainly otherwise.</summary>
     public BeagleGenerateEstimator Generate(BeagleGenerateOptions options)
     {
