@@ -167,17 +167,19 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
         cancellationToken.ThrowIfCancellationRequested();
         var item = new WorkItem(work);
         Interlocked.Increment(ref _waiting);
-        if (!_queue.Writer.TryWrite(item))
-        {
-            Interlocked.Decrement(ref _waiting);
-            throw new EngineBusyException(_options.QueueCapacity);
-        }
+        // Registered before the worker can see the item, so the worker always disposes a complete registration.
         item.Registration = cancellationToken.UnsafeRegister(_ =>
         {
             if (!item.TryAbandon()) return;   // already running: the work observes the token itself
             Interlocked.Decrement(ref _waiting);
             onCancelledWhileQueued();
         }, null);
+        if (!_queue.Writer.TryWrite(item))
+        {
+            item.Dispose();
+            if (item.TryAbandon()) Interlocked.Decrement(ref _waiting);
+            throw new EngineBusyException(_options.QueueCapacity);
+        }
     }
 
     /// <summary>A queued request. Exactly one of <see cref="TryStart"/> (worker) and <see cref="TryAbandon"/> (cancellation) wins.</summary>
