@@ -1,5 +1,5 @@
-// Beagle in an ML.NET pipeline: TinyStories text -> IDataView -> fit (a small draft, or generation only) ->
-// complete a few prompts -> save the model with its draft -> reload -> check the reloaded pipeline's greedy output.
+// Beagle in an ML.NET pipeline: TinyStories text -> IDataView -> fit a tiny draft with the core trainer -> complete a
+// few prompts speculatively -> save the model with its draft -> reload -> check the reloaded pipeline's greedy output.
 //
 // Usage: dotnet run --project samples/Beagle.Samples.MLNet [tinystories.txt]
 //   text:  the argument, else $BEAGLE_DATA, else the development default /work/shared/data/tinystories/tinystories_val_dev.txt
@@ -26,26 +26,18 @@ IDataView stories = ml.Data.LoadFromEnumerable(paragraphs);
 Console.WriteLine($"loaded {paragraphs.Length} paragraphs from {dataPath}");
 
 using var work = new TempFolder();
-BeagleTransformer model;
-if (BeagleCatalog.CanTrainDrafts)
+// A tiny draft: 2 epochs over 64 sequences of 128 tokens in batches of 8 = 16 steps (a few seconds on a laptop CPU).
+// Far too little to be a good draft, but decoding is lossless whatever the draft proposes, and AcceptanceLength shows
+// how many tokens each target forward gave.
+var train = new BeagleTrainDraftOptions
 {
-    var train = new BeagleTrainDraftOptions
-    {
-        TargetPath = target, TokenizerPath = tokenizer, TextColumnName = nameof(Story.Text), InputColumnName = nameof(Prompt.Text),
-        Architecture = "beagle", Epochs = 1, Stage1Epochs = 1, MaxSteps = 20, BatchSize = 8, Window = 32, SeqLen = 128,
-        OutputDir = Path.Combine(work.Path, "draft"), MaxNewTokens = 32,
-    };
-    Console.WriteLine("fitting a small Beagle draft (20 steps) ...");
-    model = ml.Beagle().TrainDraft(train).Fit(stories);
-}
-else
-{
-    Console.WriteLine("this build has no draft trainer yet: using the generation-only estimator (plain decoding)");
-    model = ml.Beagle().Generate(new BeagleGenerateOptions
-    {
-        TargetPath = target, TokenizerPath = tokenizer, InputColumnName = nameof(Prompt.Text), MaxNewTokens = 32,
-    }).Fit(stories);
-}
+    TargetPath = target, TokenizerPath = tokenizer, TextColumnName = nameof(Story.Text), InputColumnName = nameof(Prompt.Text),
+    Architecture = "beagle", Epochs = 2, Stage1Epochs = 1, MaxSequences = 64, BatchSize = 8, SeqLen = 128, Window = 5, SimSteps = 3,
+    WarmupSteps = 4, EvalPrompts = 4, Plots = false, LogEverySteps = 4,
+    OutputDir = Path.Combine(work.Path, "run"), MaxNewTokens = 32,
+};
+Console.WriteLine("fitting a tiny Beagle draft (16 steps) ...");
+BeagleTransformer model = ml.Beagle().TrainDraft(train).Fit(stories);
 
 // Prompts: the first words of a few stories.
 var prompts = paragraphs.Select(p => string.Join(' ', p.Text.Split(' ').Take(5))).Distinct().Take(3)

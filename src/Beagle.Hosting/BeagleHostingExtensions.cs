@@ -1,4 +1,5 @@
 using Beagle.Hosting;
+using Beagle.Hosting.Training;
 using Beagle.SemanticKernel;
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.Configuration;
@@ -41,6 +42,36 @@ public static class BeagleHostingExtensions
         services.AddSingleton<IChatCompletionService>(sp => new BeagleChatCompletionService(sp.GetRequiredService<IChatClient>()));
         services.AddHostedService<BeagleEngineLoader>();
         services.AddHealthChecks().AddCheck<BeagleHealthCheck>("beagle", tags: ["beagle", "model"]);
+        return services;
+    }
+    /// <summary>
+    /// Adds the background draft-training service and <see cref="IDraftTrainingQueue"/>, configured from
+    /// <paramref name="section"/> (e.g. configuration.GetSection("Beagle:Training")). Jobs run one at a time; unfinished
+    /// jobs in the folder's jobs.json resume at start; host shutdown checkpoints the running one.
+    /// </summary>
+    public static IServiceCollection AddBeagleDraftTraining(this IServiceCollection services, IConfiguration section)
+    {
+        ArgumentNullException.ThrowIfNull(section);
+        var prefix = section is IConfigurationSection s && s.Path.Length > 0 ? s.Path + ":" : "";
+        services.AddOptions<DraftTrainingQueueOptions>().Bind(section);
+        return services.AddBeagleDraftTrainingCore(prefix);
+    }
+
+    /// <summary>Adds the background draft-training service, configured in code (see the other overload).</summary>
+    public static IServiceCollection AddBeagleDraftTraining(this IServiceCollection services, Action<DraftTrainingQueueOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(configure);
+        services.AddOptions<DraftTrainingQueueOptions>().Configure(configure);
+        return services.AddBeagleDraftTrainingCore($"{nameof(DraftTrainingQueueOptions)}.");
+    }
+
+    static IServiceCollection AddBeagleDraftTrainingCore(this IServiceCollection services, string prefix)
+    {
+        services.AddOptions<DraftTrainingQueueOptions>().ValidateOnStart();
+        services.AddSingleton<IValidateOptions<DraftTrainingQueueOptions>>(new DraftTrainingQueueOptionsValidator(prefix));
+        services.AddSingleton<DraftTrainingService>();
+        services.AddSingleton<IDraftTrainingQueue>(sp => sp.GetRequiredService<DraftTrainingService>());
+        services.AddHostedService(sp => sp.GetRequiredService<DraftTrainingService>());
         return services;
     }
 }

@@ -18,9 +18,6 @@ public sealed class BeagleCatalog
     readonly MLContext _ml;
     internal BeagleCatalog(MLContext ml) => _ml = ml;
 
-    /// <summary>Whether this build can train drafts (<see cref="TrainDraft"/>); false until the core trainer is wired in.</summary>
-    public static bool CanTrainDrafts => Internal.DraftTrainer.Available;
-
     /// <summary>Completes the prompt column with the target, speculatively when a draft is given, plainly otherwise.</summary>
     public BeagleGenerateEstimator Generate(BeagleGenerateOptions options)
     {

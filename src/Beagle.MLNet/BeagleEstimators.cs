@@ -1,3 +1,4 @@
+using System.Text.Json;
 using Beagle.MLNet.Internal;
 using Microsoft.ML;
 using Microsoft.ML.Runtime;
@@ -32,7 +33,7 @@ public sealed class BeagleGenerateEstimator : IEstimator<BeagleTransformer>
 
 /// <summary>
 /// Estimator that trains a draft for the target on a text column with the core trainer (stage 1 then stage 2), writes
-/// it to <see cref="BeagleTrainDraftOptions.OutputDir"/>, and returns a <see cref="BeagleTransformer"/> that decodes
+/// the run to <see cref="BeagleTrainDraftOptions.OutputDir"/> (the draft to its draft/ folder), and returns a <see cref="BeagleTransformer"/> that decodes
 /// speculatively with it. Progress goes to <c>mlContext.Log</c> (source "Beagle"); cancel with
 /// <see cref="BeagleTrainDraftOptions.CancellationToken"/>.
 /// Note: in an estimator chain ML.NET transforms the training data after Fit, so there it must also carry the prompt
@@ -72,18 +73,19 @@ public sealed class BeagleTrainDraftEstimator : IEstimator<BeagleTransformer>
             }
         }
         if (texts.Count == 0) throw new ArgumentException($"the training-text column '{o.TextColumnName}' has no non-empty rows", nameof(input));
-        ch.Info(MessageSensitivity.None, "training a {0} draft for {1} on {2} texts ({3} epochs, {4} in stage 1)", o.Architecture, o.TargetPath, texts.Count, o.Epochs, o.Stage1Epochs);
 
         string outDir = o.OutputDir ?? Path.Combine(Path.GetTempPath(), "beagle-mlnet-train-" + Guid.NewGuid().ToString("N")[..12]);
         Directory.CreateDirectory(outDir);
-        var request = new DraftTrainingRequest(o.TargetPath, o.TokenizerPath, o.Device, texts, o.Architecture, o.Epochs, o.Stage1Epochs,
-            o.Window, o.SimSteps, o.BatchSize, o.SeqLen, o.LearningRate, o.MaxSteps, o.TrainSeed, outDir);
-        // The trainer reports from its own thread; a channel is thread-safe to write to.
-        var progress = new SyncProgress(line => ch.Info(MessageSensitivity.None, "{0}", line));
-        DraftTrainer.TrainAsync(request, progress, ct).GetAwaiter().GetResult();
-        ch.Info(MessageSensitivity.None, "draft written to {0}", outDir);
+        // The trainer reads files: the column's rows become one JSON-lines file (one document per row, any text safe).
+        string dataPath = Path.Combine(outDir, "texts.jsonl");
+        File.WriteAllLines(dataPath, texts.Select(t => JsonSerializer.Serialize(new { text = t })));
+        var training = o.ToTrainingOptions(outDir, dataPath);
+        ch.Info(MessageSensitivity.None, "training a {0} draft for {1} on {2} texts ({3} epochs, {4} in stage 1) into {5}",
+            training.Architecture, o.TargetPath, texts.Count, training.Epochs, training.EffectiveStage1Epochs, outDir);
+        var result = DraftTrainerAdapter.Train(training, o.Device, line => ch.Info(MessageSensitivity.None, "{0}", line), ct);
+        ch.Info(MessageSensitivity.None, "draft written to {0} ({1} steps, final loss {2:F4})", result.DraftDir, result.Steps, result.LastLoss);
 
-        return BeaglePipeline.Build(_ml, input, o, BeagleRuntime.ReadFiles(outDir), "train-draft", checkPrompt: false);
+        return BeaglePipeline.Build(_ml, input, o, BeagleRuntime.ReadFiles(result.DraftDir!), "train-draft", checkPrompt: false);
     }
 
     public SchemaShape GetOutputSchema(SchemaShape inputSchema)
@@ -92,8 +94,6 @@ public sealed class BeagleTrainDraftEstimator : IEstimator<BeagleTransformer>
         return BeaglePipeline.OutputSchema(_ml, inputSchema, _options.InputColumnName);
     }
 
-    /// <summary>IProgress that calls back synchronously (Progress&lt;T&gt; would post to the thread pool and reorder lines).</summary>
-    sealed class SyncProgress(Action<string> report) : IProgress<string> { public void Report(string value) => report(value); }
 }
 
 /// <summary>Builds the inner chain shared by both estimators.</summary>

@@ -9,9 +9,9 @@ namespace Beagle.MLNet;
 /// </summary>
 public abstract class BeagleModelOptions
 {
-    /// <summary>Target model: a llama2.c checkpoint (.bin) (Hugging Face folders once the core's TargetLoader lands).</summary>
+    /// <summary>Target model: a llama2.c checkpoint (.bin) or a Hugging Face model folder (config.json + safetensors).</summary>
     public string TargetPath { get; set; } = "";
-    /// <summary>Tokenizer file; null = tok512.bin next to a llama2.c target.</summary>
+    /// <summary>Tokenizer file; null = tokenizer.bin or tok512.bin next to a llama2.c target, the tokenizer of a Hugging Face folder.</summary>
     public string? TokenizerPath { get; set; }
     /// <summary>"cpu" (default), "auto" or "cuda[:N]".</summary>
     public string Device { get; set; } = "cpu";
@@ -39,7 +39,7 @@ public abstract class BeagleModelOptions
     {
         if (string.IsNullOrWhiteSpace(TargetPath)) throw new ArgumentException("TargetPath is required: the target model the completions come from", nameof(TargetPath));
         if (!File.Exists(TargetPath) && !Directory.Exists(TargetPath)) throw new ArgumentException($"TargetPath: no file or folder at '{TargetPath}'", nameof(TargetPath));
-        if (TokenizerPath is not null && !File.Exists(TokenizerPath)) throw new ArgumentException($"TokenizerPath: no file at '{TokenizerPath}'", nameof(TokenizerPath));
+        if (TokenizerPath is not null && !File.Exists(TokenizerPath) && !Directory.Exists(TokenizerPath)) throw new ArgumentException($"TokenizerPath: no file at '{TokenizerPath}'", nameof(TokenizerPath));
         if (string.IsNullOrWhiteSpace(InputColumnName)) throw new ArgumentException("InputColumnName must name the prompt column", nameof(InputColumnName));
         if (Threads < 1) throw new ArgumentOutOfRangeException(nameof(Threads), Threads, "threads must be >= 1");
         ToGenerationSettings().ToGenerationOptions(hasDraft: true);   // throws on bad sampling or tree values
@@ -66,33 +66,57 @@ public sealed class BeagleGenerateOptions : BeagleModelOptions
 }
 
 /// <summary>
-/// Options of <see cref="BeagleCatalog.TrainDraft"/>. They mirror <c>beagle train</c>: the estimator trains a draft for
-/// the target on the text column, writes it to <see cref="OutputDir"/> and returns a transformer that decodes with it.
+/// Options of <see cref="BeagleCatalog.TrainDraft"/>. The training fields mirror the core's
+/// <see cref="Beagle.Training.TrainingOptions"/> (the options of <c>beagle train</c>, named in the comments) with the
+/// same defaults; the training text comes from the <see cref="TextColumnName"/> column instead of files. The estimator
+/// trains a draft for the target, writes the run to <see cref="OutputDir"/> (the draft itself to
+/// <c>OutputDir/draft</c>) and returns a transformer that decodes speculatively with it.
 /// </summary>
 public sealed class BeagleTrainDraftOptions : BeagleModelOptions
 {
     /// <summary>The column of training text (one document per row).</summary>
     public string TextColumnName { get; set; } = "Text";
-    /// <summary>"beagle" (cross-attention draft) or "eagle2".</summary>
+    /// <summary>--arch: "beagle" (two-stage block-attention training) or "eagle2" (the baseline).</summary>
     public string Architecture { get; set; } = "beagle";
-    public int Epochs { get; set; } = 1;
-    /// <summary>Stage-1 (teacher-forced) epochs before stage 2 (simulated drafting).</summary>
-    public int Stage1Epochs { get; set; } = 1;
-    /// <summary>Training window (tokens per example).</summary>
-    public int Window { get; set; } = 64;
-    /// <summary>Simulated draft steps in stage 2.</summary>
-    public int SimSteps { get; set; } = 2;
-    public int BatchSize { get; set; } = 8;
-    /// <summary>Maximum sequence length of a training document (longer ones are cut).</summary>
+    /// <summary>--epochs: total epochs; stage 1 takes <see cref="Stage1Epochs"/>, stage 2 the rest.</summary>
+    public int Epochs { get; set; } = 10;
+    /// <summary>--stage1-epochs: teacher-forced (block-attention) epochs before stage 2 (simulated drafting); null = half.</summary>
+    public int? Stage1Epochs { get; set; }
+    /// <summary>--window (k): stage-1 block size and depth weights.</summary>
+    public int Window { get; set; } = 5;
+    /// <summary>--sim-steps (s): simulated drafting steps of stage 2, at most <see cref="Window"/>.</summary>
+    public int SimSteps { get; set; } = 4;
+    /// <summary>--batch.</summary>
+    public int BatchSize { get; set; } = 16;
+    /// <summary>--seq-len: the texts are tokenised, concatenated and cut into training sequences of this many tokens.</summary>
     public int SeqLen { get; set; } = 256;
+    /// <summary>--max-sequences: cap on training sequences (0 = all). Steps = epochs × floor(sequences / batch), so a small cap makes a quick fit.</summary>
+    public int MaxSequences { get; set; }
+    /// <summary>--lr.</summary>
     public double LearningRate { get; set; } = 1e-3;
-    /// <summary>Stop after this many optimizer steps (null = run all epochs). Small values make a quick demo fit.</summary>
-    public int? MaxSteps { get; set; }
-    /// <summary>Seed of the trainer.</summary>
-    public int TrainSeed { get; set; } = 1234;
-    /// <summary>Where the trained draft is written (also embedded in a saved model). Null = a fresh temporary folder.</summary>
+    /// <summary>--warmup: linear warm-up steps, then constant.</summary>
+    public int WarmupSteps { get; set; } = 50;
+    /// <summary>--noise: feature noise scale.</summary>
+    public double NoiseStd { get; set; } = 0.2;
+    /// <summary>--draft-vocab N: reduced draft vocabulary of the N most frequent tokens (null = full).</summary>
+    public int? DraftVocab { get; set; }
+    /// <summary>--generate N: add N sequences sampled from the target itself to the column's texts.</summary>
+    public int Generate { get; set; }
+    /// <summary>--eval-prompts: held-out texts used to measure the acceptance length after each epoch (0 = none).</summary>
+    public int EvalPrompts { get; set; } = 8;
+    /// <summary>--no-plots when false.</summary>
+    public bool Plots { get; set; } = true;
+    /// <summary>--checkpoint-every.</summary>
+    public int CheckpointEverySteps { get; set; } = 500;
+    /// <summary>--log-every: steps between progress lines in mlContext.Log.</summary>
+    public int LogEverySteps { get; set; } = 10;
+    /// <summary>--resume: continue the run in <see cref="OutputDir"/> from its checkpoint (same data and settings).</summary>
+    public bool Resume { get; set; }
+    /// <summary>--seed of the trainer.</summary>
+    public int TrainSeed { get; set; }
+    /// <summary>--out: the run folder (checkpoint/, metrics.jsonl, plots/, features/, draft/). Null = a fresh temporary folder.</summary>
     public string? OutputDir { get; set; }
-    /// <summary>Cancels Fit (training stops at the next step and Fit throws OperationCanceledException).</summary>
+    /// <summary>Cancels Fit: training stops at the next step, saves its checkpoint, and Fit throws OperationCanceledException.</summary>
     public CancellationToken CancellationToken { get; set; }
 
     internal override void Validate()
@@ -101,14 +125,28 @@ public sealed class BeagleTrainDraftOptions : BeagleModelOptions
         if (string.IsNullOrWhiteSpace(TextColumnName)) throw new ArgumentException("TextColumnName must name the training-text column", nameof(TextColumnName));
         if (Architecture is not ("beagle" or "eagle2")) throw new ArgumentException($"Architecture must be \"beagle\" or \"eagle2\", got \"{Architecture}\"", nameof(Architecture));
         if (Epochs < 1) throw new ArgumentOutOfRangeException(nameof(Epochs), Epochs, "epochs must be >= 1");
-        if (Stage1Epochs < 0 || Stage1Epochs > Epochs) throw new ArgumentOutOfRangeException(nameof(Stage1Epochs), Stage1Epochs, "stage-1 epochs must be in [0, Epochs]");
-        if (Window < 2) throw new ArgumentOutOfRangeException(nameof(Window), Window, "window must be >= 2");
-        if (SimSteps < 1) throw new ArgumentOutOfRangeException(nameof(SimSteps), SimSteps, "sim steps must be >= 1");
+        if (Stage1Epochs is { } s1 && (s1 < 0 || s1 > Epochs)) throw new ArgumentOutOfRangeException(nameof(Stage1Epochs), s1, "stage-1 epochs must be in [0, Epochs]");
+        if (Window < 1) throw new ArgumentOutOfRangeException(nameof(Window), Window, "window must be >= 1");
+        if (SimSteps < 1 || SimSteps > Window) throw new ArgumentOutOfRangeException(nameof(SimSteps), SimSteps, $"sim steps must be in [1, Window={Window}]");
         if (BatchSize < 1) throw new ArgumentOutOfRangeException(nameof(BatchSize), BatchSize, "batch size must be >= 1");
         if (SeqLen < 2) throw new ArgumentOutOfRangeException(nameof(SeqLen), SeqLen, "sequence length must be >= 2");
+        if (MaxSequences < 0) throw new ArgumentOutOfRangeException(nameof(MaxSequences), MaxSequences, "max sequences must be >= 0 (0 = all)");
         if (!(LearningRate > 0)) throw new ArgumentOutOfRangeException(nameof(LearningRate), LearningRate, "learning rate must be > 0");
-        if (MaxSteps is { } m && m < 1) throw new ArgumentOutOfRangeException(nameof(MaxSteps), m, "max steps must be >= 1");
+        // The core checks the rest (with the CLI's option names).
+        ToTrainingOptions("validation", "validation.jsonl", checkData: false).Validate();
     }
+
+    /// <summary>The core trainer's options for a run in <paramref name="outputDir"/> on the texts in <paramref name="dataPath"/>.</summary>
+    internal Beagle.Training.TrainingOptions ToTrainingOptions(string outputDir, string dataPath, bool checkData = true) => new()
+    {
+        Architecture = Architecture, TargetPath = TargetPath, TokenizerPath = TokenizerPath, OutputDir = outputDir,
+        // Validation runs before there is a data file: stand in with --generate, which needs no file.
+        DataPaths = checkData ? [dataPath] : [], Generate = checkData ? Generate : Math.Max(1, Generate),
+        Epochs = Epochs, Stage1Epochs = Stage1Epochs, WindowK = Window, SimSteps = SimSteps, BatchSize = BatchSize, SeqLen = SeqLen,
+        MaxSequences = MaxSequences, LearningRate = LearningRate, WarmupSteps = WarmupSteps, NoiseStd = NoiseStd, DraftVocab = DraftVocab,
+        EvalPrompts = EvalPrompts, Plots = Plots, CheckpointEverySteps = CheckpointEverySteps, LogEverySteps = LogEverySteps,
+        Resume = Resume, Seed = TrainSeed,
+    };
 }
 
 /// <summary>The decoding settings stored in a saved model (JSON).</summary>

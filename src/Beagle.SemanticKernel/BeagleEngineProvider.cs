@@ -1,5 +1,5 @@
 using Beagle.Checkpoints;
-using Beagle.Models;
+using Beagle.Drafting;
 using Beagle.Runtime;
 using Beagle.Tokenization;
 using Microsoft.Extensions.Logging;
@@ -67,25 +67,35 @@ public sealed class BeagleEngineProvider : IAsyncDisposable, IDisposable
         return engine;
     }
 
-    /// <summary>Loads target, tokenizer and draft. Runs on the engine thread.</summary>
+    /// <summary>
+    /// Loads target, tokenizer and draft. Runs on the engine thread. The target is a llama2.c file or a Hugging Face
+    /// folder (<see cref="TargetLoader"/>); the draft must have been trained for exactly this target (its fingerprint is
+    /// checked by <see cref="DraftCheckpoint.Load"/>). With a draft, requests decode speculatively unless they set
+    /// "speculative": false.
+    /// </summary>
     internal static EngineModels Load(BeagleModelOptions o)
     {
         var device = DeviceSelector.Resolve(o.Device);
-        if (Directory.Exists(o.TargetPath))
-            // TODO(hf): use Beagle.Checkpoints.TargetLoader.Load(path, tokenizerPath, device) once it is on main.
-            throw new NotSupportedException($"TargetPath '{o.TargetPath}' is a folder: Hugging Face targets need Beagle.Checkpoints.TargetLoader, which this build does not have yet; use a llama2.c .bin checkpoint");
-        if (!File.Exists(o.TargetPath)) throw new FileNotFoundException($"TargetPath: no llama2.c checkpoint at '{o.TargetPath}'", o.TargetPath);
-        string tokPath = o.TokenizerPath ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(o.TargetPath))!, "tok512.bin");
-        if (!File.Exists(tokPath)) throw new FileNotFoundException($"TokenizerPath: no tokenizer at '{tokPath}' (set TokenizerPath)", tokPath);
-        if (o.DraftPath is not null)
-            // TODO(drafts): load with Beagle.Drafting.DraftCheckpoint.Load(dir, target) once it is on main.
-            throw new NotSupportedException($"DraftPath '{o.DraftPath}': loading draft checkpoints needs Beagle.Drafting.DraftCheckpoint, which this build does not have yet; leave DraftPath unset for plain decoding");
-
-        LlamaModel model;
-        using (var w = Llama2cCheckpoint.Load(o.TargetPath)) model = new LlamaModel(w, device);
-        try { return new EngineModels(model, Llama2cTokenizer.Load(tokPath, model.Config.VocabSize)); }
-        catch { model.Dispose(); throw; }
+        LoadedTarget target;
+        // The loader's messages name the file; prefix the setting that named it (same exception types).
+        try { target = TargetLoader.Load(o.TargetPath, o.TokenizerPath, device); }
+        catch (FileNotFoundException e) { throw new FileNotFoundException($"{Setting(o, e.FileName)}: {e.Message}", e.FileName, e); }
+        catch (InvalidDataException e) { throw new InvalidDataException($"{Setting(o, null)}: {e.Message}", e); }
+        try
+        {
+            IDraftModel? draft = null;
+            if (o.DraftPath is not null)
+                try { draft = DraftCheckpoint.Load(o.DraftPath, target.Model); }
+                catch (InvalidDataException e) { throw new InvalidDataException($"{nameof(BeagleModelOptions.DraftPath)} '{o.DraftPath}': {e.Message}", e); }
+            return new EngineModels(target.Model, target.Tokenizer, draft);
+        }
+        catch { target.Dispose(); throw; }
     }
+
+    static string Setting(BeagleModelOptions o, string? file) =>
+        o.TokenizerPath is not null && file is not null && Path.GetFullPath(file) == Path.GetFullPath(o.TokenizerPath)
+            ? $"{nameof(BeagleModelOptions.TokenizerPath)} '{o.TokenizerPath}'"
+            : $"{nameof(BeagleModelOptions.TargetPath)} '{o.TargetPath}'";
 
     public async ValueTask DisposeAsync()
     {

@@ -13,9 +13,12 @@ public sealed class BeagleModelOptions
 
     /// <summary>llama2.c checkpoint (.bin) or Hugging Face model folder. Required.</summary>
     public string TargetPath { get; set; } = "";
-    /// <summary>Tokenizer file; null = next to the target (tok512.bin for llama2.c, the folder itself for Hugging Face).</summary>
+    /// <summary>Tokenizer file; null = next to the target (tokenizer.bin or tok512.bin for llama2.c; tokenizer.json or tokenizer.model in a Hugging Face folder).</summary>
     public string? TokenizerPath { get; set; }
-    /// <summary>Draft checkpoint folder (draft.json + draft.safetensors); null = plain decoding of the target.</summary>
+    /// <summary>
+    /// Draft checkpoint folder (draft.json + draft.safetensors) trained for this target; null = plain decoding. With a
+    /// draft every request decodes speculatively unless it sets "speculative": false.
+    /// </summary>
     public string? DraftPath { get; set; }
     /// <summary>auto (CUDA when available), cpu or cuda[:N].</summary>
     public string Device { get; set; } = "auto";
@@ -46,8 +49,8 @@ public sealed class BeagleModelOptions
         else if (checkFiles && !File.Exists(TargetPath) && !Directory.Exists(TargetPath)) p.Add($"{prefix}{nameof(TargetPath)}: no file or folder at '{TargetPath}'");
         if (TokenizerPath is not null && checkFiles && !File.Exists(TokenizerPath) && !Directory.Exists(TokenizerPath))
             p.Add($"{prefix}{nameof(TokenizerPath)}: no file at '{TokenizerPath}'");
-        if (DraftPath is not null && checkFiles && !Directory.Exists(DraftPath) && !File.Exists(DraftPath))
-            p.Add($"{prefix}{nameof(DraftPath)}: no draft checkpoint at '{DraftPath}'");
+        if (DraftPath is not null && checkFiles && !Directory.Exists(DraftPath))
+            p.Add($"{prefix}{nameof(DraftPath)}: no draft checkpoint folder (draft.json + draft.safetensors) at '{DraftPath}'");
         var device = (Device ?? "").Trim().ToLowerInvariant();
         if (!(device is "auto" or "cpu" || device == "cuda" || (device.StartsWith("cuda:") && int.TryParse(device[5..], out var n) && n >= 0)))
             p.Add($"{prefix}{nameof(Device)} must be auto, cpu or cuda[:N], got '{Device}'");

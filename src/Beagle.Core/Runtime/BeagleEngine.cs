@@ -41,7 +41,7 @@ public sealed class EngineBusyException(int capacity)
 /// </summary>
 public sealed class BeagleEngine : IAsyncDisposable, IDisposable
 {
-    readonly Channel<Func<Generator, Task>> _queue;
+    readonly Channel<WorkItem> _queue;
     readonly Thread _worker;
     readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
     readonly EngineOptions _options;
@@ -54,7 +54,7 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
     public BeagleEngine(Func<EngineModels> load, EngineOptions? options = null)
     {
         _options = (options ?? new EngineOptions()).Validate();
-        _queue = Channel.CreateBounded<Func<Generator, Task>>(new BoundedChannelOptions(_options.QueueCapacity) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
+        _queue = Channel.CreateBounded<WorkItem>(new BoundedChannelOptions(_options.QueueCapacity) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
         _worker = new Thread(() => WorkerLoop(load)) { IsBackground = true, Name = "beagle-engine" };
         _worker.Start();
     }
@@ -84,10 +84,13 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
 
         var reader = _queue.Reader;
         while (reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
-            while (reader.TryRead(out var work))
+            while (reader.TryRead(out var item))
             {
+                // An item cancelled while it waited was already taken out of the count (and its caller told); skip it.
+                if (!item.TryStart()) continue;
                 // Work items run synchronously on this thread; they complete their own task objects.
-                try { work(_generator!).GetAwaiter().GetResult(); } catch { /* reported to the caller through its channel */ }
+                try { item.Work(_generator!).GetAwaiter().GetResult(); } catch { /* reported to the caller through its channel */ }
+                finally { item.Dispose(); }
                 Interlocked.Decrement(ref _waiting);
             }
         _models.Dispose();
@@ -105,7 +108,7 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
                 catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested) { tcs.TrySetCanceled(cancellationToken); }
                 catch (Exception e) { tcs.TrySetException(e); }
             return Task.CompletedTask;
-        });
+        }, cancellationToken, () => tcs.TrySetCanceled(cancellationToken));
         return await tcs.Task.ConfigureAwait(false);
     }
 
@@ -143,10 +146,11 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
             }
             catch (Exception e) { output.Writer.TryComplete(e); }
             return Task.CompletedTask;
-        });
+        }, ct, () => output.Writer.TryComplete(new OperationCanceledException(ct)));
         try
         {
-            await foreach (var chunk in output.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+            // The caller's token ends the wait at once, also while the request is still queued behind another one.
+            await foreach (var chunk in output.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))
                 yield return chunk;
         }
         finally
@@ -155,15 +159,39 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
         }
     }
 
-    void Enqueue(Func<Generator, Task> work)
+    /// <param name="cancellationToken">Cancels the item while it waits: it leaves the queue depth at once, <paramref name="onCancelledWhileQueued"/>
+    /// tells its caller, and the worker skips it when it gets there.</param>
+    void Enqueue(Func<Generator, Task> work, CancellationToken cancellationToken, Action onCancelledWhileQueued)
     {
         if (_shutdown.IsCancellationRequested) throw new ObjectDisposedException(nameof(BeagleEngine));
+        cancellationToken.ThrowIfCancellationRequested();
+        var item = new WorkItem(work);
         Interlocked.Increment(ref _waiting);
-        if (!_queue.Writer.TryWrite(work))
+        // Registered before the worker can see the item, so the worker always disposes a complete registration.
+        item.Registration = cancellationToken.UnsafeRegister(_ =>
         {
+            if (!item.TryAbandon()) return;   // already running: the work observes the token itself
             Interlocked.Decrement(ref _waiting);
+            onCancelledWhileQueued();
+        }, null);
+        if (!_queue.Writer.TryWrite(item))
+        {
+            item.Dispose();
+            if (item.TryAbandon()) Interlocked.Decrement(ref _waiting);
             throw new EngineBusyException(_options.QueueCapacity);
         }
+    }
+
+    /// <summary>A queued request. Exactly one of <see cref="TryStart"/> (worker) and <see cref="TryAbandon"/> (cancellation) wins.</summary>
+    sealed class WorkItem(Func<Generator, Task> work) : IDisposable
+    {
+        const int Queued = 0, Started = 1, Abandoned = 2;
+        int _state;
+        public Func<Generator, Task> Work { get; } = work;
+        public CancellationTokenRegistration Registration { get; set; }
+        public bool TryStart() => Interlocked.CompareExchange(ref _state, Started, Queued) == Queued;
+        public bool TryAbandon() => Interlocked.CompareExchange(ref _state, Abandoned, Queued) == Queued;
+        public void Dispose() => Registration.Dispose();
     }
 
     public async ValueTask DisposeAsync()

@@ -54,14 +54,14 @@ internal sealed class BeagleRuntime : IDisposable
     {
         var engine = new BeagleEngine(() =>
         {
-            var (model, tok) = TargetSource.Load(targetPath, tokenizerPath, settings.Device);
-            try { return new EngineModels(model, tok, draftFiles.Count == 0 ? null : LoadDraft(draftFiles, model)); }
-            catch { model.Dispose(); throw; }
+            var target = TargetSource.Load(targetPath, tokenizerPath, settings.Device);
+            try { return new EngineModels(target.Model, target.Tokenizer, draftFiles.Count == 0 ? null : LoadDraft(draftFiles, target.Model)); }
+            catch { target.Dispose(); throw; }
         }, new EngineOptions { Threads = settings.Threads });
         try
         {
             try { engine.Ready.GetAwaiter().GetResult(); }
-            catch (Exception e) { throw new InvalidOperationException($"Beagle could not load the target '{targetPath}': {e.Message}", e); }
+            catch (Exception e) { throw new InvalidOperationException($"Beagle could not load the target '{targetPath}'{(draftFiles.Count > 0 ? " and its draft" : "")}: {e.Message}", e); }
             string fingerprint = engine.RunAsync((g, _) => TargetIdentity.Fingerprint(g.Target)).GetAwaiter().GetResult();
             if (expectedFingerprint is not null && fingerprint != expectedFingerprint)
                 throw new InvalidDataException(

@@ -1,86 +1,93 @@
-using System.Security.Cryptography;
+using System.Collections.Concurrent;
+using System.Text.Json;
+using System.Text.Json.Nodes;
 using Beagle.Checkpoints;
 using Beagle.Drafting;
 using Beagle.Models;
 using Beagle.Runtime;
-using Beagle.Tokenization;
-using static TorchSharp.torch;
+using Beagle.Training;
 
 namespace Beagle.MLNet.Internal;
 
-// Small seams over core APIs that are being built in parallel (TargetLoader, TargetFingerprint, DraftCheckpoint,
-// the trainer). Only this file changes when they land; everything else in Beagle.MLNet calls these.
+// The ML.NET face's calls into the core, in one place: target loading, target identity, draft checkpoints and the
+// draft trainer. Everything else in Beagle.MLNet goes through these.
 
-/// <summary>Loads a target and its tokenizer. Runs on the engine thread.</summary>
+/// <summary>Loads a target (llama2.c file or Hugging Face folder) and its tokenizer. Runs on the engine thread.</summary>
 internal static class TargetSource
 {
-    public static (LlamaModel Model, ITokenizer Tokenizer) Load(string targetPath, string? tokenizerPath, string device)
-    {
-        var dev = DeviceSelector.Resolve(device);
-        if (Directory.Exists(targetPath))
-            throw new NotSupportedException($"'{targetPath}' is a folder: Hugging Face targets need Beagle.Checkpoints.TargetLoader, which this build of Beagle.MLNet does not use yet; pass a llama2.c .bin checkpoint");
-        string tokPath = tokenizerPath ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(targetPath))!, "tok512.bin");
-        if (!File.Exists(tokPath)) throw new FileNotFoundException($"tokenizer not found at '{tokPath}': set TokenizerPath", tokPath);
-        using var w = Llama2cCheckpoint.Load(targetPath);
-        var model = new LlamaModel(w, dev);
-        try { return (model, Llama2cTokenizer.Load(tokPath, model.Config.VocabSize)); }
-        catch { model.Dispose(); throw; }
-    }
+    public static LoadedTarget Load(string targetPath, string? tokenizerPath, string device) =>
+        TargetLoader.Load(targetPath, tokenizerPath, DeviceSelector.Resolve(device));
 }
 
 /// <summary>
-/// Identifies a target's weights, so a saved pipeline refuses a different target. Interim implementation until
-/// Beagle.Drafting.TargetFingerprint lands: SHA-256 over the config and up to 256 evenly spaced rows of the embedding
-/// and LM head plus the final norm. Must run on the engine thread (it makes tensors).
+/// The target's identity as stored in a saved model: <see cref="TargetFingerprint"/> (vocabulary, width and the
+/// SHA-256 of the embedding, the same identity a draft checkpoint records). Must run on the engine thread.
 /// </summary>
 internal static class TargetIdentity
 {
     public static string Fingerprint(LlamaModel target)
     {
-        using var scope = NewDisposeScope();
-        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        var c = target.Config;
-        sha.AppendData(System.Text.Encoding.UTF8.GetBytes(
-            $"{c.ModelType}|{c.Dim}|{c.HiddenDim}|{c.Layers}|{c.Heads}|{c.KvHeads}|{c.VocabSize}|{c.MaxSeqLen}|{c.EffectiveHeadDim}|{c.RopeTheta}|{c.NormEps}|{c.TieEmbeddings}"));
-        int rows = (int)Math.Min(256, c.VocabSize);
-        var idx = tensor(Enumerable.Range(0, rows).Select(i => (long)i * c.VocabSize / rows).ToArray(), device: target.Device);
-        foreach (var t in new[] { target.Embedding.index_select(0, idx), target.LmHeadWeight.index_select(0, idx), target.FinalNormWeight })
-            sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(t.cpu().contiguous().data<float>().ToArray().AsSpan()));
-        return "sha256:" + Convert.ToHexStringLower(sha.GetHashAndReset());
+        var f = TargetFingerprint.Of(target);
+        return $"vocab={f.VocabSize};hidden={f.HiddenSize};embedding-sha256={f.EmbeddingSha256}";
     }
 }
 
-/// <summary>Draft checkpoints on disk. Interim until Beagle.Drafting.DraftCheckpoint lands.</summary>
+/// <summary>Draft checkpoints on disk (<see cref="DraftCheckpoint"/>).</summary>
 internal static class DraftStore
 {
-    public const string Missing = "this build of Beagle.MLNet cannot load draft checkpoints yet (it waits for Beagle.Drafting.DraftCheckpoint); use no draft (plain decoding)";
+    /// <summary>Loads a draft folder for <paramref name="target"/>; a draft trained for another target is refused. Runs on the engine thread.</summary>
+    public static IDraftModel Load(string dir, LlamaModel target) => DraftCheckpoint.Load(dir, target);
 
-    /// <summary>Loads a draft folder for <paramref name="target"/>. Runs on the engine thread.</summary>
-    public static IDraftModel Load(string dir, LlamaModel target) =>
-        TestLoader?.Invoke(dir, target) ?? throw new NotSupportedException(Missing + $" (draft folder '{dir}', target dim {target.Config.Dim})");
-
-    /// <summary>Tests only: stands in for the draft loader so the embedding of draft files can be tested end to end.</summary>
-    internal static Func<string, LlamaModel, IDraftModel>? TestLoader { get; set; }
-
-    /// <summary>The draft's architecture recorded in its folder, if known (for the model description).</summary>
-    public static string? Architecture(IReadOnlyDictionary<string, byte[]> files) => null;
+    /// <summary>The draft's architecture recorded in its draft.json, if readable (for the model description).</summary>
+    public static string? Architecture(IReadOnlyDictionary<string, byte[]> files)
+    {
+        if (!files.TryGetValue(DraftCheckpoint.MetaFile, out var bytes)) return null;
+        try { return JsonNode.Parse(bytes)?["config"]?["architecture"]?.GetValue<string>(); }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException) { return null; }
+    }
 }
 
-/// <summary>What the ML.NET trainer estimator asks the core trainer for.</summary>
-internal sealed record DraftTrainingRequest(
-    string TargetPath, string? TokenizerPath, string Device, IReadOnlyList<string> Texts, string Architecture,
-    int Epochs, int Stage1Epochs, int Window, int SimSteps, int BatchSize, int SeqLen, double LearningRate, int? MaxSteps,
-    int Seed, string OutputDir);
-
-/// <summary>The core trainer. Interim until Beagle.Training lands: refuses with a clear message.</summary>
-internal static class DraftTrainer
+/// <summary>The core trainer, run on its own thread with its own copy of the target.</summary>
+internal static class DraftTrainerAdapter
 {
-    public static bool Available => false;
-
-    /// <summary>Trains and writes a draft checkpoint to <c>request.OutputDir</c>; reports progress lines.</summary>
-    public static Task TrainAsync(DraftTrainingRequest request, IProgress<string> progress, CancellationToken cancellationToken)
+    /// <summary>
+    /// Trains a draft (see <see cref="DraftTrainer"/>) and returns when it is done. Progress lines are handed to
+    /// <paramref name="report"/> on the calling thread (ML.NET channels are used from the thread that opened them).
+    /// Cancellation: the trainer stops at the next step and saves a checkpoint; this then throws OperationCanceledException.
+    /// </summary>
+    public static TrainingResult Train(TrainingOptions options, string device, Action<string> report, CancellationToken cancellationToken)
     {
-        cancellationToken.ThrowIfCancellationRequested();
-        throw new NotSupportedException("TrainDraft needs the core draft trainer (Beagle.Training), which this build of Beagle.MLNet does not have yet; use mlContext.Beagle().Generate(...) with an existing draft or none");
+        options.Validate();
+        var lines = new BlockingCollection<string>();
+        var progress = new SyncProgress(p => lines.Add(Describe(p)));
+        var training = Task.Factory.StartNew(() =>
+        {
+            try
+            {
+                // TargetLoader rather than DraftTrainer.TrainAsync(options): that one reads llama2.c files only.
+                using var target = TargetLoader.Load(options.TargetPath!, options.TokenizerPath, DeviceSelector.Resolve(device));
+                return DraftTrainer.Create(target.Model, target.Tokenizer, options).Train(progress, cancellationToken);
+            }
+            finally { lines.CompleteAdding(); }
+        }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        foreach (var line in lines.GetConsumingEnumerable()) report(line);
+        var result = training.GetAwaiter().GetResult();
+        if (!result.Completed)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            throw new InvalidOperationException($"draft training stopped at step {result.Steps} of its run without finishing; its checkpoint is in {result.OutputDir}");
+        }
+        return result;
     }
+
+    /// <summary>One log line per progress report.</summary>
+    public static string Describe(TrainingProgress p) => p.Message is { } m
+        ? $"epoch {p.Epoch}/{p.Epochs} stage {p.Stage} step {p.Step}/{p.TotalSteps}: {m}"
+        : string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"epoch {p.Epoch}/{p.Epochs} stage {p.Stage} step {p.Step}/{p.TotalSteps}: loss {p.Loss:F4} (ce {p.CrossEntropy:F4}) " +
+            $"top-1 agreement by depth [{string.Join(", ", p.AcceptanceByDepth.Select(a => a.ToString("F2", System.Globalization.CultureInfo.InvariantCulture)))}], " +
+            $"lr {p.LearningRate:G3}, {p.TokensPerSecond:F0} tok/s, eta {p.Eta:hh\\:mm\\:ss}");
+
+    /// <summary>IProgress that calls back synchronously (Progress&lt;T&gt; would post to the thread pool and reorder reports).</summary>
+    sealed class SyncProgress(Action<TrainingProgress> report) : IProgress<TrainingProgress> { public void Report(TrainingProgress value) => report(value); }
 }

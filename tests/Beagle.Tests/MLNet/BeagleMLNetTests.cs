@@ -242,29 +242,56 @@ public class BeagleMLNetTests
     public void TrainDraft_fits_a_tiny_draft_whose_speculative_greedy_output_equals_plain_greedy()
     {
         var ml = new MLContext(seed: 1);
-        var texts = File.ReadLines(TestAssets.TinyStories).Where(l => l.Trim().Length > 0).Take(32).ToArray();
+        var log = new List<string>();
+        ml.Log += (_, e) => { if (e.Source.Contains("Beagle")) lock (log) log.Add(e.Message); };
+        var texts = TinyStoriesTexts(40);
         var data = ml.Data.LoadFromEnumerable(texts.Select(t => new PromptInput { Prompt = t }).ToArray());
         using var dir = TestAssets.TempDir();
         var est = ml.Beagle().TrainDraft(new BeagleTrainDraftOptions
         {
             TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, TextColumnName = "Prompt", MaxNewTokens = MaxTokens,
-            Epochs = 1, Stage1Epochs = 1, MaxSteps = 2, BatchSize = 4, Window = 16, SeqLen = 64, OutputDir = dir.File("draft"),
+            Epochs = 2, Stage1Epochs = 1, MaxSequences = 8, BatchSize = 4, Window = 3, SimSteps = 2, SeqLen = 64, WarmupSteps = 1,
+            EvalPrompts = 0, Plots = false, LogEverySteps = 1, OutputDir = dir.File("run"),
         });
-        if (!BeagleCatalog.CanTrainDrafts)
-        {
-            // Until the core trainer is wired in (Internal/CoreAdapters.cs), Fit says so plainly.
-            var e = Assert.Throws<NotSupportedException>(() => est.Fit(data));
-            Assert.Contains("Beagle.Training", e.Message);
-            return;
-        }
+
         using var model = est.Fit(data);
+
         Assert.True(model.HasDraft);
-        Assert.NotEmpty(Directory.EnumerateFiles(dir.File("draft"), "*", SearchOption.AllDirectories));
+        Assert.True(File.Exists(dir.File("run/draft/draft.json")));
+        Assert.Equal(4, (int)Beagle.Drafting.DraftCheckpoint.ReadTraining(dir.File("run/draft"))["steps"]!);   // 8 sequences / 4 × 2 epochs
+        lock (log)
+        {
+            Assert.Contains(log, m => m.Contains("step 1/4") && m.Contains("loss"));   // progress reaches mlContext.Log
+            Assert.Contains(log, m => m.Contains("draft written to"));
+        }
         // Lossless: greedy speculative decoding gives plain greedy's text whatever the (barely trained) draft proposes.
         var rows = Rows(ml, model.Transform(PromptView(ml, Prompts)));
         Assert.Equal(Reference(Prompts), rows.Select(r => r.Completion).ToArray());
         Assert.All(rows, r => Assert.True(r.AcceptanceLength >= 1f));
     }
+
+    [Fact]
+    public void TrainDraft_cancelled_during_training_saves_a_checkpoint_and_throws()
+    {
+        var ml = new MLContext(seed: 1);
+        using var cts = new CancellationTokenSource();
+        ml.Log += (_, e) => { if (e.Message.Contains("step 1/")) cts.Cancel(); };   // the first progress line cancels
+        var data = ml.Data.LoadFromEnumerable(TinyStoriesTexts(40).Select(t => new PromptInput { Prompt = t }).ToArray());
+        using var dir = TestAssets.TempDir();
+        var est = ml.Beagle().TrainDraft(new BeagleTrainDraftOptions
+        {
+            TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, TextColumnName = "Prompt",
+            Epochs = 1, MaxSequences = 40, BatchSize = 2, Window = 3, SimSteps = 2, SeqLen = 64,
+            EvalPrompts = 0, Plots = false, LogEverySteps = 1, OutputDir = dir.File("run"), CancellationToken = cts.Token,
+        });
+
+        Assert.ThrowsAny<OperationCanceledException>(() => est.Fit(data));
+
+        Assert.True(File.Exists(dir.File("run/checkpoint/state.json")));   // Resume = true continues from here
+        Assert.False(Directory.Exists(dir.File("run/draft")));
+    }
+
+    static string[] TinyStoriesTexts(int n) => File.ReadLines(TestAssets.TinyStories).Where(l => l.Trim().Length > 0).Take(n).ToArray();
 
     [Fact]
     public void Fit_reports_through_the_MLContext_log()
@@ -290,62 +317,96 @@ public class BeagleMLNetTests
 }
 
 /// <summary>
-/// The draft's files travel inside the model zip. Until the core's DraftCheckpoint lands, a stand-in loader records
-/// what it is given; the draft is loaded but not used (UseDraft = false), so output stays plain greedy.
+/// Drafts from <see cref="Beagle.Drafting.DraftCheckpoint"/>: random weights are enough here, because greedy speculative
+/// decoding must give plain greedy's output whatever the draft proposes. Until trained drafts are committed under
+/// models/stories260K/beagle, the tests create one in a temporary folder.
 /// </summary>
-public class BeagleMLNetDraftEmbeddingTests
+public class BeagleMLNetDraftTests
 {
-    sealed class StubDraft : Beagle.Drafting.IDraftModel
+    const int MaxTokens = 24;
+    static readonly string[] Prompts = ["Once upon a time", "The little dog"];
+
+    static string RandomDraft(TempDir dir, string arch = "beagle")
     {
-        public string Architecture => "beagle";
-        public int DraftVocabSize => 512;
-        public IReadOnlyList<int>? DraftToTarget => null;
-        public Beagle.Drafting.IDraftSession StartSession(int capacity) => throw new InvalidOperationException("the stub draft is never used for decoding");
-        public void Dispose() { }
+        var path = dir.File("draft-" + arch);
+        using var draft = Beagle.Drafting.DraftCheckpoint.Create(Beagle.Drafting.DraftConfig.ForTarget(TestAssets.Stories.Config, arch), TestAssets.Stories);
+        Beagle.Drafting.DraftCheckpoint.Save(draft, path);
+        return path;
+    }
+
+    static string[] Plain(params string[] prompts)
+    {
+        var g = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer);
+        return prompts.Select(p => g.Complete(p, new GenerationOptions { MaxNewTokens = MaxTokens }).Text).ToArray();
+    }
+
+    [Theory]
+    [InlineData("beagle")]
+    [InlineData("eagle2")]
+    public void A_draft_decodes_speculatively_travels_in_the_zip_and_reloads_with_the_same_greedy_output(string arch)
+    {
+        using var dir = TestAssets.TempDir();
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(Prompts.Select(p => new PromptInput { Prompt = p }).ToArray());
+        using var model = ml.Beagle().Generate(new BeagleGenerateOptions
+        {
+            TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, DraftPath = RandomDraft(dir, arch), MaxNewTokens = MaxTokens,
+        }).Fit(data);
+        Assert.True(model.HasDraft);
+        var before = ml.Data.CreateEnumerable<CompletionRow>(model.Transform(data), reuseRowObject: false).ToArray();
+        Assert.Equal(Plain(Prompts), before.Select(r => r.Completion).ToArray());
+
+        BeagleModel.Save(ml, model, data.Schema, dir.File("m.zip"));
+        using (var zip = ZipFile.OpenRead(dir.File("m.zip")))
+        {
+            Assert.NotNull(zip.GetEntry("beagle/draft/draft.json"));
+            Assert.NotNull(zip.GetEntry("beagle/draft/draft.safetensors"));
+            using var settings = new StreamReader(zip.GetEntry("beagle/settings.json")!.Open());
+            Assert.Contains($"\"{arch}\"", settings.ReadToEnd());   // the draft's architecture is recorded
+        }
+        var reloaded = Assert.IsType<BeagleTransformer>(BeagleModel.Load(new MLContext(), dir.File("m.zip"), out _));
+        using (reloaded)
+        {
+            Assert.True(reloaded.HasDraft);
+            Assert.Equal(before.Select(r => r.Completion), reloaded.Transform(data).GetColumn<string>("Completion"));
+        }
     }
 
     [Fact]
-    public void Draft_files_are_embedded_in_the_zip_and_handed_back_to_the_draft_loader_on_load()
+    public void UseDraft_false_decodes_plainly_with_a_draft_loaded()
     {
         using var dir = TestAssets.TempDir();
-        var draftDir = Path.Combine(dir.Path, "draft");
-        Directory.CreateDirectory(Path.Combine(draftDir, "sub"));
-        var weights = Enumerable.Range(0, 5000).Select(i => (byte)(i * 7)).ToArray();
-        File.WriteAllBytes(Path.Combine(draftDir, "draft.safetensors"), weights);
-        File.WriteAllText(Path.Combine(draftDir, "sub", "config.json"), "{\"arch\":\"beagle\"}");
-        var seen = new List<Dictionary<string, byte[]>>();
-        Beagle.MLNet.Internal.DraftStore.TestLoader = (d, _) =>
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(Prompts.Select(p => new PromptInput { Prompt = p }).ToArray());
+        using var model = ml.Beagle().Generate(new BeagleGenerateOptions
         {
-            lock (seen) seen.Add(Directory.EnumerateFiles(d, "*", SearchOption.AllDirectories).ToDictionary(f => Path.GetRelativePath(d, f), File.ReadAllBytes));
-            return new StubDraft();
-        };
-        try
-        {
-            var ml = new MLContext(seed: 1);
-            var data = ml.Data.LoadFromEnumerable(new[] { new PromptInput { Prompt = "Once upon a time" } });
-            using var model = ml.Beagle().Generate(new BeagleGenerateOptions
-            {
-                TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, DraftPath = draftDir, UseDraft = false, MaxNewTokens = 8,
-            }).Fit(data);
-            Assert.True(model.HasDraft);
-            var before = model.Transform(data).GetColumn<string>("Completion").Single();
-            BeagleModel.Save(ml, model, data.Schema, dir.File("m.zip"));
-            using (var zip = ZipFile.OpenRead(dir.File("m.zip")))
-            {
-                Assert.NotNull(zip.GetEntry("beagle/draft/draft.safetensors"));
-                Assert.NotNull(zip.GetEntry("beagle/draft/sub/config.json"));
-            }
+            TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, DraftPath = RandomDraft(dir), UseDraft = false, MaxNewTokens = MaxTokens,
+        }).Fit(data);
+        var rows = ml.Data.CreateEnumerable<CompletionRow>(model.Transform(data), reuseRowObject: false).ToArray();
+        Assert.Equal(Plain(Prompts), rows.Select(r => r.Completion).ToArray());
+        Assert.All(rows, r => Assert.Equal(1f, r.AcceptanceLength));
+    }
 
-            var reloaded = Assert.IsType<BeagleTransformer>(BeagleModel.Load(new MLContext(), dir.File("m.zip"), out _));
-            using (reloaded)
-            {
-                Assert.True(reloaded.HasDraft);
-                Assert.Equal(before, reloaded.Transform(data).GetColumn<string>("Completion").Single());
-            }
-            Assert.Equal(2, seen.Count);   // fit, then load
-            Assert.Equal(weights, seen[1]["draft.safetensors"]);
-            Assert.Equal("{\"arch\":\"beagle\"}", System.Text.Encoding.UTF8.GetString(seen[1][Path.Combine("sub", "config.json")]));
-        }
-        finally { Beagle.MLNet.Internal.DraftStore.TestLoader = null; }
+    [Fact]
+    public void A_draft_trained_for_another_target_is_refused_with_both_fingerprints()
+    {
+        using var dir = TestAssets.TempDir();
+        // Another target: stories260K with one embedding weight changed (the first float after the 28-byte header).
+        var other = File.ReadAllBytes(TestAssets.ModelPath);
+        BitConverter.GetBytes(BitConverter.ToSingle(other, 28) + 0.5f).CopyTo(other, 28);
+        File.WriteAllBytes(dir.File("other.bin"), other);
+        string draftDir = dir.File("other-draft");
+        using (var w = Beagle.Checkpoints.Llama2cCheckpoint.Load(dir.File("other.bin")))
+        using (var otherModel = new Beagle.Models.LlamaModel(w))
+        using (var draft = Beagle.Drafting.DraftCheckpoint.Create(Beagle.Drafting.DraftConfig.ForTarget(otherModel.Config), otherModel))
+            Beagle.Drafting.DraftCheckpoint.Save(draft, draftDir);
+
+        var ml = new MLContext(seed: 1);
+        var e = Assert.Throws<InvalidOperationException>(() => ml.Beagle().Generate(new BeagleGenerateOptions
+        {
+            TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, DraftPath = draftDir,
+        }).Fit(ml.Data.LoadFromEnumerable(new[] { new PromptInput { Prompt = "x" } })));
+        Assert.Contains("was trained for", e.Message);
+        Assert.IsType<InvalidDataException>(e.InnerException);
     }
 }

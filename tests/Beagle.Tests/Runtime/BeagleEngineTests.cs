@@ -1,0 +1,91 @@
+using System.Diagnostics;
+using Beagle.Checkpoints;
+using Beagle.Decoding;
+using Beagle.Runtime;
+using Beagle.Tests.Infrastructure;
+using Xunit;
+
+namespace Beagle.Tests.Runtime;
+
+public sealed class BeagleEngineTests
+{
+    static BeagleEngine Start() => new(() =>
+    {
+        var t = TargetLoader.Load(TestAssets.ModelPath, TestAssets.TokenizerPath);
+        return new EngineModels(t.Model, t.Tokenizer);
+    }, new EngineOptions { Threads = 1 });
+
+    static readonly GenerationOptions Greedy = new() { MaxNewTokens = 48 };
+
+    [Fact]
+    public async Task A_queued_stream_that_is_cancelled_ends_at_once_while_the_running_request_continues()
+    {
+        await using var engine = Start();
+        await engine.Ready;
+        // The running request: holds the worker until released, then generates (so "continues" is observable).
+        using var release = new ManualResetEventSlim();
+        using var running = new ManualResetEventSlim();
+        var first = engine.RunAsync((g, ct) => { running.Set(); release.Wait(TimeSpan.FromSeconds(30)); return g.Complete("Once upon a time", Greedy, ct).Text; });
+        Assert.True(running.Wait(TimeSpan.FromSeconds(10)));
+
+        using var cts = new CancellationTokenSource();
+        var second = Consume(engine.GenerateAsync("The little dog", Greedy, cancellationToken: cts.Token));
+        await WaitUntil(() => engine.QueueDepth == 2);
+        var sw = Stopwatch.StartNew();
+        cts.Cancel();
+        var e = await Record.ExceptionAsync(() => second.WaitAsync(TimeSpan.FromSeconds(5)));
+        var elapsed = sw.Elapsed;
+
+        Assert.IsAssignableFrom<OperationCanceledException>(e);
+        Assert.True(elapsed < TimeSpan.FromMilliseconds(250), $"cancellation took {elapsed.TotalMilliseconds:F0} ms while queued");
+        Assert.Equal(1, engine.QueueDepth);   // the cancelled request left the count at once
+        Assert.False(first.IsCompleted);      // the running one is untouched
+
+        release.Set();
+        var text = await first.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer).Complete("Once upon a time", Greedy).Text, text);
+        // The worker skipped the cancelled item, the count is back to zero and the engine still serves.
+        var after = await engine.CompleteAsync("The little dog", Greedy);
+        Assert.Equal(new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer).Complete("The little dog", Greedy).Text, after.Text);
+        await WaitUntil(() => engine.QueueDepth == 0);
+    }
+
+    [Fact]
+    public async Task A_queued_RunAsync_that_is_cancelled_ends_at_once()
+    {
+        await using var engine = Start();
+        await engine.Ready;
+        using var release = new ManualResetEventSlim();
+        using var running = new ManualResetEventSlim();
+        var first = engine.RunAsync((_, _) => { running.Set(); release.Wait(TimeSpan.FromSeconds(30)); return 1; });
+        Assert.True(running.Wait(TimeSpan.FromSeconds(10)));
+        using var cts = new CancellationTokenSource();
+        bool ran = false;
+        var second = engine.RunAsync((_, _) => ran = true, cts.Token);
+
+        cts.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => second.WaitAsync(TimeSpan.FromSeconds(1)));
+        Assert.Equal(1, engine.QueueDepth);
+
+        release.Set();
+        Assert.Equal(1, await first);
+        Assert.Equal(2, await engine.RunAsync((_, _) => 2));
+        Assert.False(ran);   // skipped by the worker
+        Assert.Equal(0, engine.QueueDepth);
+    }
+
+    static async Task Consume(IAsyncEnumerable<GenerationChunk> stream)
+    {
+        await foreach (var _ in stream) { }
+    }
+
+    static async Task WaitUntil(Func<bool> condition)
+    {
+        var sw = Stopwatch.StartNew();
+        while (!condition())
+        {
+            if (sw.Elapsed > TimeSpan.FromSeconds(10)) throw new TimeoutException("condition not reached");
+            await Task.Delay(5);
+        }
+    }
+}
