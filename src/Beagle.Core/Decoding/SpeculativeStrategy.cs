@@ -61,12 +61,13 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
             // 4. Accept.
             if (_sampler.Options.IsGreedy)
             {
-                var argmax = o.Logits.argmax(-1).cpu().data<long>().ToArray();
+                var am = o.Logits.argmax(-1);
+                var argmax = (am.device_type == TorchSharp.DeviceType.CPU ? am : am.cpu()).data<long>().ToArray();
                 (path, bonus) = Verifier.AcceptGreedy(tree, argmax);
             }
             else
             {
-                var logits = o.Logits.cpu();
+                var logits = o.Logits.device_type == TorchSharp.DeviceType.CPU ? o.Logits : o.Logits.cpu();
                 (path, bonus) = Verifier.AcceptSampling(tree, i => _sampler.Probabilities(logits[i].data<float>().ToArray()), _sampler);
             }
             var pathIdx = path.Select(i => (long)i).ToArray();

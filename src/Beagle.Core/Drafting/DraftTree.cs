@@ -126,8 +126,9 @@ public sealed class DraftTree
         var logp = session.Expand(tokens, positions, parents);      // [m, Vd]
         int m = tokens.Length, k = (int)Math.Min(topK, logp.shape[1]);
         var (vals, idx) = logp.topk(k, dim: -1);
-        var v = vals.cpu().data<float>().ToArray();
-        var ix = idx.cpu().data<long>().ToArray();
+        if (vals.device_type != TorchSharp.DeviceType.CPU) { vals = vals.cpu(); idx = idx.cpu(); }   // .cpu() is an op even on the CPU
+        var v = vals.data<float>().ToArray();
+        var ix = idx.data<long>().ToArray();
         topTokens = new int[m, k]; topLogp = new float[m, k];
         for (int i = 0; i < m; i++)
             for (int j = 0; j < k; j++)
