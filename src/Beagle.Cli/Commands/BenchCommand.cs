@@ -1,6 +1,7 @@
 using System.ComponentModel;
 using Beagle.Decoding;
 using Beagle.Drafting;
+using Beagle.Tokenization;
 using Spectre.Console;
 using Spectre.Console.Cli;
 
@@ -60,6 +61,14 @@ public sealed class BenchCommand : Command<BenchSettings>
         if (draftPaths.Length == 0) throw new ArgumentException("no draft to benchmark: pass --draft DIR (repeatable)");
         var promptsPath = s.Prompts ?? Path.Combine(AppContext.BaseDirectory, "bench", "stories-prompts.txt");
         var prompts = SpeculativeBenchmark.LoadPrompts(promptsPath);
+        // Chat targets get each prompt as a user turn in their own template (Spec-Bench / MT-bench are chat prompts);
+        // base models such as stories260K (plain template) continue the raw text.
+        var (kind, why) = s.Target is null ? (ChatTemplateKind.Plain, "default model") : ChatTemplates.Detect(s.Target);
+        if (kind != ChatTemplateKind.Plain)
+        {
+            prompts = prompts.Select(p => ChatTemplates.Render(kind, [new ChatTurn(ChatTurnRole.User, p)]).Text).ToList();
+            AnsiConsole.MarkupLine($"[grey]prompts rendered with the {kind} chat template ({Markup.Escape(why)})[/]");
+        }
 
         var methods = new List<BenchMethod> { new("plain", null, null, null) };
         var drafts = new List<IDraftModel>();
