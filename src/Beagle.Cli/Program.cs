@@ -32,6 +32,8 @@ app.Configure(c =>
         .WithExample("download", "--dir", "./models", "--force");
     c.AddCommand<ReportCommand>("report").WithDescription("Write report.md and PNG charts (tokens/s, speedup, acceptance by depth) from a saved bench result JSON.")
         .WithExample("report", "bench.json", "--out", "./report");
+    c.AddCommand<BenchPlainCommand>("bench-plain").WithDescription("Plain greedy decoding tokens/s at several thread counts (a target, or a random-weight model of a real shape).")
+        .WithExample("bench-plain", "--random-shape", "llama-110m", "--thread-counts", "1,2");
     c.AddCommand<BenchCommand>("bench").WithDescription("Benchmark plain decoding against drafts on the same prompts (tokens/s, speedup, acceptance length, memory).")
         .WithExample("bench", "--draft", "models/stories260K/beagle", "--draft", "models/stories260K/eagle2", "--runs", "3", "--report", "docs/bench");
 });

@@ -15,6 +15,36 @@ public sealed class LlamaWeights : IDisposable
     public required Tensor FinalNorm { get; init; }        // [D]
     public Tensor? LmHead { get; init; }                   // [V, D]; null when tied to TokenEmbedding
 
+    /// <summary>
+    /// Random weights (N(0, 0.02), norms 1) of the given shape: for benchmarks of real model sizes without downloading
+    /// one, and for shape tests. Deterministic for a seed.
+    /// </summary>
+    public static LlamaWeights Random(ModelConfig config, long seed = 0)
+    {
+        var c = config.Validate();
+        var g = new TorchSharp.torch.Generator((ulong)seed);
+        Tensor R(params long[] shape) => normal(0, 0.02, shape, generator: g);
+        var layers = new LayerWeights[c.Layers];
+        for (int l = 0; l < c.Layers; l++)
+            layers[l] = new LayerWeights
+            {
+                AttnNorm = ones(c.Dim), Wq = R(c.QDim, c.Dim), Wk = R(c.KvDim, c.Dim), Wv = R(c.KvDim, c.Dim), Wo = R(c.Dim, c.QDim),
+                Bq = c.QkvBias ? R(c.QDim) : null, Bk = c.QkvBias ? R(c.KvDim) : null, Bv = c.QkvBias ? R(c.KvDim) : null,
+                FfnNorm = ones(c.Dim), W1 = R(c.HiddenDim, c.Dim), W2 = R(c.Dim, c.HiddenDim), W3 = R(c.HiddenDim, c.Dim),
+            };
+        return new LlamaWeights { Config = c, TokenEmbedding = R(c.VocabSize, c.Dim), Layers = layers, FinalNorm = ones(c.Dim), LmHead = c.TieEmbeddings ? null : R(c.VocabSize, c.Dim) };
+    }
+
+    /// <summary>Named shapes of real models, for <see cref="Random"/>.</summary>
+    public static ModelConfig Shape(string name) => name.ToLowerInvariant() switch
+    {
+        // llama2.c's stories110M: 12 layers, d 768, 32k vocabulary (~110M parameters)
+        "llama-110m" => new ModelConfig { ModelType = "llama", Dim = 768, HiddenDim = 2048, Layers = 12, Heads = 12, KvHeads = 12, VocabSize = 32000, MaxSeqLen = 1024, RopeLayout = RopeLayout.HalfSplit, EosIds = [] },
+        // SmolLM2-135M-like: 30 layers, d 576, GQA 9/3, 49k vocabulary, tied (~135M parameters)
+        "llama-135m" => new ModelConfig { ModelType = "llama", Dim = 576, HiddenDim = 1536, Layers = 30, Heads = 9, KvHeads = 3, VocabSize = 49152, MaxSeqLen = 2048, TieEmbeddings = true, RopeLayout = RopeLayout.HalfSplit, RopeTheta = 100000, EosIds = [] },
+        _ => throw new ArgumentException($"unknown model shape '{name}' (known: llama-110m, llama-135m)"),
+    };
+
     public void Dispose()
     {
         TokenEmbedding.Dispose(); FinalNorm.Dispose(); LmHead?.Dispose();

@@ -1,0 +1,92 @@
+using System.ComponentModel;
+using System.Diagnostics;
+using Beagle.Decoding;
+using Beagle.Models;
+using Beagle.Tokenization;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace Beagle.Cli.Commands;
+
+public sealed class BenchPlainSettings : ModelSettings
+{
+    [CommandOption("--random-shape <NAME>")]
+    [Description("Benchmark a random-weight model of a real shape instead of --target: llama-110m or llama-135m.")]
+    public string? RandomShape { get; init; }
+
+    [CommandOption("--thread-counts <LIST>")]
+    [Description("Comma-separated thread counts to compare (default 1,2).")]
+    public string ThreadCounts { get; init; } = "1,2";
+
+    [CommandOption("-n|--max-tokens <N>")]
+    [Description("Tokens generated per run (default 128).")]
+    public int MaxTokens { get; init; } = 128;
+
+    [CommandOption("--runs <R>")]
+    [Description("Runs per thread count, interleaved; the median is reported (default 5).")]
+    public int Runs { get; init; } = 5;
+
+    public override ValidationResult Validate()
+    {
+        var b = base.Validate();
+        if (!b.Successful) return b;
+        if (MaxTokens < 1 || Runs < 1) return ValidationResult.Error("--max-tokens and --runs must be >= 1");
+        if (ThreadCounts.Split(',').Any(t => !int.TryParse(t, out var n) || n < 1)) return ValidationResult.Error("--thread-counts must be a list of positive integers, e.g. 1,2");
+        return ValidationResult.Success();
+    }
+}
+
+/// <summary>
+/// <c>beagle bench-plain</c>: plain greedy decoding tokens/s of one target at several thread counts, interleaved run by
+/// run (the thread count is a process-wide libtorch setting, switched between runs). Picks the thread count by measurement.
+/// </summary>
+public sealed class BenchPlainCommand : Command<BenchPlainSettings>
+{
+    public override int Execute(CommandContext context, BenchPlainSettings s, CancellationToken cancellationToken)
+    {
+        LlamaModel model; ITokenizer? tokenizer = null; string name;
+        if (s.RandomShape is not null)
+        {
+            using var w = LlamaWeights.Random(LlamaWeights.Shape(s.RandomShape));
+            model = new LlamaModel(w, Runtime.DeviceSelector.Resolve(s.Device));
+            name = $"random {s.RandomShape}";
+        }
+        else { (model, tokenizer) = CliModels.LoadTarget(s); name = s.Target ?? "stories260K (default)"; }
+        using var _ = model;
+        var threads = s.ThreadCounts.Split(',').Select(int.Parse).ToArray();
+        var gen = new Generator(model, tokenizer ?? new NullTokenizer(model.Config.VocabSize));
+        int[] prompt = [model.Config.BosId];
+        var o = new GenerationOptions { MaxNewTokens = s.MaxTokens };
+        var runs = threads.ToDictionary(t => t, _ => new List<double>());
+        TorchSharp.torch.set_num_threads(threads[0]);
+        foreach (var __ in gen.Generate(prompt, o with { MaxNewTokens = Math.Min(16, s.MaxTokens) })) { }   // warm-up
+        for (int r = 0; r < s.Runs; r++)
+            foreach (var t in threads)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                TorchSharp.torch.set_num_threads(t);
+                var stats = new GenerationStats();
+                long t0 = Stopwatch.GetTimestamp();
+                foreach (var __ in gen.Generate(prompt, o, stats, cancellationToken)) { }
+                runs[t].Add(stats.NewTokens / Stopwatch.GetElapsedTime(t0).TotalSeconds);
+            }
+        var table = new Table().AddColumns("model", "threads", "tokens/s (median)", "runs");
+        foreach (var t in threads)
+        {
+            var sorted = runs[t].OrderBy(x => x).ToArray();
+            table.AddRow(Markup.Escape(name), t.ToString(), $"{sorted[sorted.Length / 2]:F1}", string.Join(" ", runs[t].Select(x => x.ToString("F0"))));
+        }
+        AnsiConsole.Write(table);
+        return 0;
+    }
+
+    /// <summary>Random-weight models have no tokenizer; generation needs only ids (text is not shown).</summary>
+    sealed class NullTokenizer(int vocab) : ITokenizer
+    {
+        public int VocabSize => vocab;
+        public int BosId => 1;
+        public int[] Encode(string text, bool addBos) => [1];
+        public ReadOnlySpan<byte> TokenBytes(int token, int previous) => [];
+        public bool IsSpecial(int token) => false;
+    }
+}
