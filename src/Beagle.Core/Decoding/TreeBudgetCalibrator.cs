@@ -87,12 +87,7 @@ public static class TreeBudgetCalibrator
 
     static double Median(List<double> v) { var s = v.OrderBy(x => x).ToArray(); return s.Length == 0 ? 0 : s[s.Length / 2]; }
 
-    static string Machine()
-    {
-        string cpu = "unknown cpu";
-        try { cpu = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name"))?.Split(':', 2)[1].Trim() ?? cpu; } catch (IOException) { } catch (UnauthorizedAccessException) { }
-        return $"{cpu}; {Environment.ProcessorCount} cores; {TorchSharp.torch.get_num_threads()} threads; {Environment.OSVersion.Platform}";
-    }
+    static string Machine() => $"{SpeculativeBenchmark.MachineName()}; {TorchSharp.torch.get_num_threads()} threads";
 
     static string Key(LlamaModel target, string draftId, string machine)
     {
