@@ -39,6 +39,7 @@ public sealed class LlamaModel : IDisposable
     readonly Tensor _lmHeadT;     // [D, V]
     readonly RotaryTables _rope;
     readonly int _q, _kv, _hd, _h, _kvh, _g;
+    readonly float _scale;   // 1/sqrt(head dim)
 
     public ModelConfig Config { get; }
     public Device Device { get; }
@@ -56,6 +57,7 @@ public sealed class LlamaModel : IDisposable
         var c = Config;
         (_hd, _h, _kvh, _g, _q, _kv) = (c.EffectiveHeadDim, c.Heads, c.KvHeads, c.GroupSize, c.QDim, c.KvDim);
         _rope = new RotaryTables(_hd, c.MaxSeqLen, c.RopeTheta, c.RopeLayout, c.RopeScaling, Device);
+        _scale = 1f / MathF.Sqrt(_hd);
 
         using var scope = NewDisposeScope();
         using var _ = no_grad();
@@ -147,6 +149,8 @@ public sealed class LlamaModel : IDisposable
         if (m is null && (T > 1 || (Config.SlidingWindow is { } w0 && S > w0)))
             m = CausalMask(T, start, posArr);
         if (m is not null && _g > 1) m = m.repeat(_g, 1);                              // rows ordered (group, t)
+        // SDPA converts a bool mask to an additive one in every layer; doing it once here saves those ops per layer.
+        if (m is not null && m.dtype == ScalarType.Bool) m = zeros(m.shape, device: Device).masked_fill_(m.logical_not(), float.NegativeInfinity);
 
         for (int l = 0; l < _layers.Length; l++)
         {
@@ -158,7 +162,10 @@ public sealed class LlamaModel : IDisposable
             // GQA: the G query heads sharing a kv head are stacked along the query axis, [kvH, G*T, hd].
             // One token needs no permutation at all (the common case of plain decoding): 4 fewer ops per layer.
             var qq = T == 1 ? q.view(_kvh, _g, _hd) : q.view(T, _kvh, _g, _hd).permute(1, 2, 0, 3).reshape(_kvh, _g * T, _hd);
-            var o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask: m);          // [kvH, G*T, hd]
+            // With a mask, five plain ops (scores, scale, additive mask, softmax, weighted sum) replace
+            // SDPA's math path, which re-checks the mask for fully masked rows in every layer (measured: ~8 ops more).
+            var o = m is null ? F.scaled_dot_product_attention(qq, kk, vv)                            // [kvH, G*T, hd]
+                              : qq.bmm(kk.transpose(1, 2)).mul_(_scale).add_(m).softmax(-1).bmm(vv);
             var oo = T == 1 ? o.reshape(1, _q) : o.view(_kvh, _g, T, _hd).permute(2, 0, 1, 3).reshape(T, _q);
             x = Mlp(_layers[l], x, oo);
         }
