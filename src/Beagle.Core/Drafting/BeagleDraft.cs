@@ -78,7 +78,35 @@ public sealed class BeagleDraft : DraftModelBase
     public static Tensor StrictlyCausalMask(Tensor queryPositions, Tensor keyPositions) =>
         keyPositions.unsqueeze(0).lt(queryPositions.unsqueeze(1));
 
-    public override IDraftSession StartSession(int capacity) => new Session(this, capacity);
+    /// <summary>Session implementation (see <see cref="Kernels.DraftKernel"/>); Auto picks the managed kernel for small CPU drafts.</summary>
+    public Kernels.DraftKernel Kernel { get; set; } = Kernels.DraftKernel.Auto;
+
+    public override IDraftSession StartSession(int capacity)
+    {
+        if (!UseManagedKernel()) return new Session(this, capacity);
+        using var w = Fold();
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var table = RmsNormNoWeight(Target.Embedding).mm(w.WqT);                          // [V, 2Q]
+        return new Kernels.ManagedBeagleSession(Config, capacity, table, Target.Embedding, w.WkvT, w.WoT, w.W13T, w.W2T, LmHead, Rope.Cos, Rope.SinSigned);
+    }
+
+    bool UseManagedKernel()
+    {
+        var kernel = Kernel;
+        if (kernel == Kernels.DraftKernel.Auto)
+            kernel = Environment.GetEnvironmentVariable("BEAGLE_DRAFT_KERNEL")?.ToLowerInvariant() switch
+            {
+                "torch" => Kernels.DraftKernel.Torch,
+                "managed" => Kernels.DraftKernel.Managed,
+                _ => Kernels.DraftKernel.Auto,
+            };
+        bool cpu = Dev.type == DeviceType.CPU;
+        if (kernel == Kernels.DraftKernel.Managed && !cpu) throw new NotSupportedException("the managed draft kernel runs on the CPU only");
+        long vocab = Target.Embedding.shape[0];
+        return kernel == Kernels.DraftKernel.Managed
+            || (kernel == Kernels.DraftKernel.Auto && cpu && Config.Dim <= 1024 && vocab * 2L * Config.QDim * 4 <= QueryTableMaxBytes);
+    }
 
     /// <summary>Largest query table a session precomputes (32 MB: a 32k vocabulary at 2Q = 256).</summary>
     const long QueryTableMaxBytes = 32L << 20;

@@ -1,0 +1,158 @@
+using static TorchSharp.torch;
+
+namespace Beagle.Drafting.Kernels;
+
+/// <summary>
+/// The Beagle draft session as a plain C# kernel (SIMD float math, no tensor ops) for small drafts on the CPU.
+///
+/// Why: at stories260K's size every TorchSharp op costs ~3 µs of overhead regardless of its size, and one draft step
+/// needs ~50 of them — a third of a whole target forward, which eats most of what speculation saves (docs/benchmarks.md).
+/// The same math in C# over a few hundred kilo-FLOPs costs tens of microseconds. The weights are the session snapshot
+/// of <see cref="BeagleDraft"/> (norms folded, rotary partners fused), so both kernels compute the same function;
+/// a test holds them to 1e-4 on log-probabilities. Large drafts (or a GPU) keep the tensor session, where the op
+/// overhead is small next to the FLOPs.
+/// </summary>
+internal sealed class ManagedBeagleSession : IDraftSession
+{
+    readonly int _d, _h, _kvh, _hd, _g, _q, _k, _f, _vd, _capacity;
+    readonly float _eps, _scale;
+    readonly float[] _qTable;   // [V, 2Q]: q | q-partner of every token (RMSNorm(e(t)) · WqT)
+    readonly float[] _emb;      // [V, D] target embedding
+    readonly float[] _wkvT;     // [D, 3K]: k | k-partner | v
+    readonly float[] _woT;      // [Q, D]
+    readonly float[] _w13T;     // [D, 2F]
+    readonly float[] _w2T;      // [F, D]
+    readonly float[] _lm;       // [Vd, D] LM-head rows
+    readonly float[] _cos, _sin; // [maxPos, hd]
+    readonly float[] _kc, _vc;  // [(capacity + R) , kvH, hd], slot-major
+    readonly float[] _states;   // [R, D] hhat of this round's nodes
+    readonly RoundTree _round = new(DraftModelBase.MaxRoundNodes);
+    readonly int _maxPositions;
+
+    public int Length { get; private set; }
+    public bool ConcatDraftStates { get; set; } = true;
+
+    public ManagedBeagleSession(DraftConfig c, int capacity, Tensor queryTable, Tensor embedding, Tensor wkvT, Tensor woT, Tensor w13T, Tensor w2T,
+        Tensor lmHead, Tensor cos, Tensor sinSigned)
+    {
+        if (capacity <= 0 || capacity > c.MaxPositions)
+            throw new ArgumentOutOfRangeException(nameof(capacity), $"capacity must be in [1, {c.MaxPositions}], got {capacity}");
+        (_d, _h, _kvh, _hd, _g, _q, _k, _f) = (c.Dim, c.Heads, c.KvHeads, c.HeadDim, c.GroupSize, c.QDim, c.KvDim, c.HiddenDim);
+        _capacity = capacity; _maxPositions = c.MaxPositions;
+        _eps = (float)c.NormEps; _scale = 1f / MathF.Sqrt(_hd);
+        static float[] A(Tensor t) { using var x = t.detach().cpu().contiguous(); return x.data<float>().ToArray(); }
+        _qTable = A(queryTable); _emb = A(embedding); _wkvT = A(wkvT); _woT = A(woT); _w13T = A(w13T); _w2T = A(w2T);
+        _lm = A(lmHead); _cos = A(cos); _sin = A(sinSigned);
+        _vd = (int)lmHead.shape[0];
+        int slots = capacity + DraftModelBase.MaxRoundNodes;
+        _kc = new float[slots * _k]; _vc = new float[slots * _k];
+        _states = new float[DraftModelBase.MaxRoundNodes * _d];
+    }
+
+    /// <summary>Writes rotated key and value of state x (length D) at position pos into slot.</summary>
+    void ProjectKv(ReadOnlySpan<float> x, int pos, int slot)
+    {
+        Span<float> xn = stackalloc float[_d];
+        Span<float> p = stackalloc float[3 * _k];
+        ManagedMath.RmsNorm(x, xn, _eps);
+        ManagedMath.MatVec(xn, _wkvT, p);
+        var k = _kc.AsSpan(slot * _k, _k);
+        var cos = _cos.AsSpan(pos * _hd, _hd); var sin = _sin.AsSpan(pos * _hd, _hd);
+        for (int i = 0; i < _k; i++) k[i] = p[i] * cos[i % _hd] + p[_k + i] * sin[i % _hd];
+        p.Slice(2 * _k, _k).CopyTo(_vc.AsSpan(slot * _k, _k));
+    }
+
+    public void Commit(ReadOnlySpan<int> tokens, Tensor hidden)
+    {
+        int m = tokens.Length;
+        if (m == 0) return;
+        if (_round.Count > 0) throw new InvalidOperationException("call EndRound before Commit");
+        if (hidden.dim() != 2 || hidden.shape[0] != m || hidden.shape[1] != _d)
+            throw new ArgumentException($"hidden must be [{m}, {_d}], got [{string.Join(", ", hidden.shape)}]", nameof(hidden));
+        if (Length + m > _capacity) throw new InvalidOperationException($"sequence of {Length + m} positions exceeds the session capacity {_capacity}");
+        float[] h;
+        using (var x = hidden.detach().to(float32).cpu().contiguous()) h = x.data<float>().ToArray();
+        for (int r = 0; r < m; r++) ProjectKv(h.AsSpan(r * _d, _d), Length + r, Length + r);   // slot = position
+        Length += m;
+    }
+
+    public Tensor Expand(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
+    {
+        if (Length == 0) throw new InvalidOperationException("Commit the prompt before expanding: the root needs at least one true state");
+        _round.Validate(tokens, positions, parents, _maxPositions);
+        int N = tokens.Length, n0 = Length, V = _emb.Length / _d;
+        for (int i = 0; i < N; i++)
+        {
+            if (parents[i] < 0 && positions[i] != Length) throw new ArgumentException($"a root must be the pending token at position {Length}, got {positions[i]}", nameof(positions));
+            if ((uint)tokens[i] >= (uint)V) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (size {V})");
+        }
+        // Lazily give parents that deeper nodes now need a K/V slot (their own ancestors already have one).
+        if (ConcatDraftStates)
+            for (int i = 0; i < N; i++)
+            {
+                int p = parents[i];
+                if (p >= 0 && _round.Slot(p) < 0)
+                    ProjectKv(_states.AsSpan(p * _d, _d), _round.Position(p), n0 + _round.AssignSlot(p));
+            }
+
+        var output = new float[N * _vd];
+        Span<float> q = stackalloc float[_q];
+        Span<float> o = stackalloc float[_q];
+        Span<float> y = stackalloc float[_d];
+        Span<float> yn = stackalloc float[_d];
+        Span<float> gu = stackalloc float[2 * _f];
+        Span<float> act = stackalloc float[_f];
+        Span<float> hhat = stackalloc float[_d];
+        var keys = new List<int>(n0 + 64);
+        float[] scores = new float[n0 + _round.SlotsUsed + 1];
+        int first = _round.Add(positions, parents);
+        for (int i = 0; i < N; i++)
+        {
+            int tok = tokens[i], pos = positions[i];
+            // Query: the precomputed projection of the token, rotated to its position.
+            var qt = _qTable.AsSpan(tok * 2 * _q, 2 * _q);
+            var cos = _cos.AsSpan(pos * _hd, _hd); var sin = _sin.AsSpan(pos * _hd, _hd);
+            for (int j = 0; j < _q; j++) q[j] = qt[j] * cos[j % _hd] + qt[_q + j] * sin[j % _hd];
+            // Visible keys: every committed true state, plus the draft states of this node's ancestors.
+            keys.Clear();
+            for (int s = 0; s < n0; s++) keys.Add(s);
+            if (ConcatDraftStates)
+                for (int a = parents[i]; a >= 0; a = _round.Parent(a))
+                    if (_round.Slot(a) >= 0) keys.Add(n0 + _round.Slot(a));
+            if (scores.Length < keys.Count) scores = new float[keys.Count];
+            for (int head = 0; head < _h; head++)
+            {
+                int kvh = head / _g;
+                var qh = q.Slice(head * _hd, _hd);
+                float max = float.NegativeInfinity;
+                for (int s = 0; s < keys.Count; s++)
+                {
+                    float sc = ManagedMath.Dot(qh, _kc.AsSpan(keys[s] * _k + kvh * _hd, _hd)) * _scale;
+                    scores[s] = sc; if (sc > max) max = sc;
+                }
+                float sum = 0;
+                for (int s = 0; s < keys.Count; s++) { scores[s] = MathF.Exp(scores[s] - max); sum += scores[s]; }
+                var oh = o.Slice(head * _hd, _hd);
+                oh.Clear();
+                for (int s = 0; s < keys.Count; s++) ManagedMath.Axpy(scores[s] / sum, _vc.AsSpan(keys[s] * _k + kvh * _hd, _hd), oh);
+            }
+            // y = e(t) + Wo·o ; hhat = y + W2·(silu(gate) * up) over RMSNorm(y)
+            ManagedMath.MatVec(o, _woT, y);
+            ManagedMath.Axpy(1f, _emb.AsSpan(tok * _d, _d), y);
+            ManagedMath.RmsNorm(y, yn, _eps);
+            ManagedMath.MatVec(yn, _w13T, gu);
+            for (int j = 0; j < _f; j++) act[j] = ManagedMath.Silu(gu[j]) * gu[_f + j];
+            ManagedMath.MatVec(act, _w2T, hhat);
+            ManagedMath.Axpy(1f, y, hhat);
+            hhat.CopyTo(_states.AsSpan((first + i) * _d, _d));
+            var logits = output.AsSpan(i * _vd, _vd);
+            for (int v = 0; v < _vd; v++) logits[v] = ManagedMath.Dot(hhat, _lm.AsSpan(v * _d, _d));
+            ManagedMath.LogSoftmax(logits);
+        }
+        return tensor(output, [N, _vd]);
+    }
+
+    public void EndRound() => _round.Clear();
+
+    public void Dispose() { }
+}
