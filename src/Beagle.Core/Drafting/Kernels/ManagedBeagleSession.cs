@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using static TorchSharp.torch;
 
 namespace Beagle.Drafting.Kernels;
@@ -50,6 +51,7 @@ internal sealed class ManagedBeagleSession : IDraftSession
     }
 
     /// <summary>Writes rotated key and value of state x (length D) at position pos into slot.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     void ProjectKv(ReadOnlySpan<float> x, int pos, int slot)
     {
         Span<float> xn = stackalloc float[_d];
@@ -76,6 +78,7 @@ internal sealed class ManagedBeagleSession : IDraftSession
         Length += m;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public Tensor Expand(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
     {
         if (Length == 0) throw new InvalidOperationException("Commit the prompt before expanding: the root needs at least one true state");

@@ -1,11 +1,15 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace Beagle.Drafting.Kernels;
 
 /// <summary>Small SIMD helpers (System.Numerics.Vector) for the managed draft kernel: row-major float spans.</summary>
+/// Hot paths are compiled fully optimised at once (AggressiveOptimization): tier-0 code for Vector&lt;T&gt; is many times
+/// slower, and a generation is over before tiering would promote it (measured: the kernel ran slower than tensors without it).
 internal static class ManagedMath
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float Dot(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
     {
         int n = a.Length, i = 0;
@@ -20,6 +24,7 @@ internal static class ManagedMath
     }
 
     /// <summary>y += a * x.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Axpy(float a, ReadOnlySpan<float> x, Span<float> y)
     {
         int n = y.Length, i = 0;
@@ -32,6 +37,7 @@ internal static class ManagedMath
     }
 
     /// <summary>y = x · W for W [x.Length, y.Length] row-major (y is overwritten).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void MatVec(ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<float> y)
     {
         y.Clear();
@@ -41,6 +47,7 @@ internal static class ManagedMath
     }
 
     /// <summary>out = x / sqrt(mean(x²) + eps) (RMSNorm without weight; the weight is folded into the next matrix).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RmsNorm(ReadOnlySpan<float> x, Span<float> output, float eps)
     {
         float ss = Dot(x, x) / x.Length;
@@ -49,6 +56,7 @@ internal static class ManagedMath
     }
 
     /// <summary>In-place log-softmax.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void LogSoftmax(Span<float> v)
     {
         float max = float.NegativeInfinity;
@@ -59,5 +67,6 @@ internal static class ManagedMath
         for (int i = 0; i < v.Length; i++) v[i] -= lse;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float Silu(float x) => x / (1f + MathF.Exp(-x));
 }
