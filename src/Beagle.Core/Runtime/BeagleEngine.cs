@@ -54,7 +54,9 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
     public BeagleEngine(Func<EngineModels> load, EngineOptions? options = null)
     {
         _options = (options ?? new EngineOptions()).Validate();
-        _queue = Channel.CreateBounded<WorkItem>(new BoundedChannelOptions(_options.QueueCapacity) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
+        // Unbounded channel, bounded by count: a request cancelled while queued gives its place back at once (the channel
+        // would keep a slot until the worker skipped the item).
+        _queue = Channel.CreateUnbounded<WorkItem>(new UnboundedChannelOptions { SingleReader = true });
         _worker = new Thread(() => WorkerLoop(load)) { IsBackground = true, Name = "beagle-engine" };
         _worker.Start();
     }
@@ -166,7 +168,12 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
         if (_shutdown.IsCancellationRequested) throw new ObjectDisposedException(nameof(BeagleEngine));
         cancellationToken.ThrowIfCancellationRequested();
         var item = new WorkItem(work);
-        Interlocked.Increment(ref _waiting);
+        // Waiting plus the one running: at most QueueCapacity may wait.
+        if (Interlocked.Increment(ref _waiting) > _options.QueueCapacity + 1)
+        {
+            Interlocked.Decrement(ref _waiting);
+            throw new EngineBusyException(_options.QueueCapacity);
+        }
         // Registered before the worker can see the item, so the worker always disposes a complete registration.
         item.Registration = cancellationToken.UnsafeRegister(_ =>
         {

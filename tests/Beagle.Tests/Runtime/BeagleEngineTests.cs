@@ -51,6 +51,30 @@ public sealed class BeagleEngineTests
     }
 
     [Fact]
+    public async Task A_request_cancelled_while_queued_gives_its_place_back_at_once()
+    {
+        await using var engine = new BeagleEngine(() =>
+        {
+            var t = TargetLoader.Load(TestAssets.ModelPath, TestAssets.TokenizerPath);
+            return new EngineModels(t.Model, t.Tokenizer);
+        }, new EngineOptions { Threads = 1, QueueCapacity = 1 });
+        await engine.Ready;
+        using var release = new ManualResetEventSlim();
+        using var running = new ManualResetEventSlim();
+        var first = engine.RunAsync((_, _) => { running.Set(); release.Wait(TimeSpan.FromSeconds(30)); return 1; });
+        Assert.True(running.Wait(TimeSpan.FromSeconds(10)));
+        using var cts = new CancellationTokenSource();
+        var queued = engine.RunAsync((_, _) => 2, cts.Token);                  // fills the one waiting place
+        await Assert.ThrowsAsync<EngineBusyException>(() => engine.RunAsync((_, _) => 3));
+        cts.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => queued);
+        var third = engine.RunAsync((_, _) => 3);                               // the place is free again at once
+        release.Set();
+        Assert.Equal(1, await first);
+        Assert.Equal(3, await third.WaitAsync(TimeSpan.FromSeconds(10)));
+    }
+
+    [Fact]
     public async Task A_queued_RunAsync_that_is_cancelled_ends_at_once()
     {
         await using var engine = Start();
