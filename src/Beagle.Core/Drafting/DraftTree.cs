@@ -122,6 +122,14 @@ public sealed class DraftTree
     static void Expand(IDraftSession session, int[] tokens, int[] positions, int[] parents, int topK,
         IReadOnlyList<int>? map, out int[,] topTokens, out float[,] topLogp)
     {
+        if (session is IArrayDraftSession fast)
+        {
+            var lp = fast.ExpandToArray(tokens, positions, parents);   // [m * Vd]
+            int vd = fast.VocabSize, kk = Math.Min(topK, vd), rows = tokens.Length;
+            topTokens = new int[rows, kk]; topLogp = new float[rows, kk];
+            for (int i = 0; i < rows; i++) TopK(lp.AsSpan(i * vd, vd), kk, map, topTokens, topLogp, i);
+            return;
+        }
         using var scope = NewDisposeScope();
         var logp = session.Expand(tokens, positions, parents);      // [m, Vd]
         int m = tokens.Length, k = (int)Math.Min(topK, logp.shape[1]);
@@ -137,6 +145,23 @@ public sealed class DraftTree
                 topTokens[i, j] = map is null ? di : map[di];
                 topLogp[i, j] = v[i * k + j];
             }
+    }
+
+    /// <summary>Top-k of one row by insertion (k is small); ties keep the lower index first, as torch.topk does.</summary>
+    static void TopK(ReadOnlySpan<float> row, int k, IReadOnlyList<int>? map, int[,] tokens, float[,] values, int r)
+    {
+        Span<int> idx = stackalloc int[k];
+        Span<float> val = stackalloc float[k];
+        int n = 0;
+        for (int v = 0; v < row.Length; v++)
+        {
+            float x = row[v];
+            if (n == k && !(x > val[k - 1])) continue;
+            int j = n < k ? n++ : k - 1;
+            while (j > 0 && x > val[j - 1]) { val[j] = val[j - 1]; idx[j] = idx[j - 1]; j--; }
+            val[j] = x; idx[j] = v;
+        }
+        for (int j = 0; j < k; j++) { tokens[r, j] = map is null ? idx[j] : map[idx[j]]; values[r, j] = val[j]; }
     }
 
     /// <summary>

@@ -59,3 +59,13 @@ public interface IDraftSession : IDisposable
     /// <summary>Whether deeper nodes see their ancestors' draft states ("concate"; default on).</summary>
     bool ConcatDraftStates { get; set; }
 }
+
+/// <summary>
+/// A session that computes on the CPU in plain arrays (the managed kernel): the tree builder reads its log-probs
+/// [N * VocabSize] directly and picks the top-k in C#, skipping four tensor ops per draft step.
+/// </summary>
+internal interface IArrayDraftSession
+{
+    int VocabSize { get; }
+    float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents);
+}

@@ -13,7 +13,7 @@ namespace Beagle.Drafting.Kernels;
 /// a test holds them to 1e-4 on log-probabilities. Large drafts (or a GPU) keep the tensor session, where the op
 /// overhead is small next to the FLOPs.
 /// </summary>
-internal sealed class ManagedBeagleSession : IDraftSession
+internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
 {
     readonly int _d, _h, _kvh, _hd, _g, _q, _k, _f, _vd, _capacity;
     readonly float _eps, _scale;
@@ -78,8 +78,13 @@ internal sealed class ManagedBeagleSession : IDraftSession
         Length += m;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public Tensor Expand(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
+        => tensor(ExpandToArray(tokens, positions, parents), [tokens.Length, _vd]);
+
+    public int VocabSize => _vd;
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
     {
         if (Length == 0) throw new InvalidOperationException("Commit the prompt before expanding: the root needs at least one true state");
         _round.Validate(tokens, positions, parents, _maxPositions);
@@ -152,7 +157,7 @@ internal sealed class ManagedBeagleSession : IDraftSession
             for (int v = 0; v < _vd; v++) logits[v] = ManagedMath.Dot(hhat, _lm.AsSpan(v * _d, _d));
             ManagedMath.LogSoftmax(logits);
         }
-        return tensor(output, [N, _vd]);
+        return output;
     }
 
     public void EndRound() => _round.Clear();
