@@ -12,17 +12,23 @@ internal static class CliModels
     {
         TorchSharp.torch.set_num_threads(s.Threads);
         var device = DeviceSelector.Resolve(s.Device);
-        string path = s.Target ?? DefaultModelPath();
-        string tokPath = s.Tokenizer ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "tok512.bin");
+        var (path, tokPath) = ResolvePaths(s);
         using var w = Llama2cCheckpoint.Load(path);
         var model = new LlamaModel(w, device);
         return (model, Llama2cTokenizer.Load(tokPath, model.Config.VocabSize));
     }
 
-    static string DefaultModelPath()
+    /// <summary>
+    /// The target and tokenizer files: --target (tokenizer: --tokenizer, else tok512.bin next to it), or the default
+    /// model from <see cref="ModelStore"/> ($BEAGLE_MODELS, else the user cache, downloading once).
+    /// </summary>
+    public static (string Target, string Tokenizer) ResolvePaths(ModelSettings s)
     {
-        var dir = Environment.GetEnvironmentVariable("BEAGLE_MODELS");
-        if (dir is not null && File.Exists(Path.Combine(dir, "stories260K.bin"))) return Path.Combine(dir, "stories260K.bin");
-        throw new FileNotFoundException("no --target given and the default model is not available: set BEAGLE_MODELS to a folder holding stories260K.bin and tok512.bin");
+        if (s.Target is null)
+        {
+            var (model, tok) = new ModelStore().GetDefaultModel();
+            return (model, s.Tokenizer ?? tok);
+        }
+        return (s.Target, s.Tokenizer ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(s.Target))!, "tok512.bin"));
     }
 }
