@@ -60,6 +60,18 @@ public sealed class TrainSettings : ModelSettings
     [Description("Linear warm-up steps (default 50).")]
     public int Warmup { get; init; } = 50;
 
+    [CommandOption("--noise <STD>")]
+    [Description("Feature noise on the true states (Beagle: Gaussian std; EAGLE-2: uniform width). Default 0.2.")]
+    public double Noise { get; init; } = 0.2;
+
+    [CommandOption("--ce-weight <W>")]
+    [Description("Soft cross-entropy weight (default 1.0 for beagle, 0.1 for eagle2).")]
+    public double? CeWeight { get; init; }
+
+    [CommandOption("--vloss-weight <W>")]
+    [Description("SmoothL1 state-regression weight (default 10 for beagle, 1.0 for eagle2).")]
+    public double? VLossWeight { get; init; }
+
     [CommandOption("--draft-vocab <N>")]
     [Description("Reduced draft output vocabulary: the N most frequent tokens of the data (default: full).")]
     public int? DraftVocab { get; init; }
@@ -86,6 +98,7 @@ public sealed class TrainSettings : ModelSettings
         Architecture = Arch, TargetPath = target, TokenizerPath = tokenizer, DataPaths = Data, Generate = Generate,
         GenerateMaxTokens = GenerateTokens, OutputDir = Out ?? "", Epochs = Epochs, Stage1Epochs = Stage1Epochs, WindowK = Window,
         SimSteps = SimSteps, BatchSize = Batch, SeqLen = SeqLen, LearningRate = Lr, WarmupSteps = Warmup, DraftVocab = DraftVocab,
+        NoiseStd = Noise, CeWeight = CeWeight, VLossWeight = VLossWeight,
         EvalPaths = Eval, EvalPrompts = EvalPrompts, Resume = Resume, Seed = Seed,
     };
 
