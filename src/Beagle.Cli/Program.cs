@@ -12,5 +12,7 @@ app.Configure(c =>
     c.AddCommand<TrainBenchCommand>("train-bench").WithDescription("Training step time and memory by simulated steps: Beagle stage 2 vs EAGLE-2 training-time test.")
         .WithExample("train-bench", "--sim-steps", "1,2,3,4", "--json", "train-bench.json");
     c.AddCommand<TrainBenchWorkerCommand>("train-bench-worker").IsHidden();
+    c.AddCommand<EvalDraftCommand>("eval-draft").WithDescription("Acceptance length of a trained draft with the real tree decoder on held-out text.")
+        .WithExample("eval-draft", "--draft", "models/stories260K/beagle", "--data", "heldout.txt");
 });
 return await app.RunAsync(args);
