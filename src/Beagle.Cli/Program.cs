@@ -36,5 +36,12 @@ app.Configure(c =>
         .WithExample("bench-plain", "--random-shape", "llama-110m", "--thread-counts", "1,2");
     c.AddCommand<BenchCommand>("bench").WithDescription("Benchmark plain decoding against drafts on the same prompts (tokens/s, speedup, acceptance length, memory).")
         .WithExample("bench", "--draft", "models/stories260K/beagle", "--draft", "models/stories260K/eagle2", "--runs", "3", "--report", "docs/bench");
+    c.AddCommand<TrainCommand>("train").WithDescription("Train a Beagle or EAGLE-2 draft for a target (Ctrl+C checkpoints; --resume continues).")
+        .WithExample("train", "--data", "stories.txt", "--arch", "beagle", "--out", "runs/beagle", "--epochs", "10");
+    c.AddCommand<TrainBenchCommand>("train-bench").WithDescription("Training step time and memory by simulated steps: Beagle stage 2 vs EAGLE-2 training-time test.")
+        .WithExample("train-bench", "--sim-steps", "1,2,3,4", "--json", "train-bench.json");
+    c.AddCommand<TrainBenchWorkerCommand>("train-bench-worker").IsHidden();
+    c.AddCommand<EvalDraftCommand>("eval-draft").WithDescription("Acceptance length of a trained draft with the real tree decoder on held-out text.")
+        .WithExample("eval-draft", "--draft", "models/stories260K/beagle", "--data", "heldout.txt");
 });
 return await app.RunAsync(args, cts.Token);

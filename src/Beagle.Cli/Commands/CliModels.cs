@@ -42,4 +42,21 @@ internal static class CliModels
             throw new ModelNotAvailableException(e.Message, e);
         }
     }
+
+    /// <summary>
+    /// The target and tokenizer paths: --target (tokenizer: --tokenizer, else found next to it by the loader), or the
+    /// default model from <see cref="ModelStore"/> ($BEAGLE_MODELS, else the user cache, downloading once).
+    /// </summary>
+    public static (string Target, string Tokenizer) ResolvePaths(ModelSettings s, CancellationToken cancellationToken = default)
+    {
+        if (s.Target is not null)
+        {
+            if (s.Tokenizer is not null) return (s.Target, s.Tokenizer);
+            var dir = Directory.Exists(s.Target) ? s.Target : Path.GetDirectoryName(Path.GetFullPath(s.Target))!;
+            var found = new[] { "tokenizer.bin", "tok512.bin", "tokenizer.json", "tokenizer.model" }.Select(n => Path.Combine(dir, n)).FirstOrDefault(File.Exists);
+            return (s.Target, found ?? throw new ArgumentException($"no tokenizer next to {s.Target}: pass --tokenizer PATH"));
+        }
+        var (model, tokenizer) = DefaultModel(cancellationToken);
+        return (model, s.Tokenizer ?? tokenizer);
+    }
 }

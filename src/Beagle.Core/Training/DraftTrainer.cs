@@ -238,10 +238,20 @@ public abstract class DraftTrainer
         foreach (var path in o.DataPaths) docs.AddRange(SequencePacker.Tokenize(TextSources.ReadDocuments(path), Tokenizer));
         if (o.Generate > 0)
             docs.AddRange(TextSources.Generate(Target, Tokenizer, o.Generate, o.GenerateMaxTokens, o.GenerateTemperature, o.Seed, ct));
-        // Held-out prompts: the last EvalPrompts documents (long enough to give a prompt), removed from the training data.
         var heldOut = new List<int[]>();
-        for (int i = docs.Count - 1; i >= 0 && heldOut.Count < o.EvalPrompts && docs.Count > 1; i--)
-            if (docs[i].Length > o.EvalPromptTokens) { heldOut.Add(docs[i][..o.EvalPromptTokens]); docs.RemoveAt(i); }
+        if (o.EvalPaths.Count > 0)
+        {
+            // Held-out prompts from the --eval files: their first EvalPrompts documents long enough to give a prompt.
+            foreach (var path in o.EvalPaths)
+                foreach (var d in SequencePacker.Tokenize(TextSources.ReadDocuments(path), Tokenizer))
+                    if (heldOut.Count < o.EvalPrompts && d.Length > o.EvalPromptTokens) heldOut.Add(d[..o.EvalPromptTokens]);
+        }
+        else
+        {
+            // Held-out prompts: the last EvalPrompts documents (long enough to give a prompt), removed from the training data.
+            for (int i = docs.Count - 1; i >= 0 && heldOut.Count < o.EvalPrompts && docs.Count > 1; i--)
+                if (docs[i].Length > o.EvalPromptTokens) { heldOut.Add(docs[i][..o.EvalPromptTokens]); docs.RemoveAt(i); }
+        }
         var seqs = SequencePacker.Pack(docs, o.SeqLen, o.MaxSequences > 0 ? o.MaxSequences : null);
         return (seqs, heldOut);
     }
@@ -274,7 +284,8 @@ public abstract class DraftTrainer
         var m = new EpochMetrics(epoch + 1, stage, step, acc.Loss, acc.Acceptance, tau, byDepth, error);
         progress?.Report(new TrainingProgress(epoch + 1, Options.Epochs, stage, step, totalSteps, acc.Loss, acc.Ce, acc.VLoss,
             acc.Acceptance, 0, 0, TimeSpan.Zero,
-            tau is { } t ? $"epoch {epoch + 1}: eval acceptance length {t:F3}" : $"epoch {epoch + 1}: evaluation unavailable ({error})"));
+            tau is { } t ? $"epoch {epoch + 1}: eval acceptance length {t:F3} (by depth {string.Join(" ", byDepth!.Select(a => a.ToString("F2")))})"
+            : error is null ? $"epoch {epoch + 1}: done (no evaluation)" : $"epoch {epoch + 1}: evaluation unavailable ({error})"));
         return m;
     }
 

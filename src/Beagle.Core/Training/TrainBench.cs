@@ -28,8 +28,13 @@ public sealed record TrainBenchResult(string Arch, int SimSteps, int Batch, int 
 /// training-time test grows). <see cref="RunOne(LlamaModel, ITokenizer, TrainBenchSettings)"/> is the per-process worker:
 /// the CLI re-invokes itself with a hidden sub-command per setting, so each measurement starts from a fresh heap.
 /// Memory is the process's resident set from /proc/self/status: baseline VmRSS after the target, the batch's true
-/// states, the draft and the optimiser exist; the high-water mark VmHWM is reset there (write "5" to
-/// /proc/self/clear_refs) and read after the steps. Step memory = peak - baseline.
+/// states, the draft and the optimiser exist (after <see cref="TrimNativeHeap"/>); the high-water mark VmHWM is reset
+/// there (write "5" to /proc/self/clear_refs) and read after the steps. Step memory = peak - baseline.
+/// RSS measures the allocator as well as the tensors: with glibc's default dynamic mmap threshold, freed large blocks
+/// stay in the heap and their reuse depends on the order of allocations, which made Beagle's detached stage 2 look
+/// like it grew with s. `beagle train-bench` therefore starts workers with MALLOC_MMAP_THRESHOLD_ fixed (see
+/// docs/training.md), so that every large tensor is mapped on allocation and unmapped on free and RSS follows the live
+/// tensors.
 /// </summary>
 public static class TrainBench
 {
@@ -52,6 +57,7 @@ public static class TrainBench
         var trainer = DraftTrainer.Create(target, tokenizer, options);
 
         GC.Collect(); GC.WaitForPendingFinalizers(); GC.Collect();
+        TrimNativeHeap();
         double baseline = ReadStatusMb("VmRSS");
         bool reset = ResetPeak();
         var sw = new Stopwatch(); int timed = 0;
@@ -72,6 +78,22 @@ public static class TrainBench
         return new TrainBenchResult(s.Arch, s.SimSteps, s.Batch, s.SeqLen, s.Steps, s.FullBackprop, stepMs,
             s.Batch * s.SeqLen / (stepMs / 1000.0), baseline, peak, peak - baseline, reset);
     }
+
+    /// <summary>
+    /// Returns the native heap's free memory to the OS (glibc malloc_trim), so that the baseline resident set counts live
+    /// memory only and not blocks freed earlier (feature extraction, model loading) that glibc keeps for reuse. A no-op
+    /// where glibc is absent.
+    /// </summary>
+    public static void TrimNativeHeap()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        try { MallocTrim(0); }
+        catch (DllNotFoundException) { }
+        catch (EntryPointNotFoundException) { }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "malloc_trim")]
+    static extern int MallocTrim(nuint pad);
 
     /// <summary>A field of /proc/self/status in MB (kB / 1024); NaN where /proc is unavailable.</summary>
     public static double ReadStatusMb(string field)

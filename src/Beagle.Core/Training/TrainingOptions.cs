@@ -81,6 +81,9 @@ public sealed record TrainingOptions
     /// <summary>Stop (checkpoint saved, like a cancellation) once this global step is reached. For tests and time-boxed runs.</summary>
     public long? StopAfterSteps { get; init; }
 
+    /// <summary>--eval (repeatable): held-out text whose documents give the evaluation prompts. Null or empty: the last
+    /// <see cref="EvalPrompts"/> documents of the training data are held out instead (and removed from training).</summary>
+    public IReadOnlyList<string> EvalPaths { get; init; } = [];
     /// <summary>--eval-prompts: held-out documents used as prompts for the per-epoch evaluation (0 = no evaluation).</summary>
     public int EvalPrompts { get; init; } = 8;
     public int EvalPromptTokens { get; init; } = 32;
@@ -106,6 +109,7 @@ public sealed record TrainingOptions
         Check(!string.IsNullOrWhiteSpace(OutputDir), "out", "an output folder is required");
         Check(DataPaths.Count > 0 || Generate > 0, "data", "give at least one --data file or --generate N");
         foreach (var p in DataPaths) Check(File.Exists(p), "data", $"file not found: {p}");
+        foreach (var p in EvalPaths) Check(File.Exists(p), "eval", $"file not found: {p}");
         Check(Generate >= 0, "generate", "must be >= 0");
         Check(GenerateMaxTokens >= 1, "generate-tokens", "must be >= 1");
         Check(GenerateTemperature >= 0 && float.IsFinite(GenerateTemperature), "generate-temperature", "must be a finite number >= 0");
