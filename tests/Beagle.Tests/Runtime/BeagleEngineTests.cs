@@ -37,7 +37,9 @@ public sealed class BeagleEngineTests
         var elapsed = sw.Elapsed;
 
         Assert.IsAssignableFrom<OperationCanceledException>(e);
-        Assert.True(elapsed < TimeSpan.FromMilliseconds(250), $"cancellation took {elapsed.TotalMilliseconds:F0} ms while queued");
+        // Not a timing benchmark: a hang guard. The running request holds the worker for up to 30 s, so anything
+        // well below that shows the queued request did not wait for it.
+        Assert.True(elapsed < TimeSpan.FromSeconds(3), $"cancellation took {elapsed.TotalMilliseconds:F0} ms while queued");
         Assert.Equal(1, engine.QueueDepth);   // the cancelled request left the count at once
         Assert.False(first.IsCompleted);      // the running one is untouched
 
