@@ -5,6 +5,7 @@ var app = new CommandApp();
 app.Configure(c =>
 {
     c.SetApplicationName("beagle");
+    if (Environment.GetEnvironmentVariable("BEAGLE_DEBUG") == "1") c.PropagateExceptions();   // full stack traces
     c.AddCommand<GenerateCommand>("generate").WithDescription("Generate text with a target model (optionally speculative with --draft).")
         .WithExample("generate", "--prompt", "\"Once upon a time\"", "--max-tokens", "64");
     c.AddCommand<TrainCommand>("train").WithDescription("Train a Beagle or EAGLE-2 draft for a target (Ctrl+C checkpoints; --resume continues).")
