@@ -128,11 +128,11 @@ public sealed class TrainCommand : AsyncCommand<TrainSettings>
         var options = s.ToOptions(target, tokenizer);
 
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        int stopping = 0;
+        // Cancel first and write nothing here: the handler runs on another thread, and writing to the console while
+        // the live progress display holds it can block the handler before it cancels (seen under a pty).
         ConsoleCancelEventHandler onCancel = (_, e) =>
         {
             e.Cancel = true;   // let the trainer finish its step and write the checkpoint
-            if (Interlocked.Exchange(ref stopping, 1) == 0) AnsiConsole.MarkupLine("[yellow]stopping: saving a checkpoint...[/]");
             cts.Cancel();
         };
         Console.CancelKeyPress += onCancel;
@@ -153,7 +153,8 @@ public sealed class TrainCommand : AsyncCommand<TrainSettings>
                         {
                             await Task.WhenAny(run, Task.Delay(250, CancellationToken.None));
                             foreach (var m in progress.DrainMessages()) AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]");
-                            if (progress.Latest is { } p && p.TotalSteps > 0)
+                            if (cts.IsCancellationRequested) task.Description = "[yellow]stopping: saving a checkpoint...[/]";
+                            else if (progress.Latest is { } p && p.TotalSteps > 0)
                             {
                                 task.MaxValue = p.TotalSteps;
                                 task.Value = p.Step;
@@ -169,6 +170,7 @@ public sealed class TrainCommand : AsyncCommand<TrainSettings>
                 // Redirected output: one plain line per progress report (a log, not a redrawn bar).
                 progress.Echo = line => Console.WriteLine(line);
                 progress.Describe = p => Describe(s.Arch, p);
+                using var announce = cts.Token.Register(() => Console.Error.WriteLine("stopping: saving a checkpoint..."));
                 result = await DraftTrainer.TrainAsync(options, progress, cts.Token);
             }
 
