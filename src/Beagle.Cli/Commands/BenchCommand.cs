@@ -87,7 +87,7 @@ public sealed class BenchCommand : Command<BenchSettings>
                     // A benchmark reports the draft at its best measured budget, even where calibration prefers plain decoding.
                     spec = new SpeculativeOptions { TreeTokens = cal.Tokens, TreeDepth = cal.Depth, TreeTopK = cal.TopK };
                 }
-                methods.Add(new BenchMethod(d.Architecture, path, d, spec));
+                methods.Add(new BenchMethod(d.Architecture, DisplayPath(path), d, spec));
             }
 
             BenchResult result = null!;
@@ -109,5 +109,15 @@ public sealed class BenchCommand : Command<BenchSettings>
             return result.GreedyOutputsIdentical ? 0 : 1;
         }
         finally { foreach (var d in drafts) d.Dispose(); }
+    }
+
+    /// <summary>A path as a reader of the report wants it: the bundled drafts by their repository name, others relative when below the working folder.</summary>
+    static string DisplayPath(string path)
+    {
+        var full = Path.GetFullPath(path);
+        var bundled = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "models"));
+        if (full.StartsWith(bundled, StringComparison.Ordinal)) return "models" + full[bundled.Length..] + " (bundled)";
+        var rel = Path.GetRelativePath(Environment.CurrentDirectory, full);
+        return rel.StartsWith("..", StringComparison.Ordinal) ? full : rel;
     }
 }
