@@ -25,6 +25,21 @@ public static class BeagleMetrics
     public static readonly Counter<long> GeneratedTokens =
         Meter.CreateCounter<long>("beagle.generated_tokens", "{token}", "Tokens generated");
 
+    /// <summary>Training loss reported by background draft-training jobs (Beagle.Hosting), tagged with the job id.</summary>
+    public static readonly Histogram<double> TrainingLoss =
+        Meter.CreateHistogram<double>("beagle.training.loss", "1", "Training loss of a draft-training job, per progress report");
+    /// <summary>Training throughput of background draft-training jobs.</summary>
+    public static readonly Histogram<double> TrainingTokensPerSecond =
+        Meter.CreateHistogram<double>("beagle.training.tokens_per_second", "{token}/s", "Training throughput of a draft-training job");
+
+    /// <summary>Records one training progress report.</summary>
+    internal static void RecordTraining(string jobId, double loss, double tokensPerSecond)
+    {
+        var tag = new KeyValuePair<string, object?>("beagle.job", jobId);
+        if (double.IsFinite(loss)) TrainingLoss.Record(loss, tag);
+        if (tokensPerSecond > 0) TrainingTokensPerSecond.Record(tokensPerSecond, tag);
+    }
+
     static BeagleMetrics()
     {
         Meter.CreateObservableGauge("beagle.engine.queue_depth",

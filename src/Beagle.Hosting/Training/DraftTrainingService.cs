@@ -227,6 +227,7 @@ public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueu
             job.TotalSteps = p.TotalSteps;
             observers = [.. job.Observers];
         }
+        if (p.Message is null) Beagle.SemanticKernel.BeagleMetrics.RecordTraining(job.Id, p.Loss, p.TokensPerSecond);
         if (p.Message is null)
             _logger.LogInformation("draft training job {Job}: epoch {Epoch}/{Epochs} stage {Stage} step {Step}/{Total} loss {Loss:F4}",
                 job.Id, p.Epoch, p.Epochs, p.Stage, p.Step, p.TotalSteps, p.Loss);

@@ -65,4 +65,19 @@ public class SpeculativeGreedyTests
         Assert.Equal(plain, spec);
         Assert.True(stats.FinishReason is FinishReason.ContextFull or FinishReason.EndOfSequence, stats.FinishReason.ToString());
     }
+
+    [Theory]
+    [InlineData(1, null, null, "TreeTokens")]
+    [InlineData(300, null, null, "TreeTokens")]
+    [InlineData(null, 0, null, "TreeDepth")]
+    [InlineData(null, 33, null, "TreeDepth")]
+    [InlineData(null, null, 0, "TreeTopK")]
+    [InlineData(null, null, 65, "TreeTopK")]
+    public void Tree_settings_out_of_range_are_refused_with_the_setting_named(int? tokens, int? depth, int? topK, string name)
+    {
+        var spec = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer, Bigram.Value);
+        var o = new GenerationOptions { MaxNewTokens = 8, Speculative = new SpeculativeOptions { TreeTokens = tokens, TreeDepth = depth, TreeTopK = topK } };
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => spec.Generate("Once upon a time", o).ToList());
+        Assert.Equal(name, e.ParamName);
+    }
 }

@@ -76,6 +76,17 @@ public sealed class DraftTrainingHostingTests
         queue.JobChanged += (_, j) => { lock (states) states.Add(j.State); };
         var steps = new List<long>();
         bool completed = false;
+        // Training loss reaches System.Diagnostics.Metrics (OpenTelemetry / dotnet-counters read the same instruments).
+        var losses = new List<(double Value, string? Job)>();
+        using var listener = new System.Diagnostics.Metrics.MeterListener();
+        listener.InstrumentPublished = (i, l) => { if (i.Meter.Name == Beagle.SemanticKernel.BeagleMetrics.MeterName && i.Name == "beagle.training.loss") l.EnableMeasurementEvents(i); };
+        listener.SetMeasurementEventCallback<double>((_, v, tags, _) =>
+        {
+            string? job = null;
+            foreach (var t in tags) if (t.Key == "beagle.job") job = t.Value as string;
+            lock (losses) losses.Add((v, job));
+        });
+        listener.Start();
 
         string id = queue.Enqueue(Tiny(tmp) with { TargetPath = null, TokenizerPath = null });   // the served model's paths
         using var sub = queue.Observe(id).Subscribe(new Observer(p => { lock (steps) steps.Add(p.Step); }, () => completed = true));
@@ -91,6 +102,7 @@ public sealed class DraftTrainingHostingTests
         Assert.True(completed);
         lock (steps) Assert.Contains(12L, steps);
         lock (states) Assert.Equal([DraftTrainingJobState.Queued, DraftTrainingJobState.Running, DraftTrainingJobState.Completed], states);
+        lock (losses) Assert.Contains(losses, l => l.Job == id && double.IsFinite(l.Value) && l.Value > 0);
         await host.StopAsync();
     }
 
