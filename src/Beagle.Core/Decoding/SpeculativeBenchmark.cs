@@ -113,7 +113,12 @@ public static class SpeculativeBenchmark
     static GenerationOptions Options(BenchMethod m, SamplingOptions sampling, int maxNewTokens) =>
         new() { MaxNewTokens = maxNewTokens, Sampling = sampling, Speculative = m.Draft is null ? null : m.Speculative ?? new SpeculativeOptions() };
 
-    static double Median(double[] v) { var s = v.OrderBy(x => x).ToArray(); return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2; }
+    /// <summary>Median (mean of the middle two for an even count; 0 for none).</summary>
+    internal static double Median(IEnumerable<double> values)
+    {
+        var s = values.OrderBy(x => x).ToArray();
+        return s.Length == 0 ? 0 : s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
+    }
 
     /// <summary>Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM), so each method's own peak is seen.</summary>
     static void ResetPeakMemory()

@@ -79,13 +79,12 @@ public static class TreeBudgetCalibrator
             plainRuns.Add(Run(plain, null));
             foreach (var g in Grid) specRuns[g].Add(Run(spec, new SpeculativeOptions { TreeTokens = g.Tokens, TreeDepth = g.Depth, TreeTopK = g.TopK }));
         }
-        double plainTps = Median(plainRuns);
-        var best = Grid.OrderByDescending(g => Median(specRuns[g])).First();
-        double bestTps = Median(specRuns[best]);
+        double plainTps = SpeculativeBenchmark.Median(plainRuns);
+        var best = Grid.OrderByDescending(g => SpeculativeBenchmark.Median(specRuns[g])).First();
+        double bestTps = SpeculativeBenchmark.Median(specRuns[best]);
         return new CalibratedBudget(best.Tokens, best.Depth, best.TopK, UsePlain: bestTps < 1.05 * plainTps, bestTps, plainTps, machine, key, DateTime.UtcNow);
     }
 
-    static double Median(List<double> v) { var s = v.OrderBy(x => x).ToArray(); return s.Length == 0 ? 0 : s[s.Length / 2]; }
 
     static string Machine() => $"{SpeculativeBenchmark.MachineName()}; {TorchSharp.torch.get_num_threads()} threads";
 
