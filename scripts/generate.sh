@@ -10,6 +10,6 @@ export OMP_WAIT_POLICY=PASSIVE   # libgomp spin-waits collapse under contention 
 if [ -z "${BEAGLE_MODELS:-}" ] && [ -f ../shared/models/stories260K/stories260K.bin ]; then
   export BEAGLE_MODELS="$(cd ../shared/models/stories260K && pwd)"
 fi
-dotnet build src/Beagle.Cli -c Release --nologo -v quiet -clp:ErrorsOnly >/dev/null
+dotnet build src/Beagle.Cli -c Release --nologo -v quiet -clp:ErrorsOnly   # prints nothing unless the build fails
 if [ "$#" -eq 0 ]; then set -- --prompt "Once upon a time" --max-tokens 200; fi
 exec dotnet src/Beagle.Cli/bin/Release/net10.0/beagle.dll generate "$@"
