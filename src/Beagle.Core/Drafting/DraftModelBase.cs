@@ -61,6 +61,15 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
 
     public abstract IDraftSession StartSession(int capacity);
 
+    /// <summary>The checks every session's Commit makes: no open round, hidden [m, dim], room for m more positions.</summary>
+    internal static void CheckCommit(int roundNodes, Tensor hidden, int m, int dim, int length, int capacity)
+    {
+        if (roundNodes > 0) throw new InvalidOperationException("call EndRound before Commit");
+        if (hidden.dim() != 2 || hidden.shape[0] != m || hidden.shape[1] != dim)
+            throw new ArgumentException($"hidden must be [{m}, {dim}], got [{string.Join(", ", hidden.shape)}]", nameof(hidden));
+        if (length + m > capacity) throw new InvalidOperationException($"sequence of {length + m} positions exceeds the session capacity {capacity}");
+    }
+
     protected Device Dev => Target.Device;
     protected RotaryTables Rope => _rope;
     /// <summary>[Vd, D] LM-head rows of the draft vocabulary.</summary>

@@ -191,10 +191,7 @@ public sealed class Eagle2Draft : DraftModelBase
             ObjectDisposedException.ThrowIf(_disposed, this);
             int m = tokens.Length;
             if (m == 0) return;
-            if (_round.Count > 0) throw new InvalidOperationException("call EndRound before Commit");
-            if (hidden.dim() != 2 || hidden.shape[0] != m || hidden.shape[1] != _m.Config.Dim)
-                throw new ArgumentException($"hidden must be [{m}, {_m.Config.Dim}], got [{string.Join(", ", hidden.shape)}]", nameof(hidden));
-            if (Length + m > _capacity) throw new InvalidOperationException($"sequence of {Length + m} positions exceeds the session capacity {_capacity}");
+            DraftModelBase.CheckCommit(_round.Count, hidden, m, _m.Config.Dim, Length, _capacity);
             using var scope = NewDisposeScope();
             using var _ = inference_mode();
             _features.narrow(0, Length, m).copy_(hidden.to(float32).to(_m.Dev));

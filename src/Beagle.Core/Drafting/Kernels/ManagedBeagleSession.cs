@@ -68,10 +68,7 @@ internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
     {
         int m = tokens.Length;
         if (m == 0) return;
-        if (_round.Count > 0) throw new InvalidOperationException("call EndRound before Commit");
-        if (hidden.dim() != 2 || hidden.shape[0] != m || hidden.shape[1] != _d)
-            throw new ArgumentException($"hidden must be [{m}, {_d}], got [{string.Join(", ", hidden.shape)}]", nameof(hidden));
-        if (Length + m > _capacity) throw new InvalidOperationException($"sequence of {Length + m} positions exceeds the session capacity {_capacity}");
+        DraftModelBase.CheckCommit(_round.Count, hidden, m, _d, Length, _capacity);
         float[] h;
         using (var x = hidden.detach().to(float32).cpu().contiguous()) h = x.data<float>().ToArray();
         for (int r = 0; r < m; r++) ProjectKv(h.AsSpan(r * _d, _d), Length + r, Length + r);   // slot = position
