@@ -83,7 +83,7 @@ public sealed class BenchCommand : Command<BenchSettings>
                     spec = new SpeculativeOptions { TreeTokens = s.TreeTokens, TreeDepth = s.TreeDepth, TreeTopK = s.TreeTopK };
                 else
                 {
-                    var cal = TreeBudgetCalibrator.GetOrMeasure(model, tokenizer, d, CliDrafts.DraftIdentity(path, d), log: m => AnsiConsole.MarkupLine($"[grey]{d.Architecture}: {Markup.Escape(m)}[/]"));
+                    var cal = TreeBudgetCalibrator.GetOrMeasure(model, tokenizer, d, TreeBudgetCalibrator.DraftIdentity(d), log: m => AnsiConsole.MarkupLine($"[grey]{d.Architecture}: {Markup.Escape(m)}[/]"));
                     // A benchmark reports the draft at its best measured budget, even where calibration prefers plain decoding.
                     spec = new SpeculativeOptions { TreeTokens = cal.Tokens, TreeDepth = cal.Depth, TreeTopK = cal.TopK };
                 }

@@ -68,19 +68,9 @@ internal static class CliDrafts
     public static void Calibrate(Generator gen, DraftSettings s, ITokenizer tokenizer, string draftPath, bool quiet)
     {
         if (gen.Draft is null || s.ExplicitBudget) return;
-        var id = DraftIdentity(draftPath, gen.Draft);
+        var id = TreeBudgetCalibrator.DraftIdentity(gen.Draft);
         var budget = TreeBudgetCalibrator.GetOrMeasure(gen.Target, tokenizer, gen.Draft, id, log: quiet ? null : m => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]"));
         gen.Use(budget);
     }
 
-    /// <summary>
-    /// The draft's identity for the budget cache: the weights hash recorded in draft.json plus the session kernel
-    /// (a managed and a tensor session of the same weights cost differently, so they get their own budgets).
-    /// </summary>
-    public static string DraftIdentity(string draftPath, IDraftModel draft)
-    {
-        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(draftPath, "draft.json")));
-        using var probe = draft.StartSession(1);
-        return (json?["weights_sha256"]?.GetValue<string>() ?? Path.GetFullPath(draftPath)) + "|" + probe.GetType().Name;
-    }
 }

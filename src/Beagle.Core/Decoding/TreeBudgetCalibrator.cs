@@ -53,6 +53,25 @@ public static class TreeBudgetCalibrator
         return result;
     }
 
+    /// <summary>
+    /// A draft's identity for the budget cache: a hash of its parameters plus the session kernel it runs on (a managed
+    /// and a tensor session of the same weights cost differently, so they get their own budgets).
+    /// </summary>
+    public static string DraftIdentity(IDraftModel draft)
+    {
+        using var probe = draft.StartSession(1);
+        var kernel = probe.GetType().Name;
+        if (draft is not TorchSharp.torch.nn.Module m) return $"{draft.Architecture}|{kernel}";
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (var (name, p) in m.named_parameters())
+        {
+            sha.AppendData(System.Text.Encoding.UTF8.GetBytes(name));
+            using var c = p.detach().cpu().contiguous();
+            sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(c.data<float>().ToArray().AsSpan()));
+        }
+        return $"{Convert.ToHexStringLower(sha.GetHashAndReset())[..16]}|{kernel}";
+    }
+
     public static string Describe(CalibratedBudget b) => b.UsePlain
         ? $"plain decoding (best speculative setting {b.Tokens}/{b.Depth}/{b.TopK} ran at {b.Speedup:F2}x)"
         : $"{b.Tokens} tokens, depth {b.Depth}, top-k {b.TopK} ({b.Speedup:F2}x plain in calibration)";

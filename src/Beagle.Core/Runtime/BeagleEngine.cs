@@ -12,6 +12,12 @@ public sealed record EngineOptions
 {
     /// <summary>Requests that may wait while one runs; a full queue rejects new requests at once (no hang).</summary>
     public int QueueCapacity { get; init; } = 16;
+    /// <summary>
+    /// With a draft: pick the tree budget by measurement at load (seconds, once per machine/model/draft; cached in the
+    /// user cache), falling back to plain decoding where drafting does not pay. Off (default, so that loading stays
+    /// fast and deterministic): the built-in default budget; the CLI calibrates on its own.
+    /// </summary>
+    public bool CalibrateTreeBudget { get; init; }
     /// <summary>Intra-op threads for libtorch; null = leave as is. 1 is fastest for small models (docs/benchmarks.md).</summary>
     public int? Threads { get; init; }
 
@@ -80,6 +86,8 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
             if (_options.Threads is { } t) TorchSharp.torch.set_num_threads(t);
             _models = load();
             _generator = new Generator(_models.Target, _models.Tokenizer, _models.Draft);
+            if (_models.Draft is { } draft && _options.CalibrateTreeBudget)
+                _generator.Use(TreeBudgetCalibrator.GetOrMeasure(_models.Target, _models.Tokenizer, draft, TreeBudgetCalibrator.DraftIdentity(draft)));
             _ready.SetResult();
         }
         catch (Exception e) { _ready.SetException(e); return; }
