@@ -9,11 +9,11 @@ namespace Beagle.Tests.Runtime;
 
 public sealed class BeagleEngineTests
 {
-    static BeagleEngine Start() => new(() =>
+    static BeagleEngine Start(int queueCapacity = 16) => new(() =>
     {
         var t = TargetLoader.Load(TestAssets.ModelPath, TestAssets.TokenizerPath);
         return new EngineModels(t.Model, t.Tokenizer);
-    }, new EngineOptions { Threads = 1 });
+    }, new EngineOptions { Threads = 1, QueueCapacity = queueCapacity });
 
     static readonly GenerationOptions Greedy = new() { MaxNewTokens = 48 };
 
@@ -55,11 +55,7 @@ public sealed class BeagleEngineTests
     [Fact]
     public async Task A_request_cancelled_while_queued_gives_its_place_back_at_once()
     {
-        await using var engine = new BeagleEngine(() =>
-        {
-            var t = TargetLoader.Load(TestAssets.ModelPath, TestAssets.TokenizerPath);
-            return new EngineModels(t.Model, t.Tokenizer);
-        }, new EngineOptions { Threads = 1, QueueCapacity = 1 });
+        await using var engine = Start(queueCapacity: 1);
         await engine.Ready;
         using var release = new ManualResetEventSlim();
         using var running = new ManualResetEventSlim();
