@@ -78,12 +78,10 @@ public sealed class BeagleDraft : DraftModelBase
     public static Tensor StrictlyCausalMask(Tensor queryPositions, Tensor keyPositions) =>
         keyPositions.unsqueeze(0).lt(queryPositions.unsqueeze(1));
 
-    /// <summary>Session implementation (see <see cref="Kernels.DraftKernel"/>); Auto picks the managed kernel for small CPU drafts.</summary>
-    public Kernels.DraftKernel Kernel { get; set; } = Kernels.DraftKernel.Auto;
-
     public override IDraftSession StartSession(int capacity)
     {
-        if (!UseManagedKernel()) return new Session(this, capacity);
+        long vocab = Target.Embedding.shape[0];
+        if (!UseManagedKernel(vocab * 2L * Config.QDim * 4 <= QueryTableMaxBytes)) return new Session(this, capacity);
         using var w = Fold();
         using var scope = NewDisposeScope();
         using var _ = no_grad();
@@ -91,22 +89,6 @@ public sealed class BeagleDraft : DraftModelBase
         return new Kernels.ManagedBeagleSession(Config, capacity, table, Target.Embedding, w.WkvT, w.WoT, w.W13T, w.W2T, LmHead, Rope.Cos, Rope.SinSigned);
     }
 
-    bool UseManagedKernel()
-    {
-        var kernel = Kernel;
-        if (kernel == Kernels.DraftKernel.Auto)
-            kernel = Environment.GetEnvironmentVariable("BEAGLE_DRAFT_KERNEL")?.ToLowerInvariant() switch
-            {
-                "torch" => Kernels.DraftKernel.Torch,
-                "managed" => Kernels.DraftKernel.Managed,
-                _ => Kernels.DraftKernel.Auto,
-            };
-        bool cpu = Dev.type == DeviceType.CPU;
-        if (kernel == Kernels.DraftKernel.Managed && !cpu) throw new NotSupportedException("the managed draft kernel runs on the CPU only");
-        long vocab = Target.Embedding.shape[0];
-        return kernel == Kernels.DraftKernel.Managed
-            || (kernel == Kernels.DraftKernel.Auto && cpu && Config.Dim <= 1024 && vocab * 2L * Config.QDim * 4 <= QueryTableMaxBytes);
-    }
 
     /// <summary>Largest query table a session precomputes (32 MB: a 32k vocabulary at 2Q = 256).</summary>
     const long QueryTableMaxBytes = 32L << 20;
@@ -190,7 +172,7 @@ public sealed class BeagleDraft : DraftModelBase
             var p = _m.RmsNormNoWeight(states).mm(_w.WkvT);                                 // [n, 3K]
             var cos = _m.Rope.Cos.index_select(0, positions).unsqueeze(1);                  // [n, 1, hd]
             var sin = _m.Rope.SinSigned.index_select(0, positions).unsqueeze(1);
-            var k = addcmul(p.narrow(1, 0, kv).view(n, c.KvHeads, c.HeadDim) * cos, p.narrow(1, kv, kv).view(n, c.KvHeads, c.HeadDim), sin, 1);
+            var k = addcmul(p.narrow(1, 0, kv).view(n, c.KvHeads, c.HeadDim) * cos, p.narrow(1, kv, kv).view(n, c.KvHeads, c.HeadDim), sin, _m.OneScalar);
             var v = p.narrow(1, 2 * kv, kv).view(n, c.KvHeads, c.HeadDim);
             return (k, v);
         }
@@ -265,7 +247,7 @@ public sealed class BeagleDraft : DraftModelBase
             var cos = _m.Rope.Cos.index_select(0, qpos).unsqueeze(1);                      // [N, 1, hd]
             var sin = _m.Rope.SinSigned.index_select(0, qpos).unsqueeze(1);
             var q = addcmul(qp.narrow(1, 0, c.QDim).view(N, c.Heads, c.HeadDim) * cos,
-                            qp.narrow(1, c.QDim, c.QDim).view(N, c.Heads, c.HeadDim), sin, 1);    // [N, H, hd]
+                            qp.narrow(1, c.QDim, c.QDim).view(N, c.Heads, c.HeadDim), sin, _m.OneScalar);    // [N, H, hd]
             var o = _m.AttendRows(q, _k.narrow(0, 0, S), _v.narrow(0, 0, S), mask);       // [N, Q]
             var y = addmm(x, o, _w.WoT, 1, 1);                                                    // [N, D]
             var gu = _m.RmsNormNoWeight(y).mm(_w.W13T);                                     // [N, 2F]

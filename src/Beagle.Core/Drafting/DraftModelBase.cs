@@ -30,6 +30,10 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
     readonly RotaryTables _rope;
     readonly Tensor _pair;        // [hd] int64 rotary partner index
 
+    /// <summary>Scalars held for the draft's lifetime (see LlamaModel: implicit Scalars can be finalised mid-call).</summary>
+    protected Scalar EpsScalar { get; }
+    protected Scalar OneScalar { get; }
+
     /// <summary>Number of draft states one round may hold (tree nodes expanded per round).</summary>
     public const int MaxRoundNodes = 512;
 
@@ -42,6 +46,8 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
     protected DraftModelBase(string name, DraftConfig config, LlamaModel target) : base(name)
     {
         Config = config.Validate();
+        EpsScalar = config.NormEps.ToScalar();
+        OneScalar = 1.0.ToScalar();
         config.CheckAgainst(target.Config);
         Target = target;
         using var scope = NewDisposeScope();
@@ -60,6 +66,28 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
     }
 
     public abstract IDraftSession StartSession(int capacity);
+
+    /// <summary>Session implementation (see <see cref="Kernels.DraftKernel"/>); Auto picks the managed kernel for small CPU drafts.</summary>
+    public Kernels.DraftKernel Kernel { get; set; } = Kernels.DraftKernel.Auto;
+
+    /// <summary>
+    /// Whether a new session runs on the managed kernel: forced by <see cref="Kernel"/> (or BEAGLE_DRAFT_KERNEL when
+    /// Auto), else for a small draft (dim ≤ 1024 and <paramref name="smallEnough"/>) on the CPU.
+    /// </summary>
+    protected bool UseManagedKernel(bool smallEnough)
+    {
+        var kernel = Kernel;
+        if (kernel == Kernels.DraftKernel.Auto)
+            kernel = Environment.GetEnvironmentVariable("BEAGLE_DRAFT_KERNEL")?.ToLowerInvariant() switch
+            {
+                "torch" => Kernels.DraftKernel.Torch,
+                "managed" => Kernels.DraftKernel.Managed,
+                _ => Kernels.DraftKernel.Auto,
+            };
+        bool cpu = Dev.type == DeviceType.CPU;
+        if (kernel == Kernels.DraftKernel.Managed && !cpu) throw new NotSupportedException("the managed draft kernel runs on the CPU only");
+        return kernel == Kernels.DraftKernel.Managed || (kernel == Kernels.DraftKernel.Auto && cpu && Config.Dim <= 1024 && smallEnough);
+    }
 
     /// <summary>The checks every session's Commit makes: no open round, hidden [m, dim], room for m more positions.</summary>
     internal static void CheckCommit(int roundNodes, Tensor hidden, int m, int dim, int length, int capacity)
@@ -101,10 +129,10 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
 
     /// <summary>RMSNorm over the last axis, weight applied.</summary>
     protected Tensor RmsNorm(Tensor x, Tensor weight) =>
-        x * x.square().mean([-1], keepdim: true).add(Config.NormEps).rsqrt() * weight;
+        x * x.square().mean([-1], keepdim: true).add(EpsScalar).rsqrt() * weight;
 
     /// <summary>RMSNorm without weight (the weight is folded into the next matmul on the inference path).</summary>
-    protected Tensor RmsNormNoWeight(Tensor x) => x * x.square().mean([-1], keepdim: true).add_(Config.NormEps).rsqrt_();
+    protected Tensor RmsNormNoWeight(Tensor x) => x * x.square().mean([-1], keepdim: true).add_(EpsScalar).rsqrt_();
 
     /// <summary>Rotary at positions: x [..., T, heads, hd], positions [T] int64 → same shape.</summary>
     protected Tensor ApplyRope(Tensor x, Tensor positions)
@@ -175,6 +203,7 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
         {
             _rope.Dispose();
             _pair.Dispose();
+            EpsScalar.Dispose(); OneScalar.Dispose();
             if (_target.OwnsLmHead) _target.LmHead.Dispose();
         }
         base.Dispose(disposing);

@@ -95,7 +95,12 @@ public sealed class Eagle2Draft : DraftModelBase
         return (o, k, v);
     }
 
-    public override IDraftSession StartSession(int capacity) => new Session(this, capacity);
+    public override IDraftSession StartSession(int capacity)
+    {
+        if (!UseManagedKernel(Target.Embedding.shape[0] * (long)Config.Dim * 4 <= 256L << 20)) return new Session(this, capacity);
+        using var w = Fold();
+        return new Kernels.ManagedEagle2Session(Config, capacity, Target.Embedding, w.WfcT, w.Bfc, w.WqkvT, w.WoT, w.W13T, w.W2T, LmHead, Rope.Cos, Rope.SinSigned);
+    }
 
     sealed class Folded : IDisposable
     {
@@ -181,7 +186,7 @@ public sealed class Eagle2Draft : DraftModelBase
             var cos = _m.Rope.Cos.index_select(0, positions).unsqueeze(1);                  // [n, 1, hd]
             var sin = _m.Rope.SinSigned.index_select(0, positions).unsqueeze(1);
             var r = addcmul(p.narrow(1, 0, qk).view(n, c.Heads + c.KvHeads, c.HeadDim) * cos,
-                            p.narrow(1, qk, qk).view(n, c.Heads + c.KvHeads, c.HeadDim), sin, 1);   // [n, H+kvH, hd]
+                            p.narrow(1, qk, qk).view(n, c.Heads + c.KvHeads, c.HeadDim), sin, _m.OneScalar);   // [n, H+kvH, hd]
             var v = p.narrow(1, 2 * qk, c.KvDim).view(n, c.KvHeads, c.HeadDim);
             return (x, r.narrow(1, 0, c.Heads), r.narrow(1, c.Heads, c.KvHeads), v);
         }

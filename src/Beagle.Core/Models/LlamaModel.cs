@@ -39,7 +39,10 @@ public sealed class LlamaModel : IDisposable
     readonly Tensor _lmHeadT;     // [D, V]
     readonly RotaryTables _rope;
     readonly int _q, _kv, _hd, _h, _kvh, _g;
-    readonly float _scale;   // 1/sqrt(head dim)
+    // Scalars kept alive for the model's lifetime. TorchSharp's implicit double→Scalar conversion creates a native
+    // object that the GC may finalise while libtorch still reads it (seen as a rare "c10::Scalar::toDouble" check
+    // failure under load); fields cannot be collected mid-call.
+    readonly Scalar _epsS, _scaleS, _oneS, _negInfS;
 
     public ModelConfig Config { get; }
     public Device Device { get; }
@@ -57,7 +60,7 @@ public sealed class LlamaModel : IDisposable
         var c = Config;
         (_hd, _h, _kvh, _g, _q, _kv) = (c.EffectiveHeadDim, c.Heads, c.KvHeads, c.GroupSize, c.QDim, c.KvDim);
         _rope = new RotaryTables(_hd, c.MaxSeqLen, c.RopeTheta, c.RopeLayout, c.RopeScaling, Device);
-        _scale = 1f / MathF.Sqrt(_hd);
+        _epsS = c.NormEps.ToScalar(); _scaleS = (1.0 / Math.Sqrt(_hd)).ToScalar(); _oneS = 1.0.ToScalar(); _negInfS = double.NegativeInfinity.ToScalar();
 
         using var scope = NewDisposeScope();
         using var _ = no_grad();
@@ -150,7 +153,7 @@ public sealed class LlamaModel : IDisposable
             m = CausalMask(T, start, posArr);
         if (m is not null && _g > 1) m = m.repeat(_g, 1);                              // rows ordered (group, t)
         // SDPA converts a bool mask to an additive one in every layer; doing it once here saves those ops per layer.
-        if (m is not null && m.dtype == ScalarType.Bool) m = zeros(m.shape, device: Device).masked_fill_(m.logical_not(), float.NegativeInfinity);
+        if (m is not null && m.dtype == ScalarType.Bool) m = zeros(m.shape, device: Device).masked_fill_(m.logical_not(), _negInfS);
 
         for (int l = 0; l < _layers.Length; l++)
         {
@@ -165,7 +168,7 @@ public sealed class LlamaModel : IDisposable
             // With a mask, five plain ops (scores, scale, additive mask, softmax, weighted sum) replace
             // SDPA's math path, which re-checks the mask for fully masked rows in every layer (measured: ~8 ops more).
             var o = m is null ? F.scaled_dot_product_attention(qq, kk, vv)                            // [kvH, G*T, hd]
-                              : qq.bmm(kk.transpose(1, 2)).mul_(_scale).add_(m).softmax(-1).bmm(vv);
+                              : qq.bmm(kk.transpose(1, 2)).mul_(_scaleS).add_(m).softmax(-1).bmm(vv);
             var oo = T == 1 ? o.reshape(1, _q) : o.view(_kvh, _g, T, _hd).permute(2, 0, 1, 3).reshape(T, _q);
             x = Mlp(_layers[l], x, oo);
         }
@@ -216,7 +219,7 @@ public sealed class LlamaModel : IDisposable
         return tensor(data, [T, S], device: Device);
     }
 
-    Tensor RmsNorm(Tensor x) => x * x.square().mean([-1], keepdim: true).add_(Config.NormEps).rsqrt_();
+    Tensor RmsNorm(Tensor x) => x * x.square().mean([-1], keepdim: true).add_(_epsS).rsqrt_();
 
     (Tensor k, Tensor v, Tensor q) Project(Layer layer, Tensor x, Tensor cos, Tensor sin, int B, int T)
     {
@@ -225,7 +228,7 @@ public sealed class LlamaModel : IDisposable
         var qkv = layer.Bqkv is null ? h.mm(layer.WqkvT) : addmm(layer.Bqkv, h, layer.WqkvT, 1, 1);   // [n, 2qk + kv]
         var a = qkv.narrow(1, 0, qk).view(n, _h + _kvh, _hd);
         var p = qkv.narrow(1, qk, qk).view(n, _h + _kvh, _hd);
-        var r = addcmul(a * cos, p, sin, 1);                                                    // rotary, [n, H+kvH, hd]
+        var r = addcmul(a * cos, p, sin, _oneS);                                                    // rotary, [n, H+kvH, hd]
         var q = r.narrow(1, 0, _h);                                                           // [n, H, hd]
         var k = r.narrow(1, _h, _kvh);                                                        // [n, kvH, hd]
         var v = qkv.narrow(1, 2 * qk, _kv).view(n, _kvh, _hd);
@@ -254,6 +257,7 @@ public sealed class LlamaModel : IDisposable
     {
         foreach (var l in _layers) l.Dispose();
         _finalNorm.Dispose(); _lmHeadT.Dispose(); _rope.Dispose();
+        _epsS.Dispose(); _scaleS.Dispose(); _oneS.Dispose(); _negInfS.Dispose();
         if (!ReferenceEquals(LmHeadWeight, Embedding)) LmHeadWeight.Dispose();
         Embedding.Dispose();
     }

@@ -41,9 +41,20 @@ public static class Losses
 
     /// <summary>Beagle: Gaussian N(0, std) noise on the true states fed as keys (paper: std 0.2).</summary>
     public static Tensor GaussianNoise(Tensor states, double std, Generator gen)
-        => std <= 0 ? states : states + randn(states.shape, dtype: states.dtype, device: states.device, generator: gen).mul_(std);
+        => std <= 0 ? states : states + Scaled(randn(states.shape, dtype: states.dtype, device: states.device, generator: gen), std);
 
     /// <summary>EAGLE-2: uniform noise (rand - 0.5) * std, as in EAGLE's training code (std 0.2 → U(-0.1, 0.1)).</summary>
     public static Tensor UniformNoise(Tensor states, double std, Generator gen)
-        => std <= 0 ? states : states + rand(states.shape, dtype: states.dtype, device: states.device, generator: gen).sub_(0.5).mul_(std);
+        => std <= 0 ? states : states + Scaled(rand(states.shape, dtype: states.dtype, device: states.device, generator: gen), std, shift: -0.5);
+
+    /// <summary>
+    /// (t + shift) * factor, in place, with Scalars held alive across the native calls: TorchSharp's implicit
+    /// double→Scalar conversion can be finalised mid-call (a rare "c10::Scalar::toDouble" failure seen in training).
+    /// </summary>
+    public static Tensor Scaled(Tensor t, double factor, double shift = 0)
+    {
+        using var f = factor.ToScalar();
+        if (shift != 0) { using var sh = shift.ToScalar(); t.add_(sh); }
+        return t.mul_(f);
+    }
 }

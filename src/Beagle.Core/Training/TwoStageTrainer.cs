@@ -38,7 +38,7 @@ public sealed class TwoStageTrainer(LlamaModel target, ITokenizer tokenizer, Tra
         var offsets = idx.Select(q => Masks.OffsetInWindow((int)q, k, offset) - 1).ToArray();   // 0-based depth per query
         var (ce, vl, agree) = QueryLosses(draft, hhat, states, idx);                             // each [B, n]
         double windows = B * idx.Length / (double)k;
-        var loss = (ce.sum() * Options.EffectiveCeWeight + vl.sum() * Options.EffectiveVLossWeight) / windows;
+        var loss = Losses.Scaled(Losses.Scaled(ce.sum(), Options.EffectiveCeWeight) + Losses.Scaled(vl.sum(), Options.EffectiveVLossWeight), 1.0 / windows);
         loss.backward();
 
         var a = agree.sum(dim: 0).data<float>().ToArray();                                            // [n] summed over the batch
@@ -75,7 +75,7 @@ public sealed class TwoStageTrainer(LlamaModel target, ITokenizer tokenizer, Tra
             var hhat = draft.ForwardStates(tokens, keys, pos, keyPos, Masks.Simulation(T, k, offset, s, Target.Device));   // [B, T, D]
             var (ce, vl, agree) = QueryLosses(draft, hhat, states, idx);                         // [B, n_s]
             double beta = k - s + 1;
-            var loss = (ce.mean() * Options.EffectiveCeWeight + vl.mean() * Options.EffectiveVLossWeight) * beta;
+            var loss = Losses.Scaled(Losses.Scaled(ce.mean(), Options.EffectiveCeWeight) + Losses.Scaled(vl.mean(), Options.EffectiveVLossWeight), beta);
             var idxT = tensor(idx, device: Target.Device);
             if (fullBackprop)
             {

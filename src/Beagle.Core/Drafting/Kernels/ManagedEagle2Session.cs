@@ -1,0 +1,159 @@
+using System.Runtime.CompilerServices;
+using static TorchSharp.torch;
+
+namespace Beagle.Drafting.Kernels;
+
+/// <summary>
+/// The EAGLE-2 draft session as a plain C# kernel, the twin of <see cref="ManagedBeagleSession"/>, so that the two
+/// methods are compared on equal engineering. Same protocol and layout as the tensor session in Eagle2Draft: entry j
+/// pairs (t_{j+1}, f_j) at rotary position j; entries [0, n-1) are final after Commit of n positions; the root's entry
+/// (t_n, f_{n-1}) and every expanded node's entry live in the round region; a node attends the final entries, itself
+/// and its ancestors. A test holds it to the tensor session.
+/// </summary>
+internal sealed class ManagedEagle2Session : IDraftSession, IArrayDraftSession
+{
+    readonly int _d, _h, _kvh, _hd, _g, _q, _k, _f, _vd, _capacity, _maxPositions;
+    readonly float _eps, _scale;
+    readonly float[] _emb, _wfcT, _bfc, _wqkvT, _woT, _w13T, _w2T, _lm, _cos, _sin;
+    readonly float[] _kc, _vc;       // [(capacity + R), kvH * hd], slot-major
+    readonly float[] _features;      // [capacity, D] committed true features
+    readonly float[] _outs;          // [R, D] fhat of this round's nodes
+    readonly int[] _tokens;
+    readonly RoundTree _round = new(DraftModelBase.MaxRoundNodes);
+    int _entries;
+
+    public int Length { get; private set; }
+    public int VocabSize => _vd;
+
+    public bool ConcatDraftStates
+    {
+        get => true;
+        set { if (!value) throw new NotSupportedException("EAGLE-2 drafts always see their ancestors' entries (their input is the parent's draft feature)"); }
+    }
+
+    public ManagedEagle2Session(DraftConfig c, int capacity, Tensor embedding, Tensor wfcT, Tensor bfc, Tensor wqkvT, Tensor woT, Tensor w13T, Tensor w2T,
+        Tensor lmHead, Tensor cos, Tensor sinSigned)
+    {
+        if (capacity <= 0 || capacity > c.MaxPositions)
+            throw new ArgumentOutOfRangeException(nameof(capacity), $"capacity must be in [1, {c.MaxPositions}], got {capacity}");
+        (_d, _h, _kvh, _hd, _g, _q, _k, _f) = (c.Dim, c.Heads, c.KvHeads, c.HeadDim, c.GroupSize, c.QDim, c.KvDim, c.HiddenDim);
+        _capacity = capacity; _maxPositions = c.MaxPositions;
+        _eps = (float)c.NormEps; _scale = 1f / MathF.Sqrt(_hd);
+        static float[] A(Tensor t) { using var x = t.detach().cpu().contiguous(); return x.data<float>().ToArray(); }
+        _emb = A(embedding); _wfcT = A(wfcT); _bfc = A(bfc); _wqkvT = A(wqkvT); _woT = A(woT); _w13T = A(w13T); _w2T = A(w2T);
+        _lm = A(lmHead); _cos = A(cos); _sin = A(sinSigned);
+        _vd = (int)lmHead.shape[0];
+        int slots = capacity + DraftModelBase.MaxRoundNodes;
+        _kc = new float[slots * _k]; _vc = new float[slots * _k];
+        _features = new float[capacity * _d];
+        _outs = new float[DraftModelBase.MaxRoundNodes * _d];
+        _tokens = new int[capacity];
+    }
+
+    /// <summary>
+    /// Entry for (token, feature) at rotary position pos: x = fc(e(token) | feature) [D] and rotated q [Q]; writes the
+    /// rotated key and the value into slot.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    void Entry(int token, ReadOnlySpan<float> feature, int pos, int slot, Span<float> x, Span<float> q)
+    {
+        Span<float> input = stackalloc float[2 * _d];
+        _emb.AsSpan(token * _d, _d).CopyTo(input);
+        feature.CopyTo(input[_d..]);
+        ManagedMath.MatVec(input, _wfcT, x);
+        ManagedMath.Axpy(1f, _bfc, x);
+        int qk = _q + _k;
+        Span<float> p = stackalloc float[2 * qk + _k];
+        ManagedMath.MatVec(x, _wqkvT, p);
+        var cos = _cos.AsSpan(pos * _hd, _hd); var sin = _sin.AsSpan(pos * _hd, _hd);
+        for (int j = 0; j < _q; j++) q[j] = p[j] * cos[j % _hd] + p[qk + j] * sin[j % _hd];
+        var kd = _kc.AsSpan(slot * _k, _k);
+        for (int j = 0; j < _k; j++) kd[j] = p[_q + j] * cos[j % _hd] + p[qk + _q + j] * sin[j % _hd];
+        p.Slice(2 * qk, _k).CopyTo(_vc.AsSpan(slot * _k, _k));
+    }
+
+    public void Commit(ReadOnlySpan<int> tokens, Tensor hidden)
+    {
+        int m = tokens.Length;
+        if (m == 0) return;
+        DraftModelBase.CheckCommit(_round.Count, hidden, m, _d, Length, _capacity);
+        using (var h = hidden.detach().to(float32).cpu().contiguous()) h.data<float>().ToArray().CopyTo(_features, Length * _d);
+        tokens.CopyTo(_tokens.AsSpan(Length));
+        Length += m;
+        Span<float> x = stackalloc float[_d];
+        Span<float> q = stackalloc float[_q];
+        for (int j = _entries; j < Length - 1; j++) Entry(_tokens[j + 1], _features.AsSpan(j * _d, _d), j, j, x, q);
+        _entries = Math.Max(_entries, Length - 1);
+    }
+
+    public Tensor Expand(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
+        => tensor(ExpandToArray(tokens, positions, parents), [tokens.Length, _vd]);
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
+    {
+        if (Length == 0) throw new InvalidOperationException("Commit the prompt before expanding: the root pairs with the last true feature");
+        _round.Validate(tokens, positions, parents, _maxPositions + 1);
+        int N = tokens.Length, V = _emb.Length / _d, e0 = _entries;
+        for (int i = 0; i < N; i++)
+        {
+            if (parents[i] < 0 && positions[i] != Length) throw new ArgumentException($"a root must be the pending token at position {Length}, got {positions[i]}", nameof(positions));
+            if ((uint)tokens[i] >= (uint)V) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (size {V})");
+        }
+        var output = new float[N * _vd];
+        Span<float> x = stackalloc float[_d];
+        Span<float> q = stackalloc float[_q];
+        Span<float> o = stackalloc float[_q];
+        Span<float> a = stackalloc float[_d];
+        Span<float> an = stackalloc float[_d];
+        Span<float> gu = stackalloc float[2 * _f];
+        Span<float> act = stackalloc float[_f];
+        Span<float> fhat = stackalloc float[_d];
+        var keys = new List<int>(e0 + 64);
+        float[] scores = new float[e0 + _round.SlotsUsed + N + 1];
+        int first = _round.Add(positions, parents);
+        for (int i = 0; i < N; i++)
+        {
+            int node = first + i, pos = positions[i] - 1;   // entry index = token position - 1
+            var feature = parents[i] < 0 ? _features.AsSpan((Length - 1) * _d, _d) : _outs.AsSpan(parents[i] * _d, _d);
+            Entry(tokens[i], feature, pos, e0 + _round.AssignSlot(node), x, q);
+            keys.Clear();
+            for (int s = 0; s < e0; s++) keys.Add(s);
+            for (int n = node; n >= 0; n = _round.Parent(n))            // itself and its ancestors
+                if (_round.Slot(n) >= 0) keys.Add(e0 + _round.Slot(n));
+            if (scores.Length < keys.Count) scores = new float[keys.Count];
+            for (int head = 0; head < _h; head++)
+            {
+                int kvh = head / _g;
+                var qh = q.Slice(head * _hd, _hd);
+                float max = float.NegativeInfinity;
+                for (int s = 0; s < keys.Count; s++)
+                {
+                    float sc = ManagedMath.Dot(qh, _kc.AsSpan(keys[s] * _k + kvh * _hd, _hd)) * _scale;
+                    scores[s] = sc; if (sc > max) max = sc;
+                }
+                float sum = 0;
+                for (int s = 0; s < keys.Count; s++) { scores[s] = MathF.Exp(scores[s] - max); sum += scores[s]; }
+                var oh = o.Slice(head * _hd, _hd);
+                oh.Clear();
+                for (int s = 0; s < keys.Count; s++) ManagedMath.Axpy(scores[s] / sum, _vc.AsSpan(keys[s] * _k + kvh * _hd, _hd), oh);
+            }
+            ManagedMath.MatVec(o, _woT, a);
+            ManagedMath.Axpy(1f, x, a);                                  // a = x + Wo·o
+            ManagedMath.RmsNorm(a, an, _eps);
+            ManagedMath.MatVec(an, _w13T, gu);
+            for (int j = 0; j < _f; j++) act[j] = ManagedMath.Silu(gu[j]) * gu[_f + j];
+            ManagedMath.MatVec(act, _w2T, fhat);
+            ManagedMath.Axpy(1f, a, fhat);                               // fhat = a + W2·act
+            fhat.CopyTo(_outs.AsSpan(node * _d, _d));
+            var logits = output.AsSpan(i * _vd, _vd);
+            for (int v = 0; v < _vd; v++) logits[v] = ManagedMath.Dot(fhat, _lm.AsSpan(v * _d, _d));
+            ManagedMath.LogSoftmax(logits);
+        }
+        return output;
+    }
+
+    public void EndRound() => _round.Clear();
+
+    public void Dispose() { }
+}
