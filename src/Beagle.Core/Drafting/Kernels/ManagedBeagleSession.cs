@@ -103,10 +103,6 @@ internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
         var output = new float[N * _vd];
         Span<float> q = stackalloc float[_q];
         Span<float> o = stackalloc float[_q];
-        Span<float> y = stackalloc float[_d];
-        Span<float> yn = stackalloc float[_d];
-        Span<float> gu = stackalloc float[2 * _f];
-        Span<float> act = stackalloc float[_f];
         Span<float> hhat = stackalloc float[_d];
         var keys = new List<int>(n0 + 64);
         float[] scores = new float[n0 + _round.SlotsUsed + 1];
@@ -125,34 +121,10 @@ internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
                 for (int a = parents[i]; a >= 0; a = _round.Parent(a))
                     if (_round.Slot(a) >= 0) keys.Add(n0 + _round.Slot(a));
             if (scores.Length < keys.Count) scores = new float[keys.Count];
-            for (int head = 0; head < _h; head++)
-            {
-                int kvh = head / _g;
-                var qh = q.Slice(head * _hd, _hd);
-                float max = float.NegativeInfinity;
-                for (int s = 0; s < keys.Count; s++)
-                {
-                    float sc = ManagedMath.Dot(qh, _kc.AsSpan(keys[s] * _k + kvh * _hd, _hd)) * _scale;
-                    scores[s] = sc; if (sc > max) max = sc;
-                }
-                float sum = 0;
-                for (int s = 0; s < keys.Count; s++) { scores[s] = MathF.Exp(scores[s] - max); sum += scores[s]; }
-                var oh = o.Slice(head * _hd, _hd);
-                oh.Clear();
-                for (int s = 0; s < keys.Count; s++) ManagedMath.Axpy(scores[s] / sum, _vc.AsSpan(keys[s] * _k + kvh * _hd, _hd), oh);
-            }
-            // y = e(t) + Wo·o ; hhat = y + W2·(silu(gate) * up) over RMSNorm(y)
-            ManagedMath.MatVec(o, _woT, y);
-            ManagedMath.Axpy(1f, _emb.AsSpan(tok * _d, _d), y);
-            ManagedMath.RmsNorm(y, yn, _eps);
-            ManagedMath.MatVec(yn, _w13T, gu);
-            for (int j = 0; j < _f; j++) act[j] = ManagedMath.Silu(gu[j]) * gu[_f + j];
-            ManagedMath.MatVec(act, _w2T, hhat);
-            ManagedMath.Axpy(1f, y, hhat);
+            ManagedMath.Attend(q, keys, _kc, _vc, _k, _g, _hd, _scale, scores, o);
+            // hhat = y + W2·(silu(gate) * up) over RMSNorm(y), y = e(t) + Wo·o; then the draft's log-probs.
+            ManagedMath.OutputAndLogits(o, _emb.AsSpan(tok * _d, _d), _woT, _w13T, _w2T, _lm, _eps, hhat, output.AsSpan(i * _vd, _vd));
             hhat.CopyTo(_states.AsSpan((first + i) * _d, _d));
-            var logits = output.AsSpan(i * _vd, _vd);
-            for (int v = 0; v < _vd; v++) logits[v] = ManagedMath.Dot(hhat, _lm.AsSpan(v * _d, _d));
-            ManagedMath.LogSoftmax(logits);
         }
         return output;
     }

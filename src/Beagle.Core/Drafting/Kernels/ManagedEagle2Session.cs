@@ -104,10 +104,6 @@ internal sealed class ManagedEagle2Session : IDraftSession, IArrayDraftSession
         Span<float> x = stackalloc float[_d];
         Span<float> q = stackalloc float[_q];
         Span<float> o = stackalloc float[_q];
-        Span<float> a = stackalloc float[_d];
-        Span<float> an = stackalloc float[_d];
-        Span<float> gu = stackalloc float[2 * _f];
-        Span<float> act = stackalloc float[_f];
         Span<float> fhat = stackalloc float[_d];
         var keys = new List<int>(e0 + 64);
         float[] scores = new float[e0 + _round.SlotsUsed + N + 1];
@@ -122,33 +118,10 @@ internal sealed class ManagedEagle2Session : IDraftSession, IArrayDraftSession
             for (int n = node; n >= 0; n = _round.Parent(n))            // itself and its ancestors
                 if (_round.Slot(n) >= 0) keys.Add(e0 + _round.Slot(n));
             if (scores.Length < keys.Count) scores = new float[keys.Count];
-            for (int head = 0; head < _h; head++)
-            {
-                int kvh = head / _g;
-                var qh = q.Slice(head * _hd, _hd);
-                float max = float.NegativeInfinity;
-                for (int s = 0; s < keys.Count; s++)
-                {
-                    float sc = ManagedMath.Dot(qh, _kc.AsSpan(keys[s] * _k + kvh * _hd, _hd)) * _scale;
-                    scores[s] = sc; if (sc > max) max = sc;
-                }
-                float sum = 0;
-                for (int s = 0; s < keys.Count; s++) { scores[s] = MathF.Exp(scores[s] - max); sum += scores[s]; }
-                var oh = o.Slice(head * _hd, _hd);
-                oh.Clear();
-                for (int s = 0; s < keys.Count; s++) ManagedMath.Axpy(scores[s] / sum, _vc.AsSpan(keys[s] * _k + kvh * _hd, _hd), oh);
-            }
-            ManagedMath.MatVec(o, _woT, a);
-            ManagedMath.Axpy(1f, x, a);                                  // a = x + Wo·o
-            ManagedMath.RmsNorm(a, an, _eps);
-            ManagedMath.MatVec(an, _w13T, gu);
-            for (int j = 0; j < _f; j++) act[j] = ManagedMath.Silu(gu[j]) * gu[_f + j];
-            ManagedMath.MatVec(act, _w2T, fhat);
-            ManagedMath.Axpy(1f, a, fhat);                               // fhat = a + W2·act
+            ManagedMath.Attend(q, keys, _kc, _vc, _k, _g, _hd, _scale, scores, o);
+            // fhat = a + W2·(silu(gate) * up) over RMSNorm(a), a = x + Wo·o; then the draft's log-probs.
+            ManagedMath.OutputAndLogits(o, x, _woT, _w13T, _w2T, _lm, _eps, fhat, output.AsSpan(i * _vd, _vd));
             fhat.CopyTo(_outs.AsSpan(node * _d, _d));
-            var logits = output.AsSpan(i * _vd, _vd);
-            for (int v = 0; v < _vd; v++) logits[v] = ManagedMath.Dot(fhat, _lm.AsSpan(v * _d, _d));
-            ManagedMath.LogSoftmax(logits);
         }
         return output;
     }

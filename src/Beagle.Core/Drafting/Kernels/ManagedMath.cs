@@ -69,4 +69,55 @@ internal static class ManagedMath
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float Silu(float x) => x / (1f + MathF.Exp(-x));
+
+    /// <summary>
+    /// Grouped-query attention of one query row over the listed key slots. q: [heads * hd]; kc, vc: slot-major
+    /// [slots, kvDim] with kvDim = kvHeads * hd; output o: [heads * hd]; scores: scratch of at least keys.Count.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Attend(ReadOnlySpan<float> q, List<int> keys, float[] kc, float[] vc, int kvDim, int groupSize, int hd, float scale,
+        Span<float> scores, Span<float> o)
+    {
+        int heads = q.Length / hd;
+        for (int head = 0; head < heads; head++)
+        {
+            int off = (head / groupSize) * hd;
+            var qh = q.Slice(head * hd, hd);
+            float max = float.NegativeInfinity;
+            for (int s = 0; s < keys.Count; s++)
+            {
+                float sc = Dot(qh, kc.AsSpan(keys[s] * kvDim + off, hd)) * scale;
+                scores[s] = sc; if (sc > max) max = sc;
+            }
+            float sum = 0;
+            for (int s = 0; s < keys.Count; s++) { scores[s] = MathF.Exp(scores[s] - max); sum += scores[s]; }
+            var oh = o.Slice(head * hd, hd);
+            oh.Clear();
+            for (int s = 0; s < keys.Count; s++) Axpy(scores[s] / sum, vc.AsSpan(keys[s] * kvDim + off, hd), oh);
+        }
+    }
+
+    /// <summary>
+    /// The block's tail, shared by both drafts: y = residual + Wo·o, then output = y + W2·(silu(gate) ⊙ up) over
+    /// RMSNorm(y) (norm weight folded into W13), then log-softmax logits over the LM-head rows.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void OutputAndLogits(ReadOnlySpan<float> o, ReadOnlySpan<float> residual, float[] woT, float[] w13T, float[] w2T, float[] lm,
+        float eps, Span<float> output, Span<float> logProbs)
+    {
+        int d = residual.Length, f = w2T.Length / d;
+        Span<float> y = stackalloc float[d];
+        Span<float> yn = stackalloc float[d];
+        Span<float> gu = stackalloc float[2 * f];
+        Span<float> act = stackalloc float[f];
+        MatVec(o, woT, y);
+        Axpy(1f, residual, y);
+        RmsNorm(y, yn, eps);
+        MatVec(yn, w13T, gu);
+        for (int j = 0; j < f; j++) act[j] = Silu(gu[j]) * gu[f + j];
+        MatVec(act, w2T, output);
+        Axpy(1f, y, output);
+        for (int v = 0; v < logProbs.Length; v++) logProbs[v] = Dot(output, lm.AsSpan(v * d, d));
+        LogSoftmax(logProbs);
+    }
 }
