@@ -20,6 +20,18 @@ public sealed class TrainSettings : ModelSettings
     [Description("New tokens per generated sequence (default 256).")]
     public int GenerateTokens { get; init; } = 256;
 
+    [CommandOption("--generate-temperature <T>")]
+    [Description("Sampling temperature of the generated sequences (default 1; 0 = greedy).")]
+    public float GenerateTemperature { get; init; } = 1f;
+
+    [CommandOption("--generate-prompt-tokens <P>")]
+    [Description("Generated sequences continue the first P tokens of the --data documents (distinct prompts) instead of starting from BOS: the target regenerates the data (default 0 = from BOS).")]
+    public int GeneratePromptTokens { get; init; }
+
+    [CommandOption("--feature-cache <DIR>")]
+    [Description("Where target features and generated sequences are cached (default <out>/features); runs that share it share the work.")]
+    public string? FeatureCache { get; init; }
+
     [CommandOption("--arch <ARCH>")]
     [Description("beagle (two-stage block-attention training, default) or eagle2 (the baseline).")]
     public string Arch { get; init; } = "beagle";
@@ -96,7 +108,7 @@ public sealed class TrainSettings : ModelSettings
     public TrainingOptions ToOptions(string target, string tokenizer) => new()
     {
         Architecture = Arch, TargetPath = target, TokenizerPath = tokenizer, DataPaths = Data, Generate = Generate,
-        GenerateMaxTokens = GenerateTokens, OutputDir = Out ?? "", Epochs = Epochs, Stage1Epochs = Stage1Epochs, WindowK = Window,
+        GenerateMaxTokens = GenerateTokens, GenerateTemperature = GenerateTemperature, GeneratePromptTokens = GeneratePromptTokens, FeatureCacheDir = FeatureCache, OutputDir = Out ?? "", Epochs = Epochs, Stage1Epochs = Stage1Epochs, WindowK = Window,
         SimSteps = SimSteps, BatchSize = Batch, SeqLen = SeqLen, LearningRate = Lr, WarmupSteps = Warmup, DraftVocab = DraftVocab,
         NoiseStd = Noise, CeWeight = CeWeight, VLossWeight = VLossWeight,
         EvalPaths = Eval, EvalPrompts = EvalPrompts, Resume = Resume, Seed = Seed,

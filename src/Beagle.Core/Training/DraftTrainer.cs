@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Beagle.Checkpoints;
@@ -103,7 +104,7 @@ public abstract class DraftTrainer
         var metricsPath = Path.Combine(o.OutputDir, "metrics.jsonl");
 
         // ---- data ----
-        var (train, heldOut) = LoadData(cancellationToken);
+        var (train, heldOut) = LoadData(progress, cancellationToken);
         var cache = FeatureCache.Open(o.FeatureCacheDir ?? Path.Combine(o.OutputDir, "features"), Target, Tokenizer, train,
             o.BatchSize, o.ShardSize, settings: "fp16-v1", cancellationToken);
         int nb = cache.BatchesPerEpoch(o.BatchSize);
@@ -231,13 +232,55 @@ public abstract class DraftTrainer
     /// <summary>A JSON number, or null for NaN/infinity (a depth with no sample yet).</summary>
     static JsonNode? Num(double d) => double.IsFinite(d) ? JsonValue.Create(d) : null;
 
-    (List<int[]> Train, List<int[]> HeldOut) LoadData(CancellationToken ct)
+    /// <summary>
+    /// The --generate sequences: sampled from BOS, or continuing the first --generate-prompt-tokens tokens of the data
+    /// documents. Generating is the slow part of data preparation (minutes), so the result is kept next to the feature
+    /// cache under a key of everything it depends on (target, tokenizer, prompts, settings) and reused by later runs and
+    /// --resume.
+    /// </summary>
+    List<int[]> GeneratedSequences(List<int[]> dataDocs, IProgress<TrainingProgress>? progress, CancellationToken ct)
+    {
+        var o = Options;
+        List<int[]>? prompts = null;
+        if (o.GeneratePromptTokens > 0)
+        {
+            prompts = TextSources.Prefixes(dataDocs, o.GeneratePromptTokens);
+            if (prompts.Count == 0)
+                throw new InvalidOperationException($"--generate-prompt-tokens {o.GeneratePromptTokens}: no --data document is longer than that; lower it or add data");
+        }
+        var key = new StringBuilder()
+            .Append(FeatureCache.Fingerprint(Target)).Append('|').Append(FeatureCache.TokenizerHash(Tokenizer)).Append('|')
+            .Append(FormattableString.Invariant($"{o.Generate}|{o.GenerateMaxTokens}|{o.GenerateTemperature}|{o.Seed}|{o.GeneratePromptTokens}|"))
+            .Append(prompts is null ? "bos" : FeatureCache.DataHash(prompts)).ToString();
+        var dir = o.FeatureCacheDir ?? Path.Combine(o.OutputDir, "features");
+        var path = Path.Combine(dir, $"generated-{Hashing.Hex(Encoding.UTF8.GetBytes(key))[..16]}.bin");
+        if (GeneratedFile.TryRead(path) is { } cached)
+        {
+            progress?.Report(TrainingProgress.Note($"reusing {cached.Count} generated sequences from {path}"));
+            return cached;
+        }
+        int total = prompts is not null && o.GenerateTemperature == 0 ? Math.Min(o.Generate, prompts.Count) : o.Generate;
+        progress?.Report(TrainingProgress.Note(prompts is null
+            ? $"generating {total} sequences of up to {o.GenerateMaxTokens} tokens from the target (temperature {o.GenerateTemperature})"
+            : $"generating {total} continuations of {o.GeneratePromptTokens}-token data prompts ({prompts.Count} distinct), up to {o.GenerateMaxTokens} tokens each, temperature {o.GenerateTemperature}"));
+        var sw = Stopwatch.StartNew();
+        var every = Math.Max(1, total / 20);
+        var seqs = TextSources.Generate(Target, Tokenizer, o.Generate, o.GenerateMaxTokens, o.GenerateTemperature, o.Seed, prompts, i =>
+        {
+            if (i % every == 0 || i == total)
+                progress?.Report(TrainingProgress.Note($"generated {i}/{total} sequences ({sw.Elapsed.TotalSeconds:F0} s)"));
+        }, ct);
+        Directory.CreateDirectory(dir);
+        GeneratedFile.Write(path, seqs);
+        return seqs;
+    }
+
+    (List<int[]> Train, List<int[]> HeldOut) LoadData(IProgress<TrainingProgress>? progress, CancellationToken ct)
     {
         var o = Options;
         var docs = new List<int[]>();
         foreach (var path in o.DataPaths) docs.AddRange(SequencePacker.Tokenize(TextSources.ReadDocuments(path), Tokenizer));
-        if (o.Generate > 0)
-            docs.AddRange(TextSources.Generate(Target, Tokenizer, o.Generate, o.GenerateMaxTokens, o.GenerateTemperature, o.Seed, ct));
+        if (o.Generate > 0) docs.AddRange(GeneratedSequences(docs, progress, ct));
         var heldOut = new List<int[]>();
         if (o.EvalPaths.Count > 0)
         {

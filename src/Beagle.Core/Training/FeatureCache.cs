@@ -277,6 +277,18 @@ public static class AtomicFile
         File.Move(tmp, path, true);
     }
 
+    /// <summary>Writes <paramref name="path"/> through <paramref name="write"/> into a temporary sibling, then renames it into place.</summary>
+    public static void Write(string path, Action<Stream> write)
+    {
+        var tmp = path + ".tmp-" + Environment.ProcessId;
+        try
+        {
+            using (var f = File.Create(tmp)) write(f);
+            File.Move(tmp, path, true);
+        }
+        finally { if (File.Exists(tmp)) File.Delete(tmp); }
+    }
+
     /// <summary>
     /// Fills a fresh temporary sibling folder with <paramref name="write"/>, then swaps it in for
     /// <paramref name="dir"/>: the old folder is renamed aside first and deleted only after the rename succeeded.

@@ -24,8 +24,15 @@ public sealed record TrainingOptions
     public int Generate { get; init; }
     /// <summary>--generate-tokens: new tokens per generated sequence.</summary>
     public int GenerateMaxTokens { get; init; } = 256;
-    /// <summary>--generate-temperature.</summary>
+    /// <summary>--generate-temperature (0 = greedy).</summary>
     public float GenerateTemperature { get; init; } = 1.0f;
+    /// <summary>
+    /// --generate-prompt-tokens P: 0 (default) samples each generated sequence from BOS; P &gt; 0 continues the first P
+    /// tokens (BOS included) of the --data documents instead, distinct prompts in file order — the target regenerates
+    /// the data, so the draft learns what the target says after real text (with temperature 0: its greedy output,
+    /// which is what greedy speculative decoding drafts against).
+    /// </summary>
+    public int GeneratePromptTokens { get; init; }
     /// <summary>--out: run folder (checkpoint/, metrics.jsonl, plots/, draft/).</summary>
     public required string OutputDir { get; init; }
     /// <summary>--feature-cache: root of feature caches; default &lt;out&gt;/features.</summary>
@@ -113,6 +120,8 @@ public sealed record TrainingOptions
         Check(Generate >= 0, "generate", "must be >= 0");
         Check(GenerateMaxTokens >= 1, "generate-tokens", "must be >= 1");
         Check(GenerateTemperature >= 0 && float.IsFinite(GenerateTemperature), "generate-temperature", "must be a finite number >= 0");
+        Check(GeneratePromptTokens >= 0, "generate-prompt-tokens", "must be >= 0 (0 = start from BOS)");
+        Check(GeneratePromptTokens == 0 || DataPaths.Count > 0, "generate-prompt-tokens", "takes its prompts from --data: give at least one --data file");
         Check(MaxSequences >= 0, "max-sequences", "must be >= 0 (0 = all)");
         Check(SeqLen >= 2, "seq-len", "must be at least 2");
         Check(BatchSize >= 1, "batch", "must be >= 1");
@@ -153,7 +162,11 @@ public sealed record TrainingOptions
 /// <param name="AcceptanceByDepth">Training-time estimate: top-1 agreement of draft and target per window offset
 /// (stage 1), per simulated step (stage 2) or per unrolled step (EAGLE-2), averaged over the logging interval.</param>
 public sealed record TrainingProgress(int Epoch, int Epochs, int Stage, long Step, long TotalSteps, double Loss, double CrossEntropy,
-    double RegressionLoss, double[] AcceptanceByDepth, double LearningRate, double TokensPerSecond, TimeSpan Eta, string? Message = null);
+    double RegressionLoss, double[] AcceptanceByDepth, double LearningRate, double TokensPerSecond, TimeSpan Eta, string? Message = null)
+{
+    /// <summary>A message-only report (data preparation, warnings): no step figures.</summary>
+    public static TrainingProgress Note(string message) => new(0, 0, 0, 0, 0, double.NaN, double.NaN, double.NaN, [], 0, 0, TimeSpan.Zero, message);
+}
 
 /// <summary>Per-epoch summary, also a line of metrics.jsonl and a point of the plots.</summary>
 public sealed record EpochMetrics(int Epoch, int Stage, long Step, double Loss, double[] TrainAcceptanceByDepth,

@@ -1,0 +1,78 @@
+using Beagle.Decoding;
+using Beagle.Tests.Infrastructure;
+using Beagle.Training;
+using Xunit;
+
+namespace Beagle.Tests.Training;
+
+/// <summary>--generate with data prompts (the target regenerates the data) and the cache of generated sequences.</summary>
+public class GeneratedDataTests
+{
+    static List<int[]> Docs(int n) => SequencePacker.Tokenize(
+        TextSources.SplitPlainText(File.ReadAllText(TestAssets.TinyStories)).Take(n), TestAssets.StoriesTokenizer);
+
+    [Fact]
+    public void Prefixes_are_distinct_and_skip_short_documents()
+    {
+        int[][] docs = [[1, 5, 6, 7], [1, 5, 6, 8], [1, 5, 6], [1, 9, 9, 9, 9], [1, 5, 6, 7, 7]];
+        var p = TextSources.Prefixes(docs, 3);
+        Assert.Equal([[1, 5, 6], [1, 9, 9]], p.Select(x => x.ToArray()).ToArray());
+    }
+
+    [Fact]
+    public void Greedy_continuations_equal_plain_generation_and_stop_after_one_pass()
+    {
+        var target = TestAssets.Stories; var tok = TestAssets.StoriesTokenizer;
+        var prompts = TextSources.Prefixes(Docs(30), 8).Take(3).ToList();
+        Assert.Equal(3, prompts.Count);
+        var reported = new List<int>();
+        var seqs = TextSources.Generate(target, tok, count: 10, maxNewTokens: 12, temperature: 0, seed: 0, prompts, reported.Add);
+        Assert.Equal(3, seqs.Count);                       // greedy: a second pass would repeat the same continuations
+        Assert.Equal([1, 2, 3], reported);
+        var gen = new Generator(target, tok);
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.Equal(prompts[i], seqs[i][..8]);
+            var expected = gen.Generate(prompts[i], new GenerationOptions { MaxNewTokens = 12 }).SelectMany(c => c.TokenIds).ToArray();
+            Assert.Equal(expected, seqs[i][8..]);
+        }
+    }
+
+    [Fact]
+    public void Sampled_continuations_cycle_the_prompts_with_a_seed_each()
+    {
+        var target = TestAssets.Stories; var tok = TestAssets.StoriesTokenizer;
+        var prompts = TextSources.Prefixes(Docs(30), 8).Take(2).ToList();
+        var a = TextSources.Generate(target, tok, count: 4, maxNewTokens: 10, temperature: 1, seed: 5, prompts);
+        var b = TextSources.Generate(target, tok, count: 4, maxNewTokens: 10, temperature: 1, seed: 5, prompts);
+        Assert.Equal(4, a.Count);
+        Assert.Equal(prompts[0], a[2][..8]);               // sequence i continues prompt i % count
+        Assert.Equal(a, b);                                // reproducible
+        Assert.NotEqual(a[0], a[2]);                       // same prompt, different seed
+    }
+
+    [Fact]
+    public void Generated_file_round_trips_and_a_damaged_file_reads_as_missing()
+    {
+        using var tmp = TestAssets.TempDir();
+        var path = Path.Combine(tmp.Path, "g.bin");
+        List<int[]> seqs = [[1, 2, 3], [], [1, 511, 7, 7]];
+        GeneratedFile.Write(path, seqs);
+        Assert.Equal(seqs, GeneratedFile.TryRead(path));
+        Assert.Empty(Directory.GetFiles(tmp.Path, "*.tmp-*"));
+        var bytes = File.ReadAllBytes(path);
+        File.WriteAllBytes(path, bytes[..^4]);             // truncated
+        Assert.Null(GeneratedFile.TryRead(path));
+        File.WriteAllBytes(path, [.. bytes, 0]);           // trailing garbage
+        Assert.Null(GeneratedFile.TryRead(path));
+        Assert.Null(GeneratedFile.TryRead(Path.Combine(tmp.Path, "missing.bin")));
+    }
+
+    [Fact]
+    public void Prompt_tokens_need_data()
+    {
+        var o = new TrainingOptions { OutputDir = "x", Generate = 5, GeneratePromptTokens = 8 };
+        var e = Assert.Throws<ArgumentException>(() => o.Validate());
+        Assert.Contains("generate-prompt-tokens", e.Message);
+    }
+}
