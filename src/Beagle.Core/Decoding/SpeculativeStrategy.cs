@@ -52,33 +52,50 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
 
         // 2-3. Verify the whole tree in one target forward.
         List<int> path; int bonus;
-        Tensor hidden;
+        int[] pathTokens;
         using (var scope = NewDisposeScope())
         {
             var mask = tree.Count == 1 ? null : tree.Mask(n, _target.Device);
             var o = _target.Forward(_cache, tree.Tokens, tree.Positions(n), mask);       // logits [N, V], hidden [N, D]
             _stats.TargetForwards++;
-            // 4. Accept.
-            if (_sampler.Options.IsGreedy)
+            // 4. Accept, reading the logits in place (no tensor ops: each costs microseconds at this size).
+            int vocab = (int)o.Logits.shape[1];
+            using (var logits = HostFloats.Of(o.Logits))
             {
-                var am = o.Logits.argmax(-1);
-                var argmax = (am.device_type == TorchSharp.DeviceType.CPU ? am : am.cpu()).data<long>().ToArray();
-                (path, bonus) = Verifier.AcceptGreedy(tree, argmax);
+                var lg = logits.Span;
+                if (_sampler.Options.IsGreedy)
+                {
+                    var argmax = new long[tree.Count];
+                    for (int i = 0; i < argmax.Length; i++) argmax[i] = Sampler.ArgMax(lg.Slice(i * vocab, vocab));
+                    (path, bonus) = Verifier.AcceptGreedy(tree, argmax);
+                }
+                else
+                {
+                    var rows = logits;   // the lambda below cannot capture the span itself
+                    (path, bonus) = Verifier.AcceptSampling(tree, i => _sampler.Probabilities(rows.Span.Slice(i * vocab, vocab)), _sampler);
+                }
+            }
+
+            // 5. Commit: keep the accepted path's KV entries in place; give the draft their true states.
+            var slots = path.Select(i => (long)(n + i)).ToArray();
+            _cache.KeepSlots(n, slots);
+            pathTokens = path.Select(i => tree.Tokens[i]).ToArray();
+            if (_session is IArrayDraftSession managed)
+            {
+                // The managed kernel takes the accepted rows straight from the forward's hidden states.
+                int d = (int)o.Hidden.shape[1];
+                using var hidden = HostFloats.Of(o.Hidden);
+                var rows = new float[path.Count * d];
+                for (int r = 0; r < path.Count; r++) hidden.Span.Slice(path[r] * d, d).CopyTo(rows.AsSpan(r * d, d));
+                managed.Commit(pathTokens, rows);
             }
             else
             {
-                var logits = o.Logits.device_type == TorchSharp.DeviceType.CPU ? o.Logits : o.Logits.cpu();
-                (path, bonus) = Verifier.AcceptSampling(tree, i => _sampler.Probabilities(logits[i].data<float>().ToArray()), _sampler);
+                var pathIdx = path.Select(i => (long)i).ToArray();
+                using var hidden = o.Hidden.index_select(0, tensor(pathIdx, device: _target.Device));   // [len, D]
+                _session.Commit(pathTokens, hidden);
             }
-            var pathIdx = path.Select(i => (long)i).ToArray();
-            hidden = o.Hidden.index_select(0, tensor(pathIdx, device: _target.Device)).MoveToOuterDisposeScope();   // [len, D]
         }
-
-        // 5. Commit: keep the accepted path's KV entries in place; give the draft their true states.
-        var slots = path.Select(i => (long)(n + i)).ToArray();
-        _cache.KeepSlots(n, slots);
-        var pathTokens = path.Select(i => tree.Tokens[i]).ToArray();
-        using (hidden) _session.Commit(pathTokens, hidden);
         _stats.VerifySeconds += Stopwatch.GetElapsedTime(t1).TotalSeconds;
 
         if (tree.Count > 1)

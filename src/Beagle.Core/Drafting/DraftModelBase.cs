@@ -92,9 +92,22 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
     /// <summary>The checks every session's Commit makes: no open round, hidden [m, dim], room for m more positions.</summary>
     internal static void CheckCommit(int roundNodes, Tensor hidden, int m, int dim, int length, int capacity)
     {
-        if (roundNodes > 0) throw new InvalidOperationException("call EndRound before Commit");
         if (hidden.dim() != 2 || hidden.shape[0] != m || hidden.shape[1] != dim)
             throw new ArgumentException($"hidden must be [{m}, {dim}], got [{string.Join(", ", hidden.shape)}]", nameof(hidden));
+        CheckCommit(roundNodes, m, length, capacity);
+    }
+
+    /// <summary>The same checks for hidden states given as a plain [m * dim] array.</summary>
+    internal static void CheckCommit(int roundNodes, int hiddenLength, int m, int dim, int length, int capacity)
+    {
+        if (hiddenLength != m * dim)
+            throw new ArgumentException($"hidden must hold {m} x {dim} = {m * dim} values, got {hiddenLength}", "hidden");
+        CheckCommit(roundNodes, m, length, capacity);
+    }
+
+    static void CheckCommit(int roundNodes, int m, int length, int capacity)
+    {
+        if (roundNodes > 0) throw new InvalidOperationException("call EndRound before Commit");
         if (length + m > capacity) throw new InvalidOperationException($"sequence of {length + m} positions exceeds the session capacity {capacity}");
     }
 

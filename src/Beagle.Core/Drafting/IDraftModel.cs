@@ -68,4 +68,6 @@ internal interface IArrayDraftSession
 {
     int VocabSize { get; }
     float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents);
+    /// <summary><see cref="IDraftSession.Commit"/> from a plain array: <paramref name="hidden"/> is [m * D], row-major.</summary>
+    void Commit(ReadOnlySpan<int> tokens, ReadOnlySpan<float> hidden);
 }

@@ -57,4 +57,52 @@ public class ManagedKernelTests
             n++;
         }
     }
+
+    [Theory]
+    [InlineData("beagle")]
+    [InlineData("eagle2")]
+    public void Commit_from_an_array_equals_commit_from_a_tensor(string arch)
+    {
+        var target = TestAssets.Stories;
+        manual_seed(7);
+        using var draft = DraftCheckpoint.Create(DraftConfig.ForTarget(target.Config, arch), target);
+        draft.Kernel = DraftKernel.Managed;
+        var prompt = TestAssets.StoriesTokenizer.Encode("Tom and his dog went to the park", true);
+        using var cache = target.NewCache();
+        using var pre = target.Forward(cache, prompt, Enumerable.Range(0, prompt.Length).ToArray());
+        using var a = draft.StartSession(128);
+        using var b = draft.StartSession(128);
+        a.Commit(prompt, pre.Hidden);
+        var rows = pre.Hidden.contiguous().data<float>().ToArray();
+        ((IArrayDraftSession)b).Commit(prompt, rows);
+        Assert.Equal(a.Length, b.Length);
+        int n = prompt.Length;
+        foreach (var (tok, pos, par) in new (int[], int[], int[])[] { ([300], [n], [-1]), ([301], [n + 1], [0]) })
+            Assert.Equal(((IArrayDraftSession)a).ExpandToArray(tok, pos, par), ((IArrayDraftSession)b).ExpandToArray(tok, pos, par));
+        b.EndRound();
+        Assert.Throws<ArgumentException>(() => ((IArrayDraftSession)b).Commit([5, 6], new float[target.Config.Dim]));   // 2 tokens, 1 row
+    }
+
+    [Theory]
+    [InlineData(64, 64)]
+    [InlineData(64, 344)]
+    [InlineData(172, 64)]
+    [InlineData(7, 13)]      // not a multiple of the SIMD width: the tails
+    public void Matrix_vector_kernels_match_a_naive_product(int rows, int cols)
+    {
+        var r = new Random(rows * 1000 + cols);
+        var x = Enumerable.Range(0, rows).Select(_ => (float)r.NextDouble() - 0.5f).ToArray();
+        var w = Enumerable.Range(0, rows * cols).Select(_ => (float)r.NextDouble() - 0.5f).ToArray();   // [rows, cols]
+        var wt = new float[w.Length];                                                                   // [cols, rows]
+        for (int i = 0; i < rows; i++) for (int c = 0; c < cols; c++) wt[c * rows + i] = w[i * cols + c];
+        var y1 = new float[cols]; var y2 = new float[cols];
+        ManagedMath.MatVec(x, w, y1);
+        ManagedMath.RowDots(x, wt, y2);
+        for (int c = 0; c < cols; c++)
+        {
+            double e = 0; for (int i = 0; i < rows; i++) e += (double)x[i] * w[i * cols + c];
+            Assert.True(Math.Abs(y1[c] - e) < 1e-4, $"MatVec[{c}] {y1[c]} vs {e}");
+            Assert.True(Math.Abs(y2[c] - e) < 1e-4, $"RowDots[{c}] {y2[c]} vs {e}");
+        }
+    }
 }

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using static TorchSharp.torch;
 
 namespace Beagle.Drafting.Kernels;
@@ -25,7 +26,7 @@ internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
     readonly float[] _w2T;      // [F, D]
     readonly float[] _lm;       // [Vd, D] LM-head rows
     readonly float[] _cos, _sin; // [maxPos, hd]
-    readonly float[] _kc, _vc;  // [(capacity + R) , kvH, hd], slot-major
+    readonly HeadMajorKv _kv;   // capacity + R slots: committed positions, then this round's draft states
     readonly float[] _states;   // [R, D] hhat of this round's nodes
     readonly RoundTree _round = new(DraftModelBase.MaxRoundNodes);
     readonly int _maxPositions;
@@ -45,8 +46,7 @@ internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
         _qTable = A(queryTable); _emb = A(embedding); _wkvT = A(wkvT); _woT = A(woT); _w13T = A(w13T); _w2T = A(w2T);
         _lm = A(lmHead); _cos = A(cos); _sin = A(sinSigned);
         _vd = (int)lmHead.shape[0];
-        int slots = capacity + DraftModelBase.MaxRoundNodes;
-        _kc = new float[slots * _k]; _vc = new float[slots * _k];
+        _kv = new HeadMajorKv(_kvh, _hd, capacity + DraftModelBase.MaxRoundNodes);
         _states = new float[DraftModelBase.MaxRoundNodes * _d];
     }
 
@@ -58,10 +58,10 @@ internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
         Span<float> p = stackalloc float[3 * _k];
         ManagedMath.RmsNorm(x, xn, _eps);
         ManagedMath.MatVec(xn, _wkvT, p);
-        var k = _kc.AsSpan(slot * _k, _k);
+        Span<float> k = stackalloc float[_k];
         var cos = _cos.AsSpan(pos * _hd, _hd); var sin = _sin.AsSpan(pos * _hd, _hd);
         for (int i = 0; i < _k; i++) k[i] = p[i] * cos[i % _hd] + p[_k + i] * sin[i % _hd];
-        p.Slice(2 * _k, _k).CopyTo(_vc.AsSpan(slot * _k, _k));
+        _kv.Write(slot, k, p.Slice(2 * _k, _k));
     }
 
     public void Commit(ReadOnlySpan<int> tokens, Tensor hidden)
@@ -69,9 +69,21 @@ internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
         int m = tokens.Length;
         if (m == 0) return;
         DraftModelBase.CheckCommit(_round.Count, hidden, m, _d, Length, _capacity);
-        float[] h;
-        using (var x = hidden.detach().to(float32).cpu().contiguous()) h = x.data<float>().ToArray();
-        for (int r = 0; r < m; r++) ProjectKv(h.AsSpan(r * _d, _d), Length + r, Length + r);   // slot = position
+        using var x = hidden.detach().to(float32).cpu().contiguous();
+        CommitRows(m, MemoryMarshal.Cast<byte, float>(x.bytes));
+    }
+
+    public void Commit(ReadOnlySpan<int> tokens, ReadOnlySpan<float> hidden)
+    {
+        int m = tokens.Length;
+        if (m == 0) return;
+        DraftModelBase.CheckCommit(_round.Count, hidden.Length, m, _d, Length, _capacity);
+        CommitRows(m, hidden);
+    }
+
+    void CommitRows(int m, ReadOnlySpan<float> h)
+    {
+        for (int r = 0; r < m; r++) ProjectKv(h.Slice(r * _d, _d), Length + r, Length + r);   // slot = position
         Length += m;
     }
 
@@ -104,8 +116,8 @@ internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
         Span<float> q = stackalloc float[_q];
         Span<float> o = stackalloc float[_q];
         Span<float> hhat = stackalloc float[_d];
-        var keys = new List<int>(n0 + 64);
-        float[] scores = new float[n0 + _round.SlotsUsed + 1];
+        Span<int> extra = stackalloc int[DraftModelBase.MaxRoundNodes];
+        float[] scores = new float[n0 + DraftModelBase.MaxRoundNodes];
         int first = _round.Add(positions, parents);
         for (int i = 0; i < N; i++)
         {
@@ -114,14 +126,12 @@ internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
             var qt = _qTable.AsSpan(tok * 2 * _q, 2 * _q);
             var cos = _cos.AsSpan(pos * _hd, _hd); var sin = _sin.AsSpan(pos * _hd, _hd);
             for (int j = 0; j < _q; j++) q[j] = qt[j] * cos[j % _hd] + qt[_q + j] * sin[j % _hd];
-            // Visible keys: every committed true state, plus the draft states of this node's ancestors.
-            keys.Clear();
-            for (int s = 0; s < n0; s++) keys.Add(s);
+            // Visible keys: every committed true state (slots [0, n0)), plus the draft states of this node's ancestors.
+            int ne = 0;
             if (ConcatDraftStates)
                 for (int a = parents[i]; a >= 0; a = _round.Parent(a))
-                    if (_round.Slot(a) >= 0) keys.Add(n0 + _round.Slot(a));
-            if (scores.Length < keys.Count) scores = new float[keys.Count];
-            ManagedMath.Attend(q, keys, _kc, _vc, _k, _g, _hd, _scale, scores, o);
+                    if (_round.Slot(a) >= 0) extra[ne++] = n0 + _round.Slot(a);
+            _kv.Attend(q, n0, extra[..ne], _g, _scale, scores, o);
             // hhat = y + W2·(silu(gate) * up) over RMSNorm(y), y = e(t) + Wo·o; then the draft's log-probs.
             ManagedMath.OutputAndLogits(o, _emb.AsSpan(tok * _d, _d), _woT, _w13T, _w2T, _lm, _eps, hhat, output.AsSpan(i * _vd, _vd));
             hhat.CopyTo(_states.AsSpan((first + i) * _d, _d));

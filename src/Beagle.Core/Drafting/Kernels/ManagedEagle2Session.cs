@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using static TorchSharp.torch;
 
 namespace Beagle.Drafting.Kernels;
@@ -15,7 +16,7 @@ internal sealed class ManagedEagle2Session : IDraftSession, IArrayDraftSession
     readonly int _d, _h, _kvh, _hd, _g, _q, _k, _f, _vd, _capacity, _maxPositions;
     readonly float _eps, _scale;
     readonly float[] _emb, _wfcT, _bfc, _wqkvT, _woT, _w13T, _w2T, _lm, _cos, _sin;
-    readonly float[] _kc, _vc;       // [(capacity + R), kvH * hd], slot-major
+    readonly HeadMajorKv _kv;        // capacity + R slots: final entries, then this round's entries
     readonly float[] _features;      // [capacity, D] committed true features
     readonly float[] _outs;          // [R, D] fhat of this round's nodes
     readonly int[] _tokens;
@@ -43,8 +44,7 @@ internal sealed class ManagedEagle2Session : IDraftSession, IArrayDraftSession
         _emb = A(embedding); _wfcT = A(wfcT); _bfc = A(bfc); _wqkvT = A(wqkvT); _woT = A(woT); _w13T = A(w13T); _w2T = A(w2T);
         _lm = A(lmHead); _cos = A(cos); _sin = A(sinSigned);
         _vd = (int)lmHead.shape[0];
-        int slots = capacity + DraftModelBase.MaxRoundNodes;
-        _kc = new float[slots * _k]; _vc = new float[slots * _k];
+        _kv = new HeadMajorKv(_kvh, _hd, capacity + DraftModelBase.MaxRoundNodes);
         _features = new float[capacity * _d];
         _outs = new float[DraftModelBase.MaxRoundNodes * _d];
         _tokens = new int[capacity];
@@ -67,9 +67,9 @@ internal sealed class ManagedEagle2Session : IDraftSession, IArrayDraftSession
         ManagedMath.MatVec(x, _wqkvT, p);
         var cos = _cos.AsSpan(pos * _hd, _hd); var sin = _sin.AsSpan(pos * _hd, _hd);
         for (int j = 0; j < _q; j++) q[j] = p[j] * cos[j % _hd] + p[qk + j] * sin[j % _hd];
-        var kd = _kc.AsSpan(slot * _k, _k);
+        Span<float> kd = stackalloc float[_k];
         for (int j = 0; j < _k; j++) kd[j] = p[_q + j] * cos[j % _hd] + p[qk + _q + j] * sin[j % _hd];
-        p.Slice(2 * qk, _k).CopyTo(_vc.AsSpan(slot * _k, _k));
+        _kv.Write(slot, kd, p.Slice(2 * qk, _k));
     }
 
     public void Commit(ReadOnlySpan<int> tokens, Tensor hidden)
@@ -77,7 +77,22 @@ internal sealed class ManagedEagle2Session : IDraftSession, IArrayDraftSession
         int m = tokens.Length;
         if (m == 0) return;
         DraftModelBase.CheckCommit(_round.Count, hidden, m, _d, Length, _capacity);
-        using (var h = hidden.detach().to(float32).cpu().contiguous()) h.data<float>().ToArray().CopyTo(_features, Length * _d);
+        using var h = hidden.detach().to(float32).cpu().contiguous();
+        CommitRows(tokens, MemoryMarshal.Cast<byte, float>(h.bytes));
+    }
+
+    public void Commit(ReadOnlySpan<int> tokens, ReadOnlySpan<float> hidden)
+    {
+        int m = tokens.Length;
+        if (m == 0) return;
+        DraftModelBase.CheckCommit(_round.Count, hidden.Length, m, _d, Length, _capacity);
+        CommitRows(tokens, hidden);
+    }
+
+    void CommitRows(ReadOnlySpan<int> tokens, ReadOnlySpan<float> hidden)
+    {
+        int m = tokens.Length;
+        hidden.CopyTo(_features.AsSpan(Length * _d, m * _d));
         tokens.CopyTo(_tokens.AsSpan(Length));
         Length += m;
         Span<float> x = stackalloc float[_d];
@@ -105,20 +120,18 @@ internal sealed class ManagedEagle2Session : IDraftSession, IArrayDraftSession
         Span<float> q = stackalloc float[_q];
         Span<float> o = stackalloc float[_q];
         Span<float> fhat = stackalloc float[_d];
-        var keys = new List<int>(e0 + 64);
-        float[] scores = new float[e0 + _round.SlotsUsed + N + 1];
+        Span<int> extra = stackalloc int[DraftModelBase.MaxRoundNodes];
+        float[] scores = new float[e0 + DraftModelBase.MaxRoundNodes];
         int first = _round.Add(positions, parents);
         for (int i = 0; i < N; i++)
         {
             int node = first + i, pos = positions[i] - 1;   // entry index = token position - 1
             var feature = parents[i] < 0 ? _features.AsSpan((Length - 1) * _d, _d) : _outs.AsSpan(parents[i] * _d, _d);
             Entry(tokens[i], feature, pos, e0 + _round.AssignSlot(node), x, q);
-            keys.Clear();
-            for (int s = 0; s < e0; s++) keys.Add(s);
+            int ne = 0;
             for (int n = node; n >= 0; n = _round.Parent(n))            // itself and its ancestors
-                if (_round.Slot(n) >= 0) keys.Add(e0 + _round.Slot(n));
-            if (scores.Length < keys.Count) scores = new float[keys.Count];
-            ManagedMath.Attend(q, keys, _kc, _vc, _k, _g, _hd, _scale, scores, o);
+                if (_round.Slot(n) >= 0) extra[ne++] = e0 + _round.Slot(n);
+            _kv.Attend(q, e0, extra[..ne], _g, _scale, scores, o);
             // fhat = a + W2·(silu(gate) * up) over RMSNorm(a), a = x + Wo·o; then the draft's log-probs.
             ManagedMath.OutputAndLogits(o, x, _woT, _w13T, _w2T, _lm, _eps, fhat, output.AsSpan(i * _vd, _vd));
             fhat.CopyTo(_outs.AsSpan(node * _d, _d));

@@ -1,0 +1,94 @@
+using System.Numerics;
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using System.Runtime.CompilerServices;
+
+namespace Beagle.Drafting.Kernels;
+
+/// <summary>
+/// Keys and values of a managed draft session, stored head-dimension-major: [kvHeads, headDim, slots].
+///
+/// Why this layout: with head_dim 8, one key is a single SIMD register, so a slot-major cache means one tiny dot
+/// product (plus a horizontal sum) per key and head. Transposed, a head's scores over every committed slot are
+/// head_dim multiply-adds over contiguous rows, and its output is head_dim dot products over contiguous rows — long
+/// vectorised loops (<see cref="TensorPrimitives"/>) instead of hundreds of short ones (measured in
+/// docs/benchmarks.md). Slots [0, n) are the committed positions; a round's draft states sit in later slots and are
+/// attended individually (a node sees only its ancestors' ones).
+/// </summary>
+internal sealed class HeadMajorKv
+{
+    readonly float[] _k, _v;     // [kvH, hd, slots]
+    readonly int _kvh, _hd, _slots;
+
+    public HeadMajorKv(int kvHeads, int headDim, int slots)
+    {
+        (_kvh, _hd, _slots) = (kvHeads, headDim, slots);
+        _k = new float[kvHeads * headDim * slots];
+        _v = new float[kvHeads * headDim * slots];
+    }
+
+    public int Slots => _slots;
+
+    /// <summary>Stores key k and value v ([kvH * hd] each, head-major) in <paramref name="slot"/>.</summary>
+    public void Write(int slot, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
+    {
+        if ((uint)slot >= (uint)_slots) throw new ArgumentOutOfRangeException(nameof(slot));
+        for (int i = 0; i < k.Length; i++) { _k[i * _slots + slot] = k[i]; _v[i * _slots + slot] = v[i]; }
+    }
+
+    /// <summary>
+    /// Grouped-query attention of one query over slots [0, <paramref name="contiguous"/>) and the listed
+    /// <paramref name="extra"/> slots. q: [heads * hd] (already rotated); o: [heads * hd]; scores: scratch of at least
+    /// contiguous + extra.Length.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public void Attend(ReadOnlySpan<float> q, int contiguous, ReadOnlySpan<int> extra, int groupSize, float scale, Span<float> scores, Span<float> o)
+    {
+        int heads = q.Length / _hd, n = contiguous, total = n + extra.Length;
+        var s = scores[..total];
+        var sc = s[..n];
+        int vw = Vector<float>.Count;
+        Span<Vector<float>> qv = stackalloc Vector<float>[_hd];
+        ref float k0 = ref MemoryMarshal.GetArrayDataReference(_k);
+        for (int head = 0; head < heads; head++)
+        {
+            int baseRow = head / groupSize * _hd;
+            var qh = q.Slice(head * _hd, _hd);
+            // scores = scale * sum_j q[j] * K[j, :], one SIMD block of slots at a time with the sum in a register.
+            for (int j = 0; j < _hd; j++) qv[j] = new Vector<float>(qh[j] * scale);
+            int s0 = 0;
+            for (; s0 + vw <= n; s0 += vw)
+            {
+                Vector<float> acc = default;
+                for (int j = 0; j < _hd; j++) acc = Vector.FusedMultiplyAdd(qv[j], Vector.LoadUnsafe(ref k0, (nuint)((baseRow + j) * _slots + s0)), acc);
+                acc.StoreUnsafe(ref MemoryMarshal.GetReference(sc), (nuint)s0);
+            }
+            for (; s0 < n; s0++)
+            {
+                float acc = 0;
+                for (int j = 0; j < _hd; j++) acc += qh[j] * _k[(baseRow + j) * _slots + s0];
+                sc[s0] = acc * scale;
+            }
+            for (int e = 0; e < extra.Length; e++)
+            {
+                float acc = 0;
+                for (int j = 0; j < _hd; j++) acc += qh[j] * _k[(baseRow + j) * _slots + extra[e]];
+                s[n + e] = acc * scale;
+            }
+            // softmax over the visible slots
+            float max = TensorPrimitives.Max(s);
+            TensorPrimitives.Subtract(s, max, s);
+            TensorPrimitives.Exp(s, s);
+            float inv = 1f / TensorPrimitives.Sum(s);
+            // o[j] = sum_slots p * V[j, :]
+            var oh = o.Slice(head * _hd, _hd);
+            for (int j = 0; j < _hd; j++)
+            {
+                var row = _v.AsSpan((baseRow + j) * _slots, _slots);
+                float acc = n > 0 ? TensorPrimitives.Dot(sc, row[..n]) : 0f;
+                for (int e = 0; e < extra.Length; e++) acc += s[n + e] * row[extra[e]];
+                oh[j] = acc * inv;
+            }
+        }
+    }
+}
