@@ -28,6 +28,10 @@ public sealed class TrainSettings : ModelSettings
     [Description("Generated sequences continue the first P tokens of the --data documents (distinct prompts) instead of starting from BOS: the target regenerates the data (default 0 = from BOS).")]
     public int GeneratePromptTokens { get; init; }
 
+    [CommandOption("--generate-prompt-stride <S>")]
+    [Description("With --generate-prompt-tokens P: also cut prompts at P+S, P+2S, ... tokens into each document (default 0 = starts only).")]
+    public int GeneratePromptStride { get; init; }
+
     [CommandOption("--feature-cache <DIR>")]
     [Description("Where target features and generated sequences are cached (default <out>/features); runs that share it share the work.")]
     public string? FeatureCache { get; init; }
@@ -108,7 +112,7 @@ public sealed class TrainSettings : ModelSettings
     public TrainingOptions ToOptions(string target, string tokenizer) => new()
     {
         Architecture = Arch, TargetPath = target, TokenizerPath = tokenizer, DataPaths = Data, Generate = Generate,
-        GenerateMaxTokens = GenerateTokens, GenerateTemperature = GenerateTemperature, GeneratePromptTokens = GeneratePromptTokens, FeatureCacheDir = FeatureCache, OutputDir = Out ?? "", Epochs = Epochs, Stage1Epochs = Stage1Epochs, WindowK = Window,
+        GenerateMaxTokens = GenerateTokens, GenerateTemperature = GenerateTemperature, GeneratePromptTokens = GeneratePromptTokens, GeneratePromptStride = GeneratePromptStride, FeatureCacheDir = FeatureCache, OutputDir = Out ?? "", Epochs = Epochs, Stage1Epochs = Stage1Epochs, WindowK = Window,
         SimSteps = SimSteps, BatchSize = Batch, SeqLen = SeqLen, LearningRate = Lr, WarmupSteps = Warmup, DraftVocab = DraftVocab,
         NoiseStd = Noise, CeWeight = CeWeight, VLossWeight = VLossWeight,
         EvalPaths = Eval, EvalPrompts = EvalPrompts, Resume = Resume, Seed = Seed,

@@ -244,13 +244,13 @@ public abstract class DraftTrainer
         List<int[]>? prompts = null;
         if (o.GeneratePromptTokens > 0)
         {
-            prompts = TextSources.Prefixes(dataDocs, o.GeneratePromptTokens);
+            prompts = TextSources.Prefixes(dataDocs, o.GeneratePromptTokens, o.GeneratePromptStride);
             if (prompts.Count == 0)
                 throw new InvalidOperationException($"--generate-prompt-tokens {o.GeneratePromptTokens}: no --data document is longer than that; lower it or add data");
         }
         var key = new StringBuilder()
             .Append(FeatureCache.Fingerprint(Target)).Append('|').Append(FeatureCache.TokenizerHash(Tokenizer)).Append('|')
-            .Append(FormattableString.Invariant($"{o.Generate}|{o.GenerateMaxTokens}|{o.GenerateTemperature}|{o.Seed}|{o.GeneratePromptTokens}|"))
+            .Append(FormattableString.Invariant($"{o.Generate}|{o.GenerateMaxTokens}|{o.GenerateTemperature}|{o.Seed}|{o.GeneratePromptTokens}|{o.GeneratePromptStride}|"))
             .Append(prompts is null ? "bos" : FeatureCache.DataHash(prompts)).ToString();
         var dir = o.FeatureCacheDir ?? Path.Combine(o.OutputDir, "features");
         var path = Path.Combine(dir, $"generated-{Hashing.Hex(Encoding.UTF8.GetBytes(key))[..16]}.bin");
@@ -262,7 +262,7 @@ public abstract class DraftTrainer
         int total = prompts is not null && o.GenerateTemperature == 0 ? Math.Min(o.Generate, prompts.Count) : o.Generate;
         progress?.Report(TrainingProgress.Note(prompts is null
             ? $"generating {total} sequences of up to {o.GenerateMaxTokens} tokens from the target (temperature {o.GenerateTemperature})"
-            : $"generating {total} continuations of {o.GeneratePromptTokens}-token data prompts ({prompts.Count} distinct), up to {o.GenerateMaxTokens} tokens each, temperature {o.GenerateTemperature}"));
+            : $"generating {total} continuations of data prompts ({prompts.Count} distinct; {o.GeneratePromptTokens} tokens{(o.GeneratePromptStride > 0 ? $" + every {o.GeneratePromptStride}" : "")}), up to {o.GenerateMaxTokens} tokens each, temperature {o.GenerateTemperature}"));
         var sw = Stopwatch.StartNew();
         var every = Math.Max(1, total / 20);
         var seqs = TextSources.Generate(Target, Tokenizer, o.Generate, o.GenerateMaxTokens, o.GenerateTemperature, o.Seed, prompts, i =>

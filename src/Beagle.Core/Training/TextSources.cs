@@ -128,15 +128,22 @@ public static class TextSources
     }
 
     /// <summary>
-    /// The distinct first-<paramref name="length"/>-token prefixes of <paramref name="documents"/> (BOS included), in
-    /// order; documents shorter than the prefix are skipped.
+    /// The distinct prefixes of <paramref name="documents"/> (BOS included) of <paramref name="length"/> tokens and, with
+    /// a positive <paramref name="stride"/>, also of length + stride, length + 2·stride, … (each shorter than its
+    /// document), in order: more prompts from the same text, each a real context for the target to continue.
     /// </summary>
-    public static List<int[]> Prefixes(IEnumerable<int[]> documents, int length)
+    public static List<int[]> Prefixes(IEnumerable<int[]> documents, int length, int stride = 0)
     {
+        if (length < 1) throw new ArgumentOutOfRangeException(nameof(length), length, "prefix length must be >= 1");
+        if (stride < 0) throw new ArgumentOutOfRangeException(nameof(stride), stride, "stride must be >= 0");
         var seen = new HashSet<string>();
         var result = new List<int[]>();
         foreach (var d in documents)
-            if (d.Length > length && seen.Add(string.Join(',', d.Take(length)))) result.Add(d[..length]);
+            for (int len = length; len < d.Length; len += stride)
+            {
+                if (seen.Add(string.Join(',', d.Take(len)))) result.Add(d[..len]);
+                if (stride == 0) break;
+            }
         return result;
     }
 }

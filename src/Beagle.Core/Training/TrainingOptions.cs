@@ -33,6 +33,11 @@ public sealed record TrainingOptions
     /// which is what greedy speculative decoding drafts against).
     /// </summary>
     public int GeneratePromptTokens { get; init; }
+    /// <summary>
+    /// --generate-prompt-stride S: with S &gt; 0, prompts are also cut at P + S, P + 2S, … tokens into each document
+    /// (more, and mid-story, contexts from the same data). 0 (default): document starts only.
+    /// </summary>
+    public int GeneratePromptStride { get; init; }
     /// <summary>--out: run folder (checkpoint/, metrics.jsonl, plots/, draft/).</summary>
     public required string OutputDir { get; init; }
     /// <summary>--feature-cache: root of feature caches; default &lt;out&gt;/features.</summary>
@@ -122,6 +127,8 @@ public sealed record TrainingOptions
         Check(GenerateTemperature >= 0 && float.IsFinite(GenerateTemperature), "generate-temperature", "must be a finite number >= 0");
         Check(GeneratePromptTokens >= 0, "generate-prompt-tokens", "must be >= 0 (0 = start from BOS)");
         Check(GeneratePromptTokens == 0 || DataPaths.Count > 0, "generate-prompt-tokens", "takes its prompts from --data: give at least one --data file");
+        Check(GeneratePromptStride >= 0, "generate-prompt-stride", "must be >= 0 (0 = document starts only)");
+        Check(GeneratePromptStride == 0 || GeneratePromptTokens > 0, "generate-prompt-stride", "needs --generate-prompt-tokens");
         Check(MaxSequences >= 0, "max-sequences", "must be >= 0 (0 = all)");
         Check(SeqLen >= 2, "seq-len", "must be at least 2");
         Check(BatchSize >= 1, "batch", "must be >= 1");

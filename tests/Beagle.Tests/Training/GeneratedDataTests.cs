@@ -20,6 +20,15 @@ public class GeneratedDataTests
     }
 
     [Fact]
+    public void Prefixes_with_a_stride_cut_each_document_repeatedly()
+    {
+        int[][] docs = [[1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 9]];
+        var p = TextSources.Prefixes(docs, 3, stride: 2);
+        // first document: 3, 5 and 7 tokens; second: its 3-token prefix repeats the first's, and 5 tokens is all of it
+        Assert.Equal([[1, 2, 3], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6, 7]], p.Select(x => x.ToArray()).ToArray());
+    }
+
+    [Fact]
     public void Greedy_continuations_equal_plain_generation_and_stop_after_one_pass()
     {
         var target = TestAssets.Stories; var tok = TestAssets.StoriesTokenizer;
