@@ -42,7 +42,7 @@ public sealed class LlamaModel : IDisposable
     // Scalars kept alive for the model's lifetime. TorchSharp's implicit double→Scalar conversion creates a native
     // object that the GC may finalise while libtorch still reads it (seen as a rare "c10::Scalar::toDouble" check
     // failure under load); fields cannot be collected mid-call.
-    readonly Scalar _epsS, _scaleS, _oneS, _negInfS;
+    readonly Scalar _epsS, _scaleS, _oneS;
 
     public ModelConfig Config { get; }
     public Device Device { get; }
@@ -60,7 +60,7 @@ public sealed class LlamaModel : IDisposable
         var c = Config;
         (_hd, _h, _kvh, _g, _q, _kv) = (c.EffectiveHeadDim, c.Heads, c.KvHeads, c.GroupSize, c.QDim, c.KvDim);
         _rope = new RotaryTables(_hd, c.MaxSeqLen, c.RopeTheta, c.RopeLayout, c.RopeScaling, Device);
-        _epsS = c.NormEps.ToScalar(); _scaleS = (1.0 / Math.Sqrt(_hd)).ToScalar(); _oneS = 1.0.ToScalar(); _negInfS = double.NegativeInfinity.ToScalar();
+        _epsS = c.NormEps.ToScalar(); _scaleS = (1.0 / Math.Sqrt(_hd)).ToScalar(); _oneS = 1.0.ToScalar();
 
         using var scope = NewDisposeScope();
         using var _ = no_grad();
@@ -148,12 +148,11 @@ public sealed class LlamaModel : IDisposable
         var sin = _rope.SinSigned.index_select(0, pos).unsqueeze(1);
         var slots = T == 1 ? tensor(new long[] { start }, device: Device) : arange(start, S, dtype: ScalarType.Int64, device: Device);
 
-        Tensor? m = mask;
-        if (m is null && (T > 1 || (Config.SlidingWindow is { } w0 && S > w0)))
-            m = CausalMask(T, start, posArr);
-        if (m is not null && _g > 1) m = m.repeat(_g, 1);                              // rows ordered (group, t)
-        // SDPA converts a bool mask to an additive one in every layer; doing it once here saves those ops per layer.
-        if (m is not null && m.dtype == ScalarType.Bool) m = zeros(m.shape, device: Device).masked_fill_(m.logical_not(), _negInfS);
+        // The additive mask [G*T, S] (rows ordered (group, t) like the stacked queries below), built in C# and uploaded
+        // as one tensor: converting and repeating a bool mask with tensor ops cost four ops per forward.
+        Tensor? m = null;
+        if (mask is not null) m = AdditiveMask(mask, T, S);
+        else if (T > 1 || (Config.SlidingWindow is { } w0 && S > w0)) m = AdditiveMask(CausalAllowed(T, start), T, S);
 
         for (int l = 0; l < _layers.Length; l++)
         {
@@ -165,10 +164,11 @@ public sealed class LlamaModel : IDisposable
             // GQA: the G query heads sharing a kv head are stacked along the query axis, [kvH, G*T, hd].
             // One token needs no permutation at all (the common case of plain decoding): 4 fewer ops per layer.
             var qq = T == 1 ? q.view(_kvh, _g, _hd) : q.view(T, _kvh, _g, _hd).permute(1, 2, 0, 3).reshape(_kvh, _g * T, _hd);
-            // With a mask, five plain ops (scores, scale, additive mask, softmax, weighted sum) replace
-            // SDPA's math path, which re-checks the mask for fully masked rows in every layer (measured: ~8 ops more).
-            var o = m is null ? F.scaled_dot_product_attention(qq, kk, vv)                            // [kvH, G*T, hd]
-                              : qq.bmm(kk.transpose(1, 2)).mul_(_scaleS).add_(m).softmax(-1).bmm(vv);
+            // Plain ops (scores, scale, additive mask, softmax, weighted sum) instead of SDPA, with or without a mask:
+            // SDPA's math path re-checks a mask for fully masked rows in every layer, and even unmasked one-token steps
+            // were 20-30 % slower through SDPA than these five ops (docs/benchmarks.md, profiling log).
+            var scores = qq.bmm(kk.transpose(1, 2)).mul_(_scaleS);                          // [kvH, G*T, S]
+            var o = (m is null ? scores : scores.add_(m)).softmax(-1).bmm(vv);                // [kvH, G*T, hd]
             var oo = T == 1 ? o.reshape(1, _q) : o.view(_kvh, _g, T, _hd).permute(2, 0, 1, 3).reshape(T, _q);
             x = Mlp(_layers[l], x, oo);
         }
@@ -191,8 +191,7 @@ public sealed class LlamaModel : IDisposable
         var x = Embedding.index_select(0, tokens.reshape(-1).to(Device));               // [B*T, D]
         var cos = _rope.Cos.narrow(0, 0, T).repeat(B, 1).unsqueeze(1);                 // [B*T, 1, hd]
         var sin = _rope.SinSigned.narrow(0, 0, T).repeat(B, 1).unsqueeze(1);
-        var posArr = new long[T]; for (int i = 0; i < T; i++) posArr[i] = i;
-        var m = CausalMask(T, 0, posArr);
+        var m = CausalMask(T, 0);
         if (_g > 1) m = m.repeat(_g, 1);
         foreach (var layer in _layers)
         {
@@ -207,8 +206,8 @@ public sealed class LlamaModel : IDisposable
     /// <summary>Logits through the frozen LM head: hidden [..., D] → [..., V].</summary>
     public Tensor Logits(Tensor hidden) => matmul(hidden, _lmHeadT);
 
-    /// <summary>[T, start+T] bool: row i (position pos[i], slot start+i) sees slots ≤ start+i within the sliding window.</summary>
-    Tensor CausalMask(int T, int start, long[] pos)
+    /// <summary>[T, start+T] bool: row i (slot start+i) sees slots ≤ start+i within the sliding window.</summary>
+    bool[] CausalAllowed(int T, int start)
     {
         int S = start + T;
         var data = new bool[T * S];
@@ -216,7 +215,26 @@ public sealed class LlamaModel : IDisposable
         for (int i = 0; i < T; i++)
             for (int j = 0; j <= start + i; j++)
                 data[i * S + j] = (start + i) - j < window;
-        return tensor(data, [T, S], device: Device);
+        return data;
+    }
+
+    Tensor CausalMask(int T, int start) => tensor(CausalAllowed(T, start), [T, start + T], device: Device);
+
+    /// <summary>An additive float mask [G*T, S] (0 = may attend, -inf = masked), the T rows repeated for each of the G query heads of a kv head.</summary>
+    Tensor AdditiveMask(ReadOnlySpan<bool> allowed, int T, int S)
+    {
+        var data = new float[_g * T * S];
+        for (int r = 0; r < T * S; r++) if (!allowed[r]) data[r] = float.NegativeInfinity;
+        for (int g = 1; g < _g; g++) Array.Copy(data, 0, data, g * T * S, T * S);
+        return tensor(data, [_g * T, S], device: Device);
+    }
+
+    Tensor AdditiveMask(Tensor mask, int T, int S)
+    {
+        if (mask.dtype != ScalarType.Bool)
+            throw new ArgumentException($"mask must be a bool tensor (true = may attend), got {mask.dtype}", nameof(mask));
+        using var host = mask.device_type == DeviceType.CPU && mask.is_contiguous() ? null : mask.cpu().contiguous();
+        return AdditiveMask(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, bool>((host ?? mask).bytes), T, S);
     }
 
     Tensor RmsNorm(Tensor x) => x * x.square().mean([-1], keepdim: true).add_(_epsS).rsqrt_();
@@ -257,7 +275,7 @@ public sealed class LlamaModel : IDisposable
     {
         foreach (var l in _layers) l.Dispose();
         _finalNorm.Dispose(); _lmHeadT.Dispose(); _rope.Dispose();
-        _epsS.Dispose(); _scaleS.Dispose(); _oneS.Dispose(); _negInfS.Dispose();
+        _epsS.Dispose(); _scaleS.Dispose(); _oneS.Dispose();
         if (!ReferenceEquals(LmHeadWeight, Embedding)) LmHeadWeight.Dispose();
         Embedding.Dispose();
     }
