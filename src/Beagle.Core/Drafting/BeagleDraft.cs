@@ -67,10 +67,10 @@ public sealed class BeagleDraft : DraftModelBase
         var kvp = _wkv.forward(RmsNorm(keyStates.to(Dev), _kvNorm));                    // [B, S, 2*kv]
         var k = ApplyRope(kvp.narrow(-1, 0, kv).view(B, S, kvH, hd), keyPositions).permute(0, 2, 1, 3);   // [B, kvH, S, hd]
         var v = kvp.narrow(-1, kv, kv).view(B, S, kvH, hd).permute(0, 2, 1, 3);         // [B, kvH, S, hd]
-        var y = x + _wo.forward(Attend(q, k, v, mask));                                   // [B, T, D]
+        var y = x.add(_wo.forward(Attend(q, k, v, mask)), TorchScalars.One);                                // [B, T, D]
         var gu = _w13.forward(RmsNorm(y, _mlpNorm));                                      // [B, T, 2F]
         int f = Config.HiddenDim;
-        var hhat = y + _w2.forward(F.silu(gu.narrow(-1, 0, f)) * gu.narrow(-1, f, f));  // [B, T, D]
+        var hhat = y.add(_w2.forward(F.silu(gu.narrow(-1, 0, f)) * gu.narrow(-1, f, f)), TorchScalars.One);  // [B, T, D]
         return hhat.MoveToOuterDisposeScope();
     }
 

@@ -88,10 +88,10 @@ public sealed class Eagle2Draft : DraftModelBase
         var k = ApplyRope(qkv.narrow(-1, qd, kv).view(B, T, kvH, hd), positions).permute(0, 2, 1, 3);   // [B, kvH, T, hd]
         var v = qkv.narrow(-1, qd + kv, kv).view(B, T, kvH, hd).permute(0, 2, 1, 3);
         if (pastKeys is not null) { k = cat([pastKeys, k], 2); v = cat([pastValues!, v], 2); }      // [B, kvH, P+T, hd]
-        var a = x + _wo.forward(Attend(q, k, v, mask));                                   // [B, T, D]
+        var a = x.add(_wo.forward(Attend(q, k, v, mask)), TorchScalars.One);                                // [B, T, D]
         var gu = _w13.forward(RmsNorm(a, _postNorm));                                     // [B, T, 2F]
         int f = Config.HiddenDim;
-        var o = a + _w2.forward(F.silu(gu.narrow(-1, 0, f)) * gu.narrow(-1, f, f));     // [B, T, D]
+        var o = a.add(_w2.forward(F.silu(gu.narrow(-1, 0, f)) * gu.narrow(-1, f, f)), TorchScalars.One);     // [B, T, D]
         return (o, k, v);
     }
 

@@ -40,8 +40,9 @@ public sealed class LlamaModel : IDisposable
     readonly RotaryTables _rope;
     readonly int _q, _kv, _hd, _h, _kvh, _g;
     // Scalars kept alive for the model's lifetime. TorchSharp's implicit double→Scalar conversion creates a native
-    // object that the GC may finalise while libtorch still reads it (seen as a rare "c10::Scalar::toDouble" check
-    // failure under load); fields cannot be collected mid-call.
+    // object that the GC may finalise while libtorch still reads it (seen as a rare "c10::Scalar::toDouble"/"toFloat"
+    // check failure under load); fields cannot be collected mid-call. The same holds for the alpha TorchSharp creates
+    // when add_ is called without one, so every add_ here passes _oneS explicitly.
     readonly Scalar _epsS, _scaleS, _oneS;
 
     public ModelConfig Config { get; }
@@ -168,7 +169,7 @@ public sealed class LlamaModel : IDisposable
             // SDPA's math path re-checks a mask for fully masked rows in every layer, and even unmasked one-token steps
             // were 20-30 % slower through SDPA than these five ops (docs/benchmarks.md, profiling log).
             var scores = qq.bmm(kk.transpose(1, 2)).mul_(_scaleS);                          // [kvH, G*T, S]
-            var o = (m is null ? scores : scores.add_(m)).softmax(-1).bmm(vv);                // [kvH, G*T, hd]
+            var o = (m is null ? scores : scores.add_(m, _oneS)).softmax(-1).bmm(vv);                // [kvH, G*T, hd]
             var oo = T == 1 ? o.reshape(1, _q) : o.view(_kvh, _g, T, _hd).permute(2, 0, 1, 3).reshape(T, _q);
             x = Mlp(_layers[l], x, oo);
         }
@@ -237,7 +238,7 @@ public sealed class LlamaModel : IDisposable
         return AdditiveMask(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, bool>((host ?? mask).bytes), T, S);
     }
 
-    Tensor RmsNorm(Tensor x) => x * x.square().mean([-1], keepdim: true).add_(_epsS).rsqrt_();
+    Tensor RmsNorm(Tensor x) => x * x.square().mean([-1], keepdim: true).add_(_epsS, _oneS).rsqrt_();
 
     (Tensor k, Tensor v, Tensor q) Project(Layer layer, Tensor x, Tensor cos, Tensor sin, int B, int T)
     {

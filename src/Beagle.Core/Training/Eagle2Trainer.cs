@@ -68,8 +68,8 @@ public sealed class Eagle2Trainer(LlamaModel target, ITokenizer tokenizer, Train
             long D = h.shape[2], V = q.shape[2];
             var ce = Losses.SoftCrossEntropy(q.reshape(-1, V), p.reshape(-1, V));
             var vl = Losses.SmoothL1PerRow(h.reshape(-1, D), truth.reshape(-1, D));
-            var loss = Losses.Scaled(vl.mean(), Options.EffectiveVLossWeight) + Losses.Scaled(ce.mean(), Options.EffectiveCeWeight);
-            total = total is null ? loss : total + loss;
+            var loss = Losses.Scaled(vl.mean(), Options.EffectiveVLossWeight).add(Losses.Scaled(ce.mean(), Options.EffectiveCeWeight), TorchScalars.One);
+            total = total is null ? loss : total.add(loss, TorchScalars.One);
             ceSum += ce.mean().item<float>(); vlSum += vl.mean().item<float>();
             var agree = Losses.Top1Agreement(q.detach(), p);
             agreeByDepth[u] = agree.sum().item<float>(); countByDepth[u] = agree.numel();

@@ -41,11 +41,11 @@ public static class Losses
 
     /// <summary>Beagle: Gaussian N(0, std) noise on the true states fed as keys (paper: std 0.2).</summary>
     public static Tensor GaussianNoise(Tensor states, double std, Generator gen)
-        => std <= 0 ? states : states + Scaled(randn(states.shape, dtype: states.dtype, device: states.device, generator: gen), std);
+        => std <= 0 ? states : states.add(Scaled(randn(states.shape, dtype: states.dtype, device: states.device, generator: gen), std), TorchScalars.One);
 
     /// <summary>EAGLE-2: uniform noise (rand - 0.5) * std, as in EAGLE's training code (std 0.2 → U(-0.1, 0.1)).</summary>
     public static Tensor UniformNoise(Tensor states, double std, Generator gen)
-        => std <= 0 ? states : states + Scaled(rand(states.shape, dtype: states.dtype, device: states.device, generator: gen), std, shift: -0.5);
+        => std <= 0 ? states : states.add(Scaled(rand(states.shape, dtype: states.dtype, device: states.device, generator: gen), std, shift: -0.5), TorchScalars.One);
 
     /// <summary>
     /// (t + shift) * factor, in place, with Scalars held alive across the native calls: TorchSharp's implicit
@@ -54,7 +54,7 @@ public static class Losses
     public static Tensor Scaled(Tensor t, double factor, double shift = 0)
     {
         using var f = factor.ToScalar();
-        if (shift != 0) { using var sh = shift.ToScalar(); t.add_(sh); }
+        if (shift != 0) { using var sh = shift.ToScalar(); t.add_(sh, TorchScalars.One); }
         return t.mul_(f);
     }
 }

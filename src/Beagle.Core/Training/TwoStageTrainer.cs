@@ -38,7 +38,7 @@ public sealed class TwoStageTrainer(LlamaModel target, ITokenizer tokenizer, Tra
         var offsets = idx.Select(q => Masks.OffsetInWindow((int)q, k, offset) - 1).ToArray();   // 0-based depth per query
         var (ce, vl, agree) = QueryLosses(draft, hhat, states, idx);                             // each [B, n]
         double windows = B * idx.Length / (double)k;
-        var loss = Losses.Scaled(Losses.Scaled(ce.sum(), Options.EffectiveCeWeight) + Losses.Scaled(vl.sum(), Options.EffectiveVLossWeight), 1.0 / windows);
+        var loss = Losses.Scaled(Losses.Scaled(ce.sum(), Options.EffectiveCeWeight).add(Losses.Scaled(vl.sum(), Options.EffectiveVLossWeight), TorchScalars.One), 1.0 / windows);
         loss.backward();
 
         var a = agree.sum(dim: 0).data<float>().ToArray();                                            // [n] summed over the batch
@@ -75,11 +75,11 @@ public sealed class TwoStageTrainer(LlamaModel target, ITokenizer tokenizer, Tra
             var hhat = draft.ForwardStates(tokens, keys, pos, keyPos, Masks.Simulation(T, k, offset, s, Target.Device));   // [B, T, D]
             var (ce, vl, agree) = QueryLosses(draft, hhat, states, idx);                         // [B, n_s]
             double beta = k - s + 1;
-            var loss = Losses.Scaled(Losses.Scaled(ce.mean(), Options.EffectiveCeWeight) + Losses.Scaled(vl.mean(), Options.EffectiveVLossWeight), beta);
+            var loss = Losses.Scaled(Losses.Scaled(ce.mean(), Options.EffectiveCeWeight).add(Losses.Scaled(vl.mean(), Options.EffectiveVLossWeight), TorchScalars.One), beta);
             var idxT = tensor(idx, device: Target.Device);
             if (fullBackprop)
             {
-                total = total is null ? loss : total + loss;
+                total = total is null ? loss : total.add(loss, TorchScalars.One);
                 total.MoveToOuterDisposeScope();
                 slots = slots.index_copy(1, idxT, hhat.index_select(1, idxT)).MoveToOuterDisposeScope();   // stays in the graph
             }
