@@ -1,5 +1,4 @@
 using System.Numerics;
-using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using System.Runtime.CompilerServices;
 
@@ -11,8 +10,7 @@ namespace Beagle.Drafting.Kernels;
 /// Why this layout: with head_dim 8, one key is a single SIMD register, so a slot-major cache means one tiny dot
 /// product (plus a horizontal sum) per key and head. Transposed, a head's scores over every committed slot are
 /// head_dim multiply-adds over contiguous rows, and its output is head_dim dot products over contiguous rows — long
-/// vectorised loops (<see cref="TensorPrimitives"/>) instead of hundreds of short ones (measured in
-/// docs/benchmarks.md). Slots [0, n) are the committed positions; a round's draft states sit in later slots and are
+/// vectorised loops instead of hundreds of short ones (measured in docs/benchmarks.md). Slots [0, n) are the committed positions; a round's draft states sit in later slots and are
 /// attended individually (a node sees only its ancestors' ones).
 /// </summary>
 internal sealed class HeadMajorKv
@@ -30,6 +28,7 @@ internal sealed class HeadMajorKv
     public int Slots => _slots;
 
     /// <summary>Stores key k and value v ([kvH * hd] each, head-major) in <paramref name="slot"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Write(int slot, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
     {
         if ((uint)slot >= (uint)_slots) throw new ArgumentOutOfRangeException(nameof(slot));
@@ -76,16 +75,13 @@ internal sealed class HeadMajorKv
                 s[n + e] = acc * scale;
             }
             // softmax over the visible slots
-            float max = TensorPrimitives.Max(s);
-            TensorPrimitives.Subtract(s, max, s);
-            TensorPrimitives.Exp(s, s);
-            float inv = 1f / TensorPrimitives.Sum(s);
+            float inv = 1f / ManagedMath.ExpShifted(s, ManagedMath.Max(s));
             // o[j] = sum_slots p * V[j, :]
             var oh = o.Slice(head * _hd, _hd);
             for (int j = 0; j < _hd; j++)
             {
                 var row = _v.AsSpan((baseRow + j) * _slots, _slots);
-                float acc = n > 0 ? TensorPrimitives.Dot(sc, row[..n]) : 0f;
+                float acc = n > 0 ? ManagedMath.Dot(sc, row[..n]) : 0f;
                 for (int e = 0; e < extra.Length; e++) acc += s[n + e] * row[extra[e]];
                 oh[j] = acc * inv;
             }

@@ -1,5 +1,4 @@
 using System.Numerics;
-using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
@@ -8,8 +7,46 @@ namespace Beagle.Drafting.Kernels;
 /// <summary>Small SIMD helpers (System.Numerics.Vector) for the managed draft kernel: row-major float spans.</summary>
 /// Hot paths are compiled fully optimised at once (AggressiveOptimization): tier-0 code for Vector&lt;T&gt; is many times
 /// slower, and a generation is over before tiering would promote it (measured: the kernel ran slower than tensors without it).
+/// For the same reason the kernel does not call System.Numerics.Tensors.TensorPrimitives: its vector code is not
+/// precompiled, starts at tier 0, and made the first generations of a process 3-8x slower per draft step (measured).
 internal static class ManagedMath
 {
+    /// <summary>Largest element (v must be non-empty).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static float Max(ReadOnlySpan<float> v)
+    {
+        int n = v.Length, vw = Vector<float>.Count, i = 0;
+        float m = float.NegativeInfinity;
+        if (n >= vw)
+        {
+            var acc = new Vector<float>(float.NegativeInfinity);
+            ref float r = ref MemoryMarshal.GetReference(v);
+            for (; i + vw <= n; i += vw) acc = Vector.Max(acc, Vector.LoadUnsafe(ref r, (nuint)i));
+            for (int j = 0; j < vw; j++) m = MathF.Max(m, acc[j]);
+        }
+        for (; i < n; i++) m = MathF.Max(m, v[i]);
+        return m;
+    }
+
+    /// <summary>v[i] = exp(v[i] - shift) in place; returns the sum of the results.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static float ExpShifted(Span<float> v, float shift)
+    {
+        int n = v.Length, vw = Vector<float>.Count, i = 0;
+        ref float r = ref MemoryMarshal.GetReference(v);
+        var sh = new Vector<float>(shift);
+        var sum = Vector<float>.Zero;
+        for (; i + vw <= n; i += vw)
+        {
+            var e = Vector.Exp(Vector.LoadUnsafe(ref r, (nuint)i) - sh);
+            e.StoreUnsafe(ref r, (nuint)i);
+            sum += e;
+        }
+        float s = Vector.Sum(sum);
+        for (; i < n; i++) { v[i] = MathF.Exp(v[i] - shift); s += v[i]; }
+        return s;
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float Dot(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
     {
@@ -108,7 +145,7 @@ internal static class ManagedMath
                 y[r] = Vector.Sum(a0); y[r + 1] = Vector.Sum(a1); y[r + 2] = Vector.Sum(a2); y[r + 3] = Vector.Sum(a3);
             }
         }
-        for (; r < n; r++) y[r] = TensorPrimitives.Dot(x, m.Slice(r * d, d));
+        for (; r < n; r++) y[r] = Dot(x, m.Slice(r * d, d));
     }
 
     /// <summary>out = x / sqrt(mean(x²) + eps) (RMSNorm without weight; the weight is folded into the next matrix).</summary>
@@ -124,12 +161,31 @@ internal static class ManagedMath
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void LogSoftmax(Span<float> v, Span<float> scratch)
     {
-        float max = TensorPrimitives.Max(v);
+        float max = Max(v);
         var e = scratch[..v.Length];
-        TensorPrimitives.Subtract(v, max, e);
-        TensorPrimitives.Exp(e, e);
-        float lse = max + MathF.Log(TensorPrimitives.Sum(e));
-        TensorPrimitives.Subtract(v, lse, v);
+        v.CopyTo(e);
+        float lse = max + MathF.Log(ExpShifted(e, max));
+        int n = v.Length, vw = Vector<float>.Count, i = 0;
+        ref float r = ref MemoryMarshal.GetReference(v);
+        var l = new Vector<float>(lse);
+        for (; i + vw <= n; i += vw) (Vector.LoadUnsafe(ref r, (nuint)i) - l).StoreUnsafe(ref r, (nuint)i);
+        for (; i < n; i++) v[i] -= lse;
+    }
+
+    /// <summary>act[j] = silu(gate[j]) * up[j] = gate / (1 + exp(-gate)) * up.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> act)
+    {
+        int n = act.Length, vw = Vector<float>.Count, i = 0;
+        ref float g0 = ref MemoryMarshal.GetReference(gate);
+        ref float u0 = ref MemoryMarshal.GetReference(up);
+        ref float a0 = ref MemoryMarshal.GetReference(act);
+        for (; i + vw <= n; i += vw)
+        {
+            var g = Vector.LoadUnsafe(ref g0, (nuint)i);
+            (g / (Vector<float>.One + Vector.Exp(-g)) * Vector.LoadUnsafe(ref u0, (nuint)i)).StoreUnsafe(ref a0, (nuint)i);
+        }
+        for (; i < n; i++) act[i] = Silu(gate[i]) * up[i];
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -152,9 +208,7 @@ internal static class ManagedMath
         Axpy(1f, residual, y);
         RmsNorm(y, yn, eps);
         MatVec(yn, w13T, gu);
-        TensorPrimitives.Sigmoid(gu[..f], act);                 // silu(gate) * up = gate * sigmoid(gate) * up
-        TensorPrimitives.Multiply(act, gu[..f], act);
-        TensorPrimitives.Multiply(act, gu[f..], act);
+        SwiGlu(gu[..f], gu[f..], act);
         MatVec(act, w2T, output);
         Axpy(1f, y, output);
         RowDots(output, lm, logProbs);
