@@ -24,6 +24,12 @@ public sealed class BeagleModelOptions
     public string Device { get; set; } = "auto";
     /// <summary>libtorch intra-op threads; null = leave libtorch's default. 1 is fastest for small models.</summary>
     public int? Threads { get; set; }
+    /// <summary>
+    /// With a draft: measure the best draft-tree budget for this machine, model and draft when the engine loads (a few
+    /// seconds, once: cached in the user cache), and decode plainly if drafting does not pay here. Off by default so that
+    /// loading is fast and deterministic; the built-in default budget is used then.
+    /// </summary>
+    public bool CalibrateTreeBudget { get; set; }
     /// <summary>Requests that may wait while one runs; more are rejected at once with EngineBusyException.</summary>
     public int QueueCapacity { get; set; } = 16;
     /// <summary>plain, llama2, llama3, chatml (qwen) or mistral; null = detected from the model (see ChatTemplates.Detect).</summary>

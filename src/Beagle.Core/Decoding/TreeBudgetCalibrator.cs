@@ -34,11 +34,12 @@ public static class TreeBudgetCalibrator
         (16, 4, 8), (24, 5, 8), (32, 6, 8),
     ];
 
-    static readonly string[] Prompts = ["Once upon a time", "One day, a little girl", "Tom and his dog", "The sun was shining and"];
+    /// <summary>The prompts calibration decodes (short story openings: stories260K's domain).</summary>
+    internal static readonly string[] Prompts = ["Once upon a time", "One day, a little girl", "Tom and his dog", "The sun was shining and"];
 
     /// <summary>Returns the cached result for these inputs, or measures (a few seconds at stories260K size) and caches it.</summary>
     public static CalibratedBudget GetOrMeasure(LlamaModel target, ITokenizer tokenizer, IDraftModel draft, string draftId,
-        string? cacheFile = null, Action<string>? log = null, bool force = false)
+        string? cacheFile = null, Action<string>? log = null, bool force = false, int maxNewTokens = 48, int repeats = 3)
     {
         cacheFile ??= Path.GetFullPath(Path.Combine(Runtime.ModelStore.DefaultCacheDir(), "..", "..", "tree-budgets.json"));   // ~/.cache/beagle/
         string machine = Machine();
@@ -46,7 +47,7 @@ public static class TreeBudgetCalibrator
         var cache = Load(cacheFile);
         if (!force && cache.TryGetValue(key, out var hit)) { log?.Invoke($"tree budget from cache: {Describe(hit)}"); return hit; }
         log?.Invoke("measuring the tree budget for this machine, model and draft (once; cached)...");
-        var result = Measure(target, tokenizer, draft, machine, key);
+        var result = Measure(target, tokenizer, draft, machine, key, maxNewTokens, repeats);
         cache[key] = result;
         Save(cacheFile, cache);
         log?.Invoke($"tree budget: {Describe(result)}");

@@ -18,6 +18,8 @@ public sealed record EngineOptions
     /// fast and deterministic): the built-in default budget; the CLI calibrates on its own.
     /// </summary>
     public bool CalibrateTreeBudget { get; init; }
+    /// <summary>Where calibrated budgets are cached; null = the user cache (~/.cache/beagle/tree-budgets.json).</summary>
+    public string? TreeBudgetCacheFile { get; init; }
     /// <summary>Intra-op threads for libtorch; null = leave as is. 1 is fastest for small models (docs/benchmarks.md).</summary>
     public int? Threads { get; init; }
 
@@ -87,7 +89,7 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
             _models = load();
             _generator = new Generator(_models.Target, _models.Tokenizer, _models.Draft);
             if (_models.Draft is { } draft && _options.CalibrateTreeBudget)
-                _generator.Use(TreeBudgetCalibrator.GetOrMeasure(_models.Target, _models.Tokenizer, draft, TreeBudgetCalibrator.DraftIdentity(draft)));
+                _generator.Use(TreeBudgetCalibrator.GetOrMeasure(_models.Target, _models.Tokenizer, draft, TreeBudgetCalibrator.DraftIdentity(draft), _options.TreeBudgetCacheFile));
             _ready.SetResult();
         }
         catch (Exception e) { _ready.SetException(e); return; }

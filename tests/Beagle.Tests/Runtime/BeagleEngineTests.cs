@@ -111,4 +111,31 @@ public sealed class BeagleEngineTests
             await Task.Delay(5);
         }
     }
+
+    [Fact]
+    public async Task Calibration_at_load_turns_a_useless_draft_off_and_caches_the_decision()
+    {
+        using var tmp = TestAssets.TempDir();
+        var cacheFile = Path.Combine(tmp.Path, "budgets.json");
+        BeagleEngine StartWithRandomDraft() => new(() =>
+        {
+            var t = TargetLoader.Load(TestAssets.ModelPath, TestAssets.TokenizerPath);
+            return new EngineModels(t.Model, t.Tokenizer, MarkovDraft.Random(t.Model.Config.VocabSize, seed: 5));
+        }, new EngineOptions { Threads = 1, CalibrateTreeBudget = true, TreeBudgetCacheFile = cacheFile });
+
+        await using (var engine = StartWithRandomDraft())
+        {
+            await engine.Ready;
+            var r = await engine.CompleteAsync("Once upon a time", new GenerationOptions { MaxNewTokens = 16, Speculative = new SpeculativeOptions() });
+            Assert.Equal(r.Stats.NewTokens, r.Stats.TargetForwards + 1);   // plain: one forward per token after the prefill's
+            Assert.Equal(0, r.Stats.DraftRounds);
+        }
+        Assert.True(File.Exists(cacheFile));
+        var written = File.GetLastWriteTimeUtc(cacheFile);
+        await using (var engine = StartWithRandomDraft())
+        {
+            await engine.Ready;                                              // the second load reuses the cached decision
+            Assert.Equal(written, File.GetLastWriteTimeUtc(cacheFile));
+        }
+    }
 }

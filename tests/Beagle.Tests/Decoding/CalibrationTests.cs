@@ -1,0 +1,58 @@
+using Beagle.Decoding;
+using Beagle.Tests.Infrastructure;
+using Xunit;
+
+namespace Beagle.Tests.Decoding;
+
+/// <summary>
+/// The tree-budget calibration decides by measurement. Its two decisions are checked with drafts whose quality is
+/// known independently: a draft that knows the target's greedy continuations (every draft token accepted) must be
+/// chosen, a random one must not (each round would cost more than a plain step and gain nothing). The margins are
+/// wide (several x), so machine noise cannot flip them; the timing itself is not asserted.
+/// </summary>
+public class CalibrationTests
+{
+    static OracleDraft Oracle()
+    {
+        var target = TestAssets.Stories; var tok = TestAssets.StoriesTokenizer;
+        var gen = new Generator(target, tok);
+        var seqs = TreeBudgetCalibrator.Prompts.Select(p =>
+        {
+            var ids = tok.Encode(p, true);
+            return ids.Concat(gen.Generate(ids, new GenerationOptions { MaxNewTokens = 64 }).SelectMany(c => c.TokenIds)).ToArray();
+        });
+        return new OracleDraft(target.Config.VocabSize, seqs);
+    }
+
+    [Fact]
+    public void A_perfect_draft_is_used_and_a_random_one_is_not()
+    {
+        var target = TestAssets.Stories; var tok = TestAssets.StoriesTokenizer;
+        var good = TreeBudgetCalibrator.Measure(target, tok, Oracle(), maxNewTokens: 24, repeats: 1);
+        Assert.False(good.UsePlain, $"perfect draft rejected: {TreeBudgetCalibrator.Describe(good)}");
+        Assert.True(good.Depth >= 3, $"a perfect draft should go deep, chose {TreeBudgetCalibrator.Describe(good)}");
+
+        using var bad = MarkovDraft.Random(target.Config.VocabSize, seed: 3);
+        var r = TreeBudgetCalibrator.Measure(target, tok, bad, maxNewTokens: 24, repeats: 1);
+        Assert.True(r.UsePlain, $"useless draft accepted: {TreeBudgetCalibrator.Describe(r)}");
+    }
+
+    [Fact]
+    public void Results_are_cached_per_draft_and_a_corrupt_cache_is_remeasured()
+    {
+        var target = TestAssets.Stories; var tok = TestAssets.StoriesTokenizer;
+        using var tmp = TestAssets.TempDir();
+        var file = Path.Combine(tmp.Path, "budgets.json");
+        using var bad = MarkovDraft.Random(target.Config.VocabSize, seed: 4);
+        var first = TreeBudgetCalibrator.GetOrMeasure(target, tok, bad, "random-4", file, maxNewTokens: 8, repeats: 1);
+        var again = TreeBudgetCalibrator.GetOrMeasure(target, tok, bad, "random-4", file, maxNewTokens: 8, repeats: 1);
+        Assert.Equal(first.MeasuredUtc, again.MeasuredUtc);                     // from the cache, not measured again
+        Assert.Equal(first.Key, again.Key);
+        var other = TreeBudgetCalibrator.GetOrMeasure(target, tok, bad, "another-draft", file, maxNewTokens: 8, repeats: 1);
+        Assert.NotEqual(first.Key, other.Key);                                  // another draft identity: its own entry
+
+        File.WriteAllText(file, "{ not json");
+        var remeasured = TreeBudgetCalibrator.GetOrMeasure(target, tok, bad, "random-4", file, maxNewTokens: 8, repeats: 1);
+        Assert.True(remeasured.MeasuredUtc > first.MeasuredUtc);
+    }
+}
