@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using static TorchSharp.torch;
 
 namespace Beagle.Drafting.Kernels;
@@ -14,9 +13,9 @@ namespace Beagle.Drafting.Kernels;
 /// a test holds them to 1e-4 on log-probabilities. Large drafts (or a GPU) keep the tensor session, where the op
 /// overhead is small next to the FLOPs.
 /// </summary>
-internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
+internal sealed class ManagedBeagleSession : ManagedSessionBase
 {
-    readonly int _d, _h, _kvh, _hd, _g, _q, _k, _f, _vd, _capacity;
+    readonly int _d, _h, _kvh, _hd, _g, _q, _k, _f, _vd;
     readonly float _eps, _scale;
     readonly float[] _qTable;   // [V, 2Q]: q | q-partner of every token (RMSNorm(e(t)) · WqT)
     readonly float[] _emb;      // [V, D] target embedding
@@ -28,19 +27,17 @@ internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
     readonly float[] _cos, _sin; // [maxPos, hd]
     readonly HeadMajorKv _kv;   // capacity + R slots: committed positions, then this round's draft states
     readonly float[] _states;   // [R, D] hhat of this round's nodes
-    readonly RoundTree _round = new(DraftModelBase.MaxRoundNodes);
     readonly int _maxPositions;
 
-    public int Length { get; private set; }
-    public bool ConcatDraftStates { get; set; } = true;
+    public override bool ConcatDraftStates { get; set; } = true;
 
     public ManagedBeagleSession(DraftConfig c, int capacity, Tensor queryTable, Tensor embedding, Tensor wkvT, Tensor woT, Tensor w13T, Tensor w2T,
-        Tensor lmHead, Tensor cos, Tensor sinSigned)
+        Tensor lmHead, Tensor cos, Tensor sinSigned) : base(c.Dim, capacity, (int)lmHead.shape[0])
     {
         if (capacity <= 0 || capacity > c.MaxPositions)
             throw new ArgumentOutOfRangeException(nameof(capacity), $"capacity must be in [1, {c.MaxPositions}], got {capacity}");
         (_d, _h, _kvh, _hd, _g, _q, _k, _f) = (c.Dim, c.Heads, c.KvHeads, c.HeadDim, c.GroupSize, c.QDim, c.KvDim, c.HiddenDim);
-        _capacity = capacity; _maxPositions = c.MaxPositions;
+        _maxPositions = c.MaxPositions;
         _eps = (float)c.NormEps; _scale = 1f / MathF.Sqrt(_hd);
         static float[] A(Tensor t) { using var x = t.detach().cpu().contiguous(); return x.data<float>().ToArray(); }
         _qTable = A(queryTable); _emb = A(embedding); _wkvT = A(wkvT); _woT = A(woT); _w13T = A(w13T); _w2T = A(w2T);
@@ -64,39 +61,17 @@ internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
         _kv.Write(slot, k, p.Slice(2 * _k, _k));
     }
 
-    public void Commit(ReadOnlySpan<int> tokens, Tensor hidden)
+    protected override void CommitRows(ReadOnlySpan<int> tokens, ReadOnlySpan<float> h)
     {
-        int m = tokens.Length;
-        if (m == 0) return;
-        DraftModelBase.CheckCommit(_round.Count, hidden, m, _d, Length, _capacity);
-        using var x = hidden.detach().to(float32).cpu().contiguous();
-        CommitRows(m, MemoryMarshal.Cast<byte, float>(x.bytes));
+        for (int r = 0; r < tokens.Length; r++) ProjectKv(h.Slice(r * _d, _d), Length + r, Length + r);   // slot = position
+        Length += tokens.Length;
     }
-
-    public void Commit(ReadOnlySpan<int> tokens, ReadOnlySpan<float> hidden)
-    {
-        int m = tokens.Length;
-        if (m == 0) return;
-        DraftModelBase.CheckCommit(_round.Count, hidden.Length, m, _d, Length, _capacity);
-        CommitRows(m, hidden);
-    }
-
-    void CommitRows(int m, ReadOnlySpan<float> h)
-    {
-        for (int r = 0; r < m; r++) ProjectKv(h.Slice(r * _d, _d), Length + r, Length + r);   // slot = position
-        Length += m;
-    }
-
-    public Tensor Expand(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
-        => tensor(ExpandToArray(tokens, positions, parents), [tokens.Length, _vd]);
-
-    public int VocabSize => _vd;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
+    public override float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
     {
         if (Length == 0) throw new InvalidOperationException("Commit the prompt before expanding: the root needs at least one true state");
-        _round.Validate(tokens, positions, parents, _maxPositions);
+        Round.Validate(tokens, positions, parents, _maxPositions);
         int N = tokens.Length, n0 = Length, V = _emb.Length / _d;
         for (int i = 0; i < N; i++)
         {
@@ -108,8 +83,8 @@ internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
             for (int i = 0; i < N; i++)
             {
                 int p = parents[i];
-                if (p >= 0 && _round.Slot(p) < 0)
-                    ProjectKv(_states.AsSpan(p * _d, _d), _round.Position(p), n0 + _round.AssignSlot(p));
+                if (p >= 0 && Round.Slot(p) < 0)
+                    ProjectKv(_states.AsSpan(p * _d, _d), Round.Position(p), n0 + Round.AssignSlot(p));
             }
 
         var output = new float[N * _vd];
@@ -118,7 +93,7 @@ internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
         Span<float> hhat = stackalloc float[_d];
         Span<int> extra = stackalloc int[DraftModelBase.MaxRoundNodes];
         float[] scores = new float[n0 + DraftModelBase.MaxRoundNodes];
-        int first = _round.Add(positions, parents);
+        int first = Round.Add(positions, parents);
         for (int i = 0; i < N; i++)
         {
             int tok = tokens[i], pos = positions[i];
@@ -129,8 +104,8 @@ internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
             // Visible keys: every committed true state (slots [0, n0)), plus the draft states of this node's ancestors.
             int ne = 0;
             if (ConcatDraftStates)
-                for (int a = parents[i]; a >= 0; a = _round.Parent(a))
-                    if (_round.Slot(a) >= 0) extra[ne++] = n0 + _round.Slot(a);
+                for (int a = parents[i]; a >= 0; a = Round.Parent(a))
+                    if (Round.Slot(a) >= 0) extra[ne++] = n0 + Round.Slot(a);
             _kv.Attend(q, n0, extra[..ne], _g, _scale, scores, o);
             // hhat = y + W2·(silu(gate) * up) over RMSNorm(y), y = e(t) + Wo·o; then the draft's log-probs.
             ManagedMath.OutputAndLogits(o, _emb.AsSpan(tok * _d, _d), _woT, _w13T, _w2T, _lm, _eps, hhat, output.AsSpan(i * _vd, _vd));
@@ -138,8 +113,4 @@ internal sealed class ManagedBeagleSession : IDraftSession, IArrayDraftSession
         }
         return output;
     }
-
-    public void EndRound() => _round.Clear();
-
-    public void Dispose() { }
 }

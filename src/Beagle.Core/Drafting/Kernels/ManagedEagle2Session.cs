@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using static TorchSharp.torch;
 
 namespace Beagle.Drafting.Kernels;
@@ -11,34 +10,30 @@ namespace Beagle.Drafting.Kernels;
 /// (t_n, f_{n-1}) and every expanded node's entry live in the round region; a node attends the final entries, itself
 /// and its ancestors. A test holds it to the tensor session.
 /// </summary>
-internal sealed class ManagedEagle2Session : IDraftSession, IArrayDraftSession
+internal sealed class ManagedEagle2Session : ManagedSessionBase
 {
-    readonly int _d, _h, _kvh, _hd, _g, _q, _k, _f, _vd, _capacity, _maxPositions;
+    readonly int _d, _h, _kvh, _hd, _g, _q, _k, _f, _vd, _maxPositions;
     readonly float _eps, _scale;
     readonly float[] _emb, _wfcT, _bfc, _wqkvT, _woT, _w13T, _w2T, _lm, _cos, _sin;
     readonly HeadMajorKv _kv;        // capacity + R slots: final entries, then this round's entries
     readonly float[] _features;      // [capacity, D] committed true features
     readonly float[] _outs;          // [R, D] fhat of this round's nodes
     readonly int[] _tokens;
-    readonly RoundTree _round = new(DraftModelBase.MaxRoundNodes);
     int _entries;
 
-    public int Length { get; private set; }
-    public int VocabSize => _vd;
-
-    public bool ConcatDraftStates
+    public override bool ConcatDraftStates
     {
         get => true;
         set { if (!value) throw new NotSupportedException("EAGLE-2 drafts always see their ancestors' entries (their input is the parent's draft feature)"); }
     }
 
     public ManagedEagle2Session(DraftConfig c, int capacity, Tensor embedding, Tensor wfcT, Tensor bfc, Tensor wqkvT, Tensor woT, Tensor w13T, Tensor w2T,
-        Tensor lmHead, Tensor cos, Tensor sinSigned)
+        Tensor lmHead, Tensor cos, Tensor sinSigned) : base(c.Dim, capacity, (int)lmHead.shape[0])
     {
         if (capacity <= 0 || capacity > c.MaxPositions)
             throw new ArgumentOutOfRangeException(nameof(capacity), $"capacity must be in [1, {c.MaxPositions}], got {capacity}");
         (_d, _h, _kvh, _hd, _g, _q, _k, _f) = (c.Dim, c.Heads, c.KvHeads, c.HeadDim, c.GroupSize, c.QDim, c.KvDim, c.HiddenDim);
-        _capacity = capacity; _maxPositions = c.MaxPositions;
+        _maxPositions = c.MaxPositions;
         _eps = (float)c.NormEps; _scale = 1f / MathF.Sqrt(_hd);
         static float[] A(Tensor t) { using var x = t.detach().cpu().contiguous(); return x.data<float>().ToArray(); }
         _emb = A(embedding); _wfcT = A(wfcT); _bfc = A(bfc); _wqkvT = A(wqkvT); _woT = A(woT); _w13T = A(w13T); _w2T = A(w2T);
@@ -72,24 +67,7 @@ internal sealed class ManagedEagle2Session : IDraftSession, IArrayDraftSession
         _kv.Write(slot, kd, p.Slice(2 * qk, _k));
     }
 
-    public void Commit(ReadOnlySpan<int> tokens, Tensor hidden)
-    {
-        int m = tokens.Length;
-        if (m == 0) return;
-        DraftModelBase.CheckCommit(_round.Count, hidden, m, _d, Length, _capacity);
-        using var h = hidden.detach().to(float32).cpu().contiguous();
-        CommitRows(tokens, MemoryMarshal.Cast<byte, float>(h.bytes));
-    }
-
-    public void Commit(ReadOnlySpan<int> tokens, ReadOnlySpan<float> hidden)
-    {
-        int m = tokens.Length;
-        if (m == 0) return;
-        DraftModelBase.CheckCommit(_round.Count, hidden.Length, m, _d, Length, _capacity);
-        CommitRows(tokens, hidden);
-    }
-
-    void CommitRows(ReadOnlySpan<int> tokens, ReadOnlySpan<float> hidden)
+    protected override void CommitRows(ReadOnlySpan<int> tokens, ReadOnlySpan<float> hidden)
     {
         int m = tokens.Length;
         hidden.CopyTo(_features.AsSpan(Length * _d, m * _d));
@@ -101,14 +79,11 @@ internal sealed class ManagedEagle2Session : IDraftSession, IArrayDraftSession
         _entries = Math.Max(_entries, Length - 1);
     }
 
-    public Tensor Expand(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
-        => tensor(ExpandToArray(tokens, positions, parents), [tokens.Length, _vd]);
-
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
+    public override float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
     {
         if (Length == 0) throw new InvalidOperationException("Commit the prompt before expanding: the root pairs with the last true feature");
-        _round.Validate(tokens, positions, parents, _maxPositions + 1);
+        Round.Validate(tokens, positions, parents, _maxPositions + 1);
         int N = tokens.Length, V = _emb.Length / _d, e0 = _entries;
         for (int i = 0; i < N; i++)
         {
@@ -122,15 +97,15 @@ internal sealed class ManagedEagle2Session : IDraftSession, IArrayDraftSession
         Span<float> fhat = stackalloc float[_d];
         Span<int> extra = stackalloc int[DraftModelBase.MaxRoundNodes];
         float[] scores = new float[e0 + DraftModelBase.MaxRoundNodes];
-        int first = _round.Add(positions, parents);
+        int first = Round.Add(positions, parents);
         for (int i = 0; i < N; i++)
         {
             int node = first + i, pos = positions[i] - 1;   // entry index = token position - 1
             var feature = parents[i] < 0 ? _features.AsSpan((Length - 1) * _d, _d) : _outs.AsSpan(parents[i] * _d, _d);
-            Entry(tokens[i], feature, pos, e0 + _round.AssignSlot(node), x, q);
+            Entry(tokens[i], feature, pos, e0 + Round.AssignSlot(node), x, q);
             int ne = 0;
-            for (int n = node; n >= 0; n = _round.Parent(n))            // itself and its ancestors
-                if (_round.Slot(n) >= 0) extra[ne++] = e0 + _round.Slot(n);
+            for (int n = node; n >= 0; n = Round.Parent(n))            // itself and its ancestors
+                if (Round.Slot(n) >= 0) extra[ne++] = e0 + Round.Slot(n);
             _kv.Attend(q, e0, extra[..ne], _g, _scale, scores, o);
             // fhat = a + W2·(silu(gate) * up) over RMSNorm(a), a = x + Wo·o; then the draft's log-probs.
             ManagedMath.OutputAndLogits(o, x, _woT, _w13T, _w2T, _lm, _eps, fhat, output.AsSpan(i * _vd, _vd));
@@ -138,8 +113,4 @@ internal sealed class ManagedEagle2Session : IDraftSession, IArrayDraftSession
         }
         return output;
     }
-
-    public void EndRound() => _round.Clear();
-
-    public void Dispose() { }
 }
