@@ -14,8 +14,9 @@ public class SpeculativeGreedyTests
     {
         { "bigram", 2, 1, 1 },     // a 1-token chain
         { "bigram", 5, 4, 1 },     // a chain of 4
-        { "bigram", 16, 5, 4 },    // the default budget
-        { "bigram", 48, 6, 8 },    // wider than the default
+        { "bigram", 6, 5, 1 },     // the default budget
+        { "bigram", 16, 5, 4 },    // a tree
+        { "bigram", 48, 6, 8 },    // wider still
         { "random", 2, 1, 1 },
         { "random", 16, 5, 4 },
         { "random", 48, 6, 8 },
