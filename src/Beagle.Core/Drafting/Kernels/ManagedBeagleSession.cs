@@ -15,35 +15,16 @@ namespace Beagle.Drafting.Kernels;
 /// </summary>
 internal sealed class ManagedBeagleSession : ManagedSessionBase
 {
-    readonly int _d, _h, _kvh, _hd, _g, _q, _k, _f, _vd;
-    readonly float _eps, _scale;
     readonly float[] _qTable;   // [V, 2Q]: q | q-partner of every token (RMSNorm(e(t)) · WqT)
-    readonly float[] _emb;      // [V, D] target embedding
     readonly float[] _wkvT;     // [D, 3K]: k | k-partner | v
-    readonly float[] _woT;      // [Q, D]
-    readonly float[] _w13T;     // [D, 2F]
-    readonly float[] _w2T;      // [F, D]
-    readonly float[] _lm;       // [Vd, D] LM-head rows
-    readonly float[] _cos, _sin; // [maxPos, hd]
-    readonly HeadMajorKv _kv;   // capacity + R slots: committed positions, then this round's draft states
     readonly float[] _states;   // [R, D] hhat of this round's nodes
-    readonly int _maxPositions;
 
     public override bool ConcatDraftStates { get; set; } = true;
 
     public ManagedBeagleSession(DraftConfig c, int capacity, Tensor queryTable, Tensor embedding, Tensor wkvT, Tensor woT, Tensor w13T, Tensor w2T,
-        Tensor lmHead, Tensor cos, Tensor sinSigned) : base(c.Dim, capacity, (int)lmHead.shape[0])
+        Tensor lmHead, Tensor cos, Tensor sinSigned) : base(c, capacity, embedding, woT, w13T, w2T, lmHead, cos, sinSigned)
     {
-        if (capacity <= 0 || capacity > c.MaxPositions)
-            throw new ArgumentOutOfRangeException(nameof(capacity), $"capacity must be in [1, {c.MaxPositions}], got {capacity}");
-        (_d, _h, _kvh, _hd, _g, _q, _k, _f) = (c.Dim, c.Heads, c.KvHeads, c.HeadDim, c.GroupSize, c.QDim, c.KvDim, c.HiddenDim);
-        _maxPositions = c.MaxPositions;
-        _eps = (float)c.NormEps; _scale = 1f / MathF.Sqrt(_hd);
-        static float[] A(Tensor t) { using var x = t.detach().cpu().contiguous(); return x.data<float>().ToArray(); }
-        _qTable = A(queryTable); _emb = A(embedding); _wkvT = A(wkvT); _woT = A(woT); _w13T = A(w13T); _w2T = A(w2T);
-        _lm = A(lmHead); _cos = A(cos); _sin = A(sinSigned);
-        _vd = (int)lmHead.shape[0];
-        _kv = new HeadMajorKv(_kvh, _hd, capacity + DraftModelBase.MaxRoundNodes);
+        _qTable = Host(queryTable); _wkvT = Host(wkvT);
         _states = new float[DraftModelBase.MaxRoundNodes * _d];
     }
 
@@ -87,7 +68,7 @@ internal sealed class ManagedBeagleSession : ManagedSessionBase
                     ProjectKv(_states.AsSpan(p * _d, _d), Round.Position(p), n0 + Round.AssignSlot(p));
             }
 
-        var output = new float[N * _vd];
+        var output = new float[N * VocabSize];
         Span<float> q = stackalloc float[_q];
         Span<float> o = stackalloc float[_q];
         Span<float> hhat = stackalloc float[_d];
@@ -108,7 +89,7 @@ internal sealed class ManagedBeagleSession : ManagedSessionBase
                     if (Round.Slot(a) >= 0) extra[ne++] = n0 + Round.Slot(a);
             _kv.Attend(q, n0, extra[..ne], _g, _scale, scores, o);
             // hhat = y + W2·(silu(gate) * up) over RMSNorm(y), y = e(t) + Wo·o; then the draft's log-probs.
-            ManagedMath.OutputAndLogits(o, _emb.AsSpan(tok * _d, _d), _woT, _w13T, _w2T, _lm, _eps, hhat, output.AsSpan(i * _vd, _vd));
+            ManagedMath.OutputAndLogits(o, _emb.AsSpan(tok * _d, _d), _woT, _w13T, _w2T, _lm, _eps, hhat, output.AsSpan(i * VocabSize, VocabSize));
             hhat.CopyTo(_states.AsSpan((first + i) * _d, _d));
         }
         return output;

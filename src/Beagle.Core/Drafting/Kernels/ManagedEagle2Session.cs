@@ -12,10 +12,7 @@ namespace Beagle.Drafting.Kernels;
 /// </summary>
 internal sealed class ManagedEagle2Session : ManagedSessionBase
 {
-    readonly int _d, _h, _kvh, _hd, _g, _q, _k, _f, _vd, _maxPositions;
-    readonly float _eps, _scale;
-    readonly float[] _emb, _wfcT, _bfc, _wqkvT, _woT, _w13T, _w2T, _lm, _cos, _sin;
-    readonly HeadMajorKv _kv;        // capacity + R slots: final entries, then this round's entries
+    readonly float[] _wfcT, _bfc, _wqkvT;   // fusion [2D, D] + bias [D]; q | k | q-partner | k-partner | v [D, 2(Q+K) + K]
     readonly float[] _features;      // [capacity, D] committed true features
     readonly float[] _outs;          // [R, D] fhat of this round's nodes
     readonly int[] _tokens;
@@ -28,18 +25,9 @@ internal sealed class ManagedEagle2Session : ManagedSessionBase
     }
 
     public ManagedEagle2Session(DraftConfig c, int capacity, Tensor embedding, Tensor wfcT, Tensor bfc, Tensor wqkvT, Tensor woT, Tensor w13T, Tensor w2T,
-        Tensor lmHead, Tensor cos, Tensor sinSigned) : base(c.Dim, capacity, (int)lmHead.shape[0])
+        Tensor lmHead, Tensor cos, Tensor sinSigned) : base(c, capacity, embedding, woT, w13T, w2T, lmHead, cos, sinSigned)
     {
-        if (capacity <= 0 || capacity > c.MaxPositions)
-            throw new ArgumentOutOfRangeException(nameof(capacity), $"capacity must be in [1, {c.MaxPositions}], got {capacity}");
-        (_d, _h, _kvh, _hd, _g, _q, _k, _f) = (c.Dim, c.Heads, c.KvHeads, c.HeadDim, c.GroupSize, c.QDim, c.KvDim, c.HiddenDim);
-        _maxPositions = c.MaxPositions;
-        _eps = (float)c.NormEps; _scale = 1f / MathF.Sqrt(_hd);
-        static float[] A(Tensor t) { using var x = t.detach().cpu().contiguous(); return x.data<float>().ToArray(); }
-        _emb = A(embedding); _wfcT = A(wfcT); _bfc = A(bfc); _wqkvT = A(wqkvT); _woT = A(woT); _w13T = A(w13T); _w2T = A(w2T);
-        _lm = A(lmHead); _cos = A(cos); _sin = A(sinSigned);
-        _vd = (int)lmHead.shape[0];
-        _kv = new HeadMajorKv(_kvh, _hd, capacity + DraftModelBase.MaxRoundNodes);
+        _wfcT = Host(wfcT); _bfc = Host(bfc); _wqkvT = Host(wqkvT);
         _features = new float[capacity * _d];
         _outs = new float[DraftModelBase.MaxRoundNodes * _d];
         _tokens = new int[capacity];
@@ -90,7 +78,7 @@ internal sealed class ManagedEagle2Session : ManagedSessionBase
             if (parents[i] < 0 && positions[i] != Length) throw new ArgumentException($"a root must be the pending token at position {Length}, got {positions[i]}", nameof(positions));
             if ((uint)tokens[i] >= (uint)V) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (size {V})");
         }
-        var output = new float[N * _vd];
+        var output = new float[N * VocabSize];
         Span<float> x = stackalloc float[_d];
         Span<float> q = stackalloc float[_q];
         Span<float> o = stackalloc float[_q];
@@ -108,7 +96,7 @@ internal sealed class ManagedEagle2Session : ManagedSessionBase
                 if (Round.Slot(n) >= 0) extra[ne++] = e0 + Round.Slot(n);
             _kv.Attend(q, e0, extra[..ne], _g, _scale, scores, o);
             // fhat = a + W2·(silu(gate) * up) over RMSNorm(a), a = x + Wo·o; then the draft's log-probs.
-            ManagedMath.OutputAndLogits(o, x, _woT, _w13T, _w2T, _lm, _eps, fhat, output.AsSpan(i * _vd, _vd));
+            ManagedMath.OutputAndLogits(o, x, _woT, _w13T, _w2T, _lm, _eps, fhat, output.AsSpan(i * VocabSize, VocabSize));
             fhat.CopyTo(_outs.AsSpan(node * _d, _d));
         }
         return output;

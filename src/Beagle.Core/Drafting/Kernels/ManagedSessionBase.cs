@@ -8,15 +8,39 @@ namespace Beagle.Drafting.Kernels;
 /// tensor (any device/dtype: copied to the CPU once) or as a plain array (no tensor op: the speculative strategy reads
 /// the verifying forward's hidden rows in place); Expand wraps the array result in a tensor for callers that want one.
 /// </summary>
-internal abstract class ManagedSessionBase(int dim, int capacity, int vocabSize) : IDraftSession, IArrayDraftSession
+internal abstract class ManagedSessionBase : IDraftSession, IArrayDraftSession
 {
+    // Sizes from the draft config: dim, heads, kv-heads, head dim, group size, q dim, kv dim, MLP hidden dim.
+    protected readonly int _d, _h, _kvh, _hd, _g, _q, _k, _f, _maxPositions;
+    protected readonly float _eps, _scale;
+    // Weights both architectures share (see the sessions for their own): the target embedding [V, D], the block tail
+    // (Wo [Q, D], gate|up [D, 2F], down [F, D]), LM-head rows [Vd, D] and the rotary tables [maxPos, hd].
+    protected readonly float[] _emb, _woT, _w13T, _w2T, _lm, _cos, _sin;
+    /// <summary>capacity + R slots: committed entries, then this round's.</summary>
+    protected readonly HeadMajorKv _kv;
+    readonly int _capacity, _vd;
+
+    protected ManagedSessionBase(DraftConfig c, int capacity, Tensor embedding, Tensor woT, Tensor w13T, Tensor w2T, Tensor lmHead,
+        Tensor cos, Tensor sinSigned)
+    {
+        if (capacity <= 0 || capacity > c.MaxPositions)
+            throw new ArgumentOutOfRangeException(nameof(capacity), $"capacity must be in [1, {c.MaxPositions}], got {capacity}");
+        (_d, _h, _kvh, _hd, _g, _q, _k, _f) = (c.Dim, c.Heads, c.KvHeads, c.HeadDim, c.GroupSize, c.QDim, c.KvDim, c.HiddenDim);
+        (_capacity, _maxPositions, _vd) = (capacity, c.MaxPositions, (int)lmHead.shape[0]);
+        _eps = (float)c.NormEps; _scale = 1f / MathF.Sqrt(_hd);
+        _emb = Host(embedding); _woT = Host(woT); _w13T = Host(w13T); _w2T = Host(w2T); _lm = Host(lmHead); _cos = Host(cos); _sin = Host(sinSigned);
+        _kv = new HeadMajorKv(_kvh, _hd, capacity + DraftModelBase.MaxRoundNodes);
+    }
+
+    /// <summary>A weight snapshot as a plain array.</summary>
+    protected static float[] Host(Tensor t) { using var x = t.detach().to(float32).cpu().contiguous(); return x.data<float>().ToArray(); }
+
     /// <summary>This round's expanded nodes and their draft-state slots.</summary>
     protected RoundTree Round { get; } = new(DraftModelBase.MaxRoundNodes);
-    protected int Dim => dim;
-    protected int Capacity => capacity;
+    protected int Capacity => _capacity;
 
     public int Length { get; protected set; }
-    public int VocabSize => vocabSize;
+    public int VocabSize => _vd;
     public abstract bool ConcatDraftStates { get; set; }
 
     /// <summary>Appends m accepted positions: tokens [m] and their true states hidden [m * Dim] (validated).</summary>
@@ -27,7 +51,7 @@ internal abstract class ManagedSessionBase(int dim, int capacity, int vocabSize)
     public void Commit(ReadOnlySpan<int> tokens, Tensor hidden)
     {
         if (tokens.Length == 0) return;
-        DraftModelBase.CheckCommit(Round.Count, hidden, tokens.Length, dim, Length, capacity);
+        DraftModelBase.CheckCommit(Round.Count, hidden, tokens.Length, _d, Length, _capacity);
         using var h = hidden.detach().to(float32).cpu().contiguous();
         CommitRows(tokens, MemoryMarshal.Cast<byte, float>(h.bytes));
     }
@@ -35,12 +59,12 @@ internal abstract class ManagedSessionBase(int dim, int capacity, int vocabSize)
     public void Commit(ReadOnlySpan<int> tokens, ReadOnlySpan<float> hidden)
     {
         if (tokens.Length == 0) return;
-        DraftModelBase.CheckCommit(Round.Count, hidden.Length, tokens.Length, dim, Length, capacity);
+        DraftModelBase.CheckCommit(Round.Count, hidden.Length, tokens.Length, _d, Length, _capacity);
         CommitRows(tokens, hidden);
     }
 
     public Tensor Expand(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
-        => tensor(ExpandToArray(tokens, positions, parents), [tokens.Length, vocabSize]);
+        => tensor(ExpandToArray(tokens, positions, parents), [tokens.Length, _vd]);
 
     public void EndRound() => Round.Clear();
 
