@@ -142,10 +142,10 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
 
     /// <summary>RMSNorm over the last axis, weight applied.</summary>
     protected Tensor RmsNorm(Tensor x, Tensor weight) =>
-        x * x.square().mean([-1], keepdim: true).add(EpsScalar, OneScalar).rsqrt() * weight;
+        x * x.mul(x).mean([-1], keepdim: true).add(EpsScalar, OneScalar).rsqrt() * weight;
 
     /// <summary>RMSNorm without weight (the weight is folded into the next matmul on the inference path).</summary>
-    protected Tensor RmsNormNoWeight(Tensor x) => x * x.square().mean([-1], keepdim: true).add_(EpsScalar, OneScalar).rsqrt_();
+    protected Tensor RmsNormNoWeight(Tensor x) => x * x.mul(x).mean([-1], keepdim: true).add_(EpsScalar, OneScalar).rsqrt_();
 
     /// <summary>Rotary at positions: x [..., T, heads, hd], positions [T] int64 → same shape.</summary>
     protected Tensor ApplyRope(Tensor x, Tensor positions)

@@ -238,7 +238,7 @@ public sealed class LlamaModel : IDisposable
         return AdditiveMask(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, bool>((host ?? mask).bytes), T, S);
     }
 
-    Tensor RmsNorm(Tensor x) => x * x.square().mean([-1], keepdim: true).add_(_epsS, _oneS).rsqrt_();
+    Tensor RmsNorm(Tensor x) => x * x.mul(x).mean([-1], keepdim: true).add_(_epsS, _oneS).rsqrt_();
 
     (Tensor k, Tensor v, Tensor q) Project(Layer layer, Tensor x, Tensor cos, Tensor sin, int B, int T)
     {
