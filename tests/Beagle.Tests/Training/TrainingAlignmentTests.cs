@@ -60,7 +60,11 @@ public class TrainingAlignmentTests
             StepStats st;
             using (var scope = NewDisposeScope()) st = trainer.RunStep(draft, tokens, states, 1, step);
             // The step drew a window offset we do not know: the stats must equal the independent sums for one of them.
+            // The two paths compute the same attention with different shapes (a block mask over the whole sequence vs
+            // a truncated key sequence), so float rounding may flip an argmax that is a near-tie: at most one query
+            // per depth may differ. A misalignment (a leaked or missing state) moves whole depths by far more.
             bool matched = false;
+            var closest = "";
             for (int offset = 0; offset < k && !matched; offset++)
             {
                 var sums = new double[k]; var counts = new double[k];
@@ -70,9 +74,10 @@ public class TrainingAlignmentTests
                     int i = Masks.OffsetInWindow(q, k, offset);
                     sums[i - 1] += agree[q, i]; counts[i - 1] += B;
                 }
-                matched = sums.SequenceEqual(st.AgreementByDepth) && counts.SequenceEqual(st.CountByDepth);
+                matched = sums.Zip(st.AgreementByDepth).All(p => Math.Abs(p.First - p.Second) <= 1) && counts.SequenceEqual(st.CountByDepth);
+                closest += $" offset {offset}: {string.Join(" ", sums)};";
             }
-            Assert.True(matched, $"step {step}: reported agreement {string.Join(" ", st.AgreementByDepth)} matches no window offset");
+            Assert.True(matched, $"step {step}: reported agreement {string.Join(" ", st.AgreementByDepth)} matches no window offset ({closest})");
             if (st.AgreementByDepth.Distinct().Count() > 1) depthsDiffer++;
         }
         Assert.True(depthsDiffer > 0, "agreements are identical at every depth: the test cannot tell depths apart");
