@@ -65,12 +65,15 @@ internal static class CliDrafts
     }
 
     /// <summary>Applies the measured tree budget unless the user gave one (calibration runs once per machine/model/draft).</summary>
-    public static void Calibrate(Generator gen, DraftSettings s, ITokenizer tokenizer, string draftPath, bool quiet)
+    /// <param name="sampling">The request's sampling settings: sampled decoding is calibrated with exactly these (acceptance
+    /// under sampling depends on them), greedy decoding once per machine/model/draft.</param>
+    public static void Calibrate(Generator gen, DraftSettings s, ITokenizer tokenizer, string draftPath, bool quiet, SamplingOptions? sampling = null)
     {
         if (gen.Draft is null || s.ExplicitBudget) return;
         var id = TreeBudgetCalibrator.DraftIdentity(gen.Draft);
-        var budget = TreeBudgetCalibrator.GetOrMeasure(gen.Target, tokenizer, gen.Draft, id, log: quiet ? null : m => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]"));
-        gen.Use(budget);
+        Action<string>? log = quiet ? null : m => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]");
+        if (sampling is null || sampling.IsGreedy) gen.Use(TreeBudgetCalibrator.GetOrMeasure(gen.Target, tokenizer, gen.Draft, id, log: log));
+        else gen.UseForSampling(TreeBudgetCalibrator.GetOrMeasure(gen.Target, tokenizer, gen.Draft, id, log: log, sampling: sampling with { Seed = 1 }));
     }
 
 }

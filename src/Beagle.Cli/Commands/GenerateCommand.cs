@@ -62,11 +62,12 @@ public sealed class GenerateCommand : Command<GenerateSettings>
         var (draft, draftPath) = CliDrafts.Load(s, model);
         using var __ = draft;
         var gen = new Beagle.Decoding.Generator(model, tokenizer, draft);
-        if (draftPath is not null) CliDrafts.Calibrate(gen, s, tokenizer, draftPath, quiet: s.Json);
+        var sampling = new SamplingOptions { Temperature = s.Temperature, TopK = s.TopK, TopP = s.TopP, Seed = s.Seed };
+        if (draftPath is not null) CliDrafts.Calibrate(gen, s, tokenizer, draftPath, quiet: s.Json, sampling);
         var options = new GenerationOptions
         {
             MaxNewTokens = s.MaxTokens,
-            Sampling = new SamplingOptions { Temperature = s.Temperature, TopK = s.TopK, TopP = s.TopP, Seed = s.Seed },
+            Sampling = sampling,
             StopStrings = s.Stop,
             Speculative = draft is null ? null : s.SpeculativeOptions,
         };
@@ -105,7 +106,9 @@ public sealed class GenerateCommand : Command<GenerateSettings>
         else
         {
             Console.WriteLine();
-            var spec = draft is null ? "plain decoding" : $"draft {draft.Architecture}, acceptance length {stats.AcceptanceLength:F2}";
+            var spec = draft is null ? "plain decoding"
+                : stats.DraftRounds == 0 && stats.TargetForwards > 0 ? $"plain decoding (the {draft.Architecture} draft does not pay for these settings here: measured)"
+                : $"draft {draft.Architecture}, acceptance length {stats.AcceptanceLength:F2}";
             AnsiConsole.MarkupLine($"[grey]{stats.NewTokens} tokens, {stats.TokensPerSecond:F0} tokens/s, {stats.TargetForwards} target forwards, {Markup.Escape(spec)}[/]");
         }
         return 0;

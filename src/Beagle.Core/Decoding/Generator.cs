@@ -28,8 +28,20 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
     /// </summary>
     public bool SpeculationPays { get; set; } = true;
 
-    /// <summary>Applies a calibration result.</summary>
+    /// <summary>Tree budget for sampled requests that leave the budget to the default (null = <see cref="DefaultTreeBudget"/>).</summary>
+    public TreeBudget? DefaultSamplingTreeBudget { get; set; }
+
+    /// <summary>
+    /// False when calibration found that drafting does not pay for sampled decoding here (acceptance under sampling is
+    /// lower than greedy): sampled requests that leave the budget to the default then decode plainly.
+    /// </summary>
+    public bool SamplingSpeculationPays { get; set; } = true;
+
+    /// <summary>Applies a calibration result for greedy requests.</summary>
     public void Use(CalibratedBudget budget) { DefaultTreeBudget = budget.Budget; SpeculationPays = !budget.UsePlain; }
+
+    /// <summary>Applies a calibration result measured with sampling (see TreeBudgetCalibrator.ChatSampling) to sampled requests.</summary>
+    public void UseForSampling(CalibratedBudget budget) { DefaultSamplingTreeBudget = budget.Budget; SamplingSpeculationPays = !budget.UsePlain; }
 
     /// <summary>Encodes <paramref name="prompt"/> and streams the completion.</summary>
     public IEnumerable<GenerationChunk> Generate(string prompt, GenerationOptions options, GenerationStats? stats = null, CancellationToken cancellationToken = default)
@@ -116,7 +128,10 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
     {
         var s = o.Speculative;
         bool budgetLeftToDefault = s is { TreeTokens: null, TreeDepth: null, TreeTopK: null };
-        if (Draft is null || s is null || s.Disabled || (budgetLeftToDefault && !SpeculationPays)) return new PlainStrategy(Target, cache, sampler, stats);
-        return new SpeculativeStrategy(Target, Draft, cache, sampler, stats, TreeBudget.Resolve(s, DefaultTreeBudget), s.ConcatDraftStates);
+        bool greedy = o.Sampling.IsGreedy;
+        bool pays = greedy ? SpeculationPays : SamplingSpeculationPays;
+        if (Draft is null || s is null || s.Disabled || (budgetLeftToDefault && !pays)) return new PlainStrategy(Target, cache, sampler, stats);
+        var fallback = greedy ? DefaultTreeBudget : DefaultSamplingTreeBudget ?? DefaultTreeBudget;
+        return new SpeculativeStrategy(Target, Draft, cache, sampler, stats, TreeBudget.Resolve(s, fallback), s.ConcatDraftStates);
     }
 }

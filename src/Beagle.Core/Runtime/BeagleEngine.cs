@@ -14,8 +14,9 @@ public sealed record EngineOptions
     public int QueueCapacity { get; init; } = 16;
     /// <summary>
     /// With a draft: pick the tree budget by measurement at load (seconds, once per machine/model/draft; cached in the
-    /// user cache), falling back to plain decoding where drafting does not pay. Off (default, so that loading stays
-    /// fast and deterministic): the built-in default budget; the CLI calibrates on its own.
+    /// user cache), for greedy and for sampled requests separately (sampling measured at TreeBudgetCalibrator.ChatSampling),
+    /// falling back to plain decoding where drafting does not pay. Off (default, so that loading stays fast and
+    /// deterministic): the built-in default budget; the CLI calibrates on its own.
     /// </summary>
     public bool CalibrateTreeBudget { get; init; }
     /// <summary>Where calibrated budgets are cached; null = the user cache (~/.cache/beagle/tree-budgets.json).</summary>
@@ -89,7 +90,12 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
             _models = load();
             _generator = new Generator(_models.Target, _models.Tokenizer, _models.Draft);
             if (_models.Draft is { } draft && _options.CalibrateTreeBudget)
-                _generator.Use(TreeBudgetCalibrator.GetOrMeasure(_models.Target, _models.Tokenizer, draft, TreeBudgetCalibrator.DraftIdentity(draft), _options.TreeBudgetCacheFile));
+            {
+                var id = TreeBudgetCalibrator.DraftIdentity(draft);
+                _generator.Use(TreeBudgetCalibrator.GetOrMeasure(_models.Target, _models.Tokenizer, draft, id, _options.TreeBudgetCacheFile));
+                _generator.UseForSampling(TreeBudgetCalibrator.GetOrMeasure(_models.Target, _models.Tokenizer, draft, id, _options.TreeBudgetCacheFile,
+                    sampling: TreeBudgetCalibrator.ChatSampling));
+            }
             _ready.SetResult();
         }
         catch (Exception e) { _ready.SetException(e); return; }

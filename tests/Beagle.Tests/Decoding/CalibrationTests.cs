@@ -55,4 +55,34 @@ public class CalibrationTests
         var remeasured = TreeBudgetCalibrator.GetOrMeasure(target, tok, bad, "random-4", file, maxNewTokens: 8, repeats: 1);
         Assert.True(remeasured.MeasuredUtc > first.MeasuredUtc);
     }
+
+    [Fact]
+    public void Greedy_and_sampled_requests_follow_their_own_calibration()
+    {
+        var target = TestAssets.Stories; var tok = TestAssets.StoriesTokenizer;
+        var gen = new Generator(target, tok, Oracle());
+        gen.Use(new CalibratedBudget(5, 4, 1, UsePlain: false, 2, 1, "", "", DateTime.UtcNow));
+        gen.UseForSampling(new CalibratedBudget(8, 4, 2, UsePlain: true, 1, 1, "", "", DateTime.UtcNow));
+        var prompt = tok.Encode(TreeBudgetCalibrator.Prompts[0], true);
+        GenerationStats Run(SamplingOptions sampling)
+        {
+            var stats = new GenerationStats();
+            foreach (var _ in gen.Generate(prompt, new GenerationOptions { MaxNewTokens = 16, Sampling = sampling, Speculative = new SpeculativeOptions() }, stats)) { }
+            return stats;
+        }
+        var greedy = Run(SamplingOptions.Greedy);
+        Assert.True(greedy.DraftRounds > 0);                                  // greedy: speculative at its budget
+        Assert.Equal(4, greedy.AcceptedAtDepth.Length);                       // depth 4 = the greedy budget
+        var sampled = Run(new SamplingOptions { Temperature = 0.8f, Seed = 1 });
+        Assert.Equal(0, sampled.DraftRounds);                                 // sampling: calibration said plain
+        var explicitBudget = new GenerationStats();
+        foreach (var _ in gen.Generate(prompt, new GenerationOptions { MaxNewTokens = 16, Sampling = new SamplingOptions { Temperature = 0.8f, Seed = 1 },
+            Speculative = new SpeculativeOptions { TreeTokens = 3, TreeDepth = 2, TreeTopK = 1 } }, explicitBudget)) { }
+        Assert.True(explicitBudget.DraftRounds > 0);                          // an explicit budget is honoured even so
+        Assert.Equal(2, explicitBudget.AcceptedAtDepth.Length);
+        gen.UseForSampling(new CalibratedBudget(8, 3, 2, UsePlain: false, 2, 1, "", "", DateTime.UtcNow));
+        var sampled2 = Run(new SamplingOptions { Temperature = 0.8f, Seed = 1 });
+        Assert.True(sampled2.DraftRounds > 0);
+        Assert.Equal(3, sampled2.AcceptedAtDepth.Length);                     // its own budget, not the greedy one
+    }
 }
