@@ -43,6 +43,8 @@ internal sealed class HeadMajorKv
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Attend(ReadOnlySpan<float> q, int contiguous, ReadOnlySpan<int> extra, int groupSize, float scale, Span<float> scores, Span<float> o)
     {
+        if ((uint)contiguous > (uint)_slots) throw new ArgumentOutOfRangeException(nameof(contiguous), contiguous, $"only {_slots} slots");
+        if (q.Length != _kvh * groupSize * _hd) throw new ArgumentException($"q has {q.Length} values, expected {_kvh} x {groupSize} x {_hd}", nameof(q));
         int heads = q.Length / _hd, n = contiguous, total = n + extra.Length;
         var s = scores[..total];
         var sc = s[..n];
