@@ -259,7 +259,7 @@ public abstract class DraftTrainer
             progress?.Report(TrainingProgress.Note($"reusing {cached.Count} generated sequences from {path}"));
             return cached;
         }
-        int total = prompts is not null && o.GenerateTemperature == 0 ? Math.Min(o.Generate, prompts.Count) : o.Generate;
+        int total = TextSources.GeneratedCount(o.Generate, prompts, o.GenerateTemperature);
         progress?.Report(TrainingProgress.Note(prompts is null
             ? $"generating {total} sequences of up to {o.GenerateMaxTokens} tokens from the target (temperature {o.GenerateTemperature})"
             : $"generating {total} continuations of data prompts ({prompts.Count} distinct; {o.GeneratePromptTokens} tokens{(o.GeneratePromptStride > 0 ? $" + every {o.GeneratePromptStride}" : "")}), up to {o.GenerateMaxTokens} tokens each, temperature {o.GenerateTemperature}"));

@@ -108,7 +108,7 @@ public static class TextSources
         if (tokenizer.BosId < 0 && (prompts is null || prompts.Count == 0))
             throw new InvalidOperationException("--generate needs a tokenizer with a BOS token to start from (or prompts from the data)");
         if (prompts is { Count: 0 }) throw new ArgumentException("no prompts to continue: the data has no document long enough", nameof(prompts));
-        if (prompts is not null && temperature == 0) count = Math.Min(count, prompts.Count);
+        count = GeneratedCount(count, prompts, temperature);
         var gen = new Generator(target, tokenizer);
         var result = new List<int[]>(count);
         for (int i = 0; i < count; i++)
@@ -126,6 +126,10 @@ public static class TextSources
         }
         return result;
     }
+
+    /// <summary>How many sequences <see cref="Generate"/> makes: greedy continuations stop after one pass over the prompts.</summary>
+    public static int GeneratedCount(int count, IReadOnlyList<int[]>? prompts, float temperature)
+        => prompts is not null && temperature == 0 ? Math.Min(count, prompts.Count) : count;
 
     /// <summary>
     /// The distinct prefixes of <paramref name="documents"/> (BOS included) of <paramref name="length"/> tokens and, with

@@ -51,14 +51,8 @@ internal sealed class ManagedBeagleSession : ManagedSessionBase
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
     {
-        if (Length == 0) throw new InvalidOperationException("Commit the prompt before expanding: the root needs at least one true state");
-        Round.Validate(tokens, positions, parents, _maxPositions);
-        int N = tokens.Length, n0 = Length, V = _emb.Length / _d;
-        for (int i = 0; i < N; i++)
-        {
-            if (parents[i] < 0 && positions[i] != Length) throw new ArgumentException($"a root must be the pending token at position {Length}, got {positions[i]}", nameof(positions));
-            if ((uint)tokens[i] >= (uint)V) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (size {V})");
-        }
+        CheckExpand(tokens, positions, parents, _maxPositions, "Commit the prompt before expanding: the root needs at least one true state");
+        int N = tokens.Length, n0 = Length;
         // Lazily give parents that deeper nodes now need a K/V slot (their own ancestors already have one).
         if (ConcatDraftStates)
             for (int i = 0; i < N; i++)

@@ -70,14 +70,8 @@ internal sealed class ManagedEagle2Session : ManagedSessionBase
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
     {
-        if (Length == 0) throw new InvalidOperationException("Commit the prompt before expanding: the root pairs with the last true feature");
-        Round.Validate(tokens, positions, parents, _maxPositions + 1);
-        int N = tokens.Length, V = _emb.Length / _d, e0 = _entries;
-        for (int i = 0; i < N; i++)
-        {
-            if (parents[i] < 0 && positions[i] != Length) throw new ArgumentException($"a root must be the pending token at position {Length}, got {positions[i]}", nameof(positions));
-            if ((uint)tokens[i] >= (uint)V) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (size {V})");
-        }
+        CheckExpand(tokens, positions, parents, _maxPositions + 1, "Commit the prompt before expanding: the root pairs with the last true feature");
+        int N = tokens.Length, e0 = _entries;
         var output = new float[N * VocabSize];
         Span<float> x = stackalloc float[_d];
         Span<float> q = stackalloc float[_q];

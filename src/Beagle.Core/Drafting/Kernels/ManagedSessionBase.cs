@@ -48,6 +48,22 @@ internal abstract class ManagedSessionBase : IDraftSession, IArrayDraftSession
 
     public abstract float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents);
 
+    /// <summary>
+    /// The protocol checks of an Expand call: something committed, parents and positions valid for the round, roots at
+    /// the pending position, tokens inside the vocabulary. <paramref name="emptyMessage"/> says why a commit is needed.
+    /// </summary>
+    protected void CheckExpand(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents, int maxPositions, string emptyMessage)
+    {
+        if (Length == 0) throw new InvalidOperationException(emptyMessage);
+        Round.Validate(tokens, positions, parents, maxPositions);
+        int vocab = _emb.Length / _d;
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            if (parents[i] < 0 && positions[i] != Length) throw new ArgumentException($"a root must be the pending token at position {Length}, got {positions[i]}", nameof(positions));
+            if ((uint)tokens[i] >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (size {vocab})");
+        }
+    }
+
     public void Commit(ReadOnlySpan<int> tokens, Tensor hidden)
     {
         if (tokens.Length == 0) return;
