@@ -43,7 +43,7 @@ public sealed class LlamaModel : IDisposable
     // object that the GC may finalise while libtorch still reads it (seen as a rare "c10::Scalar::toDouble"/"toFloat"
     // check failure under load); fields cannot be collected mid-call. The same holds for the alpha TorchSharp creates
     // when add_ is called without one, so every add_ here passes _oneS explicitly.
-    readonly Scalar _epsS, _scaleS, _oneS;
+    readonly Scalar _epsS, _oneS;
 
     public ModelConfig Config { get; }
     public Device Device { get; }
@@ -61,7 +61,10 @@ public sealed class LlamaModel : IDisposable
         var c = Config;
         (_hd, _h, _kvh, _g, _q, _kv) = (c.EffectiveHeadDim, c.Heads, c.KvHeads, c.GroupSize, c.QDim, c.KvDim);
         _rope = new RotaryTables(_hd, c.MaxSeqLen, c.RopeTheta, c.RopeLayout, c.RopeScaling, Device);
-        _epsS = c.NormEps.ToScalar(); _scaleS = (1.0 / Math.Sqrt(_hd)).ToScalar(); _oneS = 1.0.ToScalar();
+        _epsS = c.NormEps.ToScalar(); _oneS = 1.0.ToScalar();
+        // Attention's 1/sqrt(hd) is folded into the q rows (rotary is linear, so scaling before it is the same), which
+        // saves the scaling op per layer and lets a masked forward compute scores and mask in one baddbmm.
+        float qScale = (float)(1.0 / Math.Sqrt(_hd));
 
         using var scope = NewDisposeScope();
         using var _ = no_grad();
@@ -86,13 +89,14 @@ public sealed class LlamaModel : IDisposable
         {
             var lw = w.Layers[l];
             var an = lw.AttnNorm.unsqueeze(0);
-            var wq = lw.Wq * an; var wk = lw.Wk * an; var wv = lw.Wv * an;
+            var wq = lw.Wq * an * qScale; var wk = lw.Wk * an; var wv = lw.Wv * an;
             var wqkv = cat([wq, wk, wq.index_select(0, qPair), wk.index_select(0, kPair), wv], 0);   // [2(Q+K)+K, D]
             Tensor? b = null;
             if (c.QkvBias)
             {
                 if (lw.Bq is null || lw.Bk is null || lw.Bv is null) throw new InvalidDataException($"layer {l}: qkv bias expected (qwen2) but missing");
-                b = Keep(cat([lw.Bq, lw.Bk, lw.Bq.index_select(0, qPair), lw.Bk.index_select(0, kPair), lw.Bv], 0));
+                var bq = lw.Bq * qScale;
+                b = Keep(cat([bq, lw.Bk, bq.index_select(0, qPair), lw.Bk.index_select(0, kPair), lw.Bv], 0));
             }
             var fn = lw.FfnNorm.unsqueeze(0);
             _layers[l] = new Layer
@@ -165,11 +169,11 @@ public sealed class LlamaModel : IDisposable
             // GQA: the G query heads sharing a kv head are stacked along the query axis, [kvH, G*T, hd].
             // One token needs no permutation at all (the common case of plain decoding): 4 fewer ops per layer.
             var qq = T == 1 ? q.view(_kvh, _g, _hd) : q.view(T, _kvh, _g, _hd).permute(1, 2, 0, 3).reshape(_kvh, _g * T, _hd);
-            // Plain ops (scores, scale, additive mask, softmax, weighted sum) instead of SDPA, with or without a mask:
-            // SDPA's math path re-checks a mask for fully masked rows in every layer, and even unmasked one-token steps
-            // were 20-30 % slower through SDPA than these five ops (docs/benchmarks.md, profiling log).
-            var scores = qq.bmm(kk.transpose(1, 2)).mul_(_scaleS);                          // [kvH, G*T, S]
-            var o = (m is null ? scores : scores.add_(m, _oneS)).softmax(-1).bmm(vv);                // [kvH, G*T, hd]
+            // Plain ops (scores with the additive mask in one baddbmm, softmax, weighted sum) instead of SDPA, with or
+            // without a mask: SDPA's math path re-checks a mask for fully masked rows in every layer, and even unmasked
+            // one-token steps were 20-30 % slower through SDPA than explicit ops (docs/benchmarks.md, profiling log).
+            var scores = m is null ? qq.bmm(kk.transpose(1, 2)) : TorchOps.MaskedScores(m, qq, kk.transpose(1, 2));   // [kvH, G*T, S], q pre-scaled
+            var o = scores.softmax(-1).bmm(vv);                                        // [kvH, G*T, hd]
             var oo = T == 1 ? o.reshape(1, _q) : o.view(_kvh, _g, T, _hd).permute(2, 0, 1, 3).reshape(T, _q);
             x = Mlp(_layers[l], x, oo);
         }
@@ -192,8 +196,7 @@ public sealed class LlamaModel : IDisposable
         var x = Embedding.index_select(0, tokens.reshape(-1).to(Device));               // [B*T, D]
         var cos = _rope.Cos.narrow(0, 0, T).repeat(B, 1).unsqueeze(1);                 // [B*T, 1, hd]
         var sin = _rope.SinSigned.narrow(0, 0, T).repeat(B, 1).unsqueeze(1);
-        var m = CausalMask(T, 0);
-        if (_g > 1) m = m.repeat(_g, 1);
+        var m = AdditiveMask(CausalAllowed(T, 0), T, T);                              // [G*T, T]
         foreach (var layer in _layers)
         {
             var (k, v, q) = Project(layer, x, cos, sin, B, T);
@@ -218,8 +221,6 @@ public sealed class LlamaModel : IDisposable
                 data[i * S + j] = (start + i) - j < window;
         return data;
     }
-
-    Tensor CausalMask(int T, int start) => tensor(CausalAllowed(T, start), [T, start + T], device: Device);
 
     /// <summary>An additive float mask [G*T, S] (0 = may attend, -inf = masked), the T rows repeated for each of the G query heads of a kv head.</summary>
     Tensor AdditiveMask(ReadOnlySpan<bool> allowed, int T, int S)
@@ -254,11 +255,12 @@ public sealed class LlamaModel : IDisposable
         return (k, v, q);
     }
 
-    /// <summary>Batched GQA attention (no cache): q [B*T, H, hd], kk/vv [B, kvH, S, hd] → [B*T, Q].</summary>
-    Tensor Attend(Tensor q, Tensor kk, Tensor vv, Tensor? mask, int B, int T)
+    /// <summary>Batched GQA attention (no cache): q [B*T, H, hd] (pre-scaled), kk/vv [B, kvH, S, hd], additive mask [G*T, S] → [B*T, Q].</summary>
+    Tensor Attend(Tensor q, Tensor kk, Tensor vv, Tensor mask, int B, int T)
     {
+        // Explicit attention (not SDPA): q already carries 1/sqrt(hd), which TorchSharp's SDPA cannot be told.
         var qq = q.view(B, T, _kvh, _g, _hd).permute(0, 2, 3, 1, 4).reshape(B, _kvh, _g * T, _hd);
-        var o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask: mask);               // [B, kvH, G*T, hd]
+        var o = matmul(qq, kk.transpose(-2, -1)).add_(mask, _oneS).softmax(-1).matmul(vv);   // [B, kvH, G*T, hd]
         return o.view(B, _kvh, _g, T, _hd).permute(0, 3, 1, 2, 4).reshape(B * T, _q);
     }
 
@@ -276,7 +278,7 @@ public sealed class LlamaModel : IDisposable
     {
         foreach (var l in _layers) l.Dispose();
         _finalNorm.Dispose(); _lmHeadT.Dispose(); _rope.Dispose();
-        _epsS.Dispose(); _scaleS.Dispose(); _oneS.Dispose();
+        _epsS.Dispose(); _oneS.Dispose();
         if (!ReferenceEquals(LmHeadWeight, Embedding)) LmHeadWeight.Dispose();
         Embedding.Dispose();
     }
