@@ -76,6 +76,10 @@ public sealed class TrainSettings : ModelSettings
     [Description("Linear warm-up steps (default 50).")]
     public int Warmup { get; init; } = 50;
 
+    [CommandOption("--decay-epochs <N>")]
+    [Description("Decay the learning rate linearly to 0 over the last N epochs (default 0: constant after warm-up). With --resume and more --epochs, anneals a finished run.")]
+    public int DecayEpochs { get; init; }
+
     [CommandOption("--noise <STD>")]
     [Description("Feature noise on the true states (Beagle: Gaussian std; EAGLE-2: uniform width). Default 0.2.")]
     public double Noise { get; init; } = 0.2;
@@ -113,7 +117,7 @@ public sealed class TrainSettings : ModelSettings
     {
         Architecture = Arch, TargetPath = target, TokenizerPath = tokenizer, DataPaths = Data, Generate = Generate,
         GenerateMaxTokens = GenerateTokens, GenerateTemperature = GenerateTemperature, GeneratePromptTokens = GeneratePromptTokens, GeneratePromptStride = GeneratePromptStride, FeatureCacheDir = FeatureCache, OutputDir = Out ?? "", Epochs = Epochs, Stage1Epochs = Stage1Epochs, WindowK = Window,
-        SimSteps = SimSteps, BatchSize = Batch, SeqLen = SeqLen, LearningRate = Lr, WarmupSteps = Warmup, DraftVocab = DraftVocab,
+        SimSteps = SimSteps, BatchSize = Batch, SeqLen = SeqLen, LearningRate = Lr, WarmupSteps = Warmup, DecayEpochs = DecayEpochs, DraftVocab = DraftVocab,
         NoiseStd = Noise, CeWeight = CeWeight, VLossWeight = VLossWeight,
         EvalPaths = Eval, EvalPrompts = EvalPrompts, Resume = Resume, Seed = Seed,
     };

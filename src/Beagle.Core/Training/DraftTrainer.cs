@@ -96,6 +96,20 @@ public abstract class DraftTrainer
 
     string CheckpointDir => Path.Combine(Options.OutputDir, "checkpoint");
 
+    /// <summary>
+    /// The learning rate for optimiser step <paramref name="step"/> (0-based) of <paramref name="totalSteps"/>: linear
+    /// warm-up over <see cref="TrainingOptions.WarmupSteps"/>, constant, then (with
+    /// <see cref="TrainingOptions.DecayEpochs"/>) linear decay over the last DecayEpochs × <paramref name="stepsPerEpoch"/>
+    /// steps, ending one step above zero. A pure function of the step, so resuming reproduces it.
+    /// </summary>
+    public static double LearningRateAt(TrainingOptions o, long step, long totalSteps, int stepsPerEpoch)
+    {
+        double warm = o.WarmupSteps == 0 ? 1.0 : Math.Min(1.0, (step + 1.0) / o.WarmupSteps);
+        long decaySteps = Math.Min(totalSteps, (long)o.DecayEpochs * stepsPerEpoch);
+        double decay = decaySteps == 0 ? 1.0 : Math.Clamp((double)(totalSteps - step) / decaySteps, 0.0, 1.0);
+        return o.LearningRate * Math.Min(warm, decay);
+    }
+
     /// <summary>Runs the whole training (or the rest of it, with <see cref="TrainingOptions.Resume"/>). Synchronous.</summary>
     public TrainingResult Train(IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
@@ -153,7 +167,7 @@ public abstract class DraftTrainer
                 using (var scope = NewDisposeScope())
                 {
                     tokens.MoveToOuterDisposeScope(); states.MoveToOuterDisposeScope();   // owned by this scope now
-                    double lr = o.LearningRate * (o.WarmupSteps == 0 ? 1.0 : Math.Min(1.0, (step + 1.0) / o.WarmupSteps));
+                    double lr = LearningRateAt(o, step, totalSteps, nb);
                     foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
                     optimizer.zero_grad();
                     var st = Step(draft, tokens, states, stage, step);
@@ -370,7 +384,8 @@ public abstract class DraftTrainer
             ["data_position"] = new JsonObject { ["epoch"] = (int)(step / cache.BatchesPerEpoch(Options.BatchSize)), ["batch"] = (int)(step % cache.BatchesPerEpoch(Options.BatchSize)) },
             // No RNG tensors to store: every step's randomness is seeded by (seed, step) (see the class summary).
             ["rng"] = new JsonObject { ["seed"] = Options.Seed, ["scheme"] = "per-step: Seeds.Mix(seed, step, salt)" },
-            ["schedule"] = new JsonObject { ["lr"] = Options.LearningRate, ["warmup_steps"] = Options.WarmupSteps, ["kind"] = "linear warm-up, then constant" },
+            ["schedule"] = new JsonObject { ["lr"] = Options.LearningRate, ["warmup_steps"] = Options.WarmupSteps, ["decay_epochs"] = Options.DecayEpochs,
+                ["kind"] = Options.DecayEpochs == 0 ? "linear warm-up, then constant" : "linear warm-up, constant, linear decay to 0 over the last decay_epochs" },
             ["feature_cache"] = cache.Key.Id,
             ["options"] = Options.ToJson(),
             ["epochs"] = JsonSerializer.SerializeToNode(epochs, MetricsJson),

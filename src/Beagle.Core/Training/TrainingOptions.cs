@@ -58,6 +58,12 @@ public sealed record TrainingOptions
     public double LearningRate { get; init; } = 1e-3;
     /// <summary>--warmup: linear warm-up steps, then constant (paper 2000 for 7B; ~1/3 epoch here).</summary>
     public int WarmupSteps { get; init; } = 50;
+    /// <summary>
+    /// --decay-epochs: over the last N epochs the rate falls linearly to zero ("warm-up, stable, decay"); 0 = constant
+    /// to the end. The schedule depends only on the step and the total, so a run resumed with more epochs and a decay
+    /// anneals a finished constant-rate run (docs/training.md).
+    /// </summary>
+    public int DecayEpochs { get; init; }
     /// <summary>--max-grad-norm (paper 0.5).</summary>
     public double MaxGradNorm { get; init; } = 0.5;
     /// <summary>--weight-decay (EAGLE uses 0).</summary>
@@ -136,6 +142,7 @@ public sealed record TrainingOptions
         Check(Stage1Epochs is null || (Stage1Epochs >= 0 && Stage1Epochs <= Epochs), "stage1-epochs", $"must be in [0, epochs={Epochs}]");
         Check(LearningRate > 0 && double.IsFinite(LearningRate), "lr", "must be a positive number");
         Check(WarmupSteps >= 0, "warmup", "must be >= 0");
+        Check(DecayEpochs >= 0 && DecayEpochs <= Epochs, "decay-epochs", $"must be in [0, epochs={Epochs}]");
         Check(MaxGradNorm > 0, "max-grad-norm", "must be > 0");
         Check(WeightDecay >= 0, "weight-decay", "must be >= 0");
         Check(Beta1 is >= 0 and < 1 && Beta2 is >= 0 and < 1, "betas", "must be in [0, 1)");

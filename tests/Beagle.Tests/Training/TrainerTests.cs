@@ -109,6 +109,29 @@ public class TrainerTests
     }
 
     [Fact]
+    public void DecayEpochsAnnealTheLearningRateLinearlyToZeroOverTheLastEpochs()
+    {
+        using var tmp = TestAssets.TempDir();
+        var options = new TrainingOptions
+        {
+            OutputDir = tmp.File("run"), DataPaths = [DataFile(tmp)], SeqLen = 64, BatchSize = 4, MaxSequences = 12, Epochs = 2,
+            Stage1Epochs = 1, WindowK = 3, SimSteps = 2, WarmupSteps = 2, DecayEpochs = 1, LearningRate = 0.01, EvalPrompts = 0,
+            Plots = false, LogEverySteps = 1, Seed = 3,
+        };
+        var r = DraftTrainer.Create(TestAssets.Stories, TestAssets.StoriesTokenizer, options).Train();
+        Assert.Equal(6, r.Steps);   // 3 batches × 2 epochs
+        var lrs = File.ReadAllLines(Path.Combine(r.OutputDir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
+            .Where(l => (string?)l["type"] == "step").Select(l => (double)l["lr"]!).ToArray();
+        // warm-up over 2 steps, constant, then the last epoch (3 steps) falls linearly: 3/3, 2/3, 1/3 of the peak
+        double[] expected = [0.005, 0.01, 0.01, 0.01, 0.01 * 2 / 3, 0.01 / 3];
+        Assert.Equal(expected.Length, lrs.Length);
+        for (int i = 0; i < lrs.Length; i++) Assert.Equal(expected[i], lrs[i], 9);
+
+        var bad = Assert.ThrowsAny<ArgumentException>(() => (options with { DecayEpochs = 3 }).Validate());
+        Assert.Contains("decay-epochs", bad.Message);
+    }
+
+    [Fact]
     public void CancellationSavesACheckpointAndReturnsCleanly()
     {
         using var tmp = TestAssets.TempDir();
