@@ -34,6 +34,8 @@ public abstract class BeagleModelOptions
     public int? TreeTokens { get; set; }
     public int? TreeDepth { get; set; }
     public int? TreeTopK { get; set; }
+    /// <summary>Confidence floor in [0, 1) for draft nodes (0 = off); null = the core's measured default.</summary>
+    public double? TreeMinProb { get; set; }
 
     internal virtual void Validate()
     {
@@ -48,7 +50,7 @@ public abstract class BeagleModelOptions
     internal GenerationSettings ToGenerationSettings() => new()
     {
         MaxNewTokens = MaxNewTokens, Temperature = Temperature, TopK = TopK, TopP = TopP, Seed = Seed,
-        StopStrings = StopStrings, UseDraft = UseDraft, TreeTokens = TreeTokens, TreeDepth = TreeDepth, TreeTopK = TreeTopK,
+        StopStrings = StopStrings, UseDraft = UseDraft, TreeTokens = TreeTokens, TreeDepth = TreeDepth, TreeTopK = TreeTopK, TreeMinProb = TreeMinProb,
     };
 }
 
@@ -162,12 +164,13 @@ internal sealed record GenerationSettings
     public int? TreeTokens { get; init; }
     public int? TreeDepth { get; init; }
     public int? TreeTopK { get; init; }
+    public double? TreeMinProb { get; init; }
 
     public GenerationOptions ToGenerationOptions(bool hasDraft) => new GenerationOptions
     {
         MaxNewTokens = MaxNewTokens,
         Sampling = new SamplingOptions { Temperature = Temperature, TopK = TopK, TopP = TopP, Seed = Seed },
         StopStrings = StopStrings,
-        Speculative = hasDraft && UseDraft ? new SpeculativeOptions { TreeTokens = TreeTokens, TreeDepth = TreeDepth, TreeTopK = TreeTopK } : null,
+        Speculative = hasDraft && UseDraft ? new SpeculativeOptions { TreeTokens = TreeTokens, TreeDepth = TreeDepth, TreeTopK = TreeTopK, TreeMinProb = TreeMinProb } : null,
     }.Validate();
 }

@@ -13,7 +13,7 @@ namespace Beagle.SemanticKernel;
 public sealed class BeaglePromptExecutionSettings : PromptExecutionSettings
 {
     int? _maxTokens; float? _temperature, _topP; int? _topK; long? _seed; IList<string>? _stop;
-    bool? _speculative; int? _treeTokens, _treeDepth, _treeTopK;
+    bool? _speculative; int? _treeTokens, _treeDepth, _treeTopK; double? _treeMinProb;
 
     /// <summary>Output token limit; null = BeagleModelOptions.DefaultMaxTokens.</summary>
     [JsonPropertyName("max_tokens")] public int? MaxTokens { get => _maxTokens; set { ThrowIfFrozen(); _maxTokens = value; } }
@@ -28,6 +28,8 @@ public sealed class BeaglePromptExecutionSettings : PromptExecutionSettings
     [JsonPropertyName("tree_tokens")] public int? TreeTokens { get => _treeTokens; set { ThrowIfFrozen(); _treeTokens = value; } }
     [JsonPropertyName("tree_depth")] public int? TreeDepth { get => _treeDepth; set { ThrowIfFrozen(); _treeDepth = value; } }
     [JsonPropertyName("tree_topk")] public int? TreeTopK { get => _treeTopK; set { ThrowIfFrozen(); _treeTopK = value; } }
+    /// <summary>Confidence floor in [0, 1) for draft nodes (0 = off; null = the measured or default budget's).</summary>
+    [JsonPropertyName("tree_min_prob")] public double? TreeMinProb { get => _treeMinProb; set { ThrowIfFrozen(); _treeMinProb = value; } }
 
     /// <summary>
     /// Converts any settings to Beagle settings: null gives defaults, Beagle settings are returned as they are, other
@@ -62,6 +64,7 @@ public sealed class BeaglePromptExecutionSettings : PromptExecutionSettings
         if (TreeTokens is { } n && (n < 2 || n > 256)) throw new ArgumentOutOfRangeException("tree_tokens", n, "tree_tokens must be in [2, 256]");
         if (TreeDepth is { } d && (d < 1 || d > 32)) throw new ArgumentOutOfRangeException("tree_depth", d, "tree_depth must be in [1, 32]");
         if (TreeTopK is { } tk && (tk < 1 || tk > 64)) throw new ArgumentOutOfRangeException("tree_topk", tk, "tree_topk must be in [1, 64]");
+        if (TreeMinProb is { } mp && !(mp >= 0 && mp < 1)) throw new ArgumentOutOfRangeException("tree_min_prob", mp, "tree_min_prob must be in [0, 1)");
         if (FunctionChoiceBehavior is not null)
             throw new NotSupportedException("function calling is not supported by Beagle: remove FunctionChoiceBehavior from the execution settings");
         return this;
@@ -81,6 +84,7 @@ public sealed class BeaglePromptExecutionSettings : PromptExecutionSettings
         if (TreeTokens is { } tt) props[ChatRequestMapper.TreeTokensKey] = tt;
         if (TreeDepth is { } td) props[ChatRequestMapper.TreeDepthKey] = td;
         if (TreeTopK is { } tk) props[ChatRequestMapper.TreeTopKKey] = tk;
+        if (TreeMinProb is { } mp) props[ChatRequestMapper.TreeMinProbKey] = mp;
         if (props.Count > 0) o.AdditionalProperties = props;
         return o;
     }
@@ -91,6 +95,6 @@ public sealed class BeaglePromptExecutionSettings : PromptExecutionSettings
         ExtensionData = ExtensionData is null ? null : new Dictionary<string, object>(ExtensionData),
         MaxTokens = MaxTokens, Temperature = Temperature, TopP = TopP, TopK = TopK, Seed = Seed,
         StopSequences = StopSequences is null ? null : new List<string>(StopSequences),
-        Speculative = Speculative, TreeTokens = TreeTokens, TreeDepth = TreeDepth, TreeTopK = TreeTopK,
+        Speculative = Speculative, TreeTokens = TreeTokens, TreeDepth = TreeDepth, TreeTopK = TreeTopK, TreeMinProb = TreeMinProb,
     };
 }

@@ -13,7 +13,7 @@ namespace Beagle.SemanticKernel;
 internal static class ChatRequestMapper
 {
     /// <summary>Keys read from <see cref="ChatOptions.AdditionalProperties"/> (same names as the SK settings).</summary>
-    public const string SpeculativeKey = "speculative", TreeTokensKey = "tree_tokens", TreeDepthKey = "tree_depth", TreeTopKKey = "tree_topk";
+    public const string SpeculativeKey = "speculative", TreeTokensKey = "tree_tokens", TreeDepthKey = "tree_depth", TreeTopKKey = "tree_topk", TreeMinProbKey = "tree_min_prob";
 
     /// <summary>Turns the conversation (with <see cref="ChatOptions.Instructions"/> as the first system turn) into template turns.</summary>
     public static List<ChatTurn> ToTurns(IEnumerable<ChatMessage> messages, ChatOptions? options)
@@ -84,6 +84,7 @@ internal static class ChatRequestMapper
             TreeTokens = GetInt(props, TreeTokensKey),
             TreeDepth = GetInt(props, TreeDepthKey),
             TreeTopK = GetInt(props, TreeTopKKey),
+            TreeMinProb = GetDouble(props, TreeMinProbKey),
             Disabled = speculative == false,
         }.Validate();
 
@@ -129,6 +130,27 @@ internal static class ChatRequestMapper
         catch (Exception e) when (e is FormatException or OverflowException or InvalidOperationException)
         {
             throw new ArgumentException($"\"{key}\" must be an integer, got {Get(props, key)}", key, e);
+        }
+    }
+
+    static double? GetDouble(AdditionalPropertiesDictionary? props, string key)
+    {
+        try
+        {
+            return Get(props, key) switch
+            {
+                null => null,
+                JsonElement { ValueKind: JsonValueKind.Null } => null,
+                JsonElement { ValueKind: JsonValueKind.Number } e => e.GetDouble(),
+                JsonElement { ValueKind: JsonValueKind.String } e => double.Parse(e.GetString()!, CultureInfo.InvariantCulture),
+                string str => double.Parse(str, CultureInfo.InvariantCulture),
+                IConvertible c when c is not bool => Convert.ToDouble(c, CultureInfo.InvariantCulture),
+                var other => throw new FormatException(other.ToString()),
+            };
+        }
+        catch (Exception e) when (e is FormatException or OverflowException or InvalidOperationException)
+        {
+            throw new ArgumentException($"\"{key}\" must be a number, got {Get(props, key)}", key, e);
         }
     }
 

@@ -28,6 +28,7 @@ public sealed class BenchSettings : ModelSettings
     [CommandOption("--tree-tokens <N>")] [Description("Fixed tree budget for every draft (default: measured per draft).")] public int? TreeTokens { get; init; }
     [CommandOption("--tree-depth <D>")] [Description("Fixed tree depth (default: measured).")] public int? TreeDepth { get; init; }
     [CommandOption("--tree-topk <K>")] [Description("Fixed tree top-k (default: measured).")] public int? TreeTopK { get; init; }
+    [CommandOption("--tree-min-prob <P>")] [Description("Fixed confidence floor, 0 <= P < 1 (default: measured; 0 = off).")] public double? TreeMinProb { get; init; }
 
     [CommandOption("--json <FILE>")]
     [Description("Write the results as JSON.")]
@@ -45,6 +46,7 @@ public sealed class BenchSettings : ModelSettings
         if (Prompts is not null && !File.Exists(Prompts)) return ValidationResult.Error($"--prompts: no file at '{Prompts}'");
         if (MaxTokens < 1) return ValidationResult.Error("--max-tokens must be >= 1");
         if (Runs < 1) return ValidationResult.Error("--runs must be >= 1");
+        if (TreeMinProb is { } p && !(p >= 0 && p < 1)) return ValidationResult.Error("--tree-min-prob must be in [0, 1)");
         return ValidationResult.Success();
     }
 }
@@ -79,13 +81,13 @@ public sealed class BenchCommand : Command<BenchSettings>
                 var d = DraftCheckpoint.Load(path, model);
                 drafts.Add(d);
                 SpeculativeOptions spec;
-                if (s.TreeTokens is not null || s.TreeDepth is not null || s.TreeTopK is not null)
-                    spec = new SpeculativeOptions { TreeTokens = s.TreeTokens, TreeDepth = s.TreeDepth, TreeTopK = s.TreeTopK };
+                if (s.TreeTokens is not null || s.TreeDepth is not null || s.TreeTopK is not null || s.TreeMinProb is not null)
+                    spec = new SpeculativeOptions { TreeTokens = s.TreeTokens, TreeDepth = s.TreeDepth, TreeTopK = s.TreeTopK, TreeMinProb = s.TreeMinProb ?? 0 };
                 else
                 {
                     var cal = TreeBudgetCalibrator.GetOrMeasure(model, tokenizer, d, TreeBudgetCalibrator.DraftIdentity(d), log: m => AnsiConsole.MarkupLine($"[grey]{d.Architecture}: {Markup.Escape(m)}[/]"));
                     // A benchmark reports the draft at its best measured budget, even where calibration prefers plain decoding.
-                    spec = new SpeculativeOptions { TreeTokens = cal.Tokens, TreeDepth = cal.Depth, TreeTopK = cal.TopK };
+                    spec = new SpeculativeOptions { TreeTokens = cal.Tokens, TreeDepth = cal.Depth, TreeTopK = cal.TopK, TreeMinProb = cal.MinProb };
                 }
                 methods.Add(new BenchMethod(d.Architecture, DisplayPath(path), d, spec));
             }

@@ -31,6 +31,10 @@ public class DraftSettings : ModelSettings
     [Description("Children per expanded node (1-64; 1 = a chain). Default: measured.")]
     public int? TreeTopK { get; init; }
 
+    [CommandOption("--tree-min-prob <P>")]
+    [Description("Confidence floor (0 <= P < 1): draft nodes less likely than P under the draft are not verified, so rounds stop early where the draft is unsure (0 = off). Default: measured.")]
+    public double? TreeMinProb { get; init; }
+
     public override ValidationResult Validate()
     {
         var b = base.Validate();
@@ -40,11 +44,12 @@ public class DraftSettings : ModelSettings
         if (TreeTokens is { } n && (n < 2 || n > 256)) return ValidationResult.Error("--tree-tokens must be in [2, 256]");
         if (TreeDepth is { } d && (d < 1 || d > 32)) return ValidationResult.Error("--tree-depth must be in [1, 32]");
         if (TreeTopK is { } k && (k < 1 || k > 64)) return ValidationResult.Error("--tree-topk must be in [1, 64]");
+        if (TreeMinProb is { } p && !(p >= 0 && p < 1)) return ValidationResult.Error("--tree-min-prob must be in [0, 1)");
         return ValidationResult.Success();
     }
 
-    public SpeculativeOptions SpeculativeOptions => new() { TreeTokens = TreeTokens, TreeDepth = TreeDepth, TreeTopK = TreeTopK };
-    public bool ExplicitBudget => TreeTokens is not null || TreeDepth is not null || TreeTopK is not null;
+    public SpeculativeOptions SpeculativeOptions => new() { TreeTokens = TreeTokens, TreeDepth = TreeDepth, TreeTopK = TreeTopK, TreeMinProb = TreeMinProb };
+    public bool ExplicitBudget => TreeTokens is not null || TreeDepth is not null || TreeTopK is not null || TreeMinProb is not null;
 }
 
 internal static class CliDrafts

@@ -105,7 +105,7 @@ public static class SpeculativeBenchmark
             var b = methods[m].Speculative is { } s && methods[m].Draft is not null ? TreeBudget.Resolve(s, gens[m].DefaultTreeBudget) : (TreeBudget?)null;
             results.Add(new BenchMethodResult(methods[m].Name, methods[m].DraftPath, Math.Round(med, 1), Math.Round(med / plainMedian, 3),
                 Math.Round(forwards[m] == 0 ? 1 : (double)roundTokens[m] / forwards[m], 3), Math.Round(peak[m], 1), byDepth,
-                b is { } bb ? $"{bb.Tokens}/{bb.Depth}/{bb.TopK}" : null, tps[m].Select(x => Math.Round(x, 1)).ToArray()));
+                b?.ToString(), tps[m].Select(x => Math.Round(x, 1)).ToArray()));
         }
         return new BenchResult(MachineName(), TorchSharp.torch.get_num_threads(), maxNewTokens, ids.Length, runs, results, identical);
     }

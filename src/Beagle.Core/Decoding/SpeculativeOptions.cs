@@ -12,6 +12,12 @@ public sealed record SpeculativeOptions
     public int? TreeDepth { get; init; }
     /// <summary>Children expanded per frontier node and frontier width. 1..64; 1 = a chain.</summary>
     public int? TreeTopK { get; init; }
+    /// <summary>
+    /// Confidence floor in [0, 1): draft nodes whose path probability under the draft is below it are neither expanded
+    /// nor verified, so a round drafts deep where the draft is sure and stops early where it is not (0 = off: EAGLE-2's
+    /// fixed-size tree). See <see cref="Beagle.Drafting.DraftTree.Build"/>.
+    /// </summary>
+    public double? TreeMinProb { get; init; }
     /// <summary>Deeper draft nodes see their ancestors' draft states ("concate", on by default).</summary>
     public bool ConcatDraftStates { get; init; } = true;
     /// <summary>Turn speculation off and decode plainly (still counts statistics).</summary>
@@ -22,6 +28,7 @@ public sealed record SpeculativeOptions
         if (TreeTokens is { } n && (n < 2 || n > 256)) throw new ArgumentOutOfRangeException(nameof(TreeTokens), n, "tree tokens must be in [2, 256]");
         if (TreeDepth is { } d && (d < 1 || d > 32)) throw new ArgumentOutOfRangeException(nameof(TreeDepth), d, "tree depth must be in [1, 32]");
         if (TreeTopK is { } k && (k < 1 || k > 64)) throw new ArgumentOutOfRangeException(nameof(TreeTopK), k, "tree top-k must be in [1, 64]");
+        if (TreeMinProb is { } p && !(p >= 0 && p < 1)) throw new ArgumentOutOfRangeException(nameof(TreeMinProb), p, "tree min-prob must be in [0, 1)");
         return this;
     }
 }

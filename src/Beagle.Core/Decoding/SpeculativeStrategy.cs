@@ -19,11 +19,13 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
     readonly Sampler _sampler;
     readonly GenerationStats _stats;
     readonly int _tokens, _depth, _topK;
+    readonly float _minLogProb;
 
     public SpeculativeStrategy(LlamaModel target, IDraftModel draft, KvCache cache, Sampler sampler, GenerationStats stats, TreeBudget budget, bool concat)
     {
         (_target, _draft, _cache, _sampler, _stats) = (target, draft, cache, sampler, stats);
         (_tokens, _depth, _topK) = (budget.Tokens, budget.Depth, budget.TopK);
+        _minLogProb = budget.MinProb > 0 ? MathF.Log((float)budget.MinProb) : float.NegativeInfinity;
         _session = draft.StartSession(cache.Capacity);
         _session.ConcatDraftStates = concat;
         stats.AcceptedAtDepth = new long[_depth];
@@ -44,7 +46,7 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
 
         // 1. Draft: the tree never exceeds the context left.
         int steps = 0;
-        var tree = DraftTree.Build(_session, _draft.DraftToTarget, pending, n, Math.Min(_tokens, room), Math.Min(_depth, room - 1), _topK, ref steps);
+        var tree = DraftTree.Build(_session, _draft.DraftToTarget, pending, n, Math.Min(_tokens, room), Math.Min(_depth, room - 1), _topK, ref steps, _minLogProb);
         _session.EndRound();
         _stats.DraftSteps += steps;
         long t1 = Stopwatch.GetTimestamp();
@@ -112,9 +114,13 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
     public void Dispose() => _session.Dispose();
 }
 
-/// <summary>A resolved tree budget.</summary>
-public readonly record struct TreeBudget(int Tokens, int Depth, int TopK)
+/// <summary>A resolved tree budget: at most <paramref name="Tokens"/> verified per round (root included), at most
+/// <paramref name="Depth"/> draft steps, <paramref name="TopK"/> children per expanded node, and nodes below the
+/// confidence floor <paramref name="MinProb"/> (path probability under the draft; 0 = no floor) dropped.</summary>
+public readonly record struct TreeBudget(int Tokens, int Depth, int TopK, double MinProb = 0)
 {
+    public override string ToString() => MinProb > 0 ? FormattableString.Invariant($"{Tokens}/{Depth}/{TopK} p>={MinProb}") : $"{Tokens}/{Depth}/{TopK}";
+
     /// <summary>
     /// Used when neither the caller nor a calibration chose one: a chain of 5 draft tokens, the fastest fixed budget
     /// for both bundled stories260K drafts on a 2-core CPU (docs/benchmarks.md: 6/5/1 beat 5/4/1, 7/6/1, 10/5/2 and
@@ -125,7 +131,7 @@ public readonly record struct TreeBudget(int Tokens, int Depth, int TopK)
 
     public static TreeBudget Resolve(SpeculativeOptions o, TreeBudget fallback)
     {
-        var b = new TreeBudget(o.TreeTokens ?? fallback.Tokens, o.TreeDepth ?? fallback.Depth, o.TreeTopK ?? fallback.TopK);
+        var b = new TreeBudget(o.TreeTokens ?? fallback.Tokens, o.TreeDepth ?? fallback.Depth, o.TreeTopK ?? fallback.TopK, o.TreeMinProb ?? fallback.MinProb);
         if (b.Tokens - 1 > b.Depth * b.TopK)
             b = b with { Tokens = Math.Max(2, Math.Min(b.Tokens, b.Depth * b.TopK + 1)) };   // cannot keep more nodes than were drafted
         return b;

@@ -51,8 +51,14 @@ public sealed class DraftTree
     /// pending token at position <paramref name="rootPosition"/>. Calls EndRound is the caller's job.
     /// </summary>
     /// <param name="draftSteps">Incremented once per draft forward.</param>
+    /// <param name="minLogProb">
+    /// Confidence floor: a node whose cumulative draft log-probability (the log of the path's probability under the
+    /// draft, EAGLE-2's node value) is below it is neither expanded nor kept, and drafting stops early once no frontier
+    /// node clears it. Negative infinity (the default) keeps EAGLE-2's fixed-size tree; a finite floor makes the tree as
+    /// deep as the draft is sure and as small as it is unsure, which pays where every verified token costs FLOPs (CPU).
+    /// </param>
     public static DraftTree Build(IDraftSession session, IReadOnlyList<int>? draftToTarget, int root, int rootPosition,
-        int totalTokens, int depth, int topK, ref int draftSteps)
+        int totalTokens, int depth, int topK, ref int draftSteps, float minLogProb = float.NegativeInfinity)
     {
         if (totalTokens <= 1 || depth < 1) return RootOnly(root);
         var cands = new List<Candidate>(depth * topK * topK);
@@ -65,11 +71,12 @@ public sealed class DraftTree
         var frontier = new List<int>(topK);
         for (int j = 0; j < tok.GetLength(1); j++)
         {
+            if (!(lp[0, j] >= minLogProb)) break;   // best first: the rest are lower
             cands.Add(new Candidate(tok[0, j], -1, 1, lp[0, j], -1));
             frontier.Add(cands.Count - 1);
         }
 
-        for (int d = 2; d <= depth; d++)
+        for (int d = 2; d <= depth && frontier.Count > 0; d++)
         {
             // Expand the frontier: each node's parent in the session is its parent's expansion (root = rootExpansion).
             int m = frontier.Count;
@@ -89,7 +96,8 @@ public sealed class DraftTree
             for (int i = 0; i < m; i++)
             {
                 float ps = cands[frontier[i]].Score;
-                for (int j = 0; j < tok.GetLength(1); j++) cands.Add(new Candidate(tok[i, j], frontier[i], d, ps + lp[i, j], -1));
+                for (int j = 0; j < tok.GetLength(1); j++)
+                    if (ps + lp[i, j] >= minLogProb) cands.Add(new Candidate(tok[i, j], frontier[i], d, ps + lp[i, j], -1));
             }
             var next = Enumerable.Range(first, cands.Count - first).OrderByDescending(i => cands[i].Score).ThenBy(i => i).Take(topK).ToList();
             if (d < depth) frontier = next;

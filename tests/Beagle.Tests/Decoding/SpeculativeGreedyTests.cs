@@ -43,6 +43,37 @@ public class SpeculativeGreedyTests
         }
     }
 
+    [Theory]
+    [InlineData("bigram", 11, 10, 1, 0.05)]   // a chain as deep as the draft is sure
+    [InlineData("bigram", 16, 8, 4, 0.02)]    // a tree with a floor
+    [InlineData("random", 11, 10, 1, 0.5)]    // a floor no random guess clears: plain steps inside the strategy
+    public void Greedy_speculative_output_with_a_confidence_floor_equals_plain_greedy(string draftKind, int tokens, int depth, int topK, double floor)
+    {
+        var draft = draftKind == "bigram" ? Bigram.Value : RandomDraft.Value;
+        var plain = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer);
+        var spec = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer, draft);
+        foreach (var prompt in Prompts)
+        {
+            var o = new GenerationOptions { MaxNewTokens = 120 };
+            var expected = plain.Complete(prompt, o);
+            var actual = spec.Complete(prompt, o with { Speculative = new SpeculativeOptions { TreeTokens = tokens, TreeDepth = depth, TreeTopK = topK, TreeMinProb = floor } });
+            Assert.Equal(expected.TokenIds, actual.TokenIds);
+            Assert.True(actual.Stats.TargetForwards <= expected.Stats.TargetForwards);
+        }
+    }
+
+    [Theory]
+    [InlineData(-0.1)]
+    [InlineData(1.0)]
+    [InlineData(double.NaN)]
+    public void A_confidence_floor_outside_0_to_1_is_refused(double floor)
+    {
+        var spec = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer, Bigram.Value);
+        var o = new GenerationOptions { MaxNewTokens = 8, Speculative = new SpeculativeOptions { TreeMinProb = floor } };
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => spec.Generate("Once upon a time", o).ToList());
+        Assert.Equal("TreeMinProb", e.ParamName);
+    }
+
     [Fact]
     public void A_good_draft_accepts_more_than_one_token_per_forward()
     {

@@ -37,6 +37,9 @@ public sealed class MarkovDraft : IDraftModel
     }
 
     public IDraftSession StartSession(int capacity) => new Session(this);
+
+    /// <summary>log P(next | prev) under this draft.</summary>
+    public float LogProb(int prev, int next) => _logp[prev, next].item<float>();
     public void Dispose() => _logp.Dispose();
 
     sealed class Session(MarkovDraft d) : IDraftSession

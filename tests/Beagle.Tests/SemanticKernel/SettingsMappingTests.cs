@@ -34,13 +34,13 @@ public sealed class SettingsMappingTests
         var s = new BeaglePromptExecutionSettings
         {
             MaxTokens = 17, Temperature = 0.7f, TopP = 0.9f, TopK = 12, Seed = 3, StopSequences = ["The end"],
-            Speculative = true, TreeTokens = 24, TreeDepth = 5, TreeTopK = 8,
+            Speculative = true, TreeTokens = 24, TreeDepth = 5, TreeTopK = 8, TreeMinProb = 0.05,
         };
         var g = Map(BeaglePromptExecutionSettings.FromExecutionSettings(s).ToChatOptions());
         Assert.Equal(17, g.MaxNewTokens);
         Assert.Equal(new Beagle.Decoding.SamplingOptions { Temperature = 0.7f, TopP = 0.9f, TopK = 12, Seed = 3 }, g.Sampling);
         Assert.Equal(["The end"], g.StopStrings);
-        Assert.Equal(new Beagle.Decoding.SpeculativeOptions { TreeTokens = 24, TreeDepth = 5, TreeTopK = 8 }, g.Speculative);
+        Assert.Equal(new Beagle.Decoding.SpeculativeOptions { TreeTokens = 24, TreeDepth = 5, TreeTopK = 8, TreeMinProb = 0.05 }, g.Speculative);
     }
 
     [Fact]
@@ -91,10 +91,11 @@ public sealed class SettingsMappingTests
     [Fact]
     public void Json_element_values_are_read()
     {
-        var props = JsonSerializer.Deserialize<Dictionary<string, JsonElement>>("""{"tree_tokens": 40, "speculative": "false"}""")!;
+        var props = JsonSerializer.Deserialize<Dictionary<string, JsonElement>>("""{"tree_tokens": 40, "tree_min_prob": 0.02, "speculative": "false"}""")!;
         var o = new ChatOptions { AdditionalProperties = new(props.ToDictionary(p => p.Key, p => (object?)p.Value)) };
         var g = Map(o);
         Assert.Equal(40, g.Speculative!.TreeTokens);
+        Assert.Equal(0.02, g.Speculative.TreeMinProb);
         Assert.True(g.Speculative.Disabled);
     }
 
@@ -120,6 +121,10 @@ public sealed class SettingsMappingTests
         var e4 = Assert.ThrowsAny<ArgumentException>(() => BeaglePromptExecutionSettings.FromExecutionSettings(new PromptExecutionSettings { ExtensionData = new Dictionary<string, object> { ["max_tokens"] = "many" } }));
         Assert.Contains("invalid Beagle execution settings", e4.Message);
         Assert.ThrowsAny<ArgumentException>(() => Map(new ChatOptions { TopP = 0 }));
+        var e5 = Assert.ThrowsAny<ArgumentException>(() => BeaglePromptExecutionSettings.FromExecutionSettings(new BeaglePromptExecutionSettings { TreeMinProb = 1.5 }));
+        Assert.Contains("tree_min_prob", e5.Message);
+        var e6 = Assert.ThrowsAny<ArgumentException>(() => Map(new ChatOptions { AdditionalProperties = new() { ["tree_min_prob"] = "sure" } }));
+        Assert.Contains("tree_min_prob", e6.Message);
     }
 
     [Fact]

@@ -1,0 +1,77 @@
+using Beagle.Drafting;
+using Beagle.Tests.Infrastructure;
+using Xunit;
+
+namespace Beagle.Tests.Drafting;
+
+/// <summary>
+/// The confidence floor of <see cref="DraftTree.Build"/>, checked against path probabilities computed independently
+/// from a Markov draft's table (the draft's log P(next | prev) summed along each node's path).
+/// </summary>
+public class DraftTreeFloorTests
+{
+    static readonly Lazy<MarkovDraft> Bigram = new(() => MarkovDraft.Bigram(TestAssets.StoriesTokenizer, TestAssets.TinyStories, 512));
+
+    static float PathLogProb(MarkovDraft d, DraftTree t, int node)
+    {
+        float s = 0;
+        for (int i = node; t.Parents[i] >= 0; i = t.Parents[i]) s += d.LogProb(t.Tokens[t.Parents[i]], t.Tokens[i]);
+        return s;
+    }
+
+    static DraftTree Build(MarkovDraft d, int root, int tokens, int depth, int topK, float minLogProb, out int steps)
+    {
+        steps = 0;
+        using var session = d.StartSession(64);
+        var tree = DraftTree.Build(session, null, root, 10, tokens, depth, topK, ref steps, minLogProb);
+        session.EndRound();
+        return tree;
+    }
+
+    [Theory]
+    [InlineData(11, 10, 1, 0.05)]
+    [InlineData(16, 8, 4, 0.02)]
+    [InlineData(32, 6, 8, 0.1)]
+    public void Every_kept_node_clears_the_floor_and_no_better_node_is_dropped(int tokens, int depth, int topK, double floor)
+    {
+        var d = Bigram.Value;
+        var lf = MathF.Log((float)floor);
+        foreach (var root in TestAssets.StoriesTokenizer.Encode("Once upon a time there was a little girl", true))
+        {
+            var tree = Build(d, root, tokens, depth, topK, lf, out _);
+            var full = Build(d, root, tokens, depth, topK, float.NegativeInfinity, out _);
+            for (int i = 1; i < tree.Count; i++)
+                Assert.True(PathLogProb(d, tree, i) >= lf - 1e-5f, $"root {root}: node {i} below the floor");
+            // The floor only removes: every node of the floored tree whose path clears the floor in the unfloored tree is
+            // there too, up to the token budget (the unfloored tree keeps the best nodes; the floor drops a suffix of them).
+            int clearing = Enumerable.Range(1, full.Count - 1).Count(i => PathLogProb(d, full, i) >= lf);
+            Assert.True(tree.Count - 1 >= Math.Min(clearing, tokens - 1) || tree.Count == tokens,
+                $"root {root}: floored tree has {tree.Count - 1} nodes, the unfloored one {clearing} above the floor");
+        }
+    }
+
+    [Fact]
+    public void A_floor_above_every_first_step_gives_the_root_only_after_one_draft_step()
+    {
+        var d = Bigram.Value;
+        int root = TestAssets.StoriesTokenizer.Encode("Once", true)[^1];
+        var tree = Build(d, root, 11, 10, 1, MathF.Log(0.999f), out int steps);
+        Assert.Equal(1, tree.Count);
+        Assert.Equal(1, steps);
+    }
+
+    [Fact]
+    public void A_chain_stops_drafting_where_the_path_falls_below_the_floor()
+    {
+        var d = Bigram.Value;
+        int root = TestAssets.StoriesTokenizer.Encode("Once upon", true)[^1];
+        var full = Build(d, root, 21, 20, 1, float.NegativeInfinity, out int fullSteps);
+        Assert.Equal(20, fullSteps);
+        // Floor halfway down the full chain's path probability: the floored chain is the full chain's prefix that clears it.
+        float lf = PathLogProb(d, full, 10) + 1e-3f;
+        int expected = Enumerable.Range(1, full.Count - 1).Count(i => PathLogProb(d, full, i) >= lf);
+        var cut = Build(d, root, 21, 20, 1, lf, out int steps);
+        Assert.Equal(full.Tokens.Take(expected + 1), cut.Tokens);
+        Assert.True(steps <= expected + 1 && steps < fullSteps, $"{steps} draft steps for a chain of {expected}");
+    }
+}
