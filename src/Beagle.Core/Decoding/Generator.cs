@@ -127,7 +127,7 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
     IDecodeStrategy CreateStrategy(KvCache cache, Sampler sampler, GenerationStats stats, GenerationOptions o)
     {
         var s = o.Speculative;
-        bool budgetLeftToDefault = s is { TreeTokens: null, TreeDepth: null, TreeTopK: null };
+        bool budgetLeftToDefault = s is { TreeTokens: null, TreeDepth: null, TreeTopK: null, TreeMinProb: null };
         bool greedy = o.Sampling.IsGreedy;
         bool pays = greedy ? SpeculationPays : SamplingSpeculationPays;
         if (Draft is null || s is null || s.Disabled || (budgetLeftToDefault && !pays)) return new PlainStrategy(Target, cache, sampler, stats);

@@ -4,15 +4,17 @@ namespace Beagle.Models;
 
 /// <summary>
 /// A key/value cache for one sequence, allocated once at its full capacity (no concatenation per step).
-/// Layout per layer: [kvHeads, capacity, headDim], head-major, so attention reads a prefix of it as a view with no
-/// reshaping ([kvH, S, hd] is what SDPA takes); writing T new positions is one <c>index_copy_</c>. Slots [0, Length) hold committed positions. A forward writes its T positions at
+/// Layout per layer: [kvHeads, headDim, capacity], head-dimension-major: the C# attention kernel (ManagedAttention)
+/// computes a head's scores as headDim multiply-adds over contiguous slots and its output as headDim dot products over
+/// contiguous slots, and libtorch reads a prefix as views (keys already transposed for the score product, values as a
+/// transposed view). Slots [0, Length) hold committed positions. A forward writes its T positions at
 /// [Length, Length+T) and advances Length; tree verification then keeps only the accepted slots with
 /// <see cref="KeepSlots"/>. The cache owns its tensors (they live outside any dispose scope) and frees them on Dispose.
 /// </summary>
 public sealed class KvCache : IDisposable
 {
-    readonly Tensor _k, _v;                 // [L, kvH, capacity, hd]
-    internal readonly Tensor[] K, V;        // per-layer views [kvH, capacity, hd]
+    readonly Tensor _k, _v;                 // [L, kvH, hd, capacity]
+    internal readonly Tensor[] K, V;        // per-layer views [kvH, hd, capacity]
 
     public int Capacity { get; }
     /// <summary>Number of committed positions.</summary>
@@ -22,8 +24,8 @@ public sealed class KvCache : IDisposable
     {
         Capacity = capacity;
         using var scope = NewDisposeScope();
-        _k = zeros([c.Layers, c.KvHeads, capacity, c.EffectiveHeadDim], device: device).DetachFromDisposeScope();
-        _v = zeros([c.Layers, c.KvHeads, capacity, c.EffectiveHeadDim], device: device).DetachFromDisposeScope();
+        _k = zeros([c.Layers, c.KvHeads, c.EffectiveHeadDim, capacity], device: device).DetachFromDisposeScope();
+        _v = zeros([c.Layers, c.KvHeads, c.EffectiveHeadDim, capacity], device: device).DetachFromDisposeScope();
         K = new Tensor[c.Layers]; V = new Tensor[c.Layers];
         for (int l = 0; l < c.Layers; l++) { K[l] = _k[l].DetachFromDisposeScope(); V[l] = _v[l].DetachFromDisposeScope(); }
     }
@@ -63,8 +65,8 @@ public sealed class KvCache : IDisposable
             using var scope = NewDisposeScope();
             var src = tensor(slots.ToArray(), device: _k.device);
             var dst = arange(start, start + slots.Length, dtype: ScalarType.Int64, device: _k.device);
-            _k.index_copy_(2, dst, _k.index_select(2, src));
-            _v.index_copy_(2, dst, _v.index_select(2, src));
+            _k.index_copy_(3, dst, _k.index_select(3, src));
+            _v.index_copy_(3, dst, _v.index_select(3, src));
         }
         Length = start + slots.Length;
     }

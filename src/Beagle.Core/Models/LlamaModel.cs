@@ -110,6 +110,9 @@ public sealed class LlamaModel : IDisposable
         }
     }
 
+    /// <summary>Attention of short forwards in C# on the CPU (<see cref="ManagedAttention"/>); off = always libtorch (tests compare the two).</summary>
+    internal bool UseManagedAttention { get; set; } = true;
+
     /// <summary>A fresh KV cache for one sequence of at most <paramref name="capacity"/> positions (default: the model's context).</summary>
     public KvCache NewCache(int? capacity = null)
     {
@@ -153,26 +156,44 @@ public sealed class LlamaModel : IDisposable
         var sin = _rope.SinSigned.index_select(0, pos).unsqueeze(1);
         var slots = T == 1 ? tensor(new long[] { start }, device: Device) : arange(start, S, dtype: ScalarType.Int64, device: Device);
 
+        // Decoding and verification (a few new tokens, CPU): attention in C# (ManagedAttention: why there). Longer
+        // prefills and other devices: libtorch ops.
+        bool managed = UseManagedAttention && Device.type == DeviceType.CPU && T <= ManagedAttention.MaxTokens;
+        bool[]? allowed = null;   // managed path: [T, S], null = causal
+        Tensor? m = null;         // libtorch path: additive mask
+        if (managed)
+        {
+            if (mask is not null) allowed = MaskArray(mask);
+            else if (Config.SlidingWindow is { } w0 && S > w0) allowed = CausalAllowed(T, start);
+        }
         // The additive mask [G*T, S] (rows ordered (group, t) like the stacked queries below), built in C# and uploaded
         // as one tensor: converting and repeating a bool mask with tensor ops cost four ops per forward.
-        Tensor? m = null;
-        if (mask is not null) m = AdditiveMask(mask, T, S);
+        else if (mask is not null) m = AdditiveMask(mask, T, S);
         else if (T > 1 || (Config.SlidingWindow is { } w0 && S > w0)) m = AdditiveMask(CausalAllowed(T, start), T, S);
+        var scratch = managed ? new float[S] : null;
 
         for (int l = 0; l < _layers.Length; l++)
         {
-            var (k, v, q) = Project(_layers[l], x, cos, sin, 1, T);                    // k, v: [T, kvH, hd]; q: [T, H, hd]
-            cache.K[l].index_copy_(1, slots, k.transpose(0, 1));
-            cache.V[l].index_copy_(1, slots, v.transpose(0, 1));
-            var kk = cache.K[l].narrow(1, 0, S);                                       // [kvH, S, hd], a view
-            var vv = cache.V[l].narrow(1, 0, S);
+            var (k, v, q, qkv, rot) = Project(_layers[l], x, cos, sin, 1, T);          // k, v: [T, kvH, hd]; q: [T, H, hd] (views of qkv, rot)
+            if (managed)
+            {
+                var attn = empty(T, _q, device: Device);                               // [T, Q], written below
+                ManagedAttention.Run(Floats(rot), Floats(qkv), (int)qkv.shape[1], 2 * (_q + _kv),
+                    Floats(cache.K[l]), Floats(cache.V[l]), cache.Capacity, _h, _kvh, _hd, start, T, allowed, Floats(attn), scratch);
+                x = Mlp(_layers[l], x, attn);
+                continue;
+            }
+            cache.K[l].index_copy_(2, slots, k.permute(1, 2, 0));                     // cache layer: [kvH, hd, capacity]
+            cache.V[l].index_copy_(2, slots, v.permute(1, 2, 0));
+            var kT = cache.K[l].narrow(2, 0, S);                                       // [kvH, hd, S], a view: keys transposed
+            var vv = cache.V[l].narrow(2, 0, S).transpose(1, 2);                       // [kvH, S, hd], a strided view
             // GQA: the G query heads sharing a kv head are stacked along the query axis, [kvH, G*T, hd].
             // One token needs no permutation at all (the common case of plain decoding): 4 fewer ops per layer.
             var qq = T == 1 ? q.view(_kvh, _g, _hd) : q.view(T, _kvh, _g, _hd).permute(1, 2, 0, 3).reshape(_kvh, _g * T, _hd);
             // Plain ops (scores with the additive mask in one baddbmm, softmax, weighted sum) instead of SDPA, with or
             // without a mask: SDPA's math path re-checks a mask for fully masked rows in every layer, and even unmasked
             // one-token steps were 20-30 % slower through SDPA than explicit ops (docs/benchmarks.md, profiling log).
-            var scores = m is null ? qq.bmm(kk.transpose(1, 2)) : TorchOps.MaskedScores(m, qq, kk.transpose(1, 2));   // [kvH, G*T, S], q pre-scaled
+            var scores = m is null ? qq.bmm(kT) : TorchOps.MaskedScores(m, qq, kT);   // [kvH, G*T, S], q pre-scaled
             var o = scores.softmax(-1).bmm(vv);                                        // [kvH, G*T, hd]
             var oo = T == 1 ? o.reshape(1, _q) : o.view(_kvh, _g, T, _hd).permute(2, 0, 1, 3).reshape(T, _q);
             x = Mlp(_layers[l], x, oo);
@@ -199,7 +220,7 @@ public sealed class LlamaModel : IDisposable
         var m = AdditiveMask(CausalAllowed(T, 0), T, T);                              // [G*T, T]
         foreach (var layer in _layers)
         {
-            var (k, v, q) = Project(layer, x, cos, sin, B, T);
+            var (k, v, q, _, _) = Project(layer, x, cos, sin, B, T);
             var kk = k.view(B, T, _kvh, _hd).permute(0, 2, 1, 3);                      // [B, kvH, T, hd]
             var vv = v.view(B, T, _kvh, _hd).permute(0, 2, 1, 3);
             x = Mlp(layer, x, Attend(q, kk, vv, m, B, T));
@@ -231,6 +252,17 @@ public sealed class LlamaModel : IDisposable
         return tensor(data, [_g * T, S], device: Device);
     }
 
+    /// <summary>A CPU tensor's float32 memory, in place (the tensor must be contiguous float32 on the CPU).</summary>
+    static Span<float> Floats(Tensor t) => System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(t.bytes);
+
+    static bool[] MaskArray(Tensor mask)
+    {
+        if (mask.dtype != ScalarType.Bool)
+            throw new ArgumentException($"mask must be a bool tensor (true = may attend), got {mask.dtype}", nameof(mask));
+        using var host = mask.device_type == DeviceType.CPU && mask.is_contiguous() ? null : mask.cpu().contiguous();
+        return System.Runtime.InteropServices.MemoryMarshal.Cast<byte, bool>((host ?? mask).bytes).ToArray();
+    }
+
     Tensor AdditiveMask(Tensor mask, int T, int S)
     {
         if (mask.dtype != ScalarType.Bool)
@@ -241,7 +273,8 @@ public sealed class LlamaModel : IDisposable
 
     Tensor RmsNorm(Tensor x) => x * x.mul(x).mean([-1], keepdim: true).add_(_epsS, _oneS).rsqrt_();
 
-    (Tensor k, Tensor v, Tensor q) Project(Layer layer, Tensor x, Tensor cos, Tensor sin, int B, int T)
+    /// <returns>k, v, q as views, and the tensors they view: qkv [n, 2(Q+K)+K] and the rotated q|k, rot [n, H+kvH, hd] (both contiguous).</returns>
+    (Tensor k, Tensor v, Tensor q, Tensor qkv, Tensor rot) Project(Layer layer, Tensor x, Tensor cos, Tensor sin, int B, int T)
     {
         int n = B * T, qk = _q + _kv;
         var h = RmsNorm(x);
@@ -252,7 +285,7 @@ public sealed class LlamaModel : IDisposable
         var q = r.narrow(1, 0, _h);                                                           // [n, H, hd]
         var k = r.narrow(1, _h, _kvh);                                                        // [n, kvH, hd]
         var v = qkv.narrow(1, 2 * qk, _kv).view(n, _kvh, _hd);
-        return (k, v, q);
+        return (k, v, q, qkv, r);
     }
 
     /// <summary>Batched GQA attention (no cache): q [B*T, H, hd] (pre-scaled), kk/vv [B, kvH, S, hd], additive mask [G*T, S] → [B*T, Q].</summary>
