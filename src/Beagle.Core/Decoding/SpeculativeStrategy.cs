@@ -57,7 +57,7 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
         int[] pathTokens;
         using (var scope = NewDisposeScope())
         {
-            var mask = tree.Count == 1 ? null : tree.Mask(n, _target.Device);
+            var mask = tree.IsChain ? null : tree.Mask(n, _target.Device);              // a chain's tree mask is the causal one
             var o = _target.Forward(_cache, tree.Tokens, tree.Positions(n), mask);       // logits [N, V], hidden [N, D]
             _stats.TargetForwards++;
             // 4. Accept, reading the logits in place (no tensor ops: each costs microseconds at this size).

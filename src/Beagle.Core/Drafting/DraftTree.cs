@@ -21,6 +21,8 @@ public sealed class DraftTree
     /// <summary>Children of each node, best first.</summary>
     public int[][] Children { get; }
     public int Count => Tokens.Length;
+    /// <summary>Every node is the child of the one before it (top-k 1, or a tree that kept one path): its tree mask is causal.</summary>
+    public bool IsChain { get; }
 
     DraftTree(int[] tokens, int[] parents, int[] depths)
     {
@@ -29,6 +31,7 @@ public sealed class DraftTree
         for (int i = 0; i < kids.Length; i++) kids[i] = [];
         for (int i = 1; i < tokens.Length; i++) kids[parents[i]].Add(i);   // added in score order (see Build)
         Children = kids.Select(k => k.ToArray()).ToArray();
+        IsChain = Enumerable.Range(1, tokens.Length - 1).All(i => parents[i] == i - 1);
     }
 
     /// <summary>A tree from explicit arrays (breadth-first: every parent before its children). For tests and tools.</summary>

@@ -154,7 +154,6 @@ public sealed class LlamaModel : IDisposable
         var x = Embedding.index_select(0, tensor(tokArr, device: Device));            // [T, D]
         var cos = _rope.Cos.index_select(0, pos).unsqueeze(1);                         // [T, 1, hd]
         var sin = _rope.SinSigned.index_select(0, pos).unsqueeze(1);
-        var slots = T == 1 ? tensor(new long[] { start }, device: Device) : arange(start, S, dtype: ScalarType.Int64, device: Device);
 
         // Decoding and verification (a few new tokens, CPU): attention in C# (ManagedAttention: why there). Longer
         // prefills and other devices: libtorch ops.
@@ -171,6 +170,7 @@ public sealed class LlamaModel : IDisposable
         else if (mask is not null) m = AdditiveMask(mask, T, S);
         else if (T > 1 || (Config.SlidingWindow is { } w0 && S > w0)) m = AdditiveMask(CausalAllowed(T, start), T, S);
         var scratch = managed ? new float[S] : null;
+        Tensor? slots = null;     // libtorch path: the cache slots written
 
         for (int l = 0; l < _layers.Length; l++)
         {
@@ -183,6 +183,7 @@ public sealed class LlamaModel : IDisposable
                 x = Mlp(_layers[l], x, attn);
                 continue;
             }
+            slots ??= T == 1 ? tensor(new long[] { start }, device: Device) : arange(start, S, dtype: ScalarType.Int64, device: Device);
             cache.K[l].index_copy_(2, slots, k.permute(1, 2, 0));                     // cache layer: [kvH, hd, capacity]
             cache.V[l].index_copy_(2, slots, v.permute(1, 2, 0));
             var kT = cache.K[l].narrow(2, 0, S);                                       // [kvH, hd, S], a view: keys transposed

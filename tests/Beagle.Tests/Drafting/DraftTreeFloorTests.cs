@@ -42,6 +42,8 @@ public class DraftTreeFloorTests
             var full = Build(d, root, tokens, depth, topK, float.NegativeInfinity, out _);
             for (int i = 1; i < tree.Count; i++)
                 Assert.True(PathLogProb(d, tree, i) >= lf - 1e-5f, $"root {root}: node {i} below the floor");
+            // A chain (node i at depth i) verifies with the plain causal mask; anything with siblings needs the tree mask.
+            Assert.Equal(Enumerable.Range(0, tree.Count).All(i => tree.Depths[i] == i), tree.IsChain);
             // The floor only removes: every node of the floored tree whose path clears the floor in the unfloored tree is
             // there too, up to the token budget (the unfloored tree keeps the best nodes; the floor drops a suffix of them).
             int clearing = Enumerable.Range(1, full.Count - 1).Count(i => PathLogProb(d, full, i) >= lf);
