@@ -64,6 +64,39 @@ public sealed class DraftTree
         int totalTokens, int depth, int topK, ref int draftSteps, float minLogProb = float.NegativeInfinity)
     {
         if (totalTokens <= 1 || depth < 1) return RootOnly(root);
+        return topK == 1
+            ? BuildChain(session, draftToTarget, root, rootPosition, Math.Min(totalTokens - 1, depth), ref draftSteps, minLogProb)
+            : BuildTree(session, draftToTarget, root, rootPosition, totalTokens, depth, topK, ref draftSteps, minLogProb);
+    }
+
+    /// <summary>
+    /// Top-k 1: the tree <see cref="BuildTree"/> would give, without its sorting and bookkeeping (a few microseconds a
+    /// round, which a CPU round cannot spare): cumulative scores only fall along a chain, so its rerank keeps a prefix.
+    /// Stops after <paramref name="length"/> draft tokens, where the general search would draft to the full depth and
+    /// then drop what exceeds the token budget.
+    /// </summary>
+    internal static DraftTree BuildChain(IDraftSession session, IReadOnlyList<int>? draftToTarget, int root, int rootPosition,
+        int length, ref int draftSteps, float minLogProb)
+    {
+        var tokens = new List<int>(length + 1) { root };
+        float score = 0;
+        for (int d = 1; d <= length; d++)
+        {
+            // Expand the node at depth d-1; session node ids are expansion order, so its parent is node d-2 (root: none).
+            Expand(session, [tokens[d - 1]], [rootPosition + d - 1], [d - 2], 1, draftToTarget, out var tok, out var lp);
+            draftSteps++;
+            score += lp[0, 0];
+            if (!(score >= minLogProb)) break;
+            tokens.Add(tok[0, 0]);
+        }
+        int n = tokens.Count;
+        return new DraftTree([.. tokens], Enumerable.Range(-1, n).ToArray(), Enumerable.Range(0, n).ToArray());
+    }
+
+    /// <summary>EAGLE-2's search (see the class summary), any top-k.</summary>
+    internal static DraftTree BuildTree(IDraftSession session, IReadOnlyList<int>? draftToTarget, int root, int rootPosition,
+        int totalTokens, int depth, int topK, ref int draftSteps, float minLogProb)
+    {
         var cands = new List<Candidate>(depth * topK * topK);
         int expansions = 0;
 

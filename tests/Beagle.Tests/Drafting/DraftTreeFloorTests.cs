@@ -52,6 +52,44 @@ public class DraftTreeFloorTests
         }
     }
 
+    [Theory]
+    [InlineData(6, 5, float.NegativeInfinity)]
+    [InlineData(4, 8, float.NegativeInfinity)]   // the token budget, not the depth, ends the chain
+    [InlineData(11, 10, -3f)]                    // a floor
+    public void The_chain_fast_path_gives_the_general_search_s_tree(int tokens, int depth, float minLogProb)
+    {
+        var d = Bigram.Value;
+        foreach (var root in TestAssets.StoriesTokenizer.Encode("Once upon a time there was a little girl", true))
+        {
+            int s1 = 0, s2 = 0;
+            using var a = new RecordingSession(d.StartSession(64)); using var b = new RecordingSession(d.StartSession(64));
+            var chain = DraftTree.BuildChain(a, null, root, 10, Math.Min(tokens - 1, depth), ref s1, minLogProb);
+            var general = DraftTree.BuildTree(b, null, root, 10, tokens, depth, 1, ref s2, minLogProb);
+            Assert.Equal(general.Tokens, chain.Tokens);
+            Assert.Equal(general.Parents, chain.Parents);
+            Assert.Equal(general.Depths, chain.Depths);
+            Assert.True(s1 <= s2);
+            // Same draft calls (token, position, parent id), so a real session attends the same ancestors either way.
+            Assert.Equal(b.Calls.Take(a.Calls.Count), a.Calls);
+        }
+    }
+
+    /// <summary>Records every Expand call (one node each here) as "token@position^parent".</summary>
+    sealed class RecordingSession(Beagle.Drafting.IDraftSession inner) : Beagle.Drafting.IDraftSession
+    {
+        public List<string> Calls { get; } = [];
+        public int Length => inner.Length;
+        public bool ConcatDraftStates { get => inner.ConcatDraftStates; set => inner.ConcatDraftStates = value; }
+        public void Commit(ReadOnlySpan<int> tokens, TorchSharp.torch.Tensor hidden) => inner.Commit(tokens, hidden);
+        public TorchSharp.torch.Tensor Expand(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
+        {
+            for (int i = 0; i < tokens.Length; i++) Calls.Add($"{tokens[i]}@{positions[i]}^{parents[i]}");
+            return inner.Expand(tokens, positions, parents);
+        }
+        public void EndRound() => inner.EndRound();
+        public void Dispose() => inner.Dispose();
+    }
+
     [Fact]
     public void A_floor_above_every_first_step_gives_the_root_only_after_one_draft_step()
     {
