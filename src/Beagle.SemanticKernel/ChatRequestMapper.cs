@@ -112,28 +112,16 @@ internal static class ChatRequestMapper
 
     static bool ParseBool(string key, string? s) => bool.TryParse(s, out var b) ? b : throw new ArgumentException($"\"{key}\" must be true or false, got '{s}'", key);
 
-    static int? GetInt(AdditionalPropertiesDictionary? props, string key)
-    {
-        try
-        {
-            return Get(props, key) switch
-            {
-                null => null,
-                JsonElement { ValueKind: JsonValueKind.Null } => null,
-                JsonElement { ValueKind: JsonValueKind.Number } e => e.GetInt32(),
-                JsonElement { ValueKind: JsonValueKind.String } e => int.Parse(e.GetString()!, CultureInfo.InvariantCulture),
-                string str => int.Parse(str, CultureInfo.InvariantCulture),
-                IConvertible c when c is not bool => checked(Convert.ToInt32(c, CultureInfo.InvariantCulture) is var i && Convert.ToDouble(c, CultureInfo.InvariantCulture) == i ? i : throw new FormatException()),
-                var other => throw new FormatException(other.ToString()),
-            };
-        }
-        catch (Exception e) when (e is FormatException or OverflowException or InvalidOperationException)
-        {
-            throw new ArgumentException($"\"{key}\" must be an integer, got {Get(props, key)}", key, e);
-        }
-    }
+    static int? GetInt(AdditionalPropertiesDictionary? props, string key) => GetNumber(props, key, "an integer",
+        e => e.GetInt32(), str => int.Parse(str, CultureInfo.InvariantCulture),
+        c => checked(Convert.ToInt32(c, CultureInfo.InvariantCulture) is var i && Convert.ToDouble(c, CultureInfo.InvariantCulture) == i ? i : throw new FormatException()));
 
-    static double? GetDouble(AdditionalPropertiesDictionary? props, string key)
+    static double? GetDouble(AdditionalPropertiesDictionary? props, string key) => GetNumber(props, key, "a number",
+        e => e.GetDouble(), str => double.Parse(str, CultureInfo.InvariantCulture), c => Convert.ToDouble(c, CultureInfo.InvariantCulture));
+
+    /// <summary>A number from a typed value, a JsonElement or a string; anything else is an ArgumentException naming the key.</summary>
+    static T? GetNumber<T>(AdditionalPropertiesDictionary? props, string key, string kind,
+        Func<JsonElement, T> fromJson, Func<string, T> parse, Func<IConvertible, T> convert) where T : struct
     {
         try
         {
@@ -141,16 +129,16 @@ internal static class ChatRequestMapper
             {
                 null => null,
                 JsonElement { ValueKind: JsonValueKind.Null } => null,
-                JsonElement { ValueKind: JsonValueKind.Number } e => e.GetDouble(),
-                JsonElement { ValueKind: JsonValueKind.String } e => double.Parse(e.GetString()!, CultureInfo.InvariantCulture),
-                string str => double.Parse(str, CultureInfo.InvariantCulture),
-                IConvertible c when c is not bool => Convert.ToDouble(c, CultureInfo.InvariantCulture),
+                JsonElement { ValueKind: JsonValueKind.Number } e => fromJson(e),
+                JsonElement { ValueKind: JsonValueKind.String } e => parse(e.GetString()!),
+                string str => parse(str),
+                IConvertible c when c is not bool => convert(c),
                 var other => throw new FormatException(other.ToString()),
             };
         }
         catch (Exception e) when (e is FormatException or OverflowException or InvalidOperationException)
         {
-            throw new ArgumentException($"\"{key}\" must be a number, got {Get(props, key)}", key, e);
+            throw new ArgumentException($"\"{key}\" must be {kind}, got {Get(props, key)}", key, e);
         }
     }
 
