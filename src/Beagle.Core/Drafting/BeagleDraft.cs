@@ -82,11 +82,14 @@ public sealed class BeagleDraft : DraftModelBase
     {
         long vocab = Target.Embedding.shape[0];
         if (!UseManagedKernel(vocab * 2L * Config.QDim * 4 <= QueryTableMaxBytes)) return new Session(this, capacity);
-        using var w = Fold();
-        using var scope = NewDisposeScope();
-        using var _ = no_grad();
-        var table = RmsNormNoWeight(Target.Embedding).mm(w.WqT);                          // [V, 2Q]
-        return new Kernels.ManagedBeagleSession(Config, capacity, table, Target.Embedding, w.WkvT, w.WoT, w.W13T, w.W2T, LmHead, Rope.Cos, Rope.SinSigned);
+        return new Kernels.ManagedBeagleSession(Config, capacity, SessionWeights(() =>
+        {
+            using var w = Fold();
+            using var scope = NewDisposeScope();
+            using var _ = no_grad();
+            var table = RmsNormNoWeight(Target.Embedding).mm(w.WqT);                      // [V, 2Q]
+            return HostWeights(w.WoT, w.W13T, w.W2T) with { QTable = Kernels.ManagedWeights.Host(table), WkvT = Kernels.ManagedWeights.Host(w.WkvT) };
+        }));
     }
 
 

@@ -67,6 +67,30 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
 
     public abstract IDraftSession StartSession(int capacity);
 
+    Kernels.ManagedWeights? _sessionWeights;
+    readonly object _sessionWeightsLock = new();
+
+    /// <summary>
+    /// The managed kernel's host copy of the (folded) weights, built on first use and shared by every session until
+    /// <see cref="InvalidateSessionWeights"/>. Sessions started after the weights change must not see a stale copy: the
+    /// trainer invalidates after every optimiser step; anything else that writes the weights must do the same.
+    /// </summary>
+    internal Kernels.ManagedWeights SessionWeights(Func<Kernels.ManagedWeights> build)
+    {
+        lock (_sessionWeightsLock) return _sessionWeights ??= build();
+    }
+
+    /// <summary>Forgets the managed sessions' copy of the weights (call after changing them); sessions already running keep theirs.</summary>
+    public void InvalidateSessionWeights() { lock (_sessionWeightsLock) _sessionWeights = null; }
+
+    /// <summary>The parts of <see cref="Kernels.ManagedWeights"/> both architectures share.</summary>
+    private protected Kernels.ManagedWeights HostWeights(Tensor woT, Tensor w13T, Tensor w2T) => new()
+    {
+        Emb = Kernels.ManagedWeights.Host(Target.Embedding), WoT = Kernels.ManagedWeights.Host(woT), W13T = Kernels.ManagedWeights.Host(w13T),
+        W2T = Kernels.ManagedWeights.Host(w2T), Lm = Kernels.ManagedWeights.Host(LmHead), Cos = Kernels.ManagedWeights.Host(Rope.Cos),
+        Sin = Kernels.ManagedWeights.Host(Rope.SinSigned), LmRows = (int)LmHead.shape[0],
+    };
+
     /// <summary>Session implementation (see <see cref="Kernels.DraftKernel"/>); Auto picks the managed kernel for small CPU drafts.</summary>
     public Kernels.DraftKernel Kernel { get; set; } = Kernels.DraftKernel.Auto;
 

@@ -98,8 +98,14 @@ public sealed class Eagle2Draft : DraftModelBase
     public override IDraftSession StartSession(int capacity)
     {
         if (!UseManagedKernel(Target.Embedding.shape[0] * (long)Config.Dim * 4 <= 256L << 20)) return new Session(this, capacity);
-        using var w = Fold();
-        return new Kernels.ManagedEagle2Session(Config, capacity, Target.Embedding, w.WfcT, w.Bfc, w.WqkvT, w.WoT, w.W13T, w.W2T, LmHead, Rope.Cos, Rope.SinSigned);
+        return new Kernels.ManagedEagle2Session(Config, capacity, SessionWeights(() =>
+        {
+            using var w = Fold();
+            return HostWeights(w.WoT, w.W13T, w.W2T) with
+            {
+                WfcT = Kernels.ManagedWeights.Host(w.WfcT), Bfc = Kernels.ManagedWeights.Host(w.Bfc), WqkvT = Kernels.ManagedWeights.Host(w.WqkvT),
+            };
+        }));
     }
 
     sealed class Folded : IDisposable

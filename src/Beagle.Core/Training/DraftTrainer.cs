@@ -142,6 +142,7 @@ public abstract class DraftTrainer
             if ((string?)state["arch"] != o.Architecture) throw new InvalidOperationException($"checkpoint is for '{state["arch"]}', not '{o.Architecture}'");
             if ((string?)state["feature_cache"] != cache.Key.Id) throw new InvalidOperationException("the checkpoint was trained on different data or a different target (feature cache key differs); cannot resume");
             draft.load_safetensors(Path.Combine(CheckpointDir, DraftCheckpoint.WeightsFile), strict: true);
+            draft.InvalidateSessionWeights();
             optimizer.load_state_dict(Path.Combine(CheckpointDir, "optimizer.bin"));
             step = (long)state["step"]!;
             epochs = state["epochs"].Deserialize<List<EpochMetrics>>(MetricsJson) ?? [];
@@ -173,6 +174,7 @@ public abstract class DraftTrainer
                     var st = Step(draft, tokens, states, stage, step);
                     torch.nn.utils.clip_grad_norm_(parameters, o.MaxGradNorm);
                     optimizer.step();
+                    draft.InvalidateSessionWeights();   // evaluation sessions must see the new weights
                     step++; stepsThisRun++;
                     lastLoss = st.Loss;
                     window.Add(st); epochAcc.Add(st);

@@ -84,6 +84,36 @@ public class ManagedKernelTests
     }
 
     [Theory]
+    [InlineData("beagle")]
+    [InlineData("eagle2")]
+    public void Sessions_share_one_weight_copy_until_it_is_invalidated(string arch)
+    {
+        var target = TestAssets.Stories;
+        manual_seed(43);
+        using var draft = DraftCheckpoint.Create(DraftConfig.ForTarget(target.Config, arch), target);
+        using (no_grad()) foreach (var p in draft.parameters()) p.mul_(3);
+        var prompt = TestAssets.StoriesTokenizer.Encode("Tom had a red ball", true);
+        using var cache = target.NewCache();
+        using var pre = target.Forward(cache, prompt, Enumerable.Range(0, prompt.Length).ToArray());
+        int n = prompt.Length;
+        Tensor Logp(DraftKernel kernel)
+        {
+            draft.Kernel = kernel;
+            using var s = draft.StartSession(64);
+            s.Commit(prompt, pre.Hidden);
+            return s.Expand([300], [n], [-1]);
+        }
+        using var before = Logp(DraftKernel.Managed);
+        using (no_grad()) foreach (var p in draft.parameters()) p.mul_(1.1);   // what an optimiser step does: weights change in place
+        draft.InvalidateSessionWeights();
+        using var managed = Logp(DraftKernel.Managed);
+        using var torchPath = Logp(DraftKernel.Torch);                         // reads the live weights
+        float scale = torchPath.abs().max().item<float>(), diff = (managed - torchPath).abs().max().item<float>();
+        Assert.True(diff < 1e-5 * (1 + scale), $"a session after invalidation must see the new weights: max |difference| {diff} (scale {scale})");
+        Assert.True((managed - before).abs().max().item<float>() > 1e-3f, "the weights did change");
+    }
+
+    [Theory]
     [InlineData(64, 64)]
     [InlineData(64, 344)]
     [InlineData(172, 64)]

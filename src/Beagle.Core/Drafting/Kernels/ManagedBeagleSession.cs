@@ -21,10 +21,10 @@ internal sealed class ManagedBeagleSession : ManagedSessionBase
 
     public override bool ConcatDraftStates { get; set; } = true;
 
-    public ManagedBeagleSession(DraftConfig c, int capacity, Tensor queryTable, Tensor embedding, Tensor wkvT, Tensor woT, Tensor w13T, Tensor w2T,
-        Tensor lmHead, Tensor cos, Tensor sinSigned) : base(c, capacity, embedding, woT, w13T, w2T, lmHead, cos, sinSigned)
+    public ManagedBeagleSession(DraftConfig c, int capacity, ManagedWeights w) : base(c, capacity, w)
     {
-        _qTable = Host(queryTable); _wkvT = Host(wkvT);
+        _qTable = w.QTable ?? throw new ArgumentException("Beagle weights need the query table", nameof(w));
+        _wkvT = w.WkvT ?? throw new ArgumentException("Beagle weights need WkvT", nameof(w));
         _states = new float[DraftModelBase.MaxRoundNodes * _d];
     }
 

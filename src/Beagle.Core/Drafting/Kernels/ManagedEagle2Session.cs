@@ -24,10 +24,10 @@ internal sealed class ManagedEagle2Session : ManagedSessionBase
         set { if (!value) throw new NotSupportedException("EAGLE-2 drafts always see their ancestors' entries (their input is the parent's draft feature)"); }
     }
 
-    public ManagedEagle2Session(DraftConfig c, int capacity, Tensor embedding, Tensor wfcT, Tensor bfc, Tensor wqkvT, Tensor woT, Tensor w13T, Tensor w2T,
-        Tensor lmHead, Tensor cos, Tensor sinSigned) : base(c, capacity, embedding, woT, w13T, w2T, lmHead, cos, sinSigned)
+    public ManagedEagle2Session(DraftConfig c, int capacity, ManagedWeights w) : base(c, capacity, w)
     {
-        _wfcT = Host(wfcT); _bfc = Host(bfc); _wqkvT = Host(wqkvT);
+        (_wfcT, _bfc, _wqkvT) = (w.WfcT ?? throw new ArgumentException("EAGLE-2 weights need WfcT", nameof(w)),
+            w.Bfc ?? throw new ArgumentException("EAGLE-2 weights need Bfc", nameof(w)), w.WqkvT ?? throw new ArgumentException("EAGLE-2 weights need WqkvT", nameof(w)));
         _features = new float[capacity * _d];
         _outs = new float[DraftModelBase.MaxRoundNodes * _d];
         _tokens = new int[capacity];

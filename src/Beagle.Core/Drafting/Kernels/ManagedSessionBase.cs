@@ -20,20 +20,18 @@ internal abstract class ManagedSessionBase : IDraftSession, IArrayDraftSession
     protected readonly HeadMajorKv _kv;
     readonly int _capacity, _vd;
 
-    protected ManagedSessionBase(DraftConfig c, int capacity, Tensor embedding, Tensor woT, Tensor w13T, Tensor w2T, Tensor lmHead,
-        Tensor cos, Tensor sinSigned)
+    protected ManagedSessionBase(DraftConfig c, int capacity, ManagedWeights w)
     {
         if (capacity <= 0 || capacity > c.MaxPositions)
             throw new ArgumentOutOfRangeException(nameof(capacity), $"capacity must be in [1, {c.MaxPositions}], got {capacity}");
         (_d, _h, _kvh, _hd, _g, _q, _k, _f) = (c.Dim, c.Heads, c.KvHeads, c.HeadDim, c.GroupSize, c.QDim, c.KvDim, c.HiddenDim);
-        (_capacity, _maxPositions, _vd) = (capacity, c.MaxPositions, (int)lmHead.shape[0]);
+        (_capacity, _maxPositions, _vd) = (capacity, c.MaxPositions, w.LmRows);
         _eps = (float)c.NormEps; _scale = 1f / MathF.Sqrt(_hd);
-        _emb = Host(embedding); _woT = Host(woT); _w13T = Host(w13T); _w2T = Host(w2T); _lm = Host(lmHead); _cos = Host(cos); _sin = Host(sinSigned);
+        (_emb, _woT, _w13T, _w2T, _lm, _cos, _sin) = (w.Emb, w.WoT, w.W13T, w.W2T, w.Lm, w.Cos, w.Sin);   // shared, read-only
         _kv = new HeadMajorKv(_kvh, _hd, capacity + DraftModelBase.MaxRoundNodes);
     }
 
     /// <summary>A weight snapshot as a plain array.</summary>
-    protected static float[] Host(Tensor t) { using var x = t.detach().to(float32).cpu().contiguous(); return x.data<float>().ToArray(); }
 
     /// <summary>This round's expanded nodes and their draft-state slots.</summary>
     protected RoundTree Round { get; } = new(DraftModelBase.MaxRoundNodes);
