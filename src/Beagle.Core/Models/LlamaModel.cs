@@ -64,7 +64,8 @@ public sealed class LlamaModel : IDisposable
         _epsS = c.NormEps.ToScalar(); _oneS = 1.0.ToScalar();
         // Attention's 1/sqrt(hd) is folded into the q rows (rotary is linear, so scaling before it is the same), which
         // saves the scaling op per layer and lets a masked forward compute scores and mask in one baddbmm.
-        float qScale = (float)(1.0 / Math.Sqrt(_hd));
+        // An explicit Scalar held for the whole constructor: TorchSharp's implicit float→Scalar may be finalised mid-call.
+        using var qScale = (1.0 / Math.Sqrt(_hd)).ToScalar();
 
         using var scope = NewDisposeScope();
         using var _ = no_grad();

@@ -134,7 +134,8 @@ public class DraftModelTests
         using var dir = TestAssets.TempDir();
         using (var draft = NewDraft(DraftConfig.Beagle)) DraftCheckpoint.Save(draft, dir.Path, null);
         using var w = Llama2cCheckpoint.Load(TestAssets.ModelPath);
-        using var shifted = w.TokenEmbedding + 0.001f;
+        using var eps = 0.001.ToScalar();
+        using var shifted = w.TokenEmbedding.add(eps, TorchScalars.One);
         using var other = new LlamaModel(new LlamaWeights { Config = w.Config, TokenEmbedding = shifted, Layers = w.Layers, FinalNorm = w.FinalNorm, LmHead = w.LmHead });
         var mine = TargetFingerprint.Of(Target); var theirs = TargetFingerprint.Of(other);
         Assert.NotEqual(mine.EmbeddingSha256, theirs.EmbeddingSha256);

@@ -13,6 +13,9 @@ public sealed class DraftingCollection { public const string Name = "Drafting (g
 /// <summary>Deterministic drafts with random weights over the stories260K target, and its true states.</summary>
 internal static class DraftTestKit
 {
+    // Held for the process: TorchSharp's implicit number→Scalar can be finalised while libtorch still reads it.
+    static readonly Scalar Half = 0.5.ToScalar();
+
     public static LlamaModel Target => TestAssets.Stories;
 
     /// <summary>A draft with seeded random weights; norm weights and biases are randomised too, so that a wrongly folded one shows.</summary>
@@ -23,7 +26,7 @@ internal static class DraftTestKit
         using var _ = no_grad();
         foreach (var (name, p) in d.named_parameters())
         {
-            if (p.dim() == 1) p.copy_(rand(p.shape) + 0.5);          // norms in [0.5, 1.5), biases; matrices keep the default init
+            if (p.dim() == 1) p.copy_(rand(p.shape).add_(Half, TorchScalars.One));   // norms in [0.5, 1.5), biases; matrices keep the default init
         }
         return d;
     }

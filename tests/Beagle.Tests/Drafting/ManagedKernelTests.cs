@@ -1,6 +1,7 @@
 using Beagle.Drafting;
 using Beagle.Drafting.Kernels;
 using Beagle.Tests.Infrastructure;
+using TorchSharp;
 using Xunit;
 using static TorchSharp.torch;
 
@@ -19,8 +20,10 @@ public class ManagedKernelTests
         var target = TestAssets.Stories;
         manual_seed(42);
         using var draft = DraftCheckpoint.Create(DraftConfig.ForTarget(target.Config, arch), target);
-        // Scale weights up a little so attention is not uniform and differences would show.
-        using (no_grad()) foreach (var p in draft.parameters()) p.mul_(3);
+        // Scale weights up a little so attention is not uniform and differences would show. (Explicit Scalars: an implicit
+        // one can be finalised while libtorch reads it.)
+        using var three = 3.0.ToScalar();
+        using (no_grad()) foreach (var p in draft.parameters()) p.mul_(three);
         var prompt = TestAssets.StoriesTokenizer.Encode("Once upon a time there was a girl", true);
         using var cache = target.NewCache();
         using var pre = target.Forward(cache, prompt, Enumerable.Range(0, prompt.Length).ToArray());
@@ -91,7 +94,8 @@ public class ManagedKernelTests
         var target = TestAssets.Stories;
         manual_seed(43);
         using var draft = DraftCheckpoint.Create(DraftConfig.ForTarget(target.Config, arch), target);
-        using (no_grad()) foreach (var p in draft.parameters()) p.mul_(3);
+        using var three = 3.0.ToScalar(); using var step = 1.1.ToScalar();
+        using (no_grad()) foreach (var p in draft.parameters()) p.mul_(three);
         var prompt = TestAssets.StoriesTokenizer.Encode("Tom had a red ball", true);
         using var cache = target.NewCache();
         using var pre = target.Forward(cache, prompt, Enumerable.Range(0, prompt.Length).ToArray());
@@ -104,7 +108,7 @@ public class ManagedKernelTests
             return s.Expand([300], [n], [-1]);
         }
         using var before = Logp(DraftKernel.Managed);
-        using (no_grad()) foreach (var p in draft.parameters()) p.mul_(1.1);   // what an optimiser step does: weights change in place
+        using (no_grad()) foreach (var p in draft.parameters()) p.mul_(step);   // what an optimiser step does: weights change in place
         draft.InvalidateSessionWeights();
         using var managed = Logp(DraftKernel.Managed);
         using var torchPath = Logp(DraftKernel.Torch);                         // reads the live weights

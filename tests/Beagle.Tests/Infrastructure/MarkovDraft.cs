@@ -1,5 +1,6 @@
 using Beagle.Drafting;
 using Beagle.Tokenization;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Beagle.Tests.Infrastructure;
@@ -32,7 +33,8 @@ public sealed class MarkovDraft : IDraftModel
     public static MarkovDraft Random(int vocab, int seed)
     {
         var g = new TorchSharp.torch.Generator((ulong)seed);
-        using var r = randn([vocab, vocab], generator: g) * 3;
+        using var three = 3.0.ToScalar();
+        using var r = randn([vocab, vocab], generator: g).mul_(three);
         return new MarkovDraft(r.log_softmax(-1).DetachFromDisposeScope());
     }
 

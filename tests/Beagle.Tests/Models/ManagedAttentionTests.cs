@@ -1,4 +1,5 @@
 using Beagle.Models;
+using TorchSharp;
 using Xunit;
 using static TorchSharp.torch;
 
@@ -19,7 +20,8 @@ public class ManagedAttentionTests
             QkvBias = bias, SlidingWindow = window,
         };
         using var w = LlamaWeights.Random(config, seed: 5);
-        foreach (var l in w.Layers) { l.Wq.mul_(20); l.Wk.mul_(20); }   // peaked attention, so a wrong mask or slot shows
+        using var twenty = 20.0.ToScalar();   // explicit: an implicit Scalar can be finalised mid-call (docs/benchmarks.md)
+        foreach (var l in w.Layers) { l.Wq.mul_(twenty); l.Wk.mul_(twenty); }   // peaked attention, so a wrong mask or slot shows
         return new LlamaModel(w);
     }
 

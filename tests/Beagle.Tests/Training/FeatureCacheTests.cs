@@ -2,6 +2,7 @@ using Beagle.Checkpoints;
 using Beagle.Models;
 using Beagle.Tests.Infrastructure;
 using Beagle.Training;
+using TorchSharp;
 using Xunit;
 using static TorchSharp.torch;
 
@@ -37,7 +38,8 @@ public class FeatureCacheTests
 
         // A target whose inner layer differs (same embedding): the fingerprint's probe must notice.
         using var w = Llama2cCheckpoint.Load(TestAssets.ModelPath);
-        using (no_grad()) w.Layers[1].W2.mul_(1.01f);
+        using var factor = 1.01.ToScalar();
+        using (no_grad()) w.Layers[1].W2.mul_(factor);
         using var changed = new LlamaModel(w);
         var otherTarget = FeatureCache.Open(tmp.Path, changed, tok, seqs, batchSize: 4, shardSize: 4);
         Assert.False(otherTarget.Reused);
