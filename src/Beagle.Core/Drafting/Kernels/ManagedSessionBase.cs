@@ -10,8 +10,8 @@ namespace Beagle.Drafting.Kernels;
 /// </summary>
 internal abstract class ManagedSessionBase : IDraftSession, IArrayDraftSession
 {
-    // Sizes from the draft config: dim, heads, kv-heads, head dim, group size, q dim, kv dim, MLP hidden dim.
-    protected readonly int _d, _h, _kvh, _hd, _g, _q, _k, _f, _maxPositions;
+    // Sizes from the draft config: dim, kv-heads, head dim, group size, q dim, kv dim.
+    protected readonly int _d, _kvh, _hd, _g, _q, _k, _maxPositions;
     protected readonly float _eps, _scale;
     // Weights both architectures share (see the sessions for their own): the target embedding [V, D], the block tail
     // (Wo [Q, D], gate|up [D, 2F], down [F, D]), LM-head rows [Vd, D] and the rotary tables [maxPos, hd].
@@ -24,18 +24,15 @@ internal abstract class ManagedSessionBase : IDraftSession, IArrayDraftSession
     {
         if (capacity <= 0 || capacity > c.MaxPositions)
             throw new ArgumentOutOfRangeException(nameof(capacity), $"capacity must be in [1, {c.MaxPositions}], got {capacity}");
-        (_d, _h, _kvh, _hd, _g, _q, _k, _f) = (c.Dim, c.Heads, c.KvHeads, c.HeadDim, c.GroupSize, c.QDim, c.KvDim, c.HiddenDim);
+        (_d, _kvh, _hd, _g, _q, _k) = (c.Dim, c.KvHeads, c.HeadDim, c.GroupSize, c.QDim, c.KvDim);
         (_capacity, _maxPositions, _vd) = (capacity, c.MaxPositions, w.LmRows);
         _eps = (float)c.NormEps; _scale = 1f / MathF.Sqrt(_hd);
         (_emb, _woT, _w13T, _w2T, _lm, _cos, _sin) = (w.Emb, w.WoT, w.W13T, w.W2T, w.Lm, w.Cos, w.Sin);   // shared, read-only
         _kv = new HeadMajorKv(_kvh, _hd, capacity + DraftModelBase.MaxRoundNodes);
     }
 
-    /// <summary>A weight snapshot as a plain array.</summary>
-
     /// <summary>This round's expanded nodes and their draft-state slots.</summary>
     protected RoundTree Round { get; } = new(DraftModelBase.MaxRoundNodes);
-    protected int Capacity => _capacity;
 
     public int Length { get; protected set; }
     public int VocabSize => _vd;
