@@ -87,7 +87,7 @@ public sealed class BenchCommand : Command<BenchSettings>
                 {
                     var cal = TreeBudgetCalibrator.GetOrMeasure(model, tokenizer, d, TreeBudgetCalibrator.DraftIdentity(d), log: m => AnsiConsole.MarkupLine($"[grey]{d.Architecture}: {Markup.Escape(m)}[/]"));
                     // A benchmark reports the draft at its best measured budget, even where calibration prefers plain decoding.
-                    spec = new SpeculativeOptions { TreeTokens = cal.Tokens, TreeDepth = cal.Depth, TreeTopK = cal.TopK, TreeMinProb = cal.MinProb };
+                    spec = cal.Budget.ToOptions();
                 }
                 methods.Add(new BenchMethod(d.Architecture, DisplayPath(path), d, spec));
             }

@@ -119,6 +119,9 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
 /// confidence floor <paramref name="MinProb"/> (path probability under the draft; 0 = no floor) dropped.</summary>
 public readonly record struct TreeBudget(int Tokens, int Depth, int TopK, double MinProb = 0)
 {
+    /// <summary>Options that ask for exactly this budget.</summary>
+    public SpeculativeOptions ToOptions() => new() { TreeTokens = Tokens, TreeDepth = Depth, TreeTopK = TopK, TreeMinProb = MinProb };
+
     public override string ToString() => MinProb > 0 ? FormattableString.Invariant($"{Tokens}/{Depth}/{TopK} p>={MinProb}") : $"{Tokens}/{Depth}/{TopK}";
 
     /// <summary>
