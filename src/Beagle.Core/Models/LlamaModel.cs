@@ -31,12 +31,16 @@ public sealed class LlamaModel : IDisposable
         public required Tensor WoT;     // [Q, D]
         public required Tensor W13T;    // [D, 2*Hff]: gate | up, ffn norm folded in
         public required Tensor W2T;     // [Hff, D]
+        // The same four matrices packed for the C# products of short CPU forwards (null on other devices), and the bias.
+        public PackedMatrix? Qkv, Wo, W13, W2;
+        public float[]? QkvBias;
         public void Dispose() { WqkvT.Dispose(); Bqkv?.Dispose(); WoT.Dispose(); W13T.Dispose(); W2T.Dispose(); }
     }
 
     readonly Layer[] _layers;
     readonly Tensor _finalNorm;   // [D]
     readonly Tensor _lmHeadT;     // [D, V]
+    readonly PackedMatrix? _lmHead;   // the same, packed (CPU only)
     readonly RotaryTables _rope;
     readonly int _q, _kv, _hd, _h, _kvh, _g;
     // Scalars kept alive for the model's lifetime. TorchSharp's implicit double→Scalar conversion creates a native
@@ -100,7 +104,7 @@ public sealed class LlamaModel : IDisposable
                 b = Keep(cat([bq, lw.Bk, bq.index_select(0, qPair), lw.Bk.index_select(0, kPair), lw.Bv], 0));
             }
             var fn = lw.FfnNorm.unsqueeze(0);
-            _layers[l] = new Layer
+            var layer = _layers[l] = new Layer
             {
                 WqkvT = Keep(wqkv.t()),
                 Bqkv = b,
@@ -108,11 +112,22 @@ public sealed class LlamaModel : IDisposable
                 W13T = Keep(cat([lw.W1 * fn, lw.W3 * fn], 0).t()),
                 W2T = Keep(lw.W2.t()),
             };
+            if (Device.type == DeviceType.CPU)
+            {
+                (layer.Qkv, layer.Wo, layer.W13, layer.W2) = (Pack(layer.WqkvT), Pack(layer.WoT), Pack(layer.W13T), Pack(layer.W2T));
+                layer.QkvBias = b?.data<float>().ToArray();
+            }
         }
+        if (Device.type == DeviceType.CPU) _lmHead = Pack(_lmHeadT);
     }
 
-    /// <summary>Attention of short forwards in C# on the CPU (<see cref="ManagedAttention"/>); off = always libtorch (tests compare the two).</summary>
-    internal bool UseManagedAttention { get; set; } = true;
+    static PackedMatrix Pack(Tensor wT) => new(Floats(wT), (int)wT.shape[0], (int)wT.shape[1]);
+
+    /// <summary>
+    /// Attention and matrix products of short forwards in C# on the CPU (<see cref="ManagedAttention"/>,
+    /// <see cref="PackedMatrix"/>); off = always libtorch (tests compare the two).
+    /// </summary>
+    internal bool UseManagedKernels { get; set; } = true;
 
     /// <summary>A fresh KV cache for one sequence of at most <paramref name="capacity"/> positions (default: the model's context).</summary>
     public KvCache NewCache(int? capacity = null)
@@ -156,9 +171,9 @@ public sealed class LlamaModel : IDisposable
         var cos = _rope.Cos.index_select(0, pos).unsqueeze(1);                         // [T, 1, hd]
         var sin = _rope.SinSigned.index_select(0, pos).unsqueeze(1);
 
-        // Decoding and verification (a few new tokens, CPU): attention in C# (ManagedAttention: why there). Longer
-        // prefills and other devices: libtorch ops.
-        bool managed = UseManagedAttention && Device.type == DeviceType.CPU && T <= ManagedAttention.MaxTokens;
+        // Decoding and verification (a few new tokens, CPU): attention and matrix products in C# (ManagedAttention,
+        // PackedMatrix: why there). Longer prefills and other devices: libtorch ops.
+        bool managed = UseManagedKernels && Device.type == DeviceType.CPU && T <= ManagedAttention.MaxTokens;
         bool[]? allowed = null;   // managed path: [T, S], null = causal
         Tensor? m = null;         // libtorch path: additive mask
         if (managed)
@@ -175,13 +190,13 @@ public sealed class LlamaModel : IDisposable
 
         for (int l = 0; l < _layers.Length; l++)
         {
-            var (k, v, q, qkv, rot) = Project(_layers[l], x, cos, sin, 1, T);          // k, v: [T, kvH, hd]; q: [T, H, hd] (views of qkv, rot)
+            var (k, v, q, qkv, rot) = Project(_layers[l], x, cos, sin, 1, T, managed);   // k, v: [T, kvH, hd]; q: [T, H, hd] (views of qkv, rot)
             if (managed)
             {
                 var attn = empty(T, _q, device: Device);                               // [T, Q], written below
                 ManagedAttention.Run(Floats(rot), Floats(qkv), (int)qkv.shape[1], 2 * (_q + _kv),
                     Floats(cache.K[l]), Floats(cache.V[l]), cache.Capacity, _h, _kvh, _hd, start, T, allowed, Floats(attn), scratch);
-                x = Mlp(_layers[l], x, attn);
+                x = Mlp(_layers[l], x, attn, managed);
                 continue;
             }
             slots ??= T == 1 ? tensor(new long[] { start }, device: Device) : arange(start, S, dtype: ScalarType.Int64, device: Device);
@@ -198,10 +213,17 @@ public sealed class LlamaModel : IDisposable
             var scores = m is null ? qq.bmm(kT) : TorchOps.MaskedScores(m, qq, kT);   // [kvH, G*T, S], q pre-scaled
             var o = scores.softmax(-1).bmm(vv);                                        // [kvH, G*T, hd]
             var oo = T == 1 ? o.reshape(1, _q) : o.view(_kvh, _g, T, _hd).permute(2, 0, 1, 3).reshape(T, _q);
-            x = Mlp(_layers[l], x, oo);
+            x = Mlp(_layers[l], x, oo, managed);
         }
         var hidden = RmsNorm(x).mul_(_finalNorm);                                      // [T, D]
-        var logits = (lastLogitsOnly ? hidden.narrow(0, T - 1, 1) : hidden).mm(_lmHeadT);
+        Tensor logits;
+        if (managed)
+        {
+            int rows = lastLogitsOnly ? 1 : T, d = Config.Dim;
+            logits = empty(rows, Config.VocabSize, device: Device);
+            _lmHead!.Multiply(Floats(hidden)[((T - rows) * d)..], rows, Floats(logits));
+        }
+        else logits = (lastLogitsOnly ? hidden.narrow(0, T - 1, 1) : hidden).mm(_lmHeadT);
         return new ForwardOutput(logits.MoveToOuterDisposeScope(), hidden.MoveToOuterDisposeScope());
     }
 
@@ -222,10 +244,10 @@ public sealed class LlamaModel : IDisposable
         var m = AdditiveMask(CausalAllowed(T, 0), T, T);                              // [G*T, T]
         foreach (var layer in _layers)
         {
-            var (k, v, q, _, _) = Project(layer, x, cos, sin, B, T);
+            var (k, v, q, _, _) = Project(layer, x, cos, sin, B, T, managed: false);
             var kk = k.view(B, T, _kvh, _hd).permute(0, 2, 1, 3);                      // [B, kvH, T, hd]
             var vv = v.view(B, T, _kvh, _hd).permute(0, 2, 1, 3);
-            x = Mlp(layer, x, Attend(q, kk, vv, m, B, T));
+            x = Mlp(layer, x, Attend(q, kk, vv, m, B, T), managed: false);
         }
         return RmsNorm(x).mul_(_finalNorm).view(B, T, -1).MoveToOuterDisposeScope();
     }
@@ -276,11 +298,20 @@ public sealed class LlamaModel : IDisposable
     Tensor RmsNorm(Tensor x) => x * x.mul(x).mean([-1], keepdim: true).add_(_epsS, _oneS).rsqrt_();
 
     /// <returns>k, v, q as views, and the tensors they view: qkv [n, 2(Q+K)+K] and the rotated q|k, rot [n, H+kvH, hd] (both contiguous).</returns>
-    (Tensor k, Tensor v, Tensor q, Tensor qkv, Tensor rot) Project(Layer layer, Tensor x, Tensor cos, Tensor sin, int B, int T)
+    /// <param name="managed">Matrix products in C# (<see cref="PackedMatrix"/>): CPU, x contiguous.</param>
+    (Tensor k, Tensor v, Tensor q, Tensor qkv, Tensor rot) Project(Layer layer, Tensor x, Tensor cos, Tensor sin, int B, int T, bool managed)
     {
         int n = B * T, qk = _q + _kv;
         var h = RmsNorm(x);
-        var qkv = layer.Bqkv is null ? h.mm(layer.WqkvT) : addmm(layer.Bqkv, h, layer.WqkvT, 1, 1);   // [n, 2qk + kv]
+        Tensor qkv;                                                                          // [n, 2qk + kv]
+        if (managed)
+        {
+            qkv = empty(n, layer.Qkv!.Cols, device: Device);
+            var y = Floats(qkv);
+            if (layer.QkvBias is { } bias) for (int i = 0; i < n; i++) bias.CopyTo(y.Slice(i * bias.Length, bias.Length));
+            layer.Qkv.Multiply(Floats(h), n, y, layer.QkvBias is null ? default : y);
+        }
+        else qkv = layer.Bqkv is null ? h.mm(layer.WqkvT) : addmm(layer.Bqkv, h, layer.WqkvT, 1, 1);
         var a = qkv.narrow(1, 0, qk).view(n, _h + _kvh, _hd);
         var p = qkv.narrow(1, qk, qk).view(n, _h + _kvh, _hd);
         var r = addcmul(a * cos, p, sin, _oneS);                                                    // rotary, [n, H+kvH, hd]
@@ -300,13 +331,30 @@ public sealed class LlamaModel : IDisposable
     }
 
     /// <summary>Output projection with the residual, then the SwiGLU MLP with the residual. x: [n, D], oo: [n, Q].</summary>
-    Tensor Mlp(Layer layer, Tensor x, Tensor oo)
+    /// <param name="managed">Matrix products in C# (<see cref="PackedMatrix"/>): CPU, x and oo contiguous.</param>
+    Tensor Mlp(Layer layer, Tensor x, Tensor oo, bool managed)
     {
+        if (managed) return MlpManaged(layer, x, oo);
         x = addmm(x, oo, layer.WoT, 1, 1);                                                     // residual + Wo·attn
         var gu = RmsNorm(x).mm(layer.W13T);                                                    // [n, 2*Hff]
         int hff = (int)gu.shape[1] / 2;
         var act = F.silu(gu.narrow(1, 0, hff)).mul_(gu.narrow(1, hff, hff));
         return addmm(x, act, layer.W2T, 1, 1);                                                 // residual + W2·act
+    }
+
+    /// <summary><see cref="Mlp"/> with the products in C#; each residual is the addend of its product (no separate add).</summary>
+    Tensor MlpManaged(Layer layer, Tensor x, Tensor oo)
+    {
+        int n = (int)x.shape[0], d = Config.Dim;
+        var x1 = empty(n, d, device: Device);
+        layer.Wo!.Multiply(Floats(oo), n, Floats(x1), Floats(x));                            // residual + Wo·attn
+        var gu = empty(n, layer.W13!.Cols, device: Device);
+        layer.W13.Multiply(Floats(RmsNorm(x1)), n, Floats(gu));                               // [n, 2*Hff]
+        int hff = layer.W13.Cols / 2;
+        var act = F.silu(gu.narrow(1, 0, hff)).mul_(gu.narrow(1, hff, hff));                  // contiguous: silu's result
+        var x2 = empty(n, d, device: Device);
+        layer.W2!.Multiply(Floats(act), n, Floats(x2), Floats(x1));                           // residual + W2·act
+        return x2;
     }
 
     public void Dispose()

@@ -1,0 +1,206 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
+namespace Beagle.Models;
+
+/// <summary>
+/// A weight matrix W [K, N] packed once into column panels for the C# products of short forwards (decoding and
+/// verification, a few rows) on the CPU: <c>y = addend + x · W</c> for x [M, K] with M small.
+///
+/// Why: libtorch hands x [M, K] · W to MKL, which re-packs W into panels on every call once M &gt; 1 (profiled: its copy
+/// routine <c>sgemm_scopy_down16</c> was ~40 % of all MKL time in a 6-token verification). Packing once at load time
+/// and streaming the panels through register-blocked kernels measured, one thread, against <c>mm</c>: stories260K
+/// shapes 1.3-2.5x faster at M = 1 and ~2x at M = 6; 110M shapes (768 x 2304 ... 768 x 32000) 1.4x at M = 1 and
+/// 2.3-3.3x at M = 6 (docs/benchmarks.md). The verification of a draft tree gains most, which is what speculation needs.
+///
+/// Layout: panel p holds columns [p·P, p·P + P) for every k, as [K][P] contiguous floats (P = two SIMD vectors; the
+/// last panel zero-padded), so a kernel reads W strictly sequentially, and writes M x P outputs per panel from
+/// registers. Rows are taken 6, 4, 2 or 1 at a time (6 x 2 vectors = 12 accumulators, what 16 AVX2 registers allow).
+/// Costs one extra copy of the weights in host memory (the libtorch tensors stay for long prefills and training).
+/// </summary>
+internal sealed class PackedMatrix
+{
+    /// <summary>Columns per panel: two SIMD vectors (16 floats with AVX2).</summary>
+    public static readonly int Panel = 2 * Vector<float>.Count;
+
+    readonly float[] _panels;   // [ceil(N / P)][K][P]
+
+    /// <summary>K: the input size.</summary>
+    public int Rows { get; }
+    /// <summary>N: the output size.</summary>
+    public int Cols { get; }
+
+    /// <param name="w">W [rows, cols] row-major (e.g. a transposed nn.Linear weight).</param>
+    public PackedMatrix(ReadOnlySpan<float> w, int rows, int cols)
+    {
+        if (rows <= 0 || cols <= 0) throw new ArgumentOutOfRangeException(nameof(rows), $"matrix must be non-empty, got [{rows}, {cols}]");
+        if (w.Length != rows * cols) throw new ArgumentException($"W has {w.Length} values, expected {rows} x {cols}", nameof(w));
+        (Rows, Cols) = (rows, cols);
+        int p = Panel, np = (cols + p - 1) / p;
+        _panels = new float[np * rows * p];
+        for (int b = 0; b < np; b++)
+            for (int k = 0; k < rows; k++)
+            {
+                int c0 = b * p, n = Math.Min(p, cols - c0);
+                w.Slice(k * cols + c0, n).CopyTo(_panels.AsSpan((b * rows + k) * p, n));
+            }
+    }
+
+    /// <summary>W's float count as packed (for memory accounting).</summary>
+    public long PackedFloats => _panels.LongLength;
+
+    /// <summary>
+    /// y [m, N] = addend [m, N] + x [m, K] · W, row-major. <paramref name="addend"/> may be empty (zero) or the same
+    /// memory as <paramref name="y"/> (accumulate in place); otherwise it must not overlap y.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public void Multiply(ReadOnlySpan<float> x, int m, Span<float> y, ReadOnlySpan<float> addend = default)
+    {
+        int K = Rows, N = Cols, P = Panel;
+        // Every unchecked access below stays inside these bounds.
+        if (m <= 0) throw new ArgumentOutOfRangeException(nameof(m), m, "need at least one row");
+        if (x.Length < m * K) throw new ArgumentException($"x has {x.Length} values, needs {m} x {K}", nameof(x));
+        if (y.Length < m * N) throw new ArgumentException($"y has {y.Length} values, needs {m} x {N}", nameof(y));
+        bool accumulate = !addend.IsEmpty;
+        if (accumulate)
+        {
+            if (addend.Length < m * N) throw new ArgumentException($"addend has {addend.Length} values, needs {m} x {N}", nameof(addend));
+            if (!Unsafe.AreSame(ref MemoryMarshal.GetReference(addend), ref MemoryMarshal.GetReference(y))) addend[..(m * N)].CopyTo(y);
+        }
+
+        ref float x0 = ref MemoryMarshal.GetReference(x);
+        ref float y0 = ref MemoryMarshal.GetReference(y);
+        Span<float> tail = stackalloc float[6 * P];   // the last, partial panel goes through here: kernels write P columns
+        int np = (N + P - 1) / P;
+        for (int b = 0; b < np; b++)
+        {
+            ref float w = ref _panels[b * K * P];
+            int c = b * P, width = Math.Min(P, N - c);
+            for (int r = 0; r < m;)
+            {
+                int R = m - r >= 6 ? 6 : m - r >= 4 ? 4 : m - r >= 2 ? 2 : 1;
+                ref float xr = ref Unsafe.Add(ref x0, r * K);
+                scoped ref float dst = ref Unsafe.Add(ref y0, r * N + c);
+                int ld = N;
+                if (width < P)
+                {
+                    tail.Clear();
+                    if (accumulate) for (int i = 0; i < R; i++) y.Slice((r + i) * N + c, width).CopyTo(tail.Slice(i * P, width));
+                    dst = ref MemoryMarshal.GetReference(tail); ld = P;
+                }
+                switch (R)
+                {
+                    case 6: Rows6(ref xr, K, ref w, ref dst, ld, accumulate); break;
+                    case 4: Rows4(ref xr, K, ref w, ref dst, ld, accumulate); break;
+                    case 2: Rows2(ref xr, K, ref w, ref dst, ld, accumulate); break;
+                    default: Rows1(ref xr, K, ref w, ref dst, accumulate); break;
+                }
+                if (width < P) for (int i = 0; i < R; i++) tail.Slice(i * P, width).CopyTo(y.Slice((r + i) * N + c, width));
+                r += R;
+            }
+        }
+    }
+
+    // The kernels: R rows of x times one panel (K x P) into R x P outputs at y (row stride ld), two vectors per row.
+    // Each keeps 2R independent accumulators (R = 1, 2: k unrolled by two), so the FMA latency is hidden.
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector<float> Init(bool accumulate, ref float y, nuint at) => accumulate ? Vector.LoadUnsafe(ref y, at) : default;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Rows6(ref float x, int K, ref float w, ref float y, int ld, bool acc)
+    {
+        nuint v = (nuint)Vector<float>.Count, l = (nuint)ld, P = 2 * v;
+        Vector<float> a00 = Init(acc, ref y, 0), a01 = Init(acc, ref y, v), a10 = Init(acc, ref y, l), a11 = Init(acc, ref y, l + v),
+            a20 = Init(acc, ref y, 2 * l), a21 = Init(acc, ref y, 2 * l + v), a30 = Init(acc, ref y, 3 * l), a31 = Init(acc, ref y, 3 * l + v),
+            a40 = Init(acc, ref y, 4 * l), a41 = Init(acc, ref y, 4 * l + v), a50 = Init(acc, ref y, 5 * l), a51 = Init(acc, ref y, 5 * l + v);
+        nuint k1 = (nuint)K;
+        for (nuint k = 0; k < k1; k++)
+        {
+            var b0 = Vector.LoadUnsafe(ref w, k * P); var b1 = Vector.LoadUnsafe(ref w, k * P + v);
+            var xv = new Vector<float>(Unsafe.Add(ref x, k)); a00 = Vector.FusedMultiplyAdd(xv, b0, a00); a01 = Vector.FusedMultiplyAdd(xv, b1, a01);
+            xv = new Vector<float>(Unsafe.Add(ref x, k1 + k)); a10 = Vector.FusedMultiplyAdd(xv, b0, a10); a11 = Vector.FusedMultiplyAdd(xv, b1, a11);
+            xv = new Vector<float>(Unsafe.Add(ref x, 2 * k1 + k)); a20 = Vector.FusedMultiplyAdd(xv, b0, a20); a21 = Vector.FusedMultiplyAdd(xv, b1, a21);
+            xv = new Vector<float>(Unsafe.Add(ref x, 3 * k1 + k)); a30 = Vector.FusedMultiplyAdd(xv, b0, a30); a31 = Vector.FusedMultiplyAdd(xv, b1, a31);
+            xv = new Vector<float>(Unsafe.Add(ref x, 4 * k1 + k)); a40 = Vector.FusedMultiplyAdd(xv, b0, a40); a41 = Vector.FusedMultiplyAdd(xv, b1, a41);
+            xv = new Vector<float>(Unsafe.Add(ref x, 5 * k1 + k)); a50 = Vector.FusedMultiplyAdd(xv, b0, a50); a51 = Vector.FusedMultiplyAdd(xv, b1, a51);
+        }
+        a00.StoreUnsafe(ref y, 0); a01.StoreUnsafe(ref y, v);
+        a10.StoreUnsafe(ref y, l); a11.StoreUnsafe(ref y, l + v);
+        a20.StoreUnsafe(ref y, 2 * l); a21.StoreUnsafe(ref y, 2 * l + v);
+        a30.StoreUnsafe(ref y, 3 * l); a31.StoreUnsafe(ref y, 3 * l + v);
+        a40.StoreUnsafe(ref y, 4 * l); a41.StoreUnsafe(ref y, 4 * l + v);
+        a50.StoreUnsafe(ref y, 5 * l); a51.StoreUnsafe(ref y, 5 * l + v);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Rows4(ref float x, int K, ref float w, ref float y, int ld, bool acc)
+    {
+        nuint v = (nuint)Vector<float>.Count, l = (nuint)ld, P = 2 * v;
+        Vector<float> a00 = Init(acc, ref y, 0), a01 = Init(acc, ref y, v), a10 = Init(acc, ref y, l), a11 = Init(acc, ref y, l + v),
+            a20 = Init(acc, ref y, 2 * l), a21 = Init(acc, ref y, 2 * l + v), a30 = Init(acc, ref y, 3 * l), a31 = Init(acc, ref y, 3 * l + v);
+        nuint k1 = (nuint)K;
+        for (nuint k = 0; k < k1; k++)
+        {
+            var b0 = Vector.LoadUnsafe(ref w, k * P); var b1 = Vector.LoadUnsafe(ref w, k * P + v);
+            var xv = new Vector<float>(Unsafe.Add(ref x, k)); a00 = Vector.FusedMultiplyAdd(xv, b0, a00); a01 = Vector.FusedMultiplyAdd(xv, b1, a01);
+            xv = new Vector<float>(Unsafe.Add(ref x, k1 + k)); a10 = Vector.FusedMultiplyAdd(xv, b0, a10); a11 = Vector.FusedMultiplyAdd(xv, b1, a11);
+            xv = new Vector<float>(Unsafe.Add(ref x, 2 * k1 + k)); a20 = Vector.FusedMultiplyAdd(xv, b0, a20); a21 = Vector.FusedMultiplyAdd(xv, b1, a21);
+            xv = new Vector<float>(Unsafe.Add(ref x, 3 * k1 + k)); a30 = Vector.FusedMultiplyAdd(xv, b0, a30); a31 = Vector.FusedMultiplyAdd(xv, b1, a31);
+        }
+        a00.StoreUnsafe(ref y, 0); a01.StoreUnsafe(ref y, v);
+        a10.StoreUnsafe(ref y, l); a11.StoreUnsafe(ref y, l + v);
+        a20.StoreUnsafe(ref y, 2 * l); a21.StoreUnsafe(ref y, 2 * l + v);
+        a30.StoreUnsafe(ref y, 3 * l); a31.StoreUnsafe(ref y, 3 * l + v);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Rows2(ref float x, int K, ref float w, ref float y, int ld, bool acc)
+    {
+        nuint v = (nuint)Vector<float>.Count, l = (nuint)ld, P = 2 * v;
+        Vector<float> a00 = Init(acc, ref y, 0), a01 = Init(acc, ref y, v), a10 = Init(acc, ref y, l), a11 = Init(acc, ref y, l + v);
+        Vector<float> c00 = default, c01 = default, c10 = default, c11 = default;
+        nuint k1 = (nuint)K, k = 0;
+        for (; k + 2 <= k1; k += 2)
+        {
+            var b0 = Vector.LoadUnsafe(ref w, k * P); var b1 = Vector.LoadUnsafe(ref w, k * P + v);
+            var d0 = Vector.LoadUnsafe(ref w, k * P + P); var d1 = Vector.LoadUnsafe(ref w, k * P + P + v);
+            var x0 = new Vector<float>(Unsafe.Add(ref x, k)); var x1 = new Vector<float>(Unsafe.Add(ref x, k1 + k));
+            var z0 = new Vector<float>(Unsafe.Add(ref x, k + 1)); var z1 = new Vector<float>(Unsafe.Add(ref x, k1 + k + 1));
+            a00 = Vector.FusedMultiplyAdd(x0, b0, a00); a01 = Vector.FusedMultiplyAdd(x0, b1, a01);
+            a10 = Vector.FusedMultiplyAdd(x1, b0, a10); a11 = Vector.FusedMultiplyAdd(x1, b1, a11);
+            c00 = Vector.FusedMultiplyAdd(z0, d0, c00); c01 = Vector.FusedMultiplyAdd(z0, d1, c01);
+            c10 = Vector.FusedMultiplyAdd(z1, d0, c10); c11 = Vector.FusedMultiplyAdd(z1, d1, c11);
+        }
+        for (; k < k1; k++)
+        {
+            var b0 = Vector.LoadUnsafe(ref w, k * P); var b1 = Vector.LoadUnsafe(ref w, k * P + v);
+            var x0 = new Vector<float>(Unsafe.Add(ref x, k)); var x1 = new Vector<float>(Unsafe.Add(ref x, k1 + k));
+            a00 = Vector.FusedMultiplyAdd(x0, b0, a00); a01 = Vector.FusedMultiplyAdd(x0, b1, a01);
+            a10 = Vector.FusedMultiplyAdd(x1, b0, a10); a11 = Vector.FusedMultiplyAdd(x1, b1, a11);
+        }
+        (a00 + c00).StoreUnsafe(ref y, 0); (a01 + c01).StoreUnsafe(ref y, v);
+        (a10 + c10).StoreUnsafe(ref y, l); (a11 + c11).StoreUnsafe(ref y, l + v);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Rows1(ref float x, int K, ref float w, ref float y, bool acc)
+    {
+        nuint v = (nuint)Vector<float>.Count, P = 2 * v;
+        Vector<float> a0 = Init(acc, ref y, 0), a1 = Init(acc, ref y, v), c0 = default, c1 = default;
+        nuint k1 = (nuint)K, k = 0;
+        for (; k + 2 <= k1; k += 2)
+        {
+            var x0 = new Vector<float>(Unsafe.Add(ref x, k)); var z0 = new Vector<float>(Unsafe.Add(ref x, k + 1));
+            a0 = Vector.FusedMultiplyAdd(x0, Vector.LoadUnsafe(ref w, k * P), a0); a1 = Vector.FusedMultiplyAdd(x0, Vector.LoadUnsafe(ref w, k * P + v), a1);
+            c0 = Vector.FusedMultiplyAdd(z0, Vector.LoadUnsafe(ref w, k * P + P), c0); c1 = Vector.FusedMultiplyAdd(z0, Vector.LoadUnsafe(ref w, k * P + P + v), c1);
+        }
+        for (; k < k1; k++)
+        {
+            var x0 = new Vector<float>(Unsafe.Add(ref x, k));
+            a0 = Vector.FusedMultiplyAdd(x0, Vector.LoadUnsafe(ref w, k * P), a0); a1 = Vector.FusedMultiplyAdd(x0, Vector.LoadUnsafe(ref w, k * P + v), a1);
+        }
+        (a0 + c0).StoreUnsafe(ref y, 0); (a1 + c1).StoreUnsafe(ref y, v);
+    }
+}

@@ -1,0 +1,82 @@
+using Beagle.Models;
+using Xunit;
+
+namespace Beagle.Tests.Models;
+
+/// <summary><see cref="PackedMatrix"/> against a plain triple loop: every row-block size, partial panels, odd K, addends.</summary>
+public class PackedMatrixTests
+{
+    static float[] Random(Random rng, int n) => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+
+    static float[] Reference(float[] x, float[] w, float[]? addend, int m, int k, int n)
+    {
+        var y = new float[m * n];
+        for (int r = 0; r < m; r++)
+            for (int c = 0; c < n; c++)
+            {
+                double acc = addend?[r * n + c] ?? 0;
+                for (int i = 0; i < k; i++) acc += (double)x[r * k + i] * w[i * n + c];
+                y[r * n + c] = (float)acc;
+            }
+        return y;
+    }
+
+    static void AssertClose(float[] expected, float[] actual, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-4f * (1 + Math.Abs(expected[i])), $"{what}: element {i}: expected {expected[i]}, got {actual[i]}");
+    }
+
+    [Theory]
+    [InlineData(64, 64)]
+    [InlineData(7, 5)]      // narrower than one panel
+    [InlineData(33, 35)]    // odd K (the unrolled kernels' remainder), a partial last panel
+    [InlineData(172, 48)]
+    public void Matches_a_plain_product_for_every_row_count(int k, int n)
+    {
+        var rng = new Random(k * 1000 + n);
+        var w = Random(rng, k * n);
+        var packed = new PackedMatrix(w, k, n);
+        for (int m = 1; m <= 13; m++)
+        {
+            var x = Random(rng, m * k);
+            var y = new float[m * n];
+            Array.Fill(y, float.NaN);   // every output must be written
+            packed.Multiply(x, m, y);
+            AssertClose(Reference(x, w, null, m, k, n), y, $"[{m}x{k}]·[{k}x{n}]");
+
+            var addend = Random(rng, m * n);
+            var y2 = new float[m * n];
+            packed.Multiply(x, m, y2, addend);
+            AssertClose(Reference(x, w, addend, m, k, n), y2, $"addend + [{m}x{k}]·[{k}x{n}]");
+
+            var inPlace = (float[])addend.Clone();
+            packed.Multiply(x, m, inPlace, inPlace);
+            AssertClose(Reference(x, w, addend, m, k, n), inPlace, $"in place, [{m}x{k}]·[{k}x{n}]");
+        }
+    }
+
+    [Fact]
+    public void Writes_only_the_rows_asked_for()
+    {
+        var rng = new Random(9);
+        var packed = new PackedMatrix(Random(rng, 20 * 21), 20, 21);
+        var y = new float[5 * 21];
+        Array.Fill(y, 42f);
+        packed.Multiply(Random(rng, 3 * 20), 3, y);
+        Assert.All(y.Skip(3 * 21), v => Assert.Equal(42f, v));
+    }
+
+    [Fact]
+    public void Rejects_bad_shapes()
+    {
+        Assert.Throws<ArgumentException>(() => new PackedMatrix(new float[10], 3, 4));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new PackedMatrix([], 0, 4));
+        var packed = new PackedMatrix(new float[12], 3, 4);
+        Assert.Throws<ArgumentException>(() => packed.Multiply(new float[5], 2, new float[8]));             // x too short
+        Assert.Throws<ArgumentException>(() => packed.Multiply(new float[6], 2, new float[7]));             // y too short
+        Assert.Throws<ArgumentException>(() => packed.Multiply(new float[6], 2, new float[8], new float[7])); // addend too short
+        Assert.Throws<ArgumentOutOfRangeException>(() => packed.Multiply(new float[6], 0, new float[8]));
+    }
+}
