@@ -13,7 +13,7 @@ namespace Beagle.Models;
 /// scores, softmax, weighted sum, output regrouping), each a few microseconds of dispatch, and the batched matrix
 /// products at [kvH, G*T, S] sizes take MKL's slow small-matrix paths: a 6-token verification spent ~220 µs per
 /// forward there against ~90 µs for one token (docs/benchmarks.md, profiling log). The arithmetic is a few hundred
-/// thousand multiply-adds, a few microseconds here. The projections and the MLP stay libtorch matrix products.
+/// thousand multiply-adds, a few microseconds here. The projections and the MLP are <see cref="PackedMatrix"/> products.
 /// Used for up to <see cref="MaxTokens"/> new tokens; longer prefills keep libtorch's path (BLAS wins there).
 ///
 /// Layouts (all row-major float32, read and written in place):
@@ -56,10 +56,6 @@ internal static class ManagedAttention
                     vCache[at] = qkv[t * qkvStride + vOffset + j * hd + d];
                 }
 
-        int vw = Vector<float>.Count;
-        ref float k0 = ref MemoryMarshal.GetReference(kCache);
-        ref float s0ref = ref MemoryMarshal.GetReference(scores);
-        Span<Vector<float>> qv = stackalloc Vector<float>[hd];
         for (int t = 0; t < T; t++)
         {
             // Causal rows see a prefix; masked rows (trees, sliding windows) see what their row allows.
@@ -69,30 +65,16 @@ internal static class ManagedAttention
             {
                 int kvRow = h / g * hd;                            // first row of this head's [hd, capacity] block
                 var q = rot.Slice(t * rowStride + h * hd, hd);    // pre-scaled by 1/sqrt(hd)
-                for (int d = 0; d < hd; d++) qv[d] = new Vector<float>(q[d]);
-                // scores[s] = sum_d q[d] * K[d, s]: hd multiply-adds over contiguous slots, a SIMD block at a time.
-                int s = 0;
-                for (; s + vw <= visible; s += vw)
-                {
-                    Vector<float> acc = default;
-                    for (int d = 0; d < hd; d++) acc = Vector.FusedMultiplyAdd(qv[d], Vector.LoadUnsafe(ref k0, (nuint)((kvRow + d) * capacity + s)), acc);
-                    acc.StoreUnsafe(ref s0ref, (nuint)s);
-                }
-                for (; s < visible; s++)
-                {
-                    float acc = 0;
-                    for (int d = 0; d < hd; d++) acc += q[d] * kCache[(kvRow + d) * capacity + s];
-                    sc[s] = acc;
-                }
+                var kBlock = kCache[(kvRow * capacity)..];
+                float max = ManagedMath.HeadScores(q, kBlock, capacity, visible, sc);
                 if (!allowed.IsEmpty)
                 {
                     var allowRow = allowed.Slice(t * S, S);
-                    for (s = 0; s < visible; s++) if (!allowRow[s]) sc[s] = float.NegativeInfinity;
+                    max = float.NegativeInfinity;
+                    for (int s = 0; s < visible; s++) if (!allowRow[s]) sc[s] = float.NegativeInfinity; else max = MathF.Max(max, sc[s]);
                 }
-                float inv = 1f / ManagedMath.ExpShifted(sc, ManagedMath.Max(sc));   // masked entries become exp(-inf) = 0
-                // o[d] = sum_s p[s] * V[d, s]: one dot product over contiguous slots per head dimension.
-                var o = output.Slice((t * heads + h) * hd, hd);
-                for (int d = 0; d < hd; d++) o[d] = ManagedMath.Dot(sc, vCache.Slice((kvRow + d) * capacity, visible)) * inv;
+                float inv = 1f / ManagedMath.ExpShifted(sc, max);   // masked entries become exp(-inf) = 0
+                ManagedMath.HeadWeightedSum(sc, vCache[(kvRow * capacity)..], capacity, inv, output.Slice((t * heads + h) * hd, hd));
             }
         }
     }

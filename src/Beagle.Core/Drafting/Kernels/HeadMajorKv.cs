@@ -48,45 +48,27 @@ internal sealed class HeadMajorKv
         int heads = q.Length / _hd, n = contiguous, total = n + extra.Length;
         var s = scores[..total];
         var sc = s[..n];
-        int vw = Vector<float>.Count;
-        Span<Vector<float>> qv = stackalloc Vector<float>[_hd];
-        ref float k0 = ref MemoryMarshal.GetArrayDataReference(_k);
+        Span<float> qs = stackalloc float[_hd];
         for (int head = 0; head < heads; head++)
         {
             int baseRow = head / groupSize * _hd;
             var qh = q.Slice(head * _hd, _hd);
-            // scores = scale * sum_j q[j] * K[j, :], one SIMD block of slots at a time with the sum in a register.
-            for (int j = 0; j < _hd; j++) qv[j] = new Vector<float>(qh[j] * scale);
-            int s0 = 0;
-            for (; s0 + vw <= n; s0 += vw)
-            {
-                Vector<float> acc = default;
-                for (int j = 0; j < _hd; j++) acc = Vector.FusedMultiplyAdd(qv[j], Vector.LoadUnsafe(ref k0, (nuint)((baseRow + j) * _slots + s0)), acc);
-                acc.StoreUnsafe(ref MemoryMarshal.GetReference(sc), (nuint)s0);
-            }
-            for (; s0 < n; s0++)
-            {
-                float acc = 0;
-                for (int j = 0; j < _hd; j++) acc += qh[j] * _k[(baseRow + j) * _slots + s0];
-                sc[s0] = acc * scale;
-            }
+            for (int j = 0; j < _hd; j++) qs[j] = qh[j] * scale;
+            // scores over the committed slots, then this node's ancestors' draft states
+            float max = ManagedMath.HeadScores(qs, _k.AsSpan(baseRow * _slots), _slots, n, sc);
             for (int e = 0; e < extra.Length; e++)
             {
                 float acc = 0;
-                for (int j = 0; j < _hd; j++) acc += qh[j] * _k[(baseRow + j) * _slots + extra[e]];
-                s[n + e] = acc * scale;
+                for (int j = 0; j < _hd; j++) acc += qs[j] * _k[(baseRow + j) * _slots + extra[e]];
+                s[n + e] = acc;
+                max = MathF.Max(max, acc);
             }
-            // softmax over the visible slots
-            float inv = 1f / ManagedMath.ExpShifted(s, ManagedMath.Max(s));
+            float inv = 1f / ManagedMath.ExpShifted(s, max);
             // o[j] = sum_slots p * V[j, :]
             var oh = o.Slice(head * _hd, _hd);
-            for (int j = 0; j < _hd; j++)
-            {
-                var row = _v.AsSpan((baseRow + j) * _slots, _slots);
-                float acc = n > 0 ? ManagedMath.Dot(sc, row[..n]) : 0f;
-                for (int e = 0; e < extra.Length; e++) acc += s[n + e] * row[extra[e]];
-                oh[j] = acc * inv;
-            }
+            ManagedMath.HeadWeightedSum(sc, _v.AsSpan(baseRow * _slots), _slots, inv, oh);
+            for (int e = 0; e < extra.Length; e++)
+                for (int j = 0; j < _hd; j++) oh[j] += s[n + e] * inv * _v[(baseRow + j) * _slots + extra[e]];
         }
     }
 }

@@ -61,6 +61,95 @@ internal static class ManagedMath
         return s;
     }
 
+    /// <summary>
+    /// Attention scores of one query over a head-dimension-major key block: scores[s] = Σ_d q[d] · K[d·stride + s] for
+    /// s in [0, n), q already scaled. Returns the largest score (−∞ when n = 0).
+    /// Four SIMD blocks of slots are summed at a time: each block's sum over d is a chain of dependent multiply-adds
+    /// (4 cycles each), so one block at a time left the FMA units idle most of the time (measured: a draft step's
+    /// attention 3.6 → 2 µs at 100 slots).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static float HeadScores(ReadOnlySpan<float> q, ReadOnlySpan<float> k, int stride, int n, Span<float> scores)
+    {
+        int hd = q.Length, vw = Vector<float>.Count;
+        if (n < 0 || scores.Length < n) throw new ArgumentOutOfRangeException(nameof(n));
+        if (n > 0 && k.Length < (hd - 1) * stride + n) throw new ArgumentException("key block too short", nameof(k));
+        if (n > stride) throw new ArgumentOutOfRangeException(nameof(n), "more slots than the block's stride");
+        ref float k0 = ref MemoryMarshal.GetReference(k);
+        ref float s0 = ref MemoryMarshal.GetReference(scores);
+        var vmax = new Vector<float>(float.NegativeInfinity);
+        int s = 0;
+        for (; s + 4 * vw <= n; s += 4 * vw)
+        {
+            Vector<float> a0 = default, a1 = default, a2 = default, a3 = default;
+            for (int d = 0; d < hd; d++)
+            {
+                var qd = new Vector<float>(q[d]);
+                nuint at = (nuint)(d * stride + s);
+                a0 = Vector.FusedMultiplyAdd(qd, Vector.LoadUnsafe(ref k0, at), a0);
+                a1 = Vector.FusedMultiplyAdd(qd, Vector.LoadUnsafe(ref k0, at + (nuint)vw), a1);
+                a2 = Vector.FusedMultiplyAdd(qd, Vector.LoadUnsafe(ref k0, at + (nuint)(2 * vw)), a2);
+                a3 = Vector.FusedMultiplyAdd(qd, Vector.LoadUnsafe(ref k0, at + (nuint)(3 * vw)), a3);
+            }
+            a0.StoreUnsafe(ref s0, (nuint)s); a1.StoreUnsafe(ref s0, (nuint)(s + vw));
+            a2.StoreUnsafe(ref s0, (nuint)(s + 2 * vw)); a3.StoreUnsafe(ref s0, (nuint)(s + 3 * vw));
+            vmax = Vector.Max(vmax, Vector.Max(Vector.Max(a0, a1), Vector.Max(a2, a3)));
+        }
+        for (; s + vw <= n; s += vw)
+        {
+            Vector<float> a0 = default;
+            for (int d = 0; d < hd; d++) a0 = Vector.FusedMultiplyAdd(new Vector<float>(q[d]), Vector.LoadUnsafe(ref k0, (nuint)(d * stride + s)), a0);
+            a0.StoreUnsafe(ref s0, (nuint)s);
+            vmax = Vector.Max(vmax, a0);
+        }
+        float max = float.NegativeInfinity;
+        for (int j = 0; j < vw; j++) max = MathF.Max(max, vmax[j]);
+        for (; s < n; s++)
+        {
+            float acc = 0;
+            for (int d = 0; d < hd; d++) acc += q[d] * k[d * stride + s];
+            scores[s] = acc;
+            max = MathF.Max(max, acc);
+        }
+        return max;
+    }
+
+    /// <summary>
+    /// o[d] = scale · Σ_s p[s] · V[d·stride + s] over s in [0, p.Length), V head-dimension-major. Four rows of V at a time,
+    /// each with its own accumulator (independent chains, as in <see cref="HeadScores"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void HeadWeightedSum(ReadOnlySpan<float> p, ReadOnlySpan<float> v, int stride, float scale, Span<float> o)
+    {
+        int n = p.Length, hd = o.Length, vw = Vector<float>.Count;
+        if (n > stride) throw new ArgumentOutOfRangeException(nameof(p), "more slots than the block's stride");
+        if (n > 0 && v.Length < (hd - 1) * stride + n) throw new ArgumentException("value block too short", nameof(v));
+        ref float v0 = ref MemoryMarshal.GetReference(v);
+        ref float p0 = ref MemoryMarshal.GetReference(p);
+        int blocks = n / vw * vw;
+        int d = 0;
+        for (; d + 4 <= hd; d += 4)
+        {
+            Vector<float> a0 = default, a1 = default, a2 = default, a3 = default;
+            nuint r0 = (nuint)(d * stride), r1 = r0 + (nuint)stride, r2 = r1 + (nuint)stride, r3 = r2 + (nuint)stride;
+            for (int s = 0; s < blocks; s += vw)
+            {
+                var ps = Vector.LoadUnsafe(ref p0, (nuint)s);
+                a0 = Vector.FusedMultiplyAdd(ps, Vector.LoadUnsafe(ref v0, r0 + (nuint)s), a0);
+                a1 = Vector.FusedMultiplyAdd(ps, Vector.LoadUnsafe(ref v0, r1 + (nuint)s), a1);
+                a2 = Vector.FusedMultiplyAdd(ps, Vector.LoadUnsafe(ref v0, r2 + (nuint)s), a2);
+                a3 = Vector.FusedMultiplyAdd(ps, Vector.LoadUnsafe(ref v0, r3 + (nuint)s), a3);
+            }
+            float s0 = Vector.Sum(a0), s1 = Vector.Sum(a1), s2 = Vector.Sum(a2), s3 = Vector.Sum(a3);
+            for (int s = blocks; s < n; s++)
+            {
+                s0 += p[s] * v[(int)r0 + s]; s1 += p[s] * v[(int)r1 + s]; s2 += p[s] * v[(int)r2 + s]; s3 += p[s] * v[(int)r3 + s];
+            }
+            o[d] = s0 * scale; o[d + 1] = s1 * scale; o[d + 2] = s2 * scale; o[d + 3] = s3 * scale;
+        }
+        for (; d < hd; d++) o[d] = Dot(p, v.Slice(d * stride, n)) * scale;
+    }
+
     /// <summary>y += a * x.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Axpy(float a, ReadOnlySpan<float> x, Span<float> y)
