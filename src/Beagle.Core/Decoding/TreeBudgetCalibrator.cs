@@ -40,6 +40,9 @@ public static class TreeBudgetCalibrator
     /// <summary>How long plain and speculative decoding run untimed before calibration measures anything.</summary>
     static readonly TimeSpan WarmUp = TimeSpan.FromSeconds(1.5);
 
+    /// <summary>Tokens per target forward below which speculation is not used, whatever the timing (see Measure).</summary>
+    const double MinAcceptance = 1.05;
+
     /// <summary>How many of the screening's best settings are re-timed against plain decoding.</summary>
     const int Finalists = 3;
 
@@ -104,11 +107,16 @@ public static class TreeBudgetCalibrator
         var plain = new Generator(target, tokenizer);
         var spec = new Generator(target, tokenizer, draft);
         var prompts = Prompts.Select(p => tokenizer.Encode(p, tokenizer.BosId >= 0)).ToArray();
-        double Run(Generator g, SpeculativeOptions? s)
+        // Tokens/s of one pass over the prompts; tau accumulates tokens per target forward.
+        double Run(Generator g, SpeculativeOptions? s, (long Tokens, long Forwards)[]? tau = null, int slot = 0)
         {
             long tokens = 0; long t0 = Stopwatch.GetTimestamp();
             foreach (var p in prompts)
-                foreach (var c in g.Generate(p, new GenerationOptions { MaxNewTokens = maxNewTokens, Speculative = s, Sampling = sampling ?? SamplingOptions.Greedy })) tokens += c.TokenIds.Length;
+            {
+                var stats = new GenerationStats();
+                foreach (var c in g.Generate(p, new GenerationOptions { MaxNewTokens = maxNewTokens, Speculative = s, Sampling = sampling ?? SamplingOptions.Greedy }, stats)) tokens += c.TokenIds.Length;
+                if (tau is not null) tau[slot] = (tau[slot].Tokens + stats.RoundTokens, tau[slot].Forwards + stats.TargetForwards);
+            }
             return tokens / Stopwatch.GetElapsedTime(t0).TotalSeconds;
         }
         // Warm-up: .NET promotes hot methods to optimised code only after they have run for a while, and tier-0 code is
@@ -126,17 +134,28 @@ public static class TreeBudgetCalibrator
         // afresh, each round interleaved with plain decoding, and ranked by the median of their ratios to plain.
         var ratios = finalists.ToDictionary(g => g, _ => new List<double>());
         var tps = finalists.ToDictionary(g => g, _ => new List<double>());
+        var tau = new (long Tokens, long Forwards)[finalists.Length];
         var plainRuns = new List<double>();
         for (int r = 0; r < Math.Max(3, repeats + 2); r++)
         {
             double p = Run(plain, null);
             plainRuns.Add(p);
-            foreach (var g in finalists) { double t = Run(spec, g.ToOptions()); tps[g].Add(t); ratios[g].Add(t / p); }
+            for (int i = 0; i < finalists.Length; i++)
+            {
+                var g = finalists[i];
+                double t = Run(spec, g.ToOptions(), tau, i); tps[g].Add(t); ratios[g].Add(t / p);
+            }
         }
-        var best = finalists.OrderByDescending(g => SpeculativeBenchmark.Median(ratios[g])).First();
+        int bestIndex = Enumerable.Range(0, finalists.Length).MaxBy(i => SpeculativeBenchmark.Median(ratios[finalists[i]]));
+        var best = finalists[bestIndex];
         double plainTps = SpeculativeBenchmark.Median(plainRuns);
         double bestTps = SpeculativeBenchmark.Median(tps[best]);
-        bool usePlain = SpeculativeBenchmark.Median(ratios[best]) < 1.05;
+        // A round costs at least one plain step (its verification forward), so speculation can be at most tau times
+        // faster than plain: a draft accepted less than MinAcceptance tokens per forward cannot pay beyond noise,
+        // whatever the (noisy) timing said. Without this a useless draft with a confidence floor (it drafts almost
+        // nothing, so its rounds cost about one plain step) passed the timing test by chance under load.
+        double bestTau = tau[bestIndex].Forwards == 0 ? 0 : (double)tau[bestIndex].Tokens / tau[bestIndex].Forwards;
+        bool usePlain = SpeculativeBenchmark.Median(ratios[best]) < 1.05 || bestTau < MinAcceptance;
         return new CalibratedBudget(best.Tokens, best.Depth, best.TopK, usePlain, bestTps, plainTps, machine, key, DateTime.UtcNow, best.MinProb);
     }
 
@@ -148,8 +167,9 @@ public static class TreeBudgetCalibrator
         var fp = TargetFingerprint.Of(target);
         var mode = sampling is null || sampling.IsGreedy ? "greedy"
             : FormattableString.Invariant($"sample t={sampling.Temperature} k={sampling.TopK} p={sampling.TopP}");
-        // v2: the grid gained confidence floors; budgets measured before are not reused.
-        var text = $"v2|{machine}|{fp.VocabSize}|{fp.HiddenSize}|{fp.EmbeddingSha256}|{draftId}|{mode}";
+        // v2: the grid gained confidence floors; v3: packed matrix products changed what verification costs, and a
+        // minimum acceptance joined the decision. Budgets measured before are not reused.
+        var text = $"v3|{machine}|{fp.VocabSize}|{fp.HiddenSize}|{fp.EmbeddingSha256}|{draftId}|{mode}";
         return Convert.ToHexString(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(text)))[..16].ToLowerInvariant();
     }
 
