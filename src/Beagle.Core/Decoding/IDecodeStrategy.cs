@@ -25,7 +25,7 @@ internal interface IDecodeStrategy : IDisposable
 /// <summary>Plain decoding: one target forward per token.</summary>
 internal sealed class PlainStrategy(LlamaModel target, KvCache cache, Sampler sampler, GenerationStats stats) : IDecodeStrategy
 {
-    public int Start(ForwardOutput prefill, IReadOnlyList<int> prompt) => LogitsRow.Choose(prefill.Logits, 0, sampler);
+    public int Start(ForwardOutput prefill, IReadOnlyList<int> prompt) => LogitsRow.Choose(prefill.Logits, 0, target.Config.VocabSize, sampler);
 
     public int[] Step(int pending)
     {
@@ -33,7 +33,7 @@ internal sealed class PlainStrategy(LlamaModel target, KvCache cache, Sampler sa
         var t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         using var o = target.Forward(cache, [pending], [cache.Length]);
         stats.TargetForwards++;
-        int next = LogitsRow.Choose(o.Logits, 0, sampler);
+        int next = LogitsRow.Choose(o.Logits, 0, target.Config.VocabSize, sampler);
         stats.VerifySeconds += System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds;
         return [next];
     }
@@ -45,11 +45,12 @@ internal sealed class PlainStrategy(LlamaModel target, KvCache cache, Sampler sa
 internal static class LogitsRow
 {
     /// <summary>Greedy argmax or a draw from the sampling distribution of one row of logits [T, V].</summary>
-    public static int Choose(TorchSharp.torch.Tensor logits, int row, Sampler sampler)
+    /// <param name="vocab">V, from the model's config (reading a tensor's shape costs ~1 µs).</param>
+    public static int Choose(TorchSharp.torch.Tensor logits, int row, int vocab, Sampler sampler)
     {
         using var host = HostFloats.Of(logits);
-        int v = (int)logits.shape[^1];
-        return sampler.Next(host.Span.Slice(row * v, v));
+        if ((row + 1) * vocab > host.Span.Length) throw new ArgumentException($"logits have {host.Span.Length} values, fewer than {row + 1} rows of {vocab}", nameof(logits));
+        return sampler.Next(host.Span.Slice(row * vocab, vocab));
     }
 }
 

@@ -34,7 +34,7 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
     public int Start(ForwardOutput prefill, IReadOnlyList<int> prompt)
     {
         _session.Commit(prompt.ToArray(), prefill.Hidden);   // true states h_0..h_{n-1}
-        return LogitsRow.Choose(prefill.Logits, 0, _sampler);
+        return LogitsRow.Choose(prefill.Logits, 0, _target.Config.VocabSize, _sampler);
     }
 
     public int[] Step(int pending)
@@ -61,7 +61,7 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
             var o = _target.Forward(_cache, tree.Tokens, tree.Positions(n), mask);       // logits [N, V], hidden [N, D]
             _stats.TargetForwards++;
             // 4. Accept, reading the logits in place (no tensor ops: each costs microseconds at this size).
-            int vocab = (int)o.Logits.shape[1];
+            int vocab = _target.Config.VocabSize;   // (not o.Logits.shape: ~1 µs per read)
             using (var logits = HostFloats.Of(o.Logits))
             {
                 var lg = logits.Span;
@@ -85,7 +85,7 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
             if (_session is IArrayDraftSession managed)
             {
                 // The managed kernel takes the accepted rows straight from the forward's hidden states.
-                int d = (int)o.Hidden.shape[1];
+                int d = _target.Config.Dim;
                 using var hidden = HostFloats.Of(o.Hidden);
                 var rows = new float[path.Count * d];
                 for (int r = 0; r < path.Count; r++) hidden.Span.Slice(path[r] * d, d).CopyTo(rows.AsSpan(r * d, d));

@@ -6,10 +6,10 @@ using static TorchSharp.torch;
 namespace Beagle.Tests.Models;
 
 /// <summary>
-/// The C# kernels of short forwards (attention, <see cref="ManagedAttention"/>, and the packed matrix products,
-/// <see cref="PackedMatrix"/>) against libtorch's ops on the same inputs: the same model run with
-/// <c>UseManagedKernels</c> on and off, causal and tree-masked, with grouped-query heads, a head dimension that is not a
-/// multiple of the SIMD width, a qkv width that ends in a partial panel, qkv bias and a sliding window.
+/// The C# attention of short forwards (<see cref="ManagedAttention"/>) against libtorch's ops on the same inputs: the
+/// same model run with <c>UseManagedAttention</c> on and off, causal and tree-masked, with grouped-query heads, a head
+/// dimension that is not a multiple of the SIMD width, qkv bias and a sliding window. (The matrix products are
+/// <see cref="PackedMatrix"/> on the CPU either way: PackedMatrixTests checks them against a plain product.)
 /// </summary>
 public class ManagedForwardTests
 {
@@ -42,21 +42,21 @@ public class ManagedForwardTests
         using var model = RandomModel(bias, window);
         var rng = new Random(3);
         var tokens = Enumerable.Range(0, 50).Select(_ => rng.Next(64)).ToArray();
-        int[] chunks = [20, 1, 6, 1, 4, 5, 13];   // prefill, decode steps, verification-sized blocks (every row-block size)
+        int[] chunks = [20, 1, 6, 1, 4, 5, 13];   // prefill, decode steps, verification-sized blocks
         using var managed = model.NewCache(); using var torchCache = model.NewCache();
         int at = 0;
         foreach (var n in chunks)
         {
             var toks = tokens[at..(at + n)]; var pos = Enumerable.Range(at, n).ToArray();
-            model.UseManagedKernels = true;
+            model.UseManagedAttention = true;
             using var a = model.Forward(managed, toks, pos);
-            model.UseManagedKernels = false;
+            model.UseManagedAttention = false;
             using var b = model.Forward(torchCache, toks, pos);
             AssertClose(b.Logits, a.Logits, $"logits of tokens {at}..{at + n}");
             AssertClose(b.Hidden, a.Hidden, $"hidden of tokens {at}..{at + n}");
             at += n;
         }
-        model.UseManagedKernels = true;
+        model.UseManagedAttention = true;
     }
 
     [Fact]
@@ -81,7 +81,7 @@ public class ManagedForwardTests
 
         ForwardOutput Run(bool useManaged, KvCache cache)
         {
-            model.UseManagedKernels = useManaged;
+            model.UseManagedAttention = useManaged;
             using (model.Forward(cache, context, Enumerable.Range(0, 30).ToArray())) { }
             return model.Forward(cache, treeTokens, positions, mask);
         }
@@ -96,14 +96,14 @@ public class ManagedForwardTests
         var slots = path.Select(i => (long)(30 + i)).ToArray();
         c1.KeepSlots(30, slots); c2.KeepSlots(30, slots);
         int next = 30 + path.Count;
-        model.UseManagedKernels = true;
+        model.UseManagedAttention = true;
         using var a2 = model.Forward(c1, [7], [next]);
-        model.UseManagedKernels = false;
+        model.UseManagedAttention = false;
         using var b2 = model.Forward(c2, [7], [next]);
         using var c3 = model.NewCache();
         var seq = context.Concat(path.Select(i => treeTokens[i])).Append(7).ToArray();
         using var fresh = model.Forward(c3, seq, Enumerable.Range(0, seq.Length).ToArray());   // > 32 tokens: libtorch
-        model.UseManagedKernels = true;
+        model.UseManagedAttention = true;
         AssertClose(b2.Logits, a2.Logits, "next step after KeepSlots");
         AssertClose(fresh.Logits[^1].unsqueeze(0), a2.Logits, "next step vs a fresh causal run");
     }

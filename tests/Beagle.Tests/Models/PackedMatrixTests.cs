@@ -80,3 +80,28 @@ public class PackedMatrixTests
         Assert.Throws<ArgumentOutOfRangeException>(() => packed.Multiply(new float[6], 0, new float[8]));
     }
 }
+
+/// <summary>Large products (feature extraction, long prefills) are split by rows across the torch threads.</summary>
+[Collection(Beagle.Tests.Decoding.TimingCollection.Name)]   // changes the global thread count: runs alone
+public class ParallelProductTests
+{
+    [Fact]
+    public void Hidden_states_are_the_same_with_one_and_two_threads()
+    {
+        var model = Infrastructure.TestAssets.Stories;
+        using var tokens = TorchSharp.torch.randint(0, model.Config.VocabSize, [2, 96], dtype: TorchSharp.torch.ScalarType.Int64,
+            generator: new TorchSharp.torch.Generator(7));
+        int before = TorchSharp.torch.get_num_threads();
+        try
+        {
+            TorchSharp.torch.set_num_threads(1);
+            using var one = model.HiddenStates(tokens);
+            TorchSharp.torch.set_num_threads(2);   // 192 rows x 64 x 344: above the split threshold
+            using var two = model.HiddenStates(tokens);
+            // A row's arithmetic does not depend on which thread computes it, so the split is exact.
+            using var diff = (one - two).abs().max();
+            Assert.Equal(0f, diff.item<float>());
+        }
+        finally { TorchSharp.torch.set_num_threads(before); }
+    }
+}
