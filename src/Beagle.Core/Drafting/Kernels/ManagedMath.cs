@@ -66,7 +66,9 @@ internal static class ManagedMath
     /// s in [0, n), q already scaled. Returns the largest score (−∞ when n = 0).
     /// Four SIMD blocks of slots are summed at a time: each block's sum over d is a chain of dependent multiply-adds
     /// (4 cycles each), so one block at a time left the FMA units idle most of the time (measured: a draft step's
-    /// attention 3.6 → 2 µs at 100 slots).
+    /// attention 3.6 → 2.45 µs at 100 slots). The loop is <see cref="MatVec"/>'s with a row stride plus a running max;
+    /// calling a strided MatVec and then <see cref="Max"/> measured 5-13 % slower (2.45 → 2.58 µs at 100 slots, 3.67 →
+    /// 4.14 at 200), a cost every target layer pays per head and token, so the fused copy stays.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float HeadScores(ReadOnlySpan<float> q, ReadOnlySpan<float> k, int stride, int n, Span<float> scores)
