@@ -348,21 +348,33 @@ public sealed class LlamaModel : IDisposable
     }
 
     /// <summary>
-    /// y = addend + x · W on the CPU (addend may be y itself, or null). Large products (long prefills, feature extraction)
-    /// are split by rows over the torch thread count, as libtorch's own products would use those threads.
+    /// y = addend + x · W on the CPU (addend may be y itself, or null). Large products are split over the torch thread
+    /// count, as libtorch's own products would use those threads: by column panels (every row count, e.g. one-token
+    /// decoding of a large model, where the weights dominate), or by rows when there are too few panels.
     /// </summary>
     static void Product(PackedMatrix w, Tensor x, int n, Tensor y, Tensor? addend)
     {
         if (!x.is_contiguous()) x = x.contiguous();   // (every caller's x is contiguous today; a safeguard for Floats)
         int threads = get_num_threads();
         long work = (long)n * w.Rows * w.Cols;
-        if (threads <= 1 || work < ParallelProductWork || n < 12)
+        int np = w.PanelCount;
+        if (threads <= 1 || work < ParallelProductWork || (np < 2 * threads && n < 12))
         {
             w.Multiply(Floats(x), n, Floats(y), addend is null ? default : Floats(addend));
             return;
         }
-        int parts = Math.Min(threads, n / 6), rowsPer = (n + parts - 1) / parts;
-        Parallel.For(0, parts, p =>
+        if (np >= 2 * threads)
+        {
+            int parts = threads, per = (np + parts - 1) / parts;
+            Parallel.For(0, parts, p =>
+            {
+                int b0 = p * per, count = Math.Min(per, np - b0);
+                if (count > 0) w.Multiply(Floats(x), n, Floats(y), addend is null ? default : Floats(addend), b0, count);
+            });
+            return;
+        }
+        int rowParts = Math.Min(threads, n / 6), rowsPer = (n + rowParts - 1) / rowParts;
+        Parallel.For(0, rowParts, p =>
         {
             int r0 = p * rowsPer, rows = Math.Min(rowsPer, n - r0);
             if (rows <= 0) return;

@@ -51,60 +51,92 @@ internal sealed class PackedMatrix
     /// <summary>W's float count as packed (for memory accounting).</summary>
     public long PackedFloats => _panels.LongLength;
 
+    /// <summary>Number of column panels (units in which a product can be split across threads).</summary>
+    public int PanelCount => (Cols + Panel - 1) / Panel;
+
     /// <summary>
     /// y [m, N] = addend [m, N] + x [m, K] · W, row-major. <paramref name="addend"/> may be empty (zero) or the same
     /// memory as <paramref name="y"/> (accumulate in place); otherwise it must not overlap y.
+    /// <paramref name="firstPanel"/> and <paramref name="panels"/> restrict the work to those column panels (and
+    /// their columns of y), so that threads can share one product; default: all.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public void Multiply(ReadOnlySpan<float> x, int m, Span<float> y, ReadOnlySpan<float> addend = default)
+    public void Multiply(ReadOnlySpan<float> x, int m, Span<float> y, ReadOnlySpan<float> addend = default, int firstPanel = 0, int panels = -1)
     {
         int K = Rows, N = Cols, P = Panel;
         // Every unchecked access below stays inside these bounds.
         if (m <= 0) throw new ArgumentOutOfRangeException(nameof(m), m, "need at least one row");
         if (x.Length < m * K) throw new ArgumentException($"x has {x.Length} values, needs {m} x {K}", nameof(x));
         if (y.Length < m * N) throw new ArgumentException($"y has {y.Length} values, needs {m} x {N}", nameof(y));
+        int np = PanelCount, end = panels < 0 ? np : firstPanel + panels;
+        if (firstPanel < 0 || end > np || end < firstPanel) throw new ArgumentOutOfRangeException(nameof(panels), $"panels [{firstPanel}, {end}) outside [0, {np})");
         bool accumulate = !addend.IsEmpty;
         if (accumulate)
         {
             if (addend.Length < m * N) throw new ArgumentException($"addend has {addend.Length} values, needs {m} x {N}", nameof(addend));
-            if (!Unsafe.AreSame(ref MemoryMarshal.GetReference(addend), ref MemoryMarshal.GetReference(y))) addend[..(m * N)].CopyTo(y);
+            if (!Unsafe.AreSame(ref MemoryMarshal.GetReference(addend), ref MemoryMarshal.GetReference(y)))
+            {
+                if (firstPanel == 0 && end == np) addend[..(m * N)].CopyTo(y);
+                else
+                {
+                    int c0 = firstPanel * P, width = Math.Min(end * P, N) - c0;
+                    for (int r = 0; r < m; r++) addend.Slice(r * N + c0, width).CopyTo(y.Slice(r * N + c0, width));
+                }
+            }
         }
 
         ref float x0 = ref MemoryMarshal.GetReference(x);
         ref float y0 = ref MemoryMarshal.GetReference(y);
         Span<float> tail = stackalloc float[6 * P];   // the last, partial panel goes through here: kernels write P columns
-        int np = (N + P - 1) / P;
-        for (int b = 0; b < np; b++)
+        for (int b = firstPanel; b < end;)
         {
-            ref float w = ref _panels[b * K * P];
-            int c = b * P, width = Math.Min(P, N - c);
+            // A single row takes two full panels at once (four accumulator chains instead of two: it is the one-token
+            // decoding case, where the chains' latency, not the loads, would set the pace).
+            bool pair = b + 1 < end && (b + 2) * P <= N;
             for (int r = 0; r < m;)
             {
                 int R = m - r >= 6 ? 6 : m - r >= 4 ? 4 : m - r >= 2 ? 2 : 1;
-                ref float xr = ref Unsafe.Add(ref x0, r * K);
-                scoped ref float dst = ref Unsafe.Add(ref y0, r * N + c);
-                int ld = N;
-                if (width < P)
-                {
-                    tail.Clear();
-                    if (accumulate) for (int i = 0; i < R; i++) y.Slice((r + i) * N + c, width).CopyTo(tail.Slice(i * P, width));
-                    dst = ref MemoryMarshal.GetReference(tail); ld = P;
-                }
-                switch (R)
-                {
-                    case 6: Rows6(ref xr, K, ref w, ref dst, ld, accumulate); break;
-                    case 4: Rows4(ref xr, K, ref w, ref dst, ld, accumulate); break;
-                    case 2: Rows2(ref xr, K, ref w, ref dst, ld, accumulate); break;
-                    default: Rows1(ref xr, K, ref w, ref dst, accumulate); break;
-                }
-                if (width < P) for (int i = 0; i < R; i++) tail.Slice(i * P, width).CopyTo(y.Slice((r + i) * N + c, width));
+                if (R == 1 && pair)
+                    Rows1Pair(ref Unsafe.Add(ref x0, r * K), K, ref _panels[b * K * P], ref Unsafe.Add(ref y0, r * N + b * P), accumulate);
+                else
+                    for (int bb = b; bb < (pair ? b + 2 : b + 1); bb++) Block(x0: ref x0, y, tail, bb, r, R, accumulate);
                 r += R;
             }
+            b += pair ? 2 : 1;
         }
     }
 
+    /// <summary>R rows starting at row r, times panel b, into y (through <paramref name="tail"/> when the panel is partial).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    void Block(ref float x0, Span<float> y, Span<float> tail, int b, int r, int R, bool accumulate)
+    {
+        int K = Rows, N = Cols, P = Panel;
+        ref float w = ref _panels[b * K * P];
+        int c = b * P, width = Math.Min(P, N - c);
+        ref float xr = ref Unsafe.Add(ref x0, r * K);
+        scoped ref float dst = ref Unsafe.Add(ref MemoryMarshal.GetReference(y), r * N + c);
+        int ld = N;
+        if (width < P)
+        {
+            tail.Clear();
+            if (accumulate) for (int i = 0; i < R; i++) y.Slice((r + i) * N + c, width).CopyTo(tail.Slice(i * P, width));
+            dst = ref MemoryMarshal.GetReference(tail); ld = P;
+        }
+        switch (R)
+        {
+            case 6: Rows6(ref xr, K, ref w, ref dst, ld, accumulate); break;
+            case 4: Rows4(ref xr, K, ref w, ref dst, ld, accumulate); break;
+            case 2: Rows2(ref xr, K, ref w, ref dst, ld, accumulate); break;
+            default: Rows1(ref xr, K, ref w, ref dst, accumulate); break;
+        }
+        if (width < P) for (int i = 0; i < R; i++) tail.Slice(i * P, width).CopyTo(y.Slice((r + i) * N + c, width));
+    }
+
     // The kernels: R rows of x times one panel (K x P) into R x P outputs at y (row stride ld), two vectors per row.
-    // Each keeps 2R independent accumulators (R = 1, 2: k unrolled by two), so the FMA latency is hidden.
+    // Every kernel sums each output over k in the same order (one fused multiply-add per k, from the addend or zero),
+    // so a row's result does not depend on how many rows share the call or which block it falls in: a token's logits
+    // are bit-identical whether it is decoded alone or verified among others, and across thread splits. (Splitting
+    // the k sum over two accumulators for R = 1, 2 broke that and measured no faster.)
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector<float> Init(bool accumulate, ref float y, nuint at) => accumulate ? Vector.LoadUnsafe(ref y, at) : default;
@@ -161,47 +193,44 @@ internal sealed class PackedMatrix
     {
         nuint v = (nuint)Vector<float>.Count, l = (nuint)ld, P = 2 * v;
         Vector<float> a00 = Init(acc, ref y, 0), a01 = Init(acc, ref y, v), a10 = Init(acc, ref y, l), a11 = Init(acc, ref y, l + v);
-        Vector<float> c00 = default, c01 = default, c10 = default, c11 = default;
-        nuint k1 = (nuint)K, k = 0;
-        for (; k + 2 <= k1; k += 2)
+        nuint k1 = (nuint)K;
+        for (nuint k = 0; k < k1; k++)
         {
             var b0 = Vector.LoadUnsafe(ref w, k * P); var b1 = Vector.LoadUnsafe(ref w, k * P + v);
-            var d0 = Vector.LoadUnsafe(ref w, k * P + P); var d1 = Vector.LoadUnsafe(ref w, k * P + P + v);
-            var x0 = new Vector<float>(Unsafe.Add(ref x, k)); var x1 = new Vector<float>(Unsafe.Add(ref x, k1 + k));
-            var z0 = new Vector<float>(Unsafe.Add(ref x, k + 1)); var z1 = new Vector<float>(Unsafe.Add(ref x, k1 + k + 1));
-            a00 = Vector.FusedMultiplyAdd(x0, b0, a00); a01 = Vector.FusedMultiplyAdd(x0, b1, a01);
-            a10 = Vector.FusedMultiplyAdd(x1, b0, a10); a11 = Vector.FusedMultiplyAdd(x1, b1, a11);
-            c00 = Vector.FusedMultiplyAdd(z0, d0, c00); c01 = Vector.FusedMultiplyAdd(z0, d1, c01);
-            c10 = Vector.FusedMultiplyAdd(z1, d0, c10); c11 = Vector.FusedMultiplyAdd(z1, d1, c11);
+            var xv = new Vector<float>(Unsafe.Add(ref x, k)); a00 = Vector.FusedMultiplyAdd(xv, b0, a00); a01 = Vector.FusedMultiplyAdd(xv, b1, a01);
+            xv = new Vector<float>(Unsafe.Add(ref x, k1 + k)); a10 = Vector.FusedMultiplyAdd(xv, b0, a10); a11 = Vector.FusedMultiplyAdd(xv, b1, a11);
         }
-        for (; k < k1; k++)
+        a00.StoreUnsafe(ref y, 0); a01.StoreUnsafe(ref y, v);
+        a10.StoreUnsafe(ref y, l); a11.StoreUnsafe(ref y, l + v);
+    }
+
+    /// <summary>One row times two adjacent full panels (w: the first; the second follows it) into 2P outputs.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Rows1Pair(ref float x, int K, ref float w, ref float y, bool acc)
+    {
+        nuint v = (nuint)Vector<float>.Count, P = 2 * v, second = (nuint)K * P;
+        Vector<float> a0 = Init(acc, ref y, 0), a1 = Init(acc, ref y, v), a2 = Init(acc, ref y, P), a3 = Init(acc, ref y, P + v);
+        nuint k1 = (nuint)K;
+        for (nuint k = 0; k < k1; k++)
         {
-            var b0 = Vector.LoadUnsafe(ref w, k * P); var b1 = Vector.LoadUnsafe(ref w, k * P + v);
-            var x0 = new Vector<float>(Unsafe.Add(ref x, k)); var x1 = new Vector<float>(Unsafe.Add(ref x, k1 + k));
-            a00 = Vector.FusedMultiplyAdd(x0, b0, a00); a01 = Vector.FusedMultiplyAdd(x0, b1, a01);
-            a10 = Vector.FusedMultiplyAdd(x1, b0, a10); a11 = Vector.FusedMultiplyAdd(x1, b1, a11);
+            var xv = new Vector<float>(Unsafe.Add(ref x, k));
+            a0 = Vector.FusedMultiplyAdd(xv, Vector.LoadUnsafe(ref w, k * P), a0); a1 = Vector.FusedMultiplyAdd(xv, Vector.LoadUnsafe(ref w, k * P + v), a1);
+            a2 = Vector.FusedMultiplyAdd(xv, Vector.LoadUnsafe(ref w, second + k * P), a2); a3 = Vector.FusedMultiplyAdd(xv, Vector.LoadUnsafe(ref w, second + k * P + v), a3);
         }
-        (a00 + c00).StoreUnsafe(ref y, 0); (a01 + c01).StoreUnsafe(ref y, v);
-        (a10 + c10).StoreUnsafe(ref y, l); (a11 + c11).StoreUnsafe(ref y, l + v);
+        a0.StoreUnsafe(ref y, 0); a1.StoreUnsafe(ref y, v); a2.StoreUnsafe(ref y, P); a3.StoreUnsafe(ref y, P + v);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Rows1(ref float x, int K, ref float w, ref float y, bool acc)
     {
         nuint v = (nuint)Vector<float>.Count, P = 2 * v;
-        Vector<float> a0 = Init(acc, ref y, 0), a1 = Init(acc, ref y, v), c0 = default, c1 = default;
-        nuint k1 = (nuint)K, k = 0;
-        for (; k + 2 <= k1; k += 2)
+        Vector<float> a0 = Init(acc, ref y, 0), a1 = Init(acc, ref y, v);
+        nuint k1 = (nuint)K;
+        for (nuint k = 0; k < k1; k++)
         {
-            var x0 = new Vector<float>(Unsafe.Add(ref x, k)); var z0 = new Vector<float>(Unsafe.Add(ref x, k + 1));
-            a0 = Vector.FusedMultiplyAdd(x0, Vector.LoadUnsafe(ref w, k * P), a0); a1 = Vector.FusedMultiplyAdd(x0, Vector.LoadUnsafe(ref w, k * P + v), a1);
-            c0 = Vector.FusedMultiplyAdd(z0, Vector.LoadUnsafe(ref w, k * P + P), c0); c1 = Vector.FusedMultiplyAdd(z0, Vector.LoadUnsafe(ref w, k * P + P + v), c1);
+            var xv = new Vector<float>(Unsafe.Add(ref x, k));
+            a0 = Vector.FusedMultiplyAdd(xv, Vector.LoadUnsafe(ref w, k * P), a0); a1 = Vector.FusedMultiplyAdd(xv, Vector.LoadUnsafe(ref w, k * P + v), a1);
         }
-        for (; k < k1; k++)
-        {
-            var x0 = new Vector<float>(Unsafe.Add(ref x, k));
-            a0 = Vector.FusedMultiplyAdd(x0, Vector.LoadUnsafe(ref w, k * P), a0); a1 = Vector.FusedMultiplyAdd(x0, Vector.LoadUnsafe(ref w, k * P + v), a1);
-        }
-        (a0 + c0).StoreUnsafe(ref y, 0); (a1 + c1).StoreUnsafe(ref y, v);
+        a0.StoreUnsafe(ref y, 0); a1.StoreUnsafe(ref y, v);
     }
 }

@@ -108,3 +108,36 @@ public class ManagedForwardTests
         AssertClose(fresh.Logits[^1].unsqueeze(0), a2.Logits, "next step vs a fresh causal run");
     }
 }
+
+/// <summary>
+/// Batch invariance on the CPU: a token's logits are bit-identical whether it is decoded alone (plain decoding) or
+/// verified among others (speculative decoding), so greedy speculative output equals plain output exactly, not only
+/// up to near-ties.
+/// </summary>
+public class BatchInvarianceTests
+{
+    [Fact]
+    public void A_chain_verified_at_once_gives_the_logits_of_one_token_steps_bit_for_bit()
+    {
+        var model = Beagle.Tests.Infrastructure.TestAssets.Stories;
+        var rng = new Random(12);
+        var prompt = Enumerable.Range(0, 20).Select(_ => rng.Next(1, model.Config.VocabSize)).ToArray();
+        foreach (int T in new[] { 2, 5, 6, 7, 9 })
+        {
+            var chain = Enumerable.Range(0, T).Select(_ => rng.Next(1, model.Config.VocabSize)).ToArray();
+            using var batched = model.NewCache(); using var single = model.NewCache();
+            using (model.Forward(batched, prompt, Enumerable.Range(0, prompt.Length).ToArray())) { }
+            using (model.Forward(single, prompt, Enumerable.Range(0, prompt.Length).ToArray())) { }
+            using var all = model.Forward(batched, chain, Enumerable.Range(prompt.Length, T).ToArray());
+            var expected = all.Logits.data<float>().ToArray();
+            for (int t = 0; t < T; t++)
+            {
+                using var one = model.Forward(single, [chain[t]], [prompt.Length + t]);
+                var got = one.Logits.data<float>().ToArray();
+                int v = got.Length;
+                for (int j = 0; j < v; j++)
+                    Assert.True(expected[t * v + j] == got[j], $"T={T}, row {t}, logit {j}: {expected[t * v + j]} batched vs {got[j]} alone");
+            }
+        }
+    }
+}

@@ -58,6 +58,22 @@ public class PackedMatrixTests
     }
 
     [Fact]
+    public void Panel_ranges_together_make_the_whole_product()
+    {
+        var rng = new Random(11);
+        int m = 7, k = 30, n = 3 * PackedMatrix.Panel + 5;   // four panels, the last partial
+        var w = Random(rng, k * n); var x = Random(rng, m * k); var addend = Random(rng, m * n);
+        var packed = new PackedMatrix(w, k, n);
+        Assert.Equal(4, packed.PanelCount);
+        var y = new float[m * n];
+        packed.Multiply(x, m, y, addend, firstPanel: 0, panels: 1);
+        packed.Multiply(x, m, y, addend, firstPanel: 1, panels: 2);
+        packed.Multiply(x, m, y, addend, firstPanel: 3, panels: 1);
+        AssertClose(Reference(x, w, addend, m, k, n), y, "panels 0 | 1-2 | 3");
+        Assert.Throws<ArgumentOutOfRangeException>(() => packed.Multiply(x, m, y, addend, firstPanel: 3, panels: 2));
+    }
+
+    [Fact]
     public void Writes_only_the_rows_asked_for()
     {
         var rng = new Random(9);
@@ -85,23 +101,33 @@ public class PackedMatrixTests
 [Collection(Beagle.Tests.Decoding.TimingCollection.Name)]   // changes the global thread count: runs alone
 public class ParallelProductTests
 {
-    [Fact]
-    public void Hidden_states_are_the_same_with_one_and_two_threads()
+    [Theory]
+    [InlineData(false, 2, 96)]   // stories260K: products split by column panels
+    [InlineData(true, 8, 64)]    // a model 48 wide: its 3-panel output projection is split by rows
+    public void Hidden_states_are_the_same_with_one_and_two_threads(bool narrow, int batch, int length)
     {
-        var model = Infrastructure.TestAssets.Stories;
-        using var tokens = TorchSharp.torch.randint(0, model.Config.VocabSize, [2, 96], dtype: TorchSharp.torch.ScalarType.Int64,
+        using var owned = narrow ? NarrowModel() : null;
+        var model = owned ?? Infrastructure.TestAssets.Stories;
+        using var tokens = TorchSharp.torch.randint(0, model.Config.VocabSize, [batch, length], dtype: TorchSharp.torch.ScalarType.Int64,
             generator: new TorchSharp.torch.Generator(7));
         int before = TorchSharp.torch.get_num_threads();
         try
         {
             TorchSharp.torch.set_num_threads(1);
             using var one = model.HiddenStates(tokens);
-            TorchSharp.torch.set_num_threads(2);   // 192 rows x 64 x 344: above the split threshold
+            TorchSharp.torch.set_num_threads(2);   // above the split threshold (2^20 multiply-adds)
             using var two = model.HiddenStates(tokens);
             // A row's arithmetic does not depend on which thread computes it, so the split is exact.
             using var diff = (one - two).abs().max();
             Assert.Equal(0f, diff.item<float>());
         }
         finally { TorchSharp.torch.set_num_threads(before); }
+    }
+
+    static LlamaModel NarrowModel()
+    {
+        var config = new ModelConfig { ModelType = "test", Dim = 48, HiddenDim = 64, Layers = 2, Heads = 4, KvHeads = 2, VocabSize = 64, MaxSeqLen = 96 };
+        using var w = LlamaWeights.Random(config, seed: 2);
+        return new LlamaModel(w);
     }
 }
