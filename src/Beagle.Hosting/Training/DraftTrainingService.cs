@@ -246,7 +246,6 @@ public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueu
         Save();
         Changed(job);
         var snapshot = job.Snapshot();
-        job.Done?.TrySetResult(snapshot);
         var observers = job.Observers.ToArray();
         job.Observers.Clear();
         foreach (var o in observers)
@@ -256,6 +255,8 @@ public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueu
                 else o.OnError(exception ?? (state == DraftTrainingJobState.Cancelled ? new OperationCanceledException($"job {job.Id} was cancelled") : new InvalidOperationException($"job {job.Id}: {error}")));
             }
             catch (Exception e) { _logger.LogWarning(e, "a progress observer of job {Job} threw", job.Id); }
+        // Waiters resume only after every observer has been told (they may rely on the observers' state).
+        job.Done?.TrySetResult(snapshot);
     }
 
     void Changed(JobRecord job)

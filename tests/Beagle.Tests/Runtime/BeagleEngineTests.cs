@@ -53,6 +53,24 @@ public sealed class BeagleEngineTests
     }
 
     [Fact]
+    public async Task A_stream_runs_only_a_bounded_distance_ahead_and_leaving_it_frees_the_worker()
+    {
+        await using var engine = Start();
+        await engine.Ready;
+        var stats = new GenerationStats();
+        var options = new GenerationOptions { MaxNewTokens = 400 };
+        // Read one chunk, then stop reading (without cancelling): generation must wait for the reader...
+        var stream = engine.GenerateAsync("Once upon a time", options, stats).GetAsyncEnumerator();
+        Assert.True(await stream.MoveNextAsync());
+        await Task.Delay(300);   // far longer than 400 tokens take (~10,000 tokens/s): an unbounded stream would finish
+        Assert.InRange(stats.NewTokens, 1, BeagleEngine.StreamBuffer + 4);
+        // ...and leaving the stream (disposing it) releases the worker for the next request.
+        await stream.DisposeAsync();
+        var next = await engine.CompleteAsync("The little dog", Greedy).WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.NotEmpty(next.TokenIds);
+    }
+
+    [Fact]
     public async Task A_request_cancelled_while_queued_gives_its_place_back_at_once()
     {
         await using var engine = Start(queueCapacity: 1);

@@ -75,7 +75,9 @@ public sealed class BeagleChatClientTests(StoriesChatFixture fx) : IClassFixture
         });
         listener.RecordObservableInstruments();
         Assert.Equal(1, updates);
-        Assert.InRange(Interlocked.Read(ref generated), 1, 50);   // far fewer than the 500 asked for
+        // Generation may run at most the stream's buffer (16 one-token rounds here) plus a round ahead of the reader,
+        // however late the cancellation arrives: far fewer than the 500 asked for.
+        Assert.InRange(Interlocked.Read(ref generated), 1, 50);
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(5));
     }
 
