@@ -45,6 +45,7 @@ public sealed class LlamaModel : IDisposable
     readonly Tensor? _lmHeadT;        // [D, V], non-CPU devices
     readonly PackedMatrix? _lmHead;   // the same, packed, CPU
     readonly RotaryTables _rope;
+    readonly float[]? _cosHost, _sinHost;   // [maxPos, hd], CPU: the rotary tables for the C# rotation
     readonly int _q, _kv, _hd, _h, _kvh, _g;
     // Scalars kept alive for the model's lifetime. TorchSharp's implicit double→Scalar conversion creates a native
     // object that the GC may finalise while libtorch still reads it (seen as a rare "c10::Scalar::toDouble"/"toFloat"
@@ -68,6 +69,7 @@ public sealed class LlamaModel : IDisposable
         var c = Config;
         (_hd, _h, _kvh, _g, _q, _kv) = (c.EffectiveHeadDim, c.Heads, c.KvHeads, c.GroupSize, c.QDim, c.KvDim);
         _rope = new RotaryTables(_hd, c.MaxSeqLen, c.RopeTheta, c.RopeLayout, c.RopeScaling, Device);
+        if (Device.type == DeviceType.CPU) { _cosHost = _rope.Cos.data<float>().ToArray(); _sinHost = _rope.SinSigned.data<float>().ToArray(); }
         _epsS = c.NormEps.ToScalar(); _oneS = 1.0.ToScalar();
         // Attention's 1/sqrt(hd) is folded into the q rows (rotary is linear, so scaling before it is the same), which
         // saves the scaling op per layer and lets a masked forward compute scores and mask in one baddbmm.
@@ -163,14 +165,23 @@ public sealed class LlamaModel : IDisposable
 
         using var scope = NewDisposeScope();
         using var _ = inference_mode();   // skips autograd and version-counter bookkeeping: fewer µs per op than no_grad
-        var pos = tensor(posArr, device: Device);
-        var x = Embedding.index_select(0, tensor(tokArr, device: Device));            // [T, D]
-        var cos = _rope.Cos.index_select(0, pos).unsqueeze(1);                         // [T, 1, hd]
-        var sin = _rope.SinSigned.index_select(0, pos).unsqueeze(1);
-
-        // Decoding and verification (a few new tokens, CPU): attention in C# (ManagedAttention: why there). Longer
-        // prefills and other devices: libtorch ops. Matrix products: PackedMatrix on the CPU, libtorch elsewhere.
+        // Decoding and verification (a few new tokens, CPU): attention and rotary in C# (ManagedAttention: why there).
+        // Longer prefills and other devices: libtorch ops. Matrix products, norms and SwiGLU: C# on the CPU.
         bool managed = UseManagedAttention && Device.type == DeviceType.CPU && T <= ManagedAttention.MaxTokens;
+        Tensor x, cos = null!, sin = null!;
+        if (Device.type == DeviceType.CPU)
+        {
+            x = empty(T, Config.Dim, device: Device);                                  // [T, D]: embedding rows copied
+            var e = Floats(Embedding); var xs = Floats(x); int d = Config.Dim;
+            for (int i = 0; i < T; i++) e.Slice(tokens[i] * d, d).CopyTo(xs.Slice(i * d, d));
+        }
+        else x = Embedding.index_select(0, tensor(tokArr, device: Device));
+        if (!managed)
+        {
+            var pos = tensor(posArr, device: Device);
+            cos = _rope.Cos.index_select(0, pos).unsqueeze(1);                         // [T, 1, hd]
+            sin = _rope.SinSigned.index_select(0, pos).unsqueeze(1);
+        }
         bool[]? allowed = null;   // managed path: [T, S], null = causal
         Tensor? m = null;         // libtorch path: additive mask
         if (managed)
@@ -183,19 +194,22 @@ public sealed class LlamaModel : IDisposable
         else if (mask is not null) m = AdditiveMask(mask, T, S);
         else if (T > 1 || (Config.SlidingWindow is { } w0 && S > w0)) m = AdditiveMask(CausalAllowed(T, start), T, S);
         var scratch = managed ? new float[S] : null;
+        var rotBuf = managed ? new float[T * (_h + _kvh) * _hd] : null;   // managed path: rotated q | k of each token
         Tensor? slots = null;     // libtorch path: the cache slots written
 
         for (int l = 0; l < _layers.Length; l++)
         {
-            var (k, v, q, qkv, rot) = Project(_layers[l], x, cos, sin, 1, T);   // k, v: [T, kvH, hd]; q: [T, H, hd] (views of qkv, rot)
             if (managed)
             {
+                var qkv = Qkv(_layers[l], x, T);
+                Rotate(Floats(qkv), T, positions, rotBuf!);
                 var attn = empty(T, _q, device: Device);                               // [T, Q], written below
-                ManagedAttention.Run(Floats(rot), Floats(qkv), 2 * (_q + _kv) + _kv, 2 * (_q + _kv),
+                ManagedAttention.Run(rotBuf, Floats(qkv), 2 * (_q + _kv) + _kv, 2 * (_q + _kv),
                     Floats(cache.K[l]), Floats(cache.V[l]), cache.Capacity, _h, _kvh, _hd, start, T, allowed, Floats(attn), scratch);
                 x = Mlp(_layers[l], x, attn, T);
                 continue;
             }
+            var (k, v, q, _, _) = Project(_layers[l], x, cos, sin, 1, T);   // k, v: [T, kvH, hd]; q: [T, H, hd] (views)
             slots ??= T == 1 ? tensor(new long[] { start }, device: Device) : arange(start, S, dtype: ScalarType.Int64, device: Device);
             cache.K[l].index_copy_(2, slots, k.permute(1, 2, 0));                     // cache layer: [kvH, hd, capacity]
             cache.V[l].index_copy_(2, slots, v.permute(1, 2, 0));
@@ -212,7 +226,7 @@ public sealed class LlamaModel : IDisposable
             var oo = T == 1 ? o.reshape(1, _q) : o.view(_kvh, _g, T, _hd).permute(2, 0, 1, 3).reshape(T, _q);
             x = Mlp(_layers[l], x, oo, T);
         }
-        var hidden = RmsNorm(x).mul_(_finalNorm);                                      // [T, D]
+        var hidden = RmsNorm(x, T, _finalNorm);                                         // [T, D]
         var logits = lastLogitsOnly ? Linear(hidden.narrow(0, T - 1, 1), 1, _lmHead, _lmHeadT) : Linear(hidden, T, _lmHead, _lmHeadT);   // [T or 1, V]
         return new ForwardOutput(logits.MoveToOuterDisposeScope(), hidden.MoveToOuterDisposeScope());
     }
@@ -239,7 +253,7 @@ public sealed class LlamaModel : IDisposable
             var vv = v.view(B, T, _kvh, _hd).permute(0, 2, 1, 3);
             x = Mlp(layer, x, Attend(q, kk, vv, m, B, T), B * T);
         }
-        return RmsNorm(x).mul_(_finalNorm).view(B, T, -1).MoveToOuterDisposeScope();
+        return RmsNorm(x, B * T, _finalNorm).view(B, T, -1).MoveToOuterDisposeScope();
     }
 
     /// <summary>Logits through the frozen LM head: hidden [..., D] → [..., V].</summary>
@@ -290,25 +304,63 @@ public sealed class LlamaModel : IDisposable
         return AdditiveMask(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, bool>((host ?? mask).bytes), T, S);
     }
 
-    Tensor RmsNorm(Tensor x) => x * x.mul(x).mean([-1], keepdim: true).add_(_epsS, _oneS).rsqrt_();
+    /// <summary>RMSNorm of the n rows of x [n, D] (times <paramref name="weight"/> if given): C# on the CPU, 5 ops elsewhere.</summary>
+    Tensor RmsNorm(Tensor x, int n, Tensor? weight = null)
+    {
+        if (Device.type != DeviceType.CPU)
+        {
+            var y = x * x.mul(x).mean([-1], keepdim: true).add_(_epsS, _oneS).rsqrt_();
+            return weight is null ? y : y.mul_(weight);
+        }
+        int d = Config.Dim;
+        var output = empty(n, d, device: Device);
+        var xs = Floats(x); var os = Floats(output);
+        float eps = (float)Config.NormEps;
+        for (int r = 0; r < n; r++) Beagle.Drafting.Kernels.ManagedMath.RmsNorm(xs.Slice(r * d, d), os.Slice(r * d, d), eps);
+        if (weight is not null)
+        {
+            var ws = Floats(weight);
+            for (int r = 0; r < n; r++) { var row = os.Slice(r * d, d); for (int i = 0; i < d; i++) row[i] *= ws[i]; }
+        }
+        return output;
+    }
+
+    /// <summary>The fused q | k | q-partner | k-partner | v projection of RMSNorm(x): [n, 2(Q+K) + K].</summary>
+    Tensor Qkv(Layer layer, Tensor x, int n)
+    {
+        var h = RmsNorm(x, n);
+        if (layer.Qkv is not { } packed) return layer.Bqkv is null ? h.mm(layer.WqkvT!) : addmm(layer.Bqkv, h, layer.WqkvT!, 1, 1);
+        var qkv = empty(n, packed.Cols, device: Device);
+        if (layer.QkvBias is { } bias)
+        {
+            var y = Floats(qkv);
+            for (int i = 0; i < n; i++) bias.CopyTo(y.Slice(i * bias.Length, bias.Length));
+        }
+        Product(packed, h, n, qkv, layer.QkvBias is null ? null : qkv);
+        return qkv;
+    }
+
+    /// <summary>
+    /// Rotary in C# (CPU, managed path): rot[t] = (q | k) · cos[pos] + (q | k partners) · sinSigned[pos], read from the
+    /// fused projection qkv [T, 2(Q+K) + K]; rot is [T, H + kvH, hd], the layout ManagedAttention reads.
+    /// </summary>
+    void Rotate(ReadOnlySpan<float> qkv, int T, ReadOnlySpan<int> positions, Span<float> rot)
+    {
+        int qk = _q + _kv, stride = 2 * qk + _kv;
+        for (int t = 0; t < T; t++)
+        {
+            var a = qkv.Slice(t * stride, qk); var p = qkv.Slice(t * stride + qk, qk); var o = rot.Slice(t * qk, qk);
+            var cos = _cosHost.AsSpan(positions[t] * _hd, _hd); var sin = _sinHost.AsSpan(positions[t] * _hd, _hd);
+            for (int j = 0; j < qk; j += _hd)
+                for (int i = 0; i < _hd; i++) o[j + i] = a[j + i] * cos[i] + p[j + i] * sin[i];
+        }
+    }
 
     /// <returns>k, v, q as views, and the tensors they view: qkv [n, 2(Q+K)+K] and the rotated q|k, rot [n, H+kvH, hd] (both contiguous).</returns>
     (Tensor k, Tensor v, Tensor q, Tensor qkv, Tensor rot) Project(Layer layer, Tensor x, Tensor cos, Tensor sin, int B, int T)
     {
         int n = B * T, qk = _q + _kv;
-        var h = RmsNorm(x);
-        Tensor qkv;                                                                          // [n, 2qk + kv]
-        if (layer.Qkv is { } packed)
-        {
-            qkv = empty(n, packed.Cols, device: Device);
-            if (layer.QkvBias is { } bias)
-            {
-                var y = Floats(qkv);
-                for (int i = 0; i < n; i++) bias.CopyTo(y.Slice(i * bias.Length, bias.Length));
-            }
-            Product(packed, h, n, qkv, layer.QkvBias is null ? null : qkv);
-        }
-        else qkv = layer.Bqkv is null ? h.mm(layer.WqkvT!) : addmm(layer.Bqkv, h, layer.WqkvT!, 1, 1);
+        var qkv = Qkv(layer, x, n);                                                          // [n, 2qk + kv]
         var a = qkv.narrow(1, 0, qk).view(n, _h + _kvh, _hd);
         var p = qkv.narrow(1, qk, qk).view(n, _h + _kvh, _hd);
         var r = addcmul(a * cos, p, sin, _oneS);                                                    // rotary, [n, H+kvH, hd]
@@ -332,9 +384,17 @@ public sealed class LlamaModel : IDisposable
     Tensor Mlp(Layer layer, Tensor x, Tensor oo, int n)
     {
         x = Linear(oo, n, layer.Wo, layer.WoT, residual: x);                                  // residual + Wo·attn
-        var gu = Linear(RmsNorm(x), n, layer.W13, layer.W13T);                                 // [n, 2*Hff]
+        var gu = Linear(RmsNorm(x, n), n, layer.W13, layer.W13T);                              // [n, 2*Hff]
         int hff = Config.HiddenDim;
-        var act = F.silu(gu.narrow(1, 0, hff)).mul_(gu.narrow(1, hff, hff));
+        Tensor act;
+        if (Device.type == DeviceType.CPU)
+        {
+            act = empty(n, hff, device: Device);
+            var g = Floats(gu); var a = Floats(act);
+            for (int r = 0; r < n; r++)
+                Beagle.Drafting.Kernels.ManagedMath.SwiGlu(g.Slice(r * 2 * hff, hff), g.Slice(r * 2 * hff + hff, hff), a.Slice(r * hff, hff));
+        }
+        else act = F.silu(gu.narrow(1, 0, hff)).mul_(gu.narrow(1, hff, hff));
         return Linear(act, n, layer.W2, layer.W2T, residual: x);                               // residual + W2·act
     }
 
