@@ -125,12 +125,13 @@ public readonly record struct TreeBudget(int Tokens, int Depth, int TopK, double
     public override string ToString() => MinProb > 0 ? FormattableString.Invariant($"{Tokens}/{Depth}/{TopK} p>={MinProb}") : $"{Tokens}/{Depth}/{TopK}";
 
     /// <summary>
-    /// Used when neither the caller nor a calibration chose one: a chain of 5 draft tokens, the fastest fixed budget
-    /// for both bundled stories260K drafts on a 2-core CPU (docs/benchmarks.md: 6/5/1 beat 5/4/1, 7/6/1, 10/5/2 and
-    /// 16/5/4, because verifying each extra token costs real FLOPs on a CPU). On a GPU, where verification is nearly
-    /// free, wider trees pay: calibrate (TreeBudgetCalibrator) or pass a budget.
+    /// Used when neither the caller nor a calibration chose one: a chain of 3 draft tokens, what calibration picks for the
+    /// bundled Beagle draft on a 2-core CPU with the C# CPU kernels (docs/benchmarks.md: 4/3/1 1.40–1.54x over seven
+    /// runs; fixed 5/4/1 1.39x, 6/5/1 1.30x, 8/7/1 1.11x, trees below plain — each verified token costs real FLOPs on
+    /// a CPU). Larger targets and GPUs, where verification is cheap next to decoding, want deeper or wider trees:
+    /// calibrate (TreeBudgetCalibrator) or pass a budget.
     /// </summary>
-    public static TreeBudget Default { get; } = new(6, 5, 1);
+    public static TreeBudget Default { get; } = new(4, 3, 1);
 
     public static TreeBudget Resolve(SpeculativeOptions o, TreeBudget fallback)
     {
