@@ -34,6 +34,8 @@ app.Configure(c =>
         .WithExample("report", "bench.json", "--out", "./report");
     c.AddCommand<BenchPlainCommand>("bench-plain").WithDescription("Plain greedy decoding tokens/s at several thread counts (a target, or a random-weight model of a real shape).")
         .WithExample("bench-plain", "--random-shape", "llama-110m", "--thread-counts", "1,2");
+    c.AddCommand<BenchCostsCommand>("bench-costs").WithDescription("What a plain step, a verification of T tokens and a draft step cost here, and the acceptance length each chain needs to pay (random weights suffice).")
+        .WithExample("bench-costs", "--random-shape", "llama-110m", "--draft-vocab", "8000");
     c.AddCommand<BenchCommand>("bench").WithDescription("Benchmark plain decoding against drafts on the same prompts (tokens/s, speedup, acceptance length, memory).")
         .WithExample("bench", "--draft", "models/stories260K/beagle", "--draft", "models/stories260K/eagle2", "--runs", "3", "--report", "docs/bench");
     c.AddCommand<TrainCommand>("train").WithDescription("Train a Beagle or EAGLE-2 draft for a target (Ctrl+C checkpoints; --resume continues).")
