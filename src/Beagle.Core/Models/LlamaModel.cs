@@ -127,7 +127,7 @@ public sealed class LlamaModel : IDisposable
         return new PackedMatrix(Floats(host), (int)wT.shape[0], (int)wT.shape[1]);
     }
 
-    /// <summary>Attention of short forwards in C# on the CPU (<see cref="ManagedAttention"/>); off = always libtorch (tests compare the two).</summary>
+    /// <summary>Rotary and attention of short forwards in C# on the CPU (<see cref="ManagedAttention"/>); off = libtorch's ops (tests compare the two).</summary>
     internal bool UseManagedAttention { get; set; } = true;
 
     /// <summary>A fresh KV cache for one sequence of at most <paramref name="capacity"/> positions (default: the model's context).</summary>

@@ -8,8 +8,9 @@ namespace Beagle.Tests.Models;
 /// <summary>
 /// The C# attention of short forwards (<see cref="ManagedAttention"/>) against libtorch's ops on the same inputs: the
 /// same model run with <c>UseManagedAttention</c> on and off, causal and tree-masked, with grouped-query heads, a head
-/// dimension that is not a multiple of the SIMD width, qkv bias and a sliding window. (The matrix products are
-/// <see cref="PackedMatrix"/> on the CPU either way: PackedMatrixTests checks them against a plain product.)
+/// dimension that is not a multiple of the SIMD width, qkv bias and a sliding window. Rotary goes with it (C# on the
+/// managed path, libtorch ops on the other). Products, norms and SwiGLU are C# on the CPU either way: PackedMatrixTests
+/// checks the products against a plain loop, the golden tests the whole forward against the C reference.
 /// </summary>
 public class ManagedForwardTests
 {
