@@ -259,7 +259,7 @@ public sealed class BeagleDraft : DraftModelBase
             var hhat = addmm(y, act, _w.W2T, 1, 1);                                               // [N, D]
             int first = _round.Add(positions, parents);
             _states.narrow(0, first, N).copy_(hhat);
-            var logp = F.log_softmax(_m.Logits(hhat), 1);                                   // [N, Vd]
+            var logp = F.log_softmax(_m.SessionLogits(hhat, N), 1);                                   // [N, Vd]
             return logp.MoveToOuterDisposeScope();
         }
 

@@ -277,7 +277,7 @@ public sealed class Eagle2Draft : DraftModelBase
             var act = F.silu(gu.narrow(1, 0, f)).mul_(gu.narrow(1, f, f));
             var fhat = addmm(a, act, _w.W2T, 1, 1);                                               // [N, D]
             _outs.narrow(0, first, N).copy_(fhat);
-            return F.log_softmax(_m.Logits(fhat), 1).MoveToOuterDisposeScope();           // [N, Vd]
+            return F.log_softmax(_m.SessionLogits(fhat, N), 1).MoveToOuterDisposeScope();           // [N, Vd]
         }
 
         public void EndRound() => _round.Clear();

@@ -258,6 +258,9 @@ public sealed class LlamaModel : IDisposable
         return RmsNorm(x, B * T, _finalNorm).view(B, T, -1).MoveToOuterDisposeScope();
     }
 
+    /// <summary>The LM head packed for the C# products ([D, V]), CPU only; drafts with the full vocabulary share it.</summary>
+    internal PackedMatrix? PackedLmHead => _lmHead;
+
     /// <summary>Logits through the frozen LM head: hidden [..., D] → [..., V].</summary>
     public Tensor Logits(Tensor hidden)
     {
@@ -414,7 +417,7 @@ public sealed class LlamaModel : IDisposable
     /// count, as libtorch's own products would use those threads: by column panels (every row count, e.g. one-token
     /// decoding of a large model, where the weights dominate), or by rows when there are too few panels.
     /// </summary>
-    static void Product(PackedMatrix w, Tensor x, int n, Tensor y, Tensor? addend)
+    internal static void Product(PackedMatrix w, Tensor x, int n, Tensor y, Tensor? addend)
     {
         if (!x.is_contiguous()) x = x.contiguous();   // (every caller's x is contiguous today; a safeguard for Floats)
         int threads = get_num_threads();
