@@ -80,8 +80,39 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
         lock (_sessionWeightsLock) return _sessionWeights ??= build();
     }
 
-    /// <summary>Forgets the managed sessions' copy of the weights (call after changing them); sessions already running keep theirs.</summary>
-    public void InvalidateSessionWeights() { lock (_sessionWeightsLock) _sessionWeights = null; }
+    /// <summary>Forgets the sessions' copies of the weights (call after changing them); sessions already running keep theirs.</summary>
+    public void InvalidateSessionWeights() { lock (_sessionWeightsLock) { _sessionWeights = null; _packedSession = null; } }
+
+    /// <summary>A tensor session's folded matrices packed for the CPU's C# products, and the fusion bias (EAGLE-2) on the host.</summary>
+    internal sealed record PackedSession(Models.PackedMatrix[] Matrices, float[]? Bias = null);
+
+    PackedSession? _packedSession;
+
+    /// <summary>
+    /// On the CPU, the tensor session's matrices packed (<see cref="Models.PackedMatrix"/>: MKL re-packs a weight on
+    /// every product of more than one row, and its one-row products are slower), built once per draft and shared like
+    /// <see cref="SessionWeights"/> (same invalidation); null on other devices.
+    /// </summary>
+    internal PackedSession? PackedSessionMatrices(Func<PackedSession> build)
+    {
+        if (Dev.type != DeviceType.CPU) return null;
+        lock (_sessionWeightsLock) return _packedSession ??= build();
+    }
+
+    /// <summary>Packs W [K, N] (a folded, transposed weight).</summary>
+    internal static Models.PackedMatrix Pack(Tensor wT)
+    {
+        using var t = wT.detach().to(float32).cpu().contiguous();
+        return new Models.PackedMatrix(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(t.bytes), (int)t.shape[0], (int)t.shape[1]);
+    }
+
+    /// <summary>(addend +) x · W for x [n, K] through a packed matrix (CPU): [n, N]. The addend may be the result's bias rows.</summary>
+    internal Tensor PackedLinear(Models.PackedMatrix w, Tensor x, int n, Tensor? addend = null)
+    {
+        var y = empty(n, w.Cols, device: Dev);
+        Models.LlamaModel.Product(w, x, n, y, addend);
+        return y;
+    }
 
     /// <summary>The parts of <see cref="Kernels.ManagedWeights"/> both architectures share.</summary>
     private protected Kernels.ManagedWeights HostWeights(Tensor woT, Tensor w13T, Tensor w2T) => new()
@@ -94,9 +125,13 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
     /// <summary>Session implementation (see <see cref="Kernels.DraftKernel"/>); Auto picks the managed kernel for small CPU drafts.</summary>
     public Kernels.DraftKernel Kernel { get; set; } = Kernels.DraftKernel.Auto;
 
+    /// <summary>Weights a draft step reads, up to which Auto picks the managed kernel (see UseManagedKernel).</summary>
+    const long ManagedStepWeights = 1L << 20;
+
     /// <summary>
     /// Whether a new session runs on the managed kernel: forced by <see cref="Kernel"/> (or BEAGLE_DRAFT_KERNEL when
-    /// Auto), else for a small draft (dim ≤ 1024 and <paramref name="smallEnough"/>) on the CPU.
+    /// Auto), else for a small draft (a step reads at most <see cref="ManagedStepWeights"/> weights, and
+    /// <paramref name="smallEnough"/>) on the CPU.
     /// </summary>
     protected bool UseManagedKernel(bool smallEnough)
     {
@@ -110,7 +145,11 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
             };
         bool cpu = Dev.type == DeviceType.CPU;
         if (kernel == Kernels.DraftKernel.Managed && !cpu) throw new NotSupportedException("the managed draft kernel runs on the CPU only");
-        return kernel == Kernels.DraftKernel.Managed || (kernel == Kernels.DraftKernel.Auto && cpu && Config.Dim <= 1024 && smallEnough);
+        // Auto: the managed kernel where a step's ~50 tensor ops would cost more than its arithmetic — drafts whose
+        // step reads at most ~1M weights (stories260K's: 82K). Larger drafts use the tensor session, whose products go
+        // through the packed, threaded kernels: a 110M-sized EAGLE-2 step took 6.4 ms managed and 3.3 ms that way.
+        long stepWeights = (long)Config.Dim * (4L * Config.Dim + 3L * Config.HiddenDim + DraftVocabSize);
+        return kernel == Kernels.DraftKernel.Managed || (kernel == Kernels.DraftKernel.Auto && cpu && stepWeights <= ManagedStepWeights && smallEnough);
     }
 
     /// <summary>The checks every session's Commit makes: no open round, hidden [m, dim], room for m more positions.</summary>
@@ -184,11 +223,7 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
         return y;
     }
 
-    Models.PackedMatrix PackHead()
-    {
-        using var t = _target.LmHead.t().to(float32).cpu().contiguous();   // [D, Vd]
-        return new Models.PackedMatrix(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(t.bytes), (int)t.shape[0], (int)t.shape[1]);
-    }
+    Models.PackedMatrix PackHead() => Pack(_target.LmHead.t());   // [D, Vd]
 
     /// <summary>RMSNorm over the last axis, weight applied.</summary>
     protected Tensor RmsNorm(Tensor x, Tensor weight) =>

@@ -150,6 +150,7 @@ public sealed class Eagle2Draft : DraftModelBase
     {
         readonly Eagle2Draft _m;
         readonly Folded _w;
+        readonly PackedSession? _packed;   // CPU: Wo, W13, W2, Wfc, Wqkv packed, fc bias on the host (shared by the draft's sessions)
         readonly Tensor _k, _v;          // [capacity + R, kvH, hd]
         readonly Tensor _features;       // [capacity, D] committed true features f_j
         readonly Tensor _outs;           // [R, D] fhat of this round's nodes
@@ -165,6 +166,8 @@ public sealed class Eagle2Draft : DraftModelBase
                 throw new ArgumentOutOfRangeException(nameof(capacity), $"capacity must be in [1, {m.Config.MaxPositions}], got {capacity}");
             _m = m; _capacity = capacity;
             _w = m.Fold();
+            _packed = m.PackedSessionMatrices(() => new([Pack(_w.WoT), Pack(_w.W13T), Pack(_w.W2T), Pack(_w.WfcT), Pack(_w.WqkvT)],
+                _w.Bfc.detach().to(float32).cpu().data<float>().ToArray()));
             _tokens = new int[capacity];
             using var scope = NewDisposeScope();
             var c = m.Config;
@@ -187,8 +190,20 @@ public sealed class Eagle2Draft : DraftModelBase
         {
             var c = _m.Config; long n = emb.shape[0];
             int qk = c.QDim + c.KvDim;
-            var x = addmm(_w.Bfc, cat([emb, feat], 1), _w.WfcT, 1, 1);                           // [n, D]
-            var p = x.mm(_w.WqkvT);                                                         // [n, 2(Q+K) + K]
+            Tensor x, p;
+            if (_packed is { } pk)
+            {
+                x = empty(n, c.Dim, device: _m.Dev);                                         // fc bias rows, then + [e | f] · Wfc
+                var xs = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(x.bytes);
+                for (int i = 0; i < n; i++) pk.Bias!.CopyTo(xs.Slice(i * c.Dim, c.Dim));
+                Models.LlamaModel.Product(pk.Matrices[3], cat([emb, feat], 1), (int)n, x, x);
+                p = _m.PackedLinear(pk.Matrices[4], x, (int)n);
+            }
+            else
+            {
+                x = addmm(_w.Bfc, cat([emb, feat], 1), _w.WfcT, 1, 1);                           // [n, D]
+                p = x.mm(_w.WqkvT);                                                         // [n, 2(Q+K) + K]
+            }
             var cos = _m.Rope.Cos.index_select(0, positions).unsqueeze(1);                  // [n, 1, hd]
             var sin = _m.Rope.SinSigned.index_select(0, positions).unsqueeze(1);
             var r = addcmul(p.narrow(1, 0, qk).view(n, c.Heads + c.KvHeads, c.HeadDim) * cos,
@@ -271,11 +286,13 @@ public sealed class Eagle2Draft : DraftModelBase
                 mask = tensor(data, [G * N, S], device: _m.Dev);
             }
             var o = _m.AttendRows(q, _k.narrow(0, 0, S), _v.narrow(0, 0, S), mask);      // [N, Q]
-            var a = addmm(x, o, _w.WoT, 1, 1);                                                    // [N, D]
-            var gu = _m.RmsNormNoWeight(a).mm(_w.W13T);                                     // [N, 2F]
+            var pm = _packed?.Matrices;
+            var a = pm is null ? addmm(x, o, _w.WoT, 1, 1) : _m.PackedLinear(pm[0], o, N, x);      // [N, D]
+            var an = _m.RmsNormNoWeight(a);
+            var gu = pm is null ? an.mm(_w.W13T) : _m.PackedLinear(pm[1], an, N);               // [N, 2F]
             int f = c.HiddenDim;
             var act = F.silu(gu.narrow(1, 0, f)).mul_(gu.narrow(1, f, f));
-            var fhat = addmm(a, act, _w.W2T, 1, 1);                                               // [N, D]
+            var fhat = pm is null ? addmm(a, act, _w.W2T, 1, 1) : _m.PackedLinear(pm[2], act, N, a);   // [N, D]
             _outs.narrow(0, first, N).copy_(fhat);
             return F.log_softmax(_m.SessionLogits(fhat, N), 1).MoveToOuterDisposeScope();           // [N, Vd]
         }

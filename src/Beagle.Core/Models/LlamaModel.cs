@@ -419,7 +419,8 @@ public sealed class LlamaModel : IDisposable
     /// </summary>
     internal static void Product(PackedMatrix w, Tensor x, int n, Tensor y, Tensor? addend)
     {
-        if (!x.is_contiguous()) x = x.contiguous();   // (every caller's x is contiguous today; a safeguard for Floats)
+        if (!x.is_contiguous()) x = x.contiguous();   // Floats reads raw memory: rows must be dense
+        if (addend is not null && !ReferenceEquals(addend, y) && !addend.is_contiguous()) addend = addend.contiguous();
         int threads = get_num_threads();
         long work = (long)n * w.Rows * w.Cols;
         int np = w.PanelCount;

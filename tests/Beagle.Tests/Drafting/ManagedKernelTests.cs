@@ -111,10 +111,11 @@ public class ManagedKernelTests
             return s.Expand([300], [n], [-1]);
         }
         using var before = Logp(DraftKernel.Managed);
+        using var beforeTorch = Logp(DraftKernel.Torch);                       // fills the tensor sessions' packed copy (CPU)
         using (no_grad()) foreach (var p in draft.parameters()) p.mul_(step);   // what an optimiser step does: weights change in place
         draft.InvalidateSessionWeights();
         using var managed = Logp(DraftKernel.Managed);
-        using var torchPath = Logp(DraftKernel.Torch);                         // reads the live weights
+        using var torchPath = Logp(DraftKernel.Torch);                         // the live weights, packed afresh
         float scale = torchPath.abs().max().item<float>(), diff = (managed - torchPath).abs().max().item<float>();
         Assert.True(diff < 1e-5 * (1 + scale), $"a session after invalidation must see the new weights: max |difference| {diff} (scale {scale})");
         Assert.True((managed - before).abs().max().item<float>() > 1e-3f, "the weights did change");
@@ -141,5 +142,21 @@ public class ManagedKernelTests
             Assert.True(Math.Abs(y1[c] - e) < 1e-4, $"MatVec[{c}] {y1[c]} vs {e}");
             Assert.True(Math.Abs(y2[c] - e) < 1e-4, $"RowDots[{c}] {y2[c]} vs {e}");
         }
+    }
+
+    [Theory]
+    [InlineData("beagle")]
+    [InlineData("eagle2")]
+    public void Auto_picks_the_managed_kernel_for_small_drafts_and_the_tensor_session_for_large_ones(string arch)
+    {
+        var small = TestAssets.Stories;
+        using var d1 = DraftCheckpoint.Create(DraftConfig.ForTarget(small.Config, arch), small);
+        using (var s1 = d1.StartSession(32)) Assert.IsAssignableFrom<IArrayDraftSession>(s1);
+        // A step of this draft reads ~1.8M weights (head 4096 x 256 included): past the managed kernel's range.
+        var config = new Beagle.Models.ModelConfig { ModelType = "test", Dim = 256, HiddenDim = 688, Layers = 1, Heads = 4, KvHeads = 4, VocabSize = 4096, MaxSeqLen = 64 };
+        using var w = Beagle.Models.LlamaWeights.Random(config, seed: 1);
+        using var wide = new Beagle.Models.LlamaModel(w);
+        using var d2 = DraftCheckpoint.Create(DraftConfig.ForTarget(wide.Config, arch), wide);
+        using (var s2 = d2.StartSession(32)) Assert.False(s2 is IArrayDraftSession);
     }
 }
