@@ -42,9 +42,12 @@ public sealed class ModelStore
     /// <param name="baseUrl">Where to download from (default <see cref="DefaultBaseUrl"/>).</param>
     /// <param name="handler">An HTTP handler (tests serve bytes from a fake one).</param>
     /// <param name="timeout">Per-request timeout; short so an offline machine fails fast (default 20 s).</param>
-    public ModelStore(string? modelsDir = null, string? cacheDir = null, string? baseUrl = null, HttpMessageHandler? handler = null, TimeSpan? timeout = null)
+    /// <param name="useEnvironment">Read $BEAGLE_MODELS when no <paramref name="modelsDir"/> is given (default); false = cache and
+    /// download only, whatever the environment says (tests of the download path).</param>
+    public ModelStore(string? modelsDir = null, string? cacheDir = null, string? baseUrl = null, HttpMessageHandler? handler = null, TimeSpan? timeout = null,
+        bool useEnvironment = true)
     {
-        var env = Environment.GetEnvironmentVariable(EnvironmentVariable);
+        var env = useEnvironment ? Environment.GetEnvironmentVariable(EnvironmentVariable) : null;
         _modelsDir = modelsDir ?? (string.IsNullOrEmpty(env) ? null : env);
         _cacheDir = cacheDir ?? DefaultCacheDir();
         _baseUrl = new Uri(baseUrl ?? DefaultBaseUrl);

@@ -59,7 +59,7 @@ public class ModelStoreTests
     {
         using var cache = TestAssets.TempDir();
         var handler = new FakeHandler(Upstream);
-        var store = new ModelStore(cacheDir: cache.Path, handler: handler);
+        var store = new ModelStore(cacheDir: cache.Path, handler: handler, useEnvironment: false);
         var (model, tok) = store.GetDefaultModel();
         Assert.Equal(File.ReadAllBytes(TestAssets.ModelPath), File.ReadAllBytes(model));
         Assert.Equal(File.ReadAllBytes(TestAssets.TokenizerPath), File.ReadAllBytes(tok));
@@ -75,7 +75,7 @@ public class ModelStoreTests
     {
         using var cache = TestAssets.TempDir();
         var handler = new FakeHandler(u => Upstream(u) is { } b ? [.. b[..^1], (byte)(b[^1] ^ 1)] : null);
-        var e = Assert.Throws<ModelNotAvailableException>(() => new ModelStore(cacheDir: cache.Path, handler: handler).GetDefaultModel());
+        var e = Assert.Throws<ModelNotAvailableException>(() => new ModelStore(cacheDir: cache.Path, handler: handler, useEnvironment: false).GetDefaultModel());
         Assert.Contains("sha256", e.Message);
         Assert.Contains("BEAGLE_MODELS=", e.Message);
         Assert.Empty(Directory.GetFiles(cache.Path));
@@ -86,7 +86,7 @@ public class ModelStoreTests
     {
         using var cache = TestAssets.TempDir();
         // Port 9 (discard) on loopback is closed: the connection is refused at once, like an offline machine.
-        var store = new ModelStore(cacheDir: cache.Path, baseUrl: "http://127.0.0.1:9/", timeout: TimeSpan.FromSeconds(5));
+        var store = new ModelStore(cacheDir: cache.Path, baseUrl: "http://127.0.0.1:9/", timeout: TimeSpan.FromSeconds(5), useEnvironment: false);
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var e = Assert.Throws<ModelNotAvailableException>(() => store.GetDefaultModel());
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(10), $"took {sw.Elapsed}");
