@@ -7,12 +7,8 @@ using Spectre.Console.Cli;
 
 namespace Beagle.Cli.Commands;
 
-public sealed class BenchCostsSettings : ModelSettings
+public sealed class BenchCostsSettings : ShapeOrModelSettings
 {
-    [CommandOption("--random-shape <NAME>")]
-    [Description("Time a random-weight model of a real shape instead of --target: llama-110m or llama-135m.")]
-    public string? RandomShape { get; init; }
-
     [CommandOption("--draft <DIR>")]
     [Description("Draft checkpoint folder to time. Default: a random draft of --draft-arch sized for the target.")]
     public string? Draft { get; init; }
@@ -60,15 +56,7 @@ public sealed class BenchCostsCommand : Command<BenchCostsSettings>
 {
     public override int Execute(CommandContext context, BenchCostsSettings s, CancellationToken cancellationToken)
     {
-        TorchSharp.torch.set_num_threads(s.Threads);
-        LlamaModel model; string name;
-        if (s.RandomShape is not null)
-        {
-            using var w = LlamaWeights.Random(LlamaWeights.Shape(s.RandomShape));
-            model = new LlamaModel(w, Runtime.DeviceSelector.Resolve(s.Device));
-            name = $"random {s.RandomShape}";
-        }
-        else { (model, _) = CliModels.LoadTarget(s, cancellationToken); name = s.Target ?? "stories260K (default)"; }
+        var (model, _, name) = CliModels.LoadShapeOrTarget(s, cancellationToken);
         using var owned = model;
         int vocab = model.Config.VocabSize;
         if (s.DraftVocab > vocab) throw new ArgumentException($"--draft-vocab {s.DraftVocab} exceeds the target's vocabulary ({vocab})");

@@ -8,12 +8,8 @@ using Spectre.Console.Cli;
 
 namespace Beagle.Cli.Commands;
 
-public sealed class BenchPlainSettings : ModelSettings
+public sealed class BenchPlainSettings : ShapeOrModelSettings
 {
-    [CommandOption("--random-shape <NAME>")]
-    [Description("Benchmark a random-weight model of a real shape instead of --target: llama-110m or llama-135m.")]
-    public string? RandomShape { get; init; }
-
     [CommandOption("--thread-counts <LIST>")]
     [Description("Comma-separated thread counts to compare (default 1,2).")]
     public string ThreadCounts { get; init; } = "1,2";
@@ -44,14 +40,7 @@ public sealed class BenchPlainCommand : Command<BenchPlainSettings>
 {
     public override int Execute(CommandContext context, BenchPlainSettings s, CancellationToken cancellationToken)
     {
-        LlamaModel model; ITokenizer? tokenizer = null; string name;
-        if (s.RandomShape is not null)
-        {
-            using var w = LlamaWeights.Random(LlamaWeights.Shape(s.RandomShape));
-            model = new LlamaModel(w, Runtime.DeviceSelector.Resolve(s.Device));
-            name = $"random {s.RandomShape}";
-        }
-        else { (model, tokenizer) = CliModels.LoadTarget(s); name = s.Target ?? "stories260K (default)"; }
+        var (model, tokenizer, name) = CliModels.LoadShapeOrTarget(s, cancellationToken);
         using var _ = model;
         var threads = s.ThreadCounts.Split(',').Select(int.Parse).ToArray();
         var gen = new Generator(model, tokenizer ?? new NullTokenizer(model.Config.VocabSize));

@@ -27,6 +27,22 @@ internal static class CliModels
         return (t.Model, t.Tokenizer);
     }
 
+    /// <summary>
+    /// A random-weight model of <see cref="ShapeOrModelSettings.RandomShape"/> (no tokenizer), else the target as
+    /// <see cref="LoadTarget"/>; with a display name. The caller owns the model.
+    /// </summary>
+    public static (LlamaModel Model, ITokenizer? Tokenizer, string Name) LoadShapeOrTarget(ShapeOrModelSettings s, CancellationToken cancellationToken = default)
+    {
+        if (s.RandomShape is null)
+        {
+            var (model, tokenizer) = LoadTarget(s, cancellationToken);
+            return (model, tokenizer, s.Target ?? "stories260K (default)");
+        }
+        TorchSharp.torch.set_num_threads(s.Threads);
+        using var w = LlamaWeights.Random(LlamaWeights.Shape(s.RandomShape));
+        return (new LlamaModel(w, DeviceSelector.Resolve(s.Device)), null, $"random {s.RandomShape}");
+    }
+
     /// <summary>stories260K from $BEAGLE_MODELS or the user cache, downloading it into the cache once if needed.</summary>
     static (string Model, string Tokenizer) DefaultModel(CancellationToken ct)
     {

@@ -31,3 +31,11 @@ public class ModelSettings : CommandSettings
         return ValidationResult.Success();
     }
 }
+
+/// <summary>Commands that can time a random-weight model of a real shape instead of a target (benchmarks).</summary>
+public class ShapeOrModelSettings : ModelSettings
+{
+    [CommandOption("--random-shape <NAME>")]
+    [Description("Use a random-weight model of a real shape instead of --target: llama-110m or llama-135m.")]
+    public string? RandomShape { get; init; }
+}

@@ -19,6 +19,8 @@ public class CliErrorsTests
             c.AddCommand<Beagle.Cli.Commands.DownloadCommand>("download");
             c.AddCommand<Beagle.Cli.Commands.GenerateCommand>("generate");
             c.AddCommand<Beagle.Cli.Commands.ReportCommand>("report");
+            c.AddCommand<Beagle.Cli.Commands.BenchPlainCommand>("bench-plain");
+            c.AddCommand<Beagle.Cli.Commands.BenchCostsCommand>("bench-costs");
         });
         return app.Run(args);
     }
@@ -35,6 +37,8 @@ public class CliErrorsTests
     [InlineData("generate")]
     [InlineData("download")]
     [InlineData("report")]
+    [InlineData("bench-plain")]
+    [InlineData("bench-costs")]
     public void Help_renders_for_every_command(string command)
     {
         // Option descriptions are Spectre markup: a stray "[" or "]" (e.g. "(0, 1]") breaks -h at run time.
