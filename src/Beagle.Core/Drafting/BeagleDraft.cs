@@ -175,7 +175,7 @@ public sealed class BeagleDraft : DraftModelBase
         {
             var c = _m.Config; int kv = c.KvDim; long n = states.shape[0];
             var h = _m.RmsNormNoWeight(states);
-            var p = _packed is { } pk ? _m.PackedLinear(pk.Matrices[3], h, (int)n) : h.mm(_w.WkvT);   // [n, 3K]
+            var p = _packed is { } pk ? pk.Matrices[3].Linear(h, (int)n) : h.mm(_w.WkvT);   // [n, 3K]
             var cos = _m.Rope.Cos.index_select(0, positions).unsqueeze(1);                  // [n, 1, hd]
             var sin = _m.Rope.SinSigned.index_select(0, positions).unsqueeze(1);
             var k = addcmul(p.narrow(1, 0, kv).view(n, c.KvHeads, c.HeadDim) * cos, p.narrow(1, kv, kv).view(n, c.KvHeads, c.HeadDim), sin, _m.OneScalar);
@@ -249,19 +249,19 @@ public sealed class BeagleDraft : DraftModelBase
             var qpos = tensor(posArr, device: _m.Dev);
             var x = _m.Embed(tokens);                                                      // [N, D]
             var qp = _w.QueryTable is { } table ? table.index_select(0, TokenIndex(tokens)) // [N, 2Q]
-                                                : _packed is { } pq ? _m.PackedLinear(pq.Matrices[4], _m.RmsNormNoWeight(x), N) : _m.RmsNormNoWeight(x).mm(_w.WqT);
+                                                : _packed is { } pq ? pq.Matrices[4].Linear(_m.RmsNormNoWeight(x), N) : _m.RmsNormNoWeight(x).mm(_w.WqT);
             var cos = _m.Rope.Cos.index_select(0, qpos).unsqueeze(1);                      // [N, 1, hd]
             var sin = _m.Rope.SinSigned.index_select(0, qpos).unsqueeze(1);
             var q = addcmul(qp.narrow(1, 0, c.QDim).view(N, c.Heads, c.HeadDim) * cos,
                             qp.narrow(1, c.QDim, c.QDim).view(N, c.Heads, c.HeadDim), sin, _m.OneScalar);    // [N, H, hd]
             var o = _m.AttendRows(q, _k.narrow(0, 0, S), _v.narrow(0, 0, S), mask);       // [N, Q]
             var pm = _packed?.Matrices;
-            var y = pm is null ? addmm(x, o, _w.WoT, 1, 1) : _m.PackedLinear(pm[0], o, N, x);      // [N, D]
+            var y = pm is null ? addmm(x, o, _w.WoT, 1, 1) : pm[0].Linear(o, N, x);      // [N, D]
             var yn = _m.RmsNormNoWeight(y);
-            var gu = pm is null ? yn.mm(_w.W13T) : _m.PackedLinear(pm[1], yn, N);               // [N, 2F]
+            var gu = pm is null ? yn.mm(_w.W13T) : pm[1].Linear(yn, N);               // [N, 2F]
             int f = c.HiddenDim;
             var act = F.silu(gu.narrow(1, 0, f)).mul_(gu.narrow(1, f, f));
-            var hhat = pm is null ? addmm(y, act, _w.W2T, 1, 1) : _m.PackedLinear(pm[2], act, N, y);   // [N, D]
+            var hhat = pm is null ? addmm(y, act, _w.W2T, 1, 1) : pm[2].Linear(act, N, y);   // [N, D]
             int first = _round.Add(positions, parents);
             _states.narrow(0, first, N).copy_(hhat);
             var logp = F.log_softmax(_m.SessionLogits(hhat, N), 1);                                   // [N, Vd]

@@ -99,20 +99,8 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
         lock (_sessionWeightsLock) return _packedSession ??= build();
     }
 
-    /// <summary>Packs W [K, N] (a folded, transposed weight).</summary>
-    internal static Models.PackedMatrix Pack(Tensor wT)
-    {
-        using var t = wT.detach().to(float32).cpu().contiguous();
-        return new Models.PackedMatrix(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(t.bytes), (int)t.shape[0], (int)t.shape[1]);
-    }
-
-    /// <summary>(addend +) x · W for x [n, K] through a packed matrix (CPU): [n, N]. The addend may be the result's bias rows.</summary>
-    internal Tensor PackedLinear(Models.PackedMatrix w, Tensor x, int n, Tensor? addend = null)
-    {
-        var y = empty(n, w.Cols, device: Dev);
-        Models.LlamaModel.Product(w, x, n, y, addend);
-        return y;
-    }
+    /// <summary>Packs a folded, transposed weight W [K, N] for <see cref="PackedSessionMatrices"/>.</summary>
+    private protected static Models.PackedMatrix Pack(Tensor wT) => Models.PackedMatrix.FromTensor(wT);
 
     /// <summary>The parts of <see cref="Kernels.ManagedWeights"/> both architectures share.</summary>
     private protected Kernels.ManagedWeights HostWeights(Tensor woT, Tensor w13T, Tensor w2T) => new()
@@ -218,9 +206,7 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
         if (packed is null)
             lock (_sessionWeightsLock)
                 packed = _packedLmHead ??= PackHead();
-        var y = empty(n, DraftVocabSize, device: Dev);
-        Models.LlamaModel.Product(packed, states, n, y, null);
-        return y;
+        return packed.Linear(states, n);
     }
 
     Models.PackedMatrix PackHead() => Pack(_target.LmHead.t());   // [D, Vd]

@@ -193,11 +193,8 @@ public sealed class Eagle2Draft : DraftModelBase
             Tensor x, p;
             if (_packed is { } pk)
             {
-                x = empty(n, c.Dim, device: _m.Dev);                                         // fc bias rows, then + [e | f] · Wfc
-                var xs = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(x.bytes);
-                for (int i = 0; i < n; i++) pk.Bias!.CopyTo(xs.Slice(i * c.Dim, c.Dim));
-                Models.LlamaModel.Product(pk.Matrices[3], cat([emb, feat], 1), (int)n, x, x);
-                p = _m.PackedLinear(pk.Matrices[4], x, (int)n);
+                x = pk.Matrices[3].Linear(cat([emb, feat], 1), (int)n, bias: pk.Bias);          // fc: bias + [e | f] · Wfc
+                p = pk.Matrices[4].Linear(x, (int)n);
             }
             else
             {
@@ -287,12 +284,12 @@ public sealed class Eagle2Draft : DraftModelBase
             }
             var o = _m.AttendRows(q, _k.narrow(0, 0, S), _v.narrow(0, 0, S), mask);      // [N, Q]
             var pm = _packed?.Matrices;
-            var a = pm is null ? addmm(x, o, _w.WoT, 1, 1) : _m.PackedLinear(pm[0], o, N, x);      // [N, D]
+            var a = pm is null ? addmm(x, o, _w.WoT, 1, 1) : pm[0].Linear(o, N, x);      // [N, D]
             var an = _m.RmsNormNoWeight(a);
-            var gu = pm is null ? an.mm(_w.W13T) : _m.PackedLinear(pm[1], an, N);               // [N, 2F]
+            var gu = pm is null ? an.mm(_w.W13T) : pm[1].Linear(an, N);               // [N, 2F]
             int f = c.HiddenDim;
             var act = F.silu(gu.narrow(1, 0, f)).mul_(gu.narrow(1, f, f));
-            var fhat = pm is null ? addmm(a, act, _w.W2T, 1, 1) : _m.PackedLinear(pm[2], act, N, a);   // [N, D]
+            var fhat = pm is null ? addmm(a, act, _w.W2T, 1, 1) : pm[2].Linear(act, N, a);   // [N, D]
             _outs.narrow(0, first, N).copy_(fhat);
             return F.log_softmax(_m.SessionLogits(fhat, N), 1).MoveToOuterDisposeScope();           // [N, Vd]
         }

@@ -85,7 +85,7 @@ public sealed class LlamaModel : IDisposable
         Embedding = Keep(w.TokenEmbedding);
         LmHeadWeight = w.LmHead is null ? Embedding : Keep(w.LmHead);
         bool cpu = Device.type == DeviceType.CPU;
-        if (cpu) _lmHead = Pack(LmHeadWeight.t());
+        if (cpu) _lmHead = PackedMatrix.FromTensor(LmHeadWeight.t());
         else _lmHeadT = Keep(LmHeadWeight.t());
         _finalNorm = Keep(w.FinalNorm);
 
@@ -115,16 +115,9 @@ public sealed class LlamaModel : IDisposable
             var fn = lw.FfnNorm.unsqueeze(0);
             var (wqkvT, woT, w13T, w2T) = (wqkv.t(), lw.Wo.t(), cat([lw.W1 * fn, lw.W3 * fn], 0).t(), lw.W2.t());
             _layers[l] = cpu
-                ? new Layer { Qkv = Pack(wqkvT), Wo = Pack(woT), W13 = Pack(w13T), W2 = Pack(w2T), QkvBias = b?.to(float32).data<float>().ToArray() }
+                ? new Layer { Qkv = PackedMatrix.FromTensor(wqkvT), Wo = PackedMatrix.FromTensor(woT), W13 = PackedMatrix.FromTensor(w13T), W2 = PackedMatrix.FromTensor(w2T), QkvBias = b?.to(float32).data<float>().ToArray() }
                 : new Layer { WqkvT = Keep(wqkvT), Bqkv = b is null ? null : Keep(b), WoT = Keep(woT), W13T = Keep(w13T), W2T = Keep(w2T) };
         }
-    }
-
-    /// <summary>Packs W [K, N] (any layout or dtype; copied to contiguous float32 first).</summary>
-    static PackedMatrix Pack(Tensor wT)
-    {
-        using var host = wT.to(float32).cpu().contiguous();
-        return new PackedMatrix(Floats(host), (int)wT.shape[0], (int)wT.shape[1]);
     }
 
     /// <summary>Rotary and attention of short forwards in C# on the CPU (<see cref="ManagedAttention"/>); off = libtorch's ops (tests compare the two).</summary>
@@ -211,7 +204,7 @@ public sealed class LlamaModel : IDisposable
                 x = Mlp(_layers[l], x, attn, T);
                 continue;
             }
-            var (k, v, q, _, _) = Project(_layers[l], x, cos, sin, 1, T);   // k, v: [T, kvH, hd]; q: [T, H, hd] (views)
+            var (k, v, q) = Project(_layers[l], x, cos, sin, 1, T);             // k, v: [T, kvH, hd]; q: [T, H, hd] (views)
             slots ??= T == 1 ? tensor(new long[] { start }, device: Device) : arange(start, S, dtype: ScalarType.Int64, device: Device);
             cache.K[l].index_copy_(2, slots, k.permute(1, 2, 0));                     // cache layer: [kvH, hd, capacity]
             cache.V[l].index_copy_(2, slots, v.permute(1, 2, 0));
@@ -250,7 +243,7 @@ public sealed class LlamaModel : IDisposable
         var m = AdditiveMask(CausalAllowed(T, 0), T, T);                              // [G*T, T]
         foreach (var layer in _layers)
         {
-            var (k, v, q, _, _) = Project(layer, x, cos, sin, B, T);
+            var (k, v, q) = Project(layer, x, cos, sin, B, T);
             var kk = k.view(B, T, _kvh, _hd).permute(0, 2, 1, 3);                      // [B, kvH, T, hd]
             var vv = v.view(B, T, _kvh, _hd).permute(0, 2, 1, 3);
             x = Mlp(layer, x, Attend(q, kk, vv, m, B, T), B * T);
@@ -334,15 +327,8 @@ public sealed class LlamaModel : IDisposable
     Tensor Qkv(Layer layer, Tensor x, int n)
     {
         var h = RmsNorm(x, n);
-        if (layer.Qkv is not { } packed) return layer.Bqkv is null ? h.mm(layer.WqkvT!) : addmm(layer.Bqkv, h, layer.WqkvT!, 1, 1);
-        var qkv = empty(n, packed.Cols, device: Device);
-        if (layer.QkvBias is { } bias)
-        {
-            var y = Floats(qkv);
-            for (int i = 0; i < n; i++) bias.CopyTo(y.Slice(i * bias.Length, bias.Length));
-        }
-        Product(packed, h, n, qkv, layer.QkvBias is null ? null : qkv);
-        return qkv;
+        if (layer.Qkv is { } packed) return packed.Linear(h, n, bias: layer.QkvBias);
+        return layer.Bqkv is null ? h.mm(layer.WqkvT!) : addmm(layer.Bqkv, h, layer.WqkvT!, 1, 1);
     }
 
     /// <summary>
@@ -361,8 +347,8 @@ public sealed class LlamaModel : IDisposable
         }
     }
 
-    /// <returns>k, v, q as views, and the tensors they view: qkv [n, 2(Q+K)+K] and the rotated q|k, rot [n, H+kvH, hd] (both contiguous).</returns>
-    (Tensor k, Tensor v, Tensor q, Tensor qkv, Tensor rot) Project(Layer layer, Tensor x, Tensor cos, Tensor sin, int B, int T)
+    /// <returns>k, v: [n, kvH, hd]; q: [n, H, hd] (views of the projection and of the rotated q|k).</returns>
+    (Tensor k, Tensor v, Tensor q) Project(Layer layer, Tensor x, Tensor cos, Tensor sin, int B, int T)
     {
         int n = B * T, qk = _q + _kv;
         var qkv = Qkv(layer, x, n);                                                          // [n, 2qk + kv]
@@ -372,7 +358,7 @@ public sealed class LlamaModel : IDisposable
         var q = r.narrow(1, 0, _h);                                                           // [n, H, hd]
         var k = r.narrow(1, _h, _kvh);                                                        // [n, kvH, hd]
         var v = qkv.narrow(1, 2 * qk, _kv).view(n, _kvh, _hd);
-        return (k, v, q, qkv, r);
+        return (k, v, q);
     }
 
     /// <summary>Batched GQA attention (no cache): q [B*T, H, hd] (pre-scaled), kk/vv [B, kvH, S, hd], additive mask [G*T, S] → [B*T, Q].</summary>
@@ -406,50 +392,9 @@ public sealed class LlamaModel : IDisposable
     /// <summary>(residual +) x · W for x [n, K]: the packed product on the CPU, libtorch's (add)mm elsewhere. Returns [n, N].</summary>
     Tensor Linear(Tensor x, int n, PackedMatrix? packed, Tensor? wT, Tensor? residual = null)
     {
-        if (packed is null) return residual is null ? x.mm(wT!) : addmm(residual, x, wT!, 1, 1);
-        var y = empty(n, packed.Cols, device: Device);
-        Product(packed, x, n, y, residual);
-        return y;
+        if (packed is not null) return packed.Linear(x, n, residual);
+        return residual is null ? x.mm(wT!) : addmm(residual, x, wT!, 1, 1);
     }
-
-    /// <summary>
-    /// y = addend + x · W on the CPU (addend may be y itself, or null). Large products are split over the torch thread
-    /// count, as libtorch's own products would use those threads: by column panels (every row count, e.g. one-token
-    /// decoding of a large model, where the weights dominate), or by rows when there are too few panels.
-    /// </summary>
-    internal static void Product(PackedMatrix w, Tensor x, int n, Tensor y, Tensor? addend)
-    {
-        if (!x.is_contiguous()) x = x.contiguous();   // Floats reads raw memory: rows must be dense
-        if (addend is not null && !ReferenceEquals(addend, y) && !addend.is_contiguous()) addend = addend.contiguous();
-        int threads = get_num_threads();
-        long work = (long)n * w.Rows * w.Cols;
-        int np = w.PanelCount;
-        if (threads <= 1 || work < ParallelProductWork || (np < 2 * threads && n < 12))
-        {
-            w.Multiply(Floats(x), n, Floats(y), addend is null ? default : Floats(addend));
-            return;
-        }
-        if (np >= 2 * threads)
-        {
-            int parts = threads, per = (np + parts - 1) / parts;
-            Parallel.For(0, parts, p =>
-            {
-                int b0 = p * per, count = Math.Min(per, np - b0);
-                if (count > 0) w.Multiply(Floats(x), n, Floats(y), addend is null ? default : Floats(addend), b0, count);
-            });
-            return;
-        }
-        int rowParts = Math.Min(threads, n / 6), rowsPer = (n + rowParts - 1) / rowParts;
-        Parallel.For(0, rowParts, p =>
-        {
-            int r0 = p * rowsPer, rows = Math.Min(rowsPer, n - r0);
-            if (rows <= 0) return;
-            w.Multiply(Floats(x)[(r0 * w.Rows)..], rows, Floats(y)[(r0 * w.Cols)..], addend is null ? default : Floats(addend)[(r0 * w.Cols)..]);
-        });
-    }
-
-    /// <summary>Multiply-adds from which a product is split across threads (~0.3 ms of one core's work).</summary>
-    const long ParallelProductWork = 1 << 20;
 
     public void Dispose()
     {
