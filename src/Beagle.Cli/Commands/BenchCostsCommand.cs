@@ -1,7 +1,6 @@
 using System.ComponentModel;
 using Beagle.Decoding;
 using Beagle.Drafting;
-using Beagle.Models;
 using Spectre.Console;
 using Spectre.Console.Cli;
 

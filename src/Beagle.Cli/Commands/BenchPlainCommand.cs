@@ -1,7 +1,6 @@
 using System.ComponentModel;
 using System.Diagnostics;
 using Beagle.Decoding;
-using Beagle.Models;
 using Beagle.Tokenization;
 using Spectre.Console;
 using Spectre.Console.Cli;

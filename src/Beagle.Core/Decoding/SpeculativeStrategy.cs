@@ -126,8 +126,8 @@ public readonly record struct TreeBudget(int Tokens, int Depth, int TopK, double
 
     /// <summary>
     /// Used when neither the caller nor a calibration chose one: a chain of 3 draft tokens, what calibration picks for the
-    /// bundled Beagle draft on a 2-core CPU with the C# CPU kernels (docs/benchmarks.md: 4/3/1 1.40–1.54x over seven
-    /// runs; fixed 5/4/1 1.39x, 6/5/1 1.30x, 8/7/1 1.11x, trees below plain — each verified token costs real FLOPs on
+    /// bundled Beagle draft on a 2-core CPU with the C# CPU kernels (docs/benchmarks.md: 4/3/1 1.39–1.56x over seven
+    /// runs; fixed 5/4/1 1.46x, 6/5/1 1.28x, 8/7/1 1.16x, trees below plain — each verified token costs real FLOPs on
     /// a CPU). Larger targets and GPUs, where verification is cheap next to decoding, want deeper or wider trees:
     /// calibrate (TreeBudgetCalibrator) or pass a budget.
     /// </summary>
