@@ -188,7 +188,7 @@ public sealed class LlamaModel : IDisposable
         // as one tensor: converting and repeating a bool mask with tensor ops cost four ops per forward.
         else if (mask is not null) m = AdditiveMask(mask, T, S);
         else if (T > 1 || (Config.SlidingWindow is { } w0 && S > w0)) m = AdditiveMask(CausalAllowed(T, start), T, S);
-        var scratch = managed ? new float[S] : null;
+        var scratch = managed ? new float[2 * S] : null;
         var rotBuf = managed ? new float[T * (_h + _kvh) * _hd] : null;   // managed path: rotated q | k of each token
         Tensor? slots = null;     // libtorch path: the cache slots written
 

@@ -24,6 +24,7 @@ namespace Beagle.Models;
 /// <see cref="KvCache"/>); slots [0, start) hold the context, the new tokens go to [start, start + T).</item>
 /// <item><c>allowed</c>: empty = causal (token t sees slots ≤ start + t), else [T, start + T], true = may attend.</item>
 /// <item><c>output</c>: [T, H*hd], head h at columns h*hd (the layout the output projection takes).</item>
+/// <item><c>scores</c>: scratch of at least 2·(start + T) floats (two heads' rows).</item>
 /// </list>
 /// </summary>
 internal static class ManagedAttention
@@ -43,7 +44,7 @@ internal static class ManagedAttention
         if (qkv.Length < (T - 1) * qkvStride + vOffset + kvHeads * hd) throw new ArgumentException("qkv is too short for its values", nameof(qkv));
         if (kCache.Length < kvHeads * hd * capacity || vCache.Length < kvHeads * hd * capacity) throw new ArgumentException("cache layer too short");
         if (output.Length < T * heads * hd) throw new ArgumentException("output too short", nameof(output));
-        if (scores.Length < S) throw new ArgumentException("scores scratch too short", nameof(scores));
+        if (scores.Length < 2 * S) throw new ArgumentException("scores scratch too short (two rows of S)", nameof(scores));
         if (!allowed.IsEmpty && allowed.Length != T * S) throw new ArgumentException($"allowed must be [{T}, {S}]", nameof(allowed));
 
         // New keys and values into their slots (one column of each [hd, capacity] head block).
@@ -60,22 +61,46 @@ internal static class ManagedAttention
         {
             // Causal rows see a prefix; masked rows (trees, sliding windows) see what their row allows.
             int visible = allowed.IsEmpty ? start + t + 1 : S;
+            var allowRow = allowed.IsEmpty ? default : allowed.Slice(t * S, S);
             var sc = scores[..visible];
-            for (int h = 0; h < heads; h++)
+            var sc1 = scores.Slice(S, visible);
+            for (int j = 0; j < kvHeads; j++)
             {
-                int kvRow = h / g * hd;                            // first row of this head's [hd, capacity] block
-                var q = rot.Slice(t * rowStride + h * hd, hd);    // pre-scaled by 1/sqrt(hd)
+                int kvRow = j * hd;                                // first row of this kv head's [hd, capacity] block
                 var kBlock = kCache[(kvRow * capacity)..];
-                float max = ManagedMath.HeadScores(q, kBlock, capacity, visible, sc);
-                if (!allowed.IsEmpty)
+                var vBlock = vCache[(kvRow * capacity)..];
+                int h = j * g;
+                // Query heads of one kv head go in pairs (one pass over the keys and values for both: the kernels are
+                // bound by loads and loop overhead at these sizes), a last odd one alone. The pair kernels compute each
+                // value exactly as the single ones do, so a head's output does not depend on the grouping.
+                for (; h + 2 <= (j + 1) * g; h += 2)
                 {
-                    var allowRow = allowed.Slice(t * S, S);
-                    max = float.NegativeInfinity;
-                    for (int s = 0; s < visible; s++) if (!allowRow[s]) sc[s] = float.NegativeInfinity; else max = MathF.Max(max, sc[s]);
+                    var q0 = rot.Slice(t * rowStride + h * hd, hd);  // pre-scaled by 1/sqrt(hd)
+                    var q1 = rot.Slice(t * rowStride + (h + 1) * hd, hd);
+                    var (max0, max1) = ManagedMath.HeadScoresPair(q0, q1, kBlock, capacity, visible, sc, sc1);
+                    if (!allowed.IsEmpty) { max0 = Mask(sc, allowRow); max1 = Mask(sc1, allowRow); }
+                    float inv0 = 1f / ManagedMath.ExpShifted(sc, max0);   // masked entries become exp(-inf) = 0
+                    float inv1 = 1f / ManagedMath.ExpShifted(sc1, max1);
+                    ManagedMath.HeadWeightedSumPair(sc, sc1, vBlock, capacity, inv0, inv1,
+                        output.Slice((t * heads + h) * hd, hd), output.Slice((t * heads + h + 1) * hd, hd));
                 }
-                float inv = 1f / ManagedMath.ExpShifted(sc, max);   // masked entries become exp(-inf) = 0
-                ManagedMath.HeadWeightedSum(sc, vCache[(kvRow * capacity)..], capacity, inv, output.Slice((t * heads + h) * hd, hd));
+                for (; h < (j + 1) * g; h++)
+                {
+                    var q = rot.Slice(t * rowStride + h * hd, hd);
+                    float max = ManagedMath.HeadScores(q, kBlock, capacity, visible, sc);
+                    if (!allowed.IsEmpty) max = Mask(sc, allowRow);
+                    float inv = 1f / ManagedMath.ExpShifted(sc, max);
+                    ManagedMath.HeadWeightedSum(sc, vBlock, capacity, inv, output.Slice((t * heads + h) * hd, hd));
+                }
             }
         }
+    }
+
+    /// <summary>Sets the scores of slots the row may not see to −∞; returns the largest remaining score.</summary>
+    static float Mask(Span<float> sc, ReadOnlySpan<bool> allowRow)
+    {
+        float max = float.NegativeInfinity;
+        for (int s = 0; s < sc.Length; s++) if (!allowRow[s]) sc[s] = float.NegativeInfinity; else max = MathF.Max(max, sc[s]);
+        return max;
     }
 }

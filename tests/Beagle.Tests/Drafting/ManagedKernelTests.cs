@@ -145,6 +145,75 @@ public class ManagedKernelTests
     }
 
     [Theory]
+    [InlineData(8, 1)] [InlineData(8, 5)] [InlineData(8, 8)] [InlineData(8, 9)] [InlineData(8, 15)] [InlineData(8, 16)]
+    [InlineData(8, 31)] [InlineData(8, 33)] [InlineData(8, 83)] [InlineData(8, 96)] [InlineData(6, 83)] [InlineData(64, 47)]
+    public void Attention_head_kernels_match_a_double_reference_and_the_pair_kernels_match_the_single_ones(int hd, int n)
+    {
+        // Key/value blocks head-dimension-major [hd, stride], slots past n filled with values that must not leak in.
+        int stride = n + 5;
+        var r = new Random(hd * 100 + n);
+        float Rnd() => (float)(r.NextDouble() * 2 - 1);
+        var k = Enumerable.Range(0, hd * stride).Select(_ => Rnd()).ToArray();
+        var v = Enumerable.Range(0, hd * stride).Select(_ => Rnd()).ToArray();
+        var q0 = Enumerable.Range(0, hd).Select(_ => Rnd()).ToArray();
+        var q1 = Enumerable.Range(0, hd).Select(_ => Rnd()).ToArray();
+
+        var single0 = new float[n]; var single1 = new float[n]; var pair0 = new float[n]; var pair1 = new float[n];
+        float m0 = ManagedMath.HeadScores(q0, k, stride, n, single0), m1 = ManagedMath.HeadScores(q1, k, stride, n, single1);
+        var (pm0, pm1) = ManagedMath.HeadScoresPair(q0, q1, k, stride, n, pair0, pair1);
+        Assert.Equal(single0, pair0); Assert.Equal(single1, pair1); Assert.Equal(m0, pm0); Assert.Equal(m1, pm1);
+
+        var expected = new double[n];
+        for (int s = 0; s < n; s++) { double a = 0; for (int d = 0; d < hd; d++) a += (double)q0[d] * k[d * stride + s]; expected[s] = a; }
+        for (int s = 0; s < n; s++) Assert.True(Math.Abs(single0[s] - expected[s]) < 1e-5, $"score {s}: {single0[s]} vs {expected[s]}");
+        Assert.Equal((float)expected.Max(), m0, 5);
+
+        // Softmax weights, then the weighted sums of both rows, single and pair.
+        float inv0 = 1f / ManagedMath.ExpShifted(single0, m0), inv1 = 1f / ManagedMath.ExpShifted(single1, m1);
+        double z = expected.Sum(x => Math.Exp(x - expected.Max()));
+        for (int s = 0; s < n; s++) Assert.True(Math.Abs(single0[s] * inv0 - Math.Exp(expected[s] - expected.Max()) / z) < 1e-6, $"weight {s}");
+        var o0 = new float[hd]; var o1 = new float[hd]; var po0 = new float[hd]; var po1 = new float[hd];
+        ManagedMath.HeadWeightedSum(single0, v, stride, inv0, o0);
+        ManagedMath.HeadWeightedSum(single1, v, stride, inv1, o1);
+        ManagedMath.HeadWeightedSumPair(single0, single1, v, stride, inv0, inv1, po0, po1);
+        Assert.Equal(o0, po0); Assert.Equal(o1, po1);
+        for (int d = 0; d < hd; d++)
+        {
+            double e = 0; for (int s = 0; s < n; s++) e += Math.Exp(expected[s] - expected.Max()) / z * v[d * stride + s];
+            Assert.True(Math.Abs(o0[d] - e) < 1e-5, $"output {d}: {o0[d]} vs {e}");
+        }
+    }
+
+    [Fact]
+    public void Exp_is_within_two_ulp_of_the_double_exponential_and_exactly_zero_for_masked_scores()
+    {
+        var r = new Random(7);
+        double worst = 0;
+        for (int i = 0; i < 200_000; i++)
+        {
+            float x = (float)(r.NextDouble() * 175.9 - 87.29);   // the whole normal range of float results
+            double e = Math.Exp(x);
+            float v = ManagedMath.Exp(x);
+            worst = Math.Max(worst, Math.Abs(v - e) / e);
+            Assert.Equal(v, ManagedMath.Exp(new System.Numerics.Vector<float>(x))[0]);   // scalar tail = vector lane
+        }
+        Assert.True(worst < 2.4e-7, $"largest relative error {worst:E2} (two ulp = 2.4e-7)");
+        Assert.Equal(1f, ManagedMath.Exp(0f));
+        Assert.Equal(0f, ManagedMath.Exp(float.NegativeInfinity));   // a masked score must weigh nothing
+        Assert.Equal(0f, ManagedMath.Exp(-100f));
+        Assert.True(float.IsFinite(ManagedMath.Exp(1000f)) && ManagedMath.Exp(1000f) > 3e38f, "large inputs saturate, finite");
+
+        // Softmax over a row with masked entries: the masked ones are 0, the sum is what a double computes.
+        var row = new float[] { -1f, float.NegativeInfinity, 0.5f, -3f, float.NegativeInfinity, 2f, -0.25f, 1f, -7f, 0f, float.NegativeInfinity };
+        var copy = (float[])row.Clone();
+        float sum = ManagedMath.ExpShifted(copy, 2f);
+        double expected = row.Where(float.IsFinite).Sum(v => Math.Exp(v - 2.0));
+        Assert.True(Math.Abs(sum - expected) < 1e-6 * expected, $"sum {sum} vs {expected}");
+        for (int i = 0; i < row.Length; i++)
+            Assert.True(float.IsFinite(row[i]) ? Math.Abs(copy[i] - Math.Exp(row[i] - 2.0)) < 3e-7 : copy[i] == 0f, $"element {i}: {copy[i]}");
+    }
+
+    [Theory]
     [InlineData("beagle")]
     [InlineData("eagle2")]
     public void Auto_picks_the_managed_kernel_for_small_drafts_and_the_tensor_session_for_large_ones(string arch)

@@ -28,6 +28,48 @@ internal static class ManagedMath
         return m;
     }
 
+    /// <summary>
+    /// e^x lane by lane, within ~2 ulp (Cephes' expf: x = n·ln2 + r, |r| ≤ ln2/2, a degree-6 polynomial for e^r, then
+    /// 2^n built in the exponent bits); x below −87.3 (including −∞, a masked score) gives exactly 0, x above 88.7 the
+    /// largest finite result. Why not <see cref="Vector.Exp(Vector{float})"/>: it is not inlined and costs ~3x as much
+    /// (measured: attention's exponentials were 14 % of a 4-token verification at context 80, docs/benchmarks.md).
+    /// Every kernel calls this one function, so a value's exponential never depends on which kernel or batch computed it.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<float> Exp(Vector<float> x)
+    {
+        var zero = Vector.LessThan(x, new Vector<float>(-87.3f));
+        x = Vector.Min(x, new Vector<float>(88.7f));
+        var n = Vector.Floor(Vector.FusedMultiplyAdd(x, new Vector<float>(1.44269504088896341f), new Vector<float>(0.5f)));
+        var r = Vector.FusedMultiplyAdd(n, new Vector<float>(-0.693359375f), x);          // ln2 split in two (Cody-Waite)
+        r = Vector.FusedMultiplyAdd(n, new Vector<float>(2.12194440e-4f), r);
+        var p = new Vector<float>(1.9875691500e-4f);
+        p = Vector.FusedMultiplyAdd(p, r, new Vector<float>(1.3981999507e-3f));
+        p = Vector.FusedMultiplyAdd(p, r, new Vector<float>(8.3334519073e-3f));
+        p = Vector.FusedMultiplyAdd(p, r, new Vector<float>(4.1665795894e-2f));
+        p = Vector.FusedMultiplyAdd(p, r, new Vector<float>(1.6666665459e-1f));
+        p = Vector.FusedMultiplyAdd(p, r, new Vector<float>(5.0000001201e-1f));
+        p = Vector.FusedMultiplyAdd(p, r * r, r + Vector<float>.One);
+        // 2^n for n in [-126, 128], built in two halves: 2^128 alone does not fit the exponent field (x ≥ 88.38 gives n = 128).
+        var ni = Vector.ConvertToInt32(n);
+        var half = Vector.ShiftRightArithmetic(ni, 1);
+        var s1 = Vector.AsVectorSingle(Vector.ShiftLeft(half + new Vector<int>(127), 23));
+        var s2 = Vector.AsVectorSingle(Vector.ShiftLeft(ni - half + new Vector<int>(127), 23));
+        return Vector.AndNot(p * s1 * s2, Vector.AsVectorSingle(zero));
+    }
+
+    /// <summary>The scalar <see cref="Exp(Vector{float})"/>: the same arithmetic, so a value's exponential does not depend on whether it fell in a vector block or a tail.</summary>
+    public static float Exp(float x) => Exp(new Vector<float>(x))[0];
+
+    /// <summary>
+    /// Lanes [vw − rem, vw) set: the lanes of an overlapping last vector (the one ending at n) that lie past the last full
+    /// block. The kernels below finish a row of n ≥ vw values with that one vector instead of n mod vw scalar steps: a
+    /// scalar exponential costs as much as a vector one, and scalar tails were ~30 % of an attention head at ~80 slots.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector<float> TailLanes(int rem) =>
+        Vector.AsVectorSingle(Vector.GreaterThanOrEqual(Vector<int>.Indices, new Vector<int>(Vector<float>.Count - rem)));
+
     /// <summary>v[i] = exp(v[i] - shift) in place; returns the sum of the results.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float ExpShifted(Span<float> v, float shift)
@@ -35,15 +77,35 @@ internal static class ManagedMath
         int n = v.Length, vw = Vector<float>.Count, i = 0;
         ref float r = ref MemoryMarshal.GetReference(v);
         var sh = new Vector<float>(shift);
-        var sum = Vector<float>.Zero;
+        Vector<float> sum = Vector<float>.Zero, sum1 = Vector<float>.Zero;
+        int rem = n % vw;
+        var last = n >= vw && rem != 0 ? Vector.LoadUnsafe(ref r, (nuint)(n - vw)) : default;   // before the loop overwrites its first lanes
+        // Two independent exponentials per iteration: each is a chain of ~15 dependent operations, and one per
+        // iteration left the out-of-order window unable to overlap enough of them.
+        for (; i + 2 * vw <= n; i += 2 * vw)
+        {
+            var e0 = Exp(Vector.LoadUnsafe(ref r, (nuint)i) - sh);
+            var e1 = Exp(Vector.LoadUnsafe(ref r, (nuint)(i + vw)) - sh);
+            e0.StoreUnsafe(ref r, (nuint)i);
+            e1.StoreUnsafe(ref r, (nuint)(i + vw));
+            sum += e0; sum1 += e1;
+        }
         for (; i + vw <= n; i += vw)
         {
-            var e = Vector.Exp(Vector.LoadUnsafe(ref r, (nuint)i) - sh);
+            var e = Exp(Vector.LoadUnsafe(ref r, (nuint)i) - sh);
             e.StoreUnsafe(ref r, (nuint)i);
             sum += e;
         }
-        float s = Vector.Sum(sum);
-        for (; i < n; i++) { v[i] = MathF.Exp(v[i] - shift); s += v[i]; }
+        if (n >= vw && rem != 0)
+        {
+            var fresh = TailLanes(rem);
+            var e = Vector.ConditionalSelect(fresh, Exp(last - sh), Vector<float>.Zero);
+            sum += e;
+            Vector.ConditionalSelect(fresh, e, Vector.LoadUnsafe(ref r, (nuint)(n - vw))).StoreUnsafe(ref r, (nuint)(n - vw));
+            return Vector.Sum(sum + sum1);
+        }
+        float s = Vector.Sum(sum + sum1);
+        for (; i < n; i++) { v[i] = Exp(v[i] - shift); s += v[i]; }
         return s;
     }
 
@@ -104,6 +166,15 @@ internal static class ManagedMath
             a0.StoreUnsafe(ref s0, (nuint)s);
             vmax = Vector.Max(vmax, a0);
         }
+        if (s < n && n >= vw)
+        {
+            // The vector ending at n: its first lanes recompute scores already stored, bit for bit.
+            Vector<float> a0 = default;
+            for (int d = 0; d < hd; d++) a0 = Vector.FusedMultiplyAdd(new Vector<float>(q[d]), Vector.LoadUnsafe(ref k0, (nuint)(d * stride + n - vw)), a0);
+            a0.StoreUnsafe(ref s0, (nuint)(n - vw));
+            vmax = Vector.Max(vmax, a0);
+            s = n;
+        }
         float max = float.NegativeInfinity;
         for (int j = 0; j < vw; j++) max = MathF.Max(max, vmax[j]);
         for (; s < n; s++)
@@ -142,14 +213,180 @@ internal static class ManagedMath
                 a2 = Vector.FusedMultiplyAdd(ps, Vector.LoadUnsafe(ref v0, r2 + (nuint)s), a2);
                 a3 = Vector.FusedMultiplyAdd(ps, Vector.LoadUnsafe(ref v0, r3 + (nuint)s), a3);
             }
+            if (blocks < n && n >= vw)
+            {
+                // The vector ending at n with the weights of slots already summed zeroed (0 · V adds exactly nothing).
+                nuint t = (nuint)(n - vw);
+                var ps = Vector.ConditionalSelect(TailLanes(n - blocks), Vector.LoadUnsafe(ref p0, t), Vector<float>.Zero);
+                a0 = Vector.FusedMultiplyAdd(ps, Vector.LoadUnsafe(ref v0, r0 + t), a0);
+                a1 = Vector.FusedMultiplyAdd(ps, Vector.LoadUnsafe(ref v0, r1 + t), a1);
+                a2 = Vector.FusedMultiplyAdd(ps, Vector.LoadUnsafe(ref v0, r2 + t), a2);
+                a3 = Vector.FusedMultiplyAdd(ps, Vector.LoadUnsafe(ref v0, r3 + t), a3);
+            }
             float s0 = Vector.Sum(a0), s1 = Vector.Sum(a1), s2 = Vector.Sum(a2), s3 = Vector.Sum(a3);
-            for (int s = blocks; s < n; s++)
+            for (int s = n >= vw ? n : blocks; s < n; s++)
             {
                 s0 += p[s] * v[(int)r0 + s]; s1 += p[s] * v[(int)r1 + s]; s2 += p[s] * v[(int)r2 + s]; s3 += p[s] * v[(int)r3 + s];
             }
             o[d] = s0 * scale; o[d + 1] = s1 * scale; o[d + 2] = s2 * scale; o[d + 3] = s3 * scale;
         }
         for (; d < hd; d++) o[d] = Dot(p, v.Slice(d * stride, n)) * scale;
+    }
+
+    /// <summary>
+    /// <see cref="HeadScores"/> for two queries that share one key block (two query heads of a grouped-query kv head):
+    /// each key vector is loaded once for both. Every score is computed exactly as <see cref="HeadScores"/> computes it
+    /// (the same multiply-add chain over d; the scalar tail past the last full SIMD block the same way), so results do
+    /// not depend on which of the two kernels ran. Returns both maxima.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static (float Max0, float Max1) HeadScoresPair(ReadOnlySpan<float> q0, ReadOnlySpan<float> q1, ReadOnlySpan<float> k, int stride, int n,
+        Span<float> scores0, Span<float> scores1)
+    {
+        int hd = q0.Length, vw = Vector<float>.Count;
+        if (q1.Length != hd) throw new ArgumentException("queries of different lengths", nameof(q1));
+        if (n < 0 || scores0.Length < n || scores1.Length < n) throw new ArgumentOutOfRangeException(nameof(n));
+        if (n > 0 && k.Length < (hd - 1) * stride + n) throw new ArgumentException("key block too short", nameof(k));
+        if (n > stride) throw new ArgumentOutOfRangeException(nameof(n), "more slots than the block's stride");
+        ref float k0 = ref MemoryMarshal.GetReference(k);
+        ref float s0 = ref MemoryMarshal.GetReference(scores0);
+        ref float s1 = ref MemoryMarshal.GetReference(scores1);
+        var m0 = new Vector<float>(float.NegativeInfinity); var m1 = m0;
+        int s = 0;
+        ref float qa = ref MemoryMarshal.GetReference(q0);
+        ref float qb = ref MemoryMarshal.GetReference(q1);
+        // Eight independent chains (four SIMD blocks of slots x two queries) per pass over d: each key vector is loaded
+        // once for both queries, and the loop's fixed work (two broadcasts, address arithmetic) is spread over eight
+        // multiply-adds instead of four.
+        for (; s + 4 * vw <= n; s += 4 * vw)
+        {
+            Vector<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+            nuint at = (nuint)s;
+            for (int d = 0; d < hd; d++, at += (nuint)stride)
+            {
+                var x = new Vector<float>(Unsafe.Add(ref qa, d)); var y = new Vector<float>(Unsafe.Add(ref qb, d));
+                var k0v = Vector.LoadUnsafe(ref k0, at); var k1v = Vector.LoadUnsafe(ref k0, at + (nuint)vw);
+                a0 = Vector.FusedMultiplyAdd(x, k0v, a0); b0 = Vector.FusedMultiplyAdd(y, k0v, b0);
+                a1 = Vector.FusedMultiplyAdd(x, k1v, a1); b1 = Vector.FusedMultiplyAdd(y, k1v, b1);
+                var k2v = Vector.LoadUnsafe(ref k0, at + (nuint)(2 * vw)); var k3v = Vector.LoadUnsafe(ref k0, at + (nuint)(3 * vw));
+                a2 = Vector.FusedMultiplyAdd(x, k2v, a2); b2 = Vector.FusedMultiplyAdd(y, k2v, b2);
+                a3 = Vector.FusedMultiplyAdd(x, k3v, a3); b3 = Vector.FusedMultiplyAdd(y, k3v, b3);
+            }
+            a0.StoreUnsafe(ref s0, (nuint)s); a1.StoreUnsafe(ref s0, (nuint)(s + vw)); a2.StoreUnsafe(ref s0, (nuint)(s + 2 * vw)); a3.StoreUnsafe(ref s0, (nuint)(s + 3 * vw));
+            b0.StoreUnsafe(ref s1, (nuint)s); b1.StoreUnsafe(ref s1, (nuint)(s + vw)); b2.StoreUnsafe(ref s1, (nuint)(s + 2 * vw)); b3.StoreUnsafe(ref s1, (nuint)(s + 3 * vw));
+            m0 = Vector.Max(m0, Vector.Max(Vector.Max(a0, a1), Vector.Max(a2, a3)));
+            m1 = Vector.Max(m1, Vector.Max(Vector.Max(b0, b1), Vector.Max(b2, b3)));
+        }
+        for (; s + 2 * vw <= n; s += 2 * vw)
+        {
+            Vector<float> a0 = default, a1 = default, b0 = default, b1 = default;
+            nuint at = (nuint)s;
+            for (int d = 0; d < hd; d++, at += (nuint)stride)
+            {
+                var k0v = Vector.LoadUnsafe(ref k0, at); var k1v = Vector.LoadUnsafe(ref k0, at + (nuint)vw);
+                var x = new Vector<float>(Unsafe.Add(ref qa, d)); var y = new Vector<float>(Unsafe.Add(ref qb, d));
+                a0 = Vector.FusedMultiplyAdd(x, k0v, a0); a1 = Vector.FusedMultiplyAdd(x, k1v, a1);
+                b0 = Vector.FusedMultiplyAdd(y, k0v, b0); b1 = Vector.FusedMultiplyAdd(y, k1v, b1);
+            }
+            a0.StoreUnsafe(ref s0, (nuint)s); a1.StoreUnsafe(ref s0, (nuint)(s + vw));
+            b0.StoreUnsafe(ref s1, (nuint)s); b1.StoreUnsafe(ref s1, (nuint)(s + vw));
+            m0 = Vector.Max(m0, Vector.Max(a0, a1)); m1 = Vector.Max(m1, Vector.Max(b0, b1));
+        }
+        for (; s + vw <= n; s += vw)
+        {
+            Vector<float> a0 = default, b0 = default;
+            for (int d = 0; d < hd; d++)
+            {
+                var kv = Vector.LoadUnsafe(ref k0, (nuint)(d * stride + s));
+                a0 = Vector.FusedMultiplyAdd(new Vector<float>(q0[d]), kv, a0);
+                b0 = Vector.FusedMultiplyAdd(new Vector<float>(q1[d]), kv, b0);
+            }
+            a0.StoreUnsafe(ref s0, (nuint)s); b0.StoreUnsafe(ref s1, (nuint)s);
+            m0 = Vector.Max(m0, a0); m1 = Vector.Max(m1, b0);
+        }
+        if (s < n && n >= vw)
+        {
+            Vector<float> a0 = default, b0 = default;
+            for (int d = 0; d < hd; d++)
+            {
+                var kv = Vector.LoadUnsafe(ref k0, (nuint)(d * stride + n - vw));
+                a0 = Vector.FusedMultiplyAdd(new Vector<float>(q0[d]), kv, a0);
+                b0 = Vector.FusedMultiplyAdd(new Vector<float>(q1[d]), kv, b0);
+            }
+            a0.StoreUnsafe(ref s0, (nuint)(n - vw)); b0.StoreUnsafe(ref s1, (nuint)(n - vw));
+            m0 = Vector.Max(m0, a0); m1 = Vector.Max(m1, b0);
+            s = n;
+        }
+        float max0 = float.NegativeInfinity, max1 = float.NegativeInfinity;
+        for (int j = 0; j < vw; j++) { max0 = MathF.Max(max0, m0[j]); max1 = MathF.Max(max1, m1[j]); }
+        for (; s < n; s++)
+        {
+            float acc0 = 0, acc1 = 0;
+            for (int d = 0; d < hd; d++) { float kv = k[d * stride + s]; acc0 += q0[d] * kv; acc1 += q1[d] * kv; }
+            scores0[s] = acc0; scores1[s] = acc1;
+            max0 = MathF.Max(max0, acc0); max1 = MathF.Max(max1, acc1);
+        }
+        return (max0, max1);
+    }
+
+    /// <summary>
+    /// <see cref="HeadWeightedSum"/> for two weight rows over one value block (two query heads of a kv head, the same
+    /// number of slots): each value vector is loaded once for both, and every output is summed in the order
+    /// <see cref="HeadWeightedSum"/> sums it.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void HeadWeightedSumPair(ReadOnlySpan<float> p, ReadOnlySpan<float> p1, ReadOnlySpan<float> v, int stride, float scale, float scale1,
+        Span<float> o, Span<float> o1)
+    {
+        int n = p.Length, hd = o.Length, vw = Vector<float>.Count;
+        if (p1.Length != n || o1.Length != hd) throw new ArgumentException("the two rows differ in length", nameof(p1));
+        if (n > stride) throw new ArgumentOutOfRangeException(nameof(p), "more slots than the block's stride");
+        if (n > 0 && v.Length < (hd - 1) * stride + n) throw new ArgumentException("value block too short", nameof(v));
+        ref float v0 = ref MemoryMarshal.GetReference(v);
+        ref float pa = ref MemoryMarshal.GetReference(p);
+        ref float pb = ref MemoryMarshal.GetReference(p1);
+        int blocks = n / vw * vw;
+        int d = 0;
+        for (; d + 4 <= hd; d += 4)
+        {
+            Vector<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+            nuint r0 = (nuint)(d * stride), r1 = r0 + (nuint)stride, r2 = r1 + (nuint)stride, r3 = r2 + (nuint)stride;
+            for (int s = 0; s < blocks; s += vw)
+            {
+                var x = Vector.LoadUnsafe(ref pa, (nuint)s); var y = Vector.LoadUnsafe(ref pb, (nuint)s);
+                var w0 = Vector.LoadUnsafe(ref v0, r0 + (nuint)s); var w1 = Vector.LoadUnsafe(ref v0, r1 + (nuint)s);
+                var w2 = Vector.LoadUnsafe(ref v0, r2 + (nuint)s); var w3 = Vector.LoadUnsafe(ref v0, r3 + (nuint)s);
+                a0 = Vector.FusedMultiplyAdd(x, w0, a0); a1 = Vector.FusedMultiplyAdd(x, w1, a1);
+                a2 = Vector.FusedMultiplyAdd(x, w2, a2); a3 = Vector.FusedMultiplyAdd(x, w3, a3);
+                b0 = Vector.FusedMultiplyAdd(y, w0, b0); b1 = Vector.FusedMultiplyAdd(y, w1, b1);
+                b2 = Vector.FusedMultiplyAdd(y, w2, b2); b3 = Vector.FusedMultiplyAdd(y, w3, b3);
+            }
+            if (blocks < n && n >= vw)
+            {
+                nuint t = (nuint)(n - vw);
+                var fresh = TailLanes(n - blocks);
+                var x = Vector.ConditionalSelect(fresh, Vector.LoadUnsafe(ref pa, t), Vector<float>.Zero);
+                var y = Vector.ConditionalSelect(fresh, Vector.LoadUnsafe(ref pb, t), Vector<float>.Zero);
+                var w0 = Vector.LoadUnsafe(ref v0, r0 + t); var w1 = Vector.LoadUnsafe(ref v0, r1 + t);
+                var w2 = Vector.LoadUnsafe(ref v0, r2 + t); var w3 = Vector.LoadUnsafe(ref v0, r3 + t);
+                a0 = Vector.FusedMultiplyAdd(x, w0, a0); a1 = Vector.FusedMultiplyAdd(x, w1, a1);
+                a2 = Vector.FusedMultiplyAdd(x, w2, a2); a3 = Vector.FusedMultiplyAdd(x, w3, a3);
+                b0 = Vector.FusedMultiplyAdd(y, w0, b0); b1 = Vector.FusedMultiplyAdd(y, w1, b1);
+                b2 = Vector.FusedMultiplyAdd(y, w2, b2); b3 = Vector.FusedMultiplyAdd(y, w3, b3);
+            }
+            float s0 = Vector.Sum(a0), s1 = Vector.Sum(a1), s2 = Vector.Sum(a2), s3 = Vector.Sum(a3);
+            float t0 = Vector.Sum(b0), t1 = Vector.Sum(b1), t2 = Vector.Sum(b2), t3 = Vector.Sum(b3);
+            for (int s = n >= vw ? n : blocks; s < n; s++)
+            {
+                float x = p[s], y = p1[s];
+                float w0 = v[(int)r0 + s], w1 = v[(int)r1 + s], w2 = v[(int)r2 + s], w3 = v[(int)r3 + s];
+                s0 += x * w0; s1 += x * w1; s2 += x * w2; s3 += x * w3;
+                t0 += y * w0; t1 += y * w1; t2 += y * w2; t3 += y * w3;
+            }
+            o[d] = s0 * scale; o[d + 1] = s1 * scale; o[d + 2] = s2 * scale; o[d + 3] = s3 * scale;
+            o1[d] = t0 * scale1; o1[d + 1] = t1 * scale1; o1[d + 2] = t2 * scale1; o1[d + 3] = t3 * scale1;
+        }
+        for (; d < hd; d++) { o[d] = Dot(p, v.Slice(d * stride, n)) * scale; o1[d] = Dot(p1, v.Slice(d * stride, n)) * scale1; }
     }
 
     /// <summary>y += a * x.</summary>
@@ -275,13 +512,13 @@ internal static class ManagedMath
         for (; i + vw <= n; i += vw)
         {
             var g = Vector.LoadUnsafe(ref g0, (nuint)i);
-            (g / (Vector<float>.One + Vector.Exp(-g)) * Vector.LoadUnsafe(ref u0, (nuint)i)).StoreUnsafe(ref a0, (nuint)i);
+            (g / (Vector<float>.One + Exp(-g)) * Vector.LoadUnsafe(ref u0, (nuint)i)).StoreUnsafe(ref a0, (nuint)i);
         }
         for (; i < n; i++) act[i] = Silu(gate[i]) * up[i];
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static float Silu(float x) => x / (1f + MathF.Exp(-x));
+    public static float Silu(float x) => x / (1f + Exp(-x));
 
     /// <summary>
     /// The block's tail, shared by both drafts: y = residual + Wo·o, then output = y + W2·(silu(gate) ⊙ up) over
