@@ -25,6 +25,10 @@ public sealed class BenchSettings : ModelSettings
     [Description("Repetitions; medians are reported (default 3).")]
     public int Runs { get; init; } = 3;
 
+    [CommandOption("--warmup <SECONDS>")]
+    [Description("Untimed decoding by every method before the measured runs (default 2): .NET optimises hot code only after it has run a while.")]
+    public double WarmUp { get; init; } = 2;
+
     [CommandOption("--tree-tokens <N>")] [Description("Fixed tree budget for every draft (default: measured per draft).")] public int? TreeTokens { get; init; }
     [CommandOption("--tree-depth <D>")] [Description("Fixed tree depth (default: measured).")] public int? TreeDepth { get; init; }
     [CommandOption("--tree-topk <K>")] [Description("Fixed tree top-k (default: measured).")] public int? TreeTopK { get; init; }
@@ -46,6 +50,7 @@ public sealed class BenchSettings : ModelSettings
         if (Prompts is not null && !File.Exists(Prompts)) return ValidationResult.Error($"--prompts: no file at '{Prompts}'");
         if (MaxTokens < 1) return ValidationResult.Error("--max-tokens must be >= 1");
         if (Runs < 1) return ValidationResult.Error("--runs must be >= 1");
+        if (!(WarmUp >= 0 && WarmUp <= 3600)) return ValidationResult.Error("--warmup must be between 0 and 3600 seconds");
         if (TreeMinProb is { } p && !(p >= 0 && p < 1)) return ValidationResult.Error("--tree-min-prob must be in [0, 1)");
         return ValidationResult.Success();
     }
@@ -94,7 +99,7 @@ public sealed class BenchCommand : Command<BenchSettings>
 
             BenchResult result = null!;
             AnsiConsole.Status().Start("benchmarking", ctx =>
-                result = SpeculativeBenchmark.Run(model, tokenizer, methods, prompts, s.MaxTokens, s.Runs, progress: m => ctx.Status(m), cancellationToken: cancellationToken));
+                result = SpeculativeBenchmark.Run(model, tokenizer, methods, prompts, s.MaxTokens, s.Runs, progress: m => ctx.Status(m), cancellationToken: cancellationToken, warmUp: TimeSpan.FromSeconds(s.WarmUp)));
 
             var table = new Table().AddColumns("method", "tree", "tokens/s", "speedup", "acceptance length", "peak memory (MB)");
             foreach (var m in result.Methods)

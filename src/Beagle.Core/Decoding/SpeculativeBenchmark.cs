@@ -46,9 +46,22 @@ public sealed record BenchResult(
 /// </summary>
 public static class SpeculativeBenchmark
 {
+    /// <summary>How long every method decodes untimed before the first measured run, unless the caller says otherwise.</summary>
+    public static TimeSpan DefaultWarmUp { get; } = TimeSpan.FromSeconds(2);
+
+    /// <param name="warmUp">
+    /// Untimed decoding before the measured runs (default <see cref="DefaultWarmUp"/>; every method runs at least once).
+    /// .NET compiles hot methods to optimised code only after they have run for a while: with one short warm-up
+    /// generation the first two of five runs were 20-40 % slower than the rest (per-run tokens/s in the JSON), and a
+    /// median of five with two cold runs ranked methods by how warm the process was (measured: 1.18x vs 1.45x for the
+    /// same setting, docs/benchmarks.md).
+    /// </param>
     public static BenchResult Run(LlamaModel target, ITokenizer tokenizer, IReadOnlyList<BenchMethod> methods, IReadOnlyList<string> prompts,
-        int maxNewTokens, int runs, SamplingOptions? sampling = null, Action<string>? progress = null, CancellationToken cancellationToken = default)
+        int maxNewTokens, int runs, SamplingOptions? sampling = null, Action<string>? progress = null, CancellationToken cancellationToken = default,
+        TimeSpan? warmUp = null)
     {
+        var warmUpTime = warmUp ?? DefaultWarmUp;
+        if (warmUpTime < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(warmUp), "the warm-up cannot be negative");
         if (methods.Count == 0 || methods[0].Draft is not null) throw new ArgumentException("the first method must be plain decoding (no draft)");
         if (prompts.Count == 0) throw new ArgumentException("no prompts to benchmark");
         if (runs < 1) throw new ArgumentOutOfRangeException(nameof(runs), "runs must be >= 1");
@@ -62,8 +75,14 @@ public static class SpeculativeBenchmark
         var outputs = new int[M][][];
         for (int m = 0; m < M; m++) outputs[m] = new int[ids.Length][];
 
-        // Warm-up: JIT, allocator and caches, one prompt per method.
-        for (int m = 0; m < M; m++) foreach (var _ in gens[m].Generate(ids[0], Options(methods[m], sampling, Math.Min(16, maxNewTokens)))) { }
+        // Warm-up (JIT tiers, allocator, caches): the prompts in turn, every method on each, until the time is up.
+        progress?.Invoke($"warming up ({warmUpTime.TotalSeconds:0.#} s)");
+        var warm = Stopwatch.StartNew();
+        for (int p = 0; p == 0 || warm.Elapsed < warmUpTime; p++)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            for (int m = 0; m < M; m++) foreach (var _ in gens[m].Generate(ids[p % ids.Length], Options(methods[m], sampling, maxNewTokens), null, cancellationToken)) { }
+        }
 
         for (int r = 0; r < runs; r++)
             for (int p = 0; p < ids.Length; p++)

@@ -1,0 +1,54 @@
+using Beagle.Decoding;
+using Beagle.Drafting;
+using Beagle.Tests.Infrastructure;
+using Xunit;
+
+namespace Beagle.Tests.Decoding;
+
+/// <summary>`beagle bench`'s engine: what it reports is what ran (checked against plain generation), warm-up and cancellation.</summary>
+public class SpeculativeBenchmarkTests
+{
+    static readonly string[] Prompts = ["Once upon a time", "Tom and his dog went to the park"];
+
+    [Fact]
+    public void Reports_every_method_and_run_and_compares_greedy_outputs_with_plain_decoding()
+    {
+        var target = TestAssets.Stories;
+        using var draft = DraftCheckpoint.Create(DraftConfig.ForTarget(target.Config, DraftConfig.Beagle), target);   // random: accepts little, still lossless
+        var chain = new SpeculativeOptions { TreeTokens = 4, TreeDepth = 3, TreeTopK = 1 };
+        var methods = new BenchMethod[] { new("plain", null, null, null), new("beagle", "random", draft, chain) };
+        var progress = new List<string>();
+        var r = SpeculativeBenchmark.Run(target, TestAssets.StoriesTokenizer, methods, Prompts, maxNewTokens: 12, runs: 3,
+            progress: progress.Add, warmUp: TimeSpan.Zero);
+
+        Assert.Equal(["plain", "beagle"], r.Methods.Select(m => m.Name));
+        Assert.Equal(3, r.Runs); Assert.Equal(2, r.Prompts); Assert.Equal(12, r.MaxNewTokens);
+        Assert.All(r.Methods, m => Assert.Equal(3, m.RunsTokensPerSecond.Length));
+        Assert.All(r.Methods, m => Assert.All(m.RunsTokensPerSecond, t => Assert.True(t > 0)));
+        Assert.Equal(1.0, r.Methods[0].Speedup);
+        Assert.Equal(Math.Round(r.Methods[1].TokensPerSecond / r.Methods[0].TokensPerSecond, 3), r.Methods[1].Speedup, 2);
+        Assert.Equal("4/3/1", r.Methods[1].Tree);
+        Assert.True(r.Methods[1].AcceptanceLength >= 1);
+        Assert.True(r.GreedyOutputsIdentical);
+        Assert.Contains(progress, p => p.StartsWith("warming up"));
+        Assert.Contains("run 3/3, prompt 2/2", progress);
+        Assert.Equal(r.ToJson(), BenchResult.Parse(r.ToJson()).ToJson());
+    }
+
+    [Fact]
+    public void Warms_up_for_the_time_asked_and_honours_cancellation()
+    {
+        var target = TestAssets.Stories;
+        var methods = new BenchMethod[] { new("plain", null, null, null) };
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        SpeculativeBenchmark.Run(target, TestAssets.StoriesTokenizer, methods, Prompts, maxNewTokens: 4, runs: 1, warmUp: TimeSpan.FromSeconds(0.4));
+        Assert.True(sw.Elapsed >= TimeSpan.FromSeconds(0.4), $"returned after {sw.Elapsed.TotalSeconds:F2} s");
+
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        Assert.ThrowsAny<OperationCanceledException>(() =>
+            SpeculativeBenchmark.Run(target, TestAssets.StoriesTokenizer, methods, Prompts, 4, 1, cancellationToken: cts.Token, warmUp: TimeSpan.FromSeconds(30)));
+        Assert.Throws<ArgumentOutOfRangeException>(() =>
+            SpeculativeBenchmark.Run(target, TestAssets.StoriesTokenizer, methods, Prompts, 4, 1, warmUp: TimeSpan.FromSeconds(-1)));
+    }
+}
