@@ -47,7 +47,17 @@ public sealed class BenchPlainCommand : Command<BenchPlainSettings>
         var o = new GenerationOptions { MaxNewTokens = s.MaxTokens };
         var runs = threads.ToDictionary(t => t, _ => new List<double>());
         TorchSharp.torch.set_num_threads(threads[0]);
-        foreach (var __ in gen.Generate(prompt, o with { MaxNewTokens = Math.Min(16, s.MaxTokens) })) { }   // warm-up
+        // Warm-up, untimed, every thread count: .NET optimises hot code only after it has run for a while (one 16-token
+        // generation left the first runs of stories260K 20-40 % slow and the medians noisy, as in `bench`).
+        var warm = Stopwatch.StartNew();
+        do
+            foreach (var t in threads)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                TorchSharp.torch.set_num_threads(t);
+                foreach (var __ in gen.Generate(prompt, o, null, cancellationToken)) { }
+            }
+        while (warm.Elapsed < SpeculativeBenchmark.DefaultWarmUp);
         for (int r = 0; r < s.Runs; r++)
             foreach (var t in threads)
             {
