@@ -14,11 +14,11 @@ namespace Beagle.Tests.Models;
 /// </summary>
 public class ManagedForwardTests
 {
-    static LlamaModel RandomModel(bool bias, int? window)
+    static LlamaModel RandomModel(bool bias, int? window, int heads = 4, int kvHeads = 2)
     {
         var config = new ModelConfig
         {
-            ModelType = "test", Dim = 48, HiddenDim = 64, Layers = 2, Heads = 4, KvHeads = 2, VocabSize = 64, MaxSeqLen = 96,
+            ModelType = "test", Dim = 48, HiddenDim = 64, Layers = 2, Heads = heads, KvHeads = kvHeads, VocabSize = 64, MaxSeqLen = 96,
             QkvBias = bias, SlidingWindow = window,
         };
         using var w = LlamaWeights.Random(config, seed: 5);
@@ -35,12 +35,14 @@ public class ManagedForwardTests
     }
 
     [Theory]
-    [InlineData(false, null)]
-    [InlineData(true, null)]
-    [InlineData(false, 12)]
-    public void Causal_chunks_match_libtorch(bool bias, int? window)
+    [InlineData(false, null, 4, 2)]
+    [InlineData(true, null, 4, 2)]
+    [InlineData(false, 12, 4, 2)]
+    [InlineData(false, null, 6, 2)]   // three query heads per kv head: a pair and a single (ManagedAttention pairs heads)
+    [InlineData(false, 12, 4, 4)]     // no grouping: singles only
+    public void Causal_chunks_match_libtorch(bool bias, int? window, int heads, int kvHeads)
     {
-        using var model = RandomModel(bias, window);
+        using var model = RandomModel(bias, window, heads, kvHeads);
         var rng = new Random(3);
         var tokens = Enumerable.Range(0, 50).Select(_ => rng.Next(64)).ToArray();
         int[] chunks = [20, 1, 6, 1, 4, 5, 13];   // prefill, decode steps, verification-sized blocks
@@ -60,10 +62,12 @@ public class ManagedForwardTests
         model.UseManagedAttention = true;
     }
 
-    [Fact]
-    public void Tree_masked_verification_matches_libtorch_and_keeps_the_right_slots()
+    [Theory]
+    [InlineData(4, 2)]
+    [InlineData(6, 2)]
+    public void Tree_masked_verification_matches_libtorch_and_keeps_the_right_slots(int heads, int kvHeads)
     {
-        using var model = RandomModel(false, null);
+        using var model = RandomModel(false, null, heads, kvHeads);
         var rng = new Random(4);
         var context = Enumerable.Range(0, 30).Select(_ => rng.Next(64)).ToArray();
         // A tree of 10 nodes: node 0 the root, each later node under a random earlier one.
