@@ -168,8 +168,9 @@ public static class TreeBudgetCalibrator
         var mode = sampling is null || sampling.IsGreedy ? "greedy"
             : FormattableString.Invariant($"sample t={sampling.Temperature} k={sampling.TopK} p={sampling.TopP}");
         // v2: the grid gained confidence floors; v3: packed matrix products changed what verification costs, and a
-        // minimum acceptance joined the decision. Budgets measured before are not reused.
-        var text = $"v3|{machine}|{fp.VocabSize}|{fp.HiddenSize}|{fp.EmbeddingSha256}|{draftId}|{mode}";
+        // minimum acceptance joined the decision; v4: session 5's attention and draft kernels (verification ~10 %
+        // cheaper, trees ~15 %). Budgets measured before are not reused.
+        var text = $"v4|{machine}|{fp.VocabSize}|{fp.HiddenSize}|{fp.EmbeddingSha256}|{draftId}|{mode}";
         return Convert.ToHexString(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(text)))[..16].ToLowerInvariant();
     }
 
