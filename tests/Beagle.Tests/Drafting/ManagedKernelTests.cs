@@ -184,6 +184,35 @@ public class ManagedKernelTests
         }
     }
 
+    [Theory]
+    [InlineData(2, 0)] [InlineData(2, 3)] [InlineData(3, 2)] [InlineData(1, 1)]
+    public void Draft_attention_gives_the_same_output_with_head_pairs_as_head_by_head(int groupSize, int extras)
+    {
+        // 2 kv heads of dimension 8, 100 slots: 37 committed, the extras (a node's ancestors' draft states) after them.
+        var kv = new HeadMajorKv(2, 8, 100);
+        var r = new Random(groupSize * 10 + extras);
+        float[] Rnd(int n) => Enumerable.Range(0, n).Select(_ => (float)(r.NextDouble() * 2 - 1)).ToArray();
+        var keys = new float[100][]; var values = new float[100][];   // [slot][kv head * 8 + d], as written
+        for (int s = 0; s < 100; s++) kv.Write(s, keys[s] = Rnd(16), values[s] = Rnd(16));
+        var q = Rnd(2 * groupSize * 8);
+        var extra = Enumerable.Range(0, extras).Select(e => 60 + 3 * e).ToArray();
+        int total = 37 + extras;
+        var paired = new float[q.Length]; var single = new float[q.Length];
+        kv.Attend(q, 37, extra, groupSize, 0.35f, new float[2 * total], paired);   // room for two rows: pairs
+        kv.Attend(q, 37, extra, groupSize, 0.35f, new float[total], single);      // one row: head by head
+        Assert.Equal(single, paired);
+        // And against a double-precision softmax over the same slots, for the first head.
+        var slots = Enumerable.Range(0, 37).Concat(extra).ToArray();
+        double[] sc = slots.Select(s => { double a = 0; for (int d = 0; d < 8; d++) a += q[d] * 0.35 * keys[s][d]; return a; }).ToArray();
+        double max = sc.Max(), z = sc.Sum(x => Math.Exp(x - max));
+        for (int d = 0; d < 8; d++)
+        {
+            double e = 0; for (int i = 0; i < slots.Length; i++) e += Math.Exp(sc[i] - max) / z * values[slots[i]][d];
+            Assert.True(Math.Abs(single[d] - e) < 1e-5, $"output {d}: {single[d]} vs {e}");
+        }
+        Assert.Throws<ArgumentException>(() => kv.Attend(q, 37, extra, groupSize, 0.35f, new float[total - 1], single));
+    }
+
     [Fact]
     public void Exp_is_within_two_ulp_of_the_double_exponential_and_exactly_zero_for_masked_scores()
     {

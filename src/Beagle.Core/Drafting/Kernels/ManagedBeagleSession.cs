@@ -67,7 +67,7 @@ internal sealed class ManagedBeagleSession : ManagedSessionBase
         Span<float> o = stackalloc float[_q];
         Span<float> hhat = stackalloc float[_d];
         Span<int> extra = stackalloc int[DraftModelBase.MaxRoundNodes];
-        float[] scores = new float[n0 + DraftModelBase.MaxRoundNodes];
+        float[] scores = new float[2 * (n0 + DraftModelBase.MaxRoundNodes)];   // two heads\' rows (HeadMajorKv.Attend)
         int first = Round.Add(positions, parents);
         for (int i = 0; i < N; i++)
         {

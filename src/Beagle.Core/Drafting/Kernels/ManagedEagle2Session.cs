@@ -78,7 +78,7 @@ internal sealed class ManagedEagle2Session : ManagedSessionBase
         Span<float> o = stackalloc float[_q];
         Span<float> fhat = stackalloc float[_d];
         Span<int> extra = stackalloc int[DraftModelBase.MaxRoundNodes];
-        float[] scores = new float[e0 + DraftModelBase.MaxRoundNodes];
+        float[] scores = new float[2 * (e0 + DraftModelBase.MaxRoundNodes)];   // two heads\' rows (HeadMajorKv.Attend)
         int first = Round.Add(positions, parents);
         for (int i = 0; i < N; i++)
         {
