@@ -156,14 +156,21 @@ public sealed class LlamaModel : IDisposable
             if ((uint)positions[i] >= (uint)_rope.MaxPositions) throw new ArgumentOutOfRangeException(nameof(positions), $"position {positions[i]} is beyond the context length {_rope.MaxPositions}");
             tokArr[i] = tokens[i]; posArr[i] = positions[i];
         }
+        // Decoding and verification (a few new tokens, CPU): the whole forward in C# over pooled arrays (ForwardCpu).
+        // Longer prefills and other devices: libtorch ops (and on the CPU, C# products, norms and SwiGLU over tensors).
+        bool managed = UseManagedAttention && Device.type == DeviceType.CPU && T <= ManagedAttention.MaxTokens;
+        bool[]? allowedArr = null;
+        if (managed)
+        {
+            if (mask is not null) allowedArr = MaskArray(mask);
+            else if (Config.SlidingWindow is { } w0 && S > w0) allowedArr = CausalAllowed(T, start);
+        }
         cache.Advance(T);
+        if (managed) return ForwardCpu(cache, tokens, positions, start, allowedArr, lastLogitsOnly);
 
         using var scope = NewDisposeScope();
         using var _ = inference_mode();   // skips autograd and version-counter bookkeeping: fewer µs per op than no_grad
-        // Decoding and verification (a few new tokens, CPU): attention and rotary in C# (ManagedAttention: why there).
-        // Longer prefills and other devices: libtorch ops. Matrix products, norms and SwiGLU: C# on the CPU.
-        bool managed = UseManagedAttention && Device.type == DeviceType.CPU && T <= ManagedAttention.MaxTokens;
-        Tensor x, cos = null!, sin = null!;
+        Tensor x;
         if (Device.type == DeviceType.CPU)
         {
             x = empty(T, Config.Dim, device: Device);                                  // [T, D]: embedding rows copied
@@ -171,39 +178,18 @@ public sealed class LlamaModel : IDisposable
             for (int i = 0; i < T; i++) e.Slice(tokens[i] * d, d).CopyTo(xs.Slice(i * d, d));
         }
         else x = Embedding.index_select(0, tensor(tokArr, device: Device));
-        if (!managed)
-        {
-            var pos = tensor(posArr, device: Device);
-            cos = _rope.Cos.index_select(0, pos).unsqueeze(1);                         // [T, 1, hd]
-            sin = _rope.SinSigned.index_select(0, pos).unsqueeze(1);
-        }
-        bool[]? allowed = null;   // managed path: [T, S], null = causal
-        Tensor? m = null;         // libtorch path: additive mask
-        if (managed)
-        {
-            if (mask is not null) allowed = MaskArray(mask);
-            else if (Config.SlidingWindow is { } w0 && S > w0) allowed = CausalAllowed(T, start);
-        }
+        var pos = tensor(posArr, device: Device);
+        var cos = _rope.Cos.index_select(0, pos).unsqueeze(1);                         // [T, 1, hd]
+        var sin = _rope.SinSigned.index_select(0, pos).unsqueeze(1);
         // The additive mask [G*T, S] (rows ordered (group, t) like the stacked queries below), built in C# and uploaded
         // as one tensor: converting and repeating a bool mask with tensor ops cost four ops per forward.
-        else if (mask is not null) m = AdditiveMask(mask, T, S);
+        Tensor? m = null;
+        if (mask is not null) m = AdditiveMask(mask, T, S);
         else if (T > 1 || (Config.SlidingWindow is { } w0 && S > w0)) m = AdditiveMask(CausalAllowed(T, start), T, S);
-        var scratch = managed ? new float[2 * S] : null;
-        var rotBuf = managed ? new float[T * (_h + _kvh) * _hd] : null;   // managed path: rotated q | k of each token
-        Tensor? slots = null;     // libtorch path: the cache slots written
+        Tensor? slots = null;     // the cache slots written
 
         for (int l = 0; l < _layers.Length; l++)
         {
-            if (managed)
-            {
-                var qkv = Qkv(_layers[l], x, T);
-                Rotate(Floats(qkv), T, positions, rotBuf!);
-                var attn = empty(T, _q, device: Device);                               // [T, Q], written below
-                ManagedAttention.Run(rotBuf, Floats(qkv), 2 * (_q + _kv) + _kv, 2 * (_q + _kv),
-                    Floats(cache.K[l]), Floats(cache.V[l]), cache.Capacity, _h, _kvh, _hd, start, T, allowed, Floats(attn), scratch);
-                x = Mlp(_layers[l], x, attn, T);
-                continue;
-            }
             var (k, v, q) = Project(_layers[l], x, cos, sin, 1, T);             // k, v: [T, kvH, hd]; q: [T, H, hd] (views)
             slots ??= T == 1 ? tensor(new long[] { start }, device: Device) : arange(start, S, dtype: ScalarType.Int64, device: Device);
             cache.K[l].index_copy_(2, slots, k.permute(1, 2, 0));                     // cache layer: [kvH, hd, capacity]
@@ -224,6 +210,70 @@ public sealed class LlamaModel : IDisposable
         var hidden = RmsNorm(x, T, _finalNorm);                                         // [T, D]
         var logits = lastLogitsOnly ? Linear(hidden.narrow(0, T - 1, 1), 1, _lmHead, _lmHeadT) : Linear(hidden, T, _lmHead, _lmHeadT);   // [T or 1, V]
         return new ForwardOutput(logits.MoveToOuterDisposeScope(), hidden.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>
+    /// The CPU forward of a few new tokens (decoding, verification), start to end in C#: the intermediates live in arrays
+    /// rented from the shared pool and only the two outputs are tensors. Through tensors every intermediate was a libtorch
+    /// allocation plus TorchSharp's bookkeeping, ~40 per stories260K forward and ~25 % of a one-token step (`perf`,
+    /// docs/benchmarks.md). The arithmetic is the tensor path's, kernel for kernel (products <see cref="PackedMatrix"/>,
+    /// attention <see cref="ManagedAttention"/>), so results are bit-identical to it. The cache slots are already reserved.
+    /// </summary>
+    ForwardOutput ForwardCpu(KvCache cache, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, int start, bool[]? allowed, bool lastLogitsOnly)
+    {
+        int T = tokens.Length, S = start + T, d = Config.Dim, hff = Config.HiddenDim;
+        int qkvWidth = 2 * (_q + _kv) + _kv;
+        var pool = System.Buffers.ArrayPool<float>.Shared;
+        float[] x = pool.Rent(T * d), h = pool.Rent(T * d), qkv = pool.Rent(T * qkvWidth), rot = pool.Rent(T * (_h + _kvh) * _hd),
+            attn = pool.Rent(T * _q), gu = pool.Rent(T * 2 * hff), act = pool.Rent(T * hff), scores = pool.Rent(2 * S);
+        try
+        {
+            var e = Floats(Embedding);
+            for (int i = 0; i < T; i++) e.Slice(tokens[i] * d, d).CopyTo(x.AsSpan(i * d, d));   // [T, D]
+            float eps = (float)Config.NormEps;
+            for (int l = 0; l < _layers.Length; l++)
+            {
+                var layer = _layers[l];
+                NormRows(x, h, T, eps);                                                        // h = RMSNorm(x) (weight folded)
+                if (layer.QkvBias is { } bias)
+                {
+                    for (int i = 0; i < T; i++) bias.CopyTo(qkv, i * qkvWidth);
+                    layer.Qkv!.Multiply(h, T, qkv, qkv);                                       // [T, 2(Q+K)+K] = bias + h·Wqkv
+                }
+                else layer.Qkv!.Multiply(h, T, qkv, null);
+                Rotate(qkv, T, positions, rot);
+                ManagedAttention.Run(rot, qkv, qkvWidth, 2 * (_q + _kv), Floats(cache.K[l]), Floats(cache.V[l]),
+                    cache.Capacity, _h, _kvh, _hd, start, T, allowed, attn, scores);          // attn: [T, Q]
+                layer.Wo!.Multiply(attn, T, x, x);                                            // x += attn·Wo
+                NormRows(x, h, T, eps);
+                layer.W13!.Multiply(h, T, gu, null);                                           // [T, 2*Hff]: gate | up
+                for (int r = 0; r < T; r++)
+                    Beagle.Drafting.Kernels.ManagedMath.SwiGlu(gu.AsSpan(r * 2 * hff, hff), gu.AsSpan(r * 2 * hff + hff, hff), act.AsSpan(r * hff, hff));
+                layer.W2!.Multiply(act, T, x, x);                                              // x += act·W2
+            }
+            using var scope = NewDisposeScope();
+            var hidden = empty(T, d, device: Device);                                          // [T, D]: final RMSNorm
+            var hs = Floats(hidden); var fw = Floats(_finalNorm);
+            for (int r = 0; r < T; r++)
+            {
+                var row = hs.Slice(r * d, d);
+                Beagle.Drafting.Kernels.ManagedMath.RmsNorm(x.AsSpan(r * d, d), row, eps);
+                for (int i = 0; i < d; i++) row[i] *= fw[i];
+            }
+            var logits = lastLogitsOnly ? _lmHead!.Linear(hidden.narrow(0, T - 1, 1), 1) : _lmHead!.Linear(hidden, T);   // [T or 1, V]
+            return new ForwardOutput(logits.MoveToOuterDisposeScope(), hidden.MoveToOuterDisposeScope());
+        }
+        finally
+        {
+            pool.Return(x); pool.Return(h); pool.Return(qkv); pool.Return(rot); pool.Return(attn); pool.Return(gu); pool.Return(act); pool.Return(scores);
+        }
+    }
+
+    /// <summary>out[r] = RMSNorm(x[r]) (no weight: it is folded into the next product) for the first n rows of D.</summary>
+    void NormRows(float[] x, float[] output, int n, float eps)
+    {
+        int d = Config.Dim;
+        for (int r = 0; r < n; r++) Beagle.Drafting.Kernels.ManagedMath.RmsNorm(x.AsSpan(r * d, d), output.AsSpan(r * d, d), eps);
     }
 
     /// <summary>

@@ -88,12 +88,36 @@ internal sealed class PackedMatrix
     {
         if (!x.is_contiguous()) x = x.contiguous();   // Floats reads raw memory: rows must be dense
         if (addend is not null && !ReferenceEquals(addend, y) && !addend.is_contiguous()) addend = addend.contiguous();
-        int threads = get_num_threads();
-        long work = (long)n * Rows * Cols;
-        int np = PanelCount;
-        if (threads <= 1 || work < ParallelWork || (np < 2 * threads && n < 12))
+        if (!Splits(n)) { Multiply(Floats(x), n, Floats(y), addend is null ? default : Floats(addend)); return; }
+        // Spans cannot be captured by the parallel parts, so each part takes them from the tensors again.
+        Split(n, (r0, rows, b0, count) => Multiply(Floats(x)[(r0 * Rows)..], rows, Floats(y)[(r0 * Cols)..],
+            addend is null ? default : Floats(addend)[(r0 * Cols)..], b0, count));
+    }
+
+    /// <summary>
+    /// The same on arrays: y = addend + x · W, x [n, K], y and addend [n, N] (addend may be y itself, for a residual
+    /// added in place, or null). The CPU forward's intermediates live in pooled arrays (no tensor per product).
+    /// </summary>
+    public void Multiply(float[] x, int n, float[] y, float[]? addend)
+    {
+        if (x.Length < n * Rows) throw new ArgumentException($"x has {x.Length} values, needs {n} x {Rows}", nameof(x));
+        if (!Splits(n)) { Multiply(x, n, y.AsSpan(), addend); return; }
+        Split(n, (r0, rows, b0, count) => Multiply(x.AsSpan(r0 * Rows), rows, y.AsSpan(r0 * Cols),
+            addend is null ? default : addend.AsSpan(r0 * Cols), b0, count));
+    }
+
+    /// <summary>
+    /// Runs <paramref name="part"/>(first row, rows, first panel, panels) over the whole product: in one call, or split over
+    /// the torch thread count for large products — by column panels (every row count, e.g. one-token decoding of a large
+    /// model, where the weights dominate), or by rows when there are too few panels. Each output's sum runs in the same
+    /// order either way, so the split changes no bit.
+    /// </summary>
+    void Split(int n, Action<int, int, int, int> part)
+    {
+        int threads = get_num_threads(), np = PanelCount;
+        if (!Splits(n))
         {
-            Multiply(Floats(x), n, Floats(y), addend is null ? default : Floats(addend));
+            part(0, n, 0, np);
             return;
         }
         if (np >= 2 * threads)
@@ -102,7 +126,7 @@ internal sealed class PackedMatrix
             Parallel.For(0, threads, p =>
             {
                 int b0 = p * per, count = Math.Min(per, np - b0);
-                if (count > 0) Multiply(Floats(x), n, Floats(y), addend is null ? default : Floats(addend), b0, count);
+                if (count > 0) part(0, n, b0, count);
             });
             return;
         }
@@ -110,12 +134,17 @@ internal sealed class PackedMatrix
         Parallel.For(0, rowParts, p =>
         {
             int r0 = p * rowsPer, rows = Math.Min(rowsPer, n - r0);
-            if (rows <= 0) return;
-            Multiply(Floats(x)[(r0 * Rows)..], rows, Floats(y)[(r0 * Cols)..], addend is null ? default : Floats(addend)[(r0 * Cols)..]);
+            if (rows > 0) part(r0, rows, 0, np);
         });
     }
 
-    /// <summary>Multiply-adds from which a product is split across threads (~0.3 ms of one core's work).</summary>
+    /// <summary>Whether a product of n rows is split over threads (one thread, small products and few panels with few rows are not).</summary>
+    bool Splits(int n)
+    {
+        int threads = get_num_threads();
+        return !(threads <= 1 || (long)n * Rows * Cols < ParallelWork || (PanelCount < 2 * threads && n < 12));
+    }
+
     const long ParallelWork = 1 << 20;
 
     /// <summary>W's float count as packed (for memory accounting).</summary>
