@@ -19,10 +19,12 @@ public sealed record ForwardOutput(Tensor Logits, Tensor Hidden) : IDisposable
 /// microseconds of overhead and the FLOPs are negligible (issue #2): q, k, their rotary partners and v come out of one
 /// fused matmul with the RMSNorm weight folded in; rotary is one mul and one addcmul; the output and down projections
 /// add the residual in the same addmm; gate and up share one matmul; the KV cache is written in place.
-/// That is the path of other devices. On the CPU the forward is C# kernels over the tensors' memory: matrix products over
-/// weights packed once at load (<see cref="PackedMatrix"/>), RMSNorm, rotary (short forwards), SwiGLU, the embedding
-/// lookup, and the attention of short forwards (<see cref="ManagedAttention"/>); libtorch allocates the tensors, and runs
-/// the attention of long prefills. Without per-op costs a stories260K step went from ~270 to ~85 µs (docs/benchmarks.md).
+/// That is the path of other devices. On the CPU a forward of a few tokens (decoding, verification) is C# from start to
+/// end over pooled arrays (<see cref="ForwardCpu"/>): products over weights packed once at load
+/// (<see cref="PackedMatrix"/>), RMSNorm, rotary, attention (<see cref="ManagedAttention"/>), SwiGLU, the embedding
+/// lookup; only its two outputs are tensors. Long prefills keep libtorch's attention (with the C# products, norms and
+/// SwiGLU over tensors). Without per-op and per-tensor costs a stories260K step went from ~270 to ~42 µs
+/// (docs/benchmarks.md).
 /// Folding the norm weight into the matmul changes rounding only at the 1e-7 level; the golden tests hold it to the
 /// reference's tokens and to 1e-4 on logits.
 /// </summary>
