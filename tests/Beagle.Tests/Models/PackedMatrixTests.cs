@@ -124,6 +124,39 @@ public class ParallelProductTests
         finally { TorchSharp.torch.set_num_threads(before); }
     }
 
+    [Theory]
+    [InlineData(4, 256, 1024)]   // many panels: split by column panels
+    [InlineData(24, 2048, 40)]   // three panels, many rows: split by rows
+    public void Array_products_are_the_same_with_one_and_two_threads_and_add_in_place(int n, int k, int cols)
+    {
+        var r = new Random(n + k + cols);
+        var w = Enumerable.Range(0, k * cols).Select(_ => (float)r.NextDouble() - 0.5f).ToArray();
+        var x = Enumerable.Range(0, n * k).Select(_ => (float)r.NextDouble() - 0.5f).ToArray();
+        var residual = Enumerable.Range(0, n * cols).Select(_ => (float)r.NextDouble()).ToArray();
+        var packed = new PackedMatrix(w, k, cols);
+        int before = TorchSharp.torch.get_num_threads();
+        try
+        {
+            TorchSharp.torch.set_num_threads(1);
+            var one = (float[])residual.Clone();
+            packed.Multiply(x, n, one, one);                 // in place: one = residual + x·W
+            TorchSharp.torch.set_num_threads(2);             // above the split threshold (2^20 multiply-adds)
+            var two = (float[])residual.Clone();
+            packed.Multiply(x, n, two, two);
+            Assert.Equal(one, two);
+            var fresh = new float[n * cols];
+            packed.Multiply(x, n, fresh, null);
+            for (int i = 0; i < n; i++)
+                for (int c = 0; c < cols; c++)
+                {
+                    double e = residual[i * cols + c]; for (int j = 0; j < k; j++) e += (double)x[i * k + j] * w[j * cols + c];
+                    Assert.True(Math.Abs(one[i * cols + c] - e) < 1e-3, $"[{i}, {c}]: {one[i * cols + c]} vs {e}");
+                    Assert.True(Math.Abs(one[i * cols + c] - residual[i * cols + c] - fresh[i * cols + c]) < 1e-4, $"no-addend product [{i}, {c}]");
+                }
+        }
+        finally { TorchSharp.torch.set_num_threads(before); }
+    }
+
     static LlamaModel NarrowModel()
     {
         var config = new ModelConfig { ModelType = "test", Dim = 48, HiddenDim = 64, Layers = 2, Heads = 4, KvHeads = 2, VocabSize = 64, MaxSeqLen = 96 };
