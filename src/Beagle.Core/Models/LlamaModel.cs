@@ -151,33 +151,32 @@ public sealed class LlamaModel : IDisposable
         if (mask is not null && mask.shape is var ms && (ms.Length != 2 || ms[0] != T || ms[1] != S))   // (shape costs ~1 µs per read)
             throw new ArgumentException($"mask must be [{T}, {S}], got [{string.Join(", ", ms)}]", nameof(mask));
         var vocab = Config.VocabSize;
-        var tokArr = new long[T]; var posArr = new long[T];
         for (int i = 0; i < T; i++)
         {
             if ((uint)tokens[i] >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (size {vocab})");
             if ((uint)positions[i] >= (uint)_rope.MaxPositions) throw new ArgumentOutOfRangeException(nameof(positions), $"position {positions[i]} is beyond the context length {_rope.MaxPositions}");
-            tokArr[i] = tokens[i]; posArr[i] = positions[i];
         }
         // Decoding and verification (a few new tokens, CPU): the whole forward in C# over pooled arrays (ForwardCpu).
         // Longer prefills and other devices: libtorch ops (and on the CPU, C# products, norms and SwiGLU over tensors).
         bool managed = UseManagedAttention && Device.type == DeviceType.CPU && T <= ManagedAttention.MaxTokens;
-        bool[]? allowedArr = null;
+        MaskedSlots? masked = null;
         if (managed)
         {
-            if (mask is not null) allowedArr = MaskArray(mask);
-            else if (Config.SlidingWindow is { } w0 && S > w0) allowedArr = CausalAllowed(T, start);
+            if (mask is not null) masked = new MaskedSlots(MaskArray(mask), T, S);
+            else if (Config.SlidingWindow is { } w0 && S > w0) masked = new MaskedSlots(CausalAllowed(T, start), T, S);
         }
         cache.Advance(T);
-        if (managed) return ForwardCpu(cache, tokens, positions, start, allowedArr, lastLogitsOnly);
+        if (managed) return ForwardCpu(cache, tokens, positions, start, masked, lastLogitsOnly);
 
         using var scope = NewDisposeScope();
         using var _ = inference_mode();   // skips autograd and version-counter bookkeeping: fewer µs per op than no_grad
+        var tokArr = new long[T]; var posArr = new long[T];
+        for (int i = 0; i < T; i++) { tokArr[i] = tokens[i]; posArr[i] = positions[i]; }
         Tensor x;
         if (Device.type == DeviceType.CPU)
         {
             x = empty(T, Config.Dim, device: Device);                                  // [T, D]: embedding rows copied
-            var e = Floats(Embedding); var xs = Floats(x); int d = Config.Dim;
-            for (int i = 0; i < T; i++) e.Slice(tokens[i] * d, d).CopyTo(xs.Slice(i * d, d));
+            EmbedRows(tokens, Floats(x));
         }
         else x = Embedding.index_select(0, tensor(tokArr, device: Device));
         var pos = tensor(posArr, device: Device);
@@ -221,7 +220,7 @@ public sealed class LlamaModel : IDisposable
     /// docs/benchmarks.md). The arithmetic is the tensor path's, kernel for kernel (products <see cref="PackedMatrix"/>,
     /// attention <see cref="ManagedAttention"/>), so results are bit-identical to it. The cache slots are already reserved.
     /// </summary>
-    ForwardOutput ForwardCpu(KvCache cache, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, int start, bool[]? allowed, bool lastLogitsOnly)
+    ForwardOutput ForwardCpu(KvCache cache, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, int start, MaskedSlots? masked, bool lastLogitsOnly)
     {
         int T = tokens.Length, S = start + T, d = Config.Dim, hff = Config.HiddenDim;
         int qkvWidth = 2 * (_q + _kv) + _kv;
@@ -230,13 +229,11 @@ public sealed class LlamaModel : IDisposable
             attn = pool.Rent(T * _q), gu = pool.Rent(T * 2 * hff), act = pool.Rent(T * hff), scores = pool.Rent(2 * S);
         try
         {
-            var e = Floats(Embedding);
-            for (int i = 0; i < T; i++) e.Slice(tokens[i] * d, d).CopyTo(x.AsSpan(i * d, d));   // [T, D]
-            float eps = (float)Config.NormEps;
+            EmbedRows(tokens, x);                                                              // [T, D]
             for (int l = 0; l < _layers.Length; l++)
             {
                 var layer = _layers[l];
-                NormRows(x, h, T, eps);                                                        // h = RMSNorm(x) (weight folded)
+                NormRows(x, h, T);                                                             // h = RMSNorm(x) (weight folded)
                 if (layer.QkvBias is { } bias)
                 {
                     for (int i = 0; i < T; i++) bias.CopyTo(qkv, i * qkvWidth);
@@ -245,23 +242,16 @@ public sealed class LlamaModel : IDisposable
                 else layer.Qkv!.Multiply(h, T, qkv, null);
                 Rotate(qkv, T, positions, rot);
                 ManagedAttention.Run(rot, qkv, qkvWidth, 2 * (_q + _kv), Floats(cache.K[l]), Floats(cache.V[l]),
-                    cache.Capacity, _h, _kvh, _hd, start, T, allowed, attn, scores);          // attn: [T, Q]
+                    cache.Capacity, _h, _kvh, _hd, start, T, masked, attn, scores);          // attn: [T, Q]
                 layer.Wo!.Multiply(attn, T, x, x);                                            // x += attn·Wo
-                NormRows(x, h, T, eps);
+                NormRows(x, h, T);
                 layer.W13!.Multiply(h, T, gu, null);                                           // [T, 2*Hff]: gate | up
-                for (int r = 0; r < T; r++)
-                    Beagle.Drafting.Kernels.ManagedMath.SwiGlu(gu.AsSpan(r * 2 * hff, hff), gu.AsSpan(r * 2 * hff + hff, hff), act.AsSpan(r * hff, hff));
+                SwiGluRows(gu, act, T);
                 layer.W2!.Multiply(act, T, x, x);                                              // x += act·W2
             }
             using var scope = NewDisposeScope();
             var hidden = empty(T, d, device: Device);                                          // [T, D]: final RMSNorm
-            var hs = Floats(hidden); var fw = Floats(_finalNorm);
-            for (int r = 0; r < T; r++)
-            {
-                var row = hs.Slice(r * d, d);
-                Beagle.Drafting.Kernels.ManagedMath.RmsNorm(x.AsSpan(r * d, d), row, eps);
-                for (int i = 0; i < d; i++) row[i] *= fw[i];
-            }
+            NormRows(x, Floats(hidden), T, Floats(_finalNorm));
             var logits = lastLogitsOnly ? _lmHead!.Linear(hidden.narrow(0, T - 1, 1), 1) : _lmHead!.Linear(hidden, T);   // [T or 1, V]
             return new ForwardOutput(logits.MoveToOuterDisposeScope(), hidden.MoveToOuterDisposeScope());
         }
@@ -271,11 +261,32 @@ public sealed class LlamaModel : IDisposable
         }
     }
 
-    /// <summary>out[r] = RMSNorm(x[r]) (no weight: it is folded into the next product) for the first n rows of D.</summary>
-    void NormRows(float[] x, float[] output, int n, float eps)
+    /// <summary>The embedding rows of the tokens into x [T, D] (CPU).</summary>
+    void EmbedRows(ReadOnlySpan<int> tokens, Span<float> x)
+    {
+        var e = Floats(Embedding); int d = Config.Dim;
+        for (int i = 0; i < tokens.Length; i++) e.Slice(tokens[i] * d, d).CopyTo(x.Slice(i * d, d));
+    }
+
+    /// <summary>output[r] = RMSNorm(x[r]) (times <paramref name="weight"/> if given; the layers' weights are folded into the next product) for the first n rows of D.</summary>
+    void NormRows(ReadOnlySpan<float> x, Span<float> output, int n, ReadOnlySpan<float> weight = default)
     {
         int d = Config.Dim;
-        for (int r = 0; r < n; r++) Beagle.Drafting.Kernels.ManagedMath.RmsNorm(x.AsSpan(r * d, d), output.AsSpan(r * d, d), eps);
+        float eps = (float)Config.NormEps;
+        for (int r = 0; r < n; r++)
+        {
+            var row = output.Slice(r * d, d);
+            Beagle.Drafting.Kernels.ManagedMath.RmsNorm(x.Slice(r * d, d), row, eps);
+            if (!weight.IsEmpty) for (int i = 0; i < d; i++) row[i] *= weight[i];
+        }
+    }
+
+    /// <summary>act[r] = silu(gate[r]) ⊙ up[r] for the first n rows of gu [n, 2·Hff] (gate | up) into act [n, Hff].</summary>
+    void SwiGluRows(ReadOnlySpan<float> gu, Span<float> act, int n)
+    {
+        int hff = Config.HiddenDim;
+        for (int r = 0; r < n; r++)
+            Beagle.Drafting.Kernels.ManagedMath.SwiGlu(gu.Slice(r * 2 * hff, hff), gu.Slice(r * 2 * hff + hff, hff), act.Slice(r * hff, hff));
     }
 
     /// <summary>
@@ -362,16 +373,8 @@ public sealed class LlamaModel : IDisposable
             var y = x * x.mul(x).mean([-1], keepdim: true).add_(_epsS, _oneS).rsqrt_();
             return weight is null ? y : y.mul_(weight);
         }
-        int d = Config.Dim;
-        var output = empty(n, d, device: Device);
-        var xs = Floats(x); var os = Floats(output);
-        float eps = (float)Config.NormEps;
-        for (int r = 0; r < n; r++) Beagle.Drafting.Kernels.ManagedMath.RmsNorm(xs.Slice(r * d, d), os.Slice(r * d, d), eps);
-        if (weight is not null)
-        {
-            var ws = Floats(weight);
-            for (int r = 0; r < n; r++) { var row = os.Slice(r * d, d); for (int i = 0; i < d; i++) row[i] *= ws[i]; }
-        }
+        var output = empty(n, Config.Dim, device: Device);
+        NormRows(Floats(x), Floats(output), n, weight is null ? default : Floats(weight));
         return output;
     }
 
@@ -433,9 +436,7 @@ public sealed class LlamaModel : IDisposable
         if (Device.type == DeviceType.CPU)
         {
             act = empty(n, hff, device: Device);
-            var g = Floats(gu); var a = Floats(act);
-            for (int r = 0; r < n; r++)
-                Beagle.Drafting.Kernels.ManagedMath.SwiGlu(g.Slice(r * 2 * hff, hff), g.Slice(r * 2 * hff + hff, hff), a.Slice(r * hff, hff));
+            SwiGluRows(Floats(gu), Floats(act), n);
         }
         else act = F.silu(gu.narrow(1, 0, hff)).mul_(gu.narrow(1, hff, hff));
         return Linear(act, n, layer.W2, layer.W2T, residual: x);                               // residual + W2·act

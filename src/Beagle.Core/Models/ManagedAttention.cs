@@ -22,7 +22,8 @@ namespace Beagle.Models;
 /// <item><c>qkv</c>: [T, qkvStride], values of token t for kv-head j at column <c>vOffset + j*hd</c>.</item>
 /// <item><c>kCache</c>, <c>vCache</c>: one layer of the cache, head-dimension-major [kvH, hd, capacity] (see
 /// <see cref="KvCache"/>); slots [0, start) hold the context, the new tokens go to [start, start + T).</item>
-/// <item><c>allowed</c>: empty = causal (token t sees slots ≤ start + t), else [T, start + T], true = may attend.</item>
+/// <item><c>masked</c>: null = causal (token t sees slots ≤ start + t), else the slots each row may not see
+/// (<see cref="MaskedSlots"/>, built once per forward from a [T, start + T] mask).</item>
 /// <item><c>output</c>: [T, H*hd], head h at columns h*hd (the layout the output projection takes).</item>
 /// <item><c>scores</c>: scratch of at least 2·(start + T) floats (two heads' rows).</item>
 /// </list>
@@ -35,7 +36,7 @@ internal static class ManagedAttention
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run(ReadOnlySpan<float> rot, ReadOnlySpan<float> qkv, int qkvStride, int vOffset,
         Span<float> kCache, Span<float> vCache, int capacity, int heads, int kvHeads, int headDim,
-        int start, int T, ReadOnlySpan<bool> allowed, Span<float> output, Span<float> scores)
+        int start, int T, MaskedSlots? masked, Span<float> output, Span<float> scores)
     {
         int hd = headDim, g = heads / kvHeads, S = start + T, rowStride = (heads + kvHeads) * hd;
         // Every unchecked read below stays inside these bounds.
@@ -45,7 +46,7 @@ internal static class ManagedAttention
         if (kCache.Length < kvHeads * hd * capacity || vCache.Length < kvHeads * hd * capacity) throw new ArgumentException("cache layer too short");
         if (output.Length < T * heads * hd) throw new ArgumentException("output too short", nameof(output));
         if (scores.Length < 2 * S) throw new ArgumentException("scores scratch too short (two rows of S)", nameof(scores));
-        if (!allowed.IsEmpty && allowed.Length != T * S) throw new ArgumentException($"allowed must be [{T}, {S}]", nameof(allowed));
+        if (masked is not null && (masked.Rows != T || masked.Slots != S)) throw new ArgumentException($"the mask must be [{T}, {S}], got [{masked.Rows}, {masked.Slots}]", nameof(masked));
 
         // New keys and values into their slots (one column of each [hd, capacity] head block).
         for (int t = 0; t < T; t++)
@@ -57,28 +58,11 @@ internal static class ManagedAttention
                     vCache[at] = qkv[t * qkvStride + vOffset + j * hd + d];
                 }
 
-        // Masked rows (trees, sliding windows): the slots each row may not see, listed once per call rather than tested
-        // slot by slot for every head (a 16-node tree spent ~10 % of its rounds in that test).
-        int[]? hidden = null; int[]? hiddenStart = null;
-        if (!allowed.IsEmpty)
-        {
-            int count = 0;
-            foreach (var a in allowed) if (!a) count++;
-            hidden = new int[count]; hiddenStart = new int[T + 1];
-            for (int t = 0, k = 0; t < T; t++)
-            {
-                hiddenStart[t] = k;
-                var row = allowed.Slice(t * S, S);
-                for (int s = 0; s < S; s++) if (!row[s]) hidden[k++] = s;
-                hiddenStart[t + 1] = k;
-            }
-        }
-
         for (int t = 0; t < T; t++)
         {
             // Causal rows see a prefix; masked rows see what their row allows.
-            int visible = allowed.IsEmpty ? start + t + 1 : S;
-            ReadOnlySpan<int> hiddenRow = hidden is null ? default : hidden.AsSpan(hiddenStart![t], hiddenStart[t + 1] - hiddenStart[t]);
+            int visible = masked is null ? start + t + 1 : S;
+            var hiddenRow = masked is null ? default : masked.Row(t);
             var sc = scores[..visible];
             var sc1 = scores.Slice(S, visible);
             for (int j = 0; j < kvHeads; j++)
@@ -95,7 +79,7 @@ internal static class ManagedAttention
                     var q0 = rot.Slice(t * rowStride + h * hd, hd);  // pre-scaled by 1/sqrt(hd)
                     var q1 = rot.Slice(t * rowStride + (h + 1) * hd, hd);
                     var (max0, max1) = ManagedMath.HeadScoresPair(q0, q1, kBlock, capacity, visible, sc, sc1);
-                    if (!allowed.IsEmpty) { max0 = Mask(sc, hiddenRow); max1 = Mask(sc1, hiddenRow); }
+                    if (masked is not null) { max0 = Mask(sc, hiddenRow); max1 = Mask(sc1, hiddenRow); }
                     float inv0 = 1f / ManagedMath.ExpShifted(sc, max0);   // masked entries become exp(-inf) = 0
                     float inv1 = 1f / ManagedMath.ExpShifted(sc1, max1);
                     ManagedMath.HeadWeightedSumPair(sc, sc1, vBlock, capacity, inv0, inv1,
@@ -105,7 +89,7 @@ internal static class ManagedAttention
                 {
                     var q = rot.Slice(t * rowStride + h * hd, hd);
                     float max = ManagedMath.HeadScores(q, kBlock, capacity, visible, sc);
-                    if (!allowed.IsEmpty) max = Mask(sc, hiddenRow);
+                    if (masked is not null) max = Mask(sc, hiddenRow);
                     float inv = 1f / ManagedMath.ExpShifted(sc, max);
                     ManagedMath.HeadWeightedSum(sc, vBlock, capacity, inv, output.Slice((t * heads + h) * hd, hd));
                 }
@@ -119,4 +103,35 @@ internal static class ManagedAttention
         foreach (var s in hiddenSlots) sc[s] = float.NegativeInfinity;
         return ManagedMath.Max(sc);
     }
+}
+
+/// <summary>
+/// The slots each row of a [T, S] attention mask may not see, listed once per forward: every layer's attention then
+/// sets just those scores to −∞ (testing the mask slot by slot for every head of every layer was ~10 % of a 16-node
+/// tree's rounds, docs/benchmarks.md).
+/// </summary>
+internal sealed class MaskedSlots
+{
+    readonly int[] _hidden, _start;   // row t's hidden slots: _hidden[_start[t] .. _start[t + 1])
+
+    public int Rows { get; }
+    public int Slots { get; }
+
+    /// <param name="allowed">[rows, slots] row-major, true = may attend.</param>
+    public MaskedSlots(ReadOnlySpan<bool> allowed, int rows, int slots)
+    {
+        if (rows < 1 || slots < 1 || allowed.Length != rows * slots) throw new ArgumentException($"allowed must be [{rows}, {slots}], got {allowed.Length} values", nameof(allowed));
+        (Rows, Slots) = (rows, slots);
+        int count = 0;
+        foreach (var a in allowed) if (!a) count++;
+        _hidden = new int[count]; _start = new int[rows + 1];
+        for (int t = 0, k = 0; t < rows; t++)
+        {
+            var row = allowed.Slice(t * slots, slots);
+            for (int s = 0; s < slots; s++) if (!row[s]) _hidden[k++] = s;
+            _start[t + 1] = k;
+        }
+    }
+
+    public ReadOnlySpan<int> Row(int t) => _hidden.AsSpan(_start[t], _start[t + 1] - _start[t]);
 }
