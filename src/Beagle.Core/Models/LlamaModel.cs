@@ -20,7 +20,7 @@ public sealed record ForwardOutput(Tensor Logits, Tensor Hidden) : IDisposable
 /// fused matmul with the RMSNorm weight folded in; rotary is one mul and one addcmul; the output and down projections
 /// add the residual in the same addmm; gate and up share one matmul; the KV cache is written in place.
 /// That is the path of other devices. On the CPU a forward of a few tokens (decoding, verification) is C# from start to
-/// end over pooled arrays (<see cref="ForwardCpu"/>): products over weights packed once at load
+/// end over pooled arrays (ForwardCpu): products over weights packed once at load
 /// (<see cref="PackedMatrix"/>), RMSNorm, rotary, attention (<see cref="ManagedAttention"/>), SwiGLU, the embedding
 /// lookup; only its two outputs are tensors. Long prefills keep libtorch's attention (with the C# products, norms and
 /// SwiGLU over tensors). Without per-op and per-tensor costs a stories260K step went from ~270 to ~42 µs
@@ -221,8 +221,46 @@ public sealed class LlamaModel : IDisposable
     /// attention <see cref="ManagedAttention"/>), so results are bit-identical to it. The cache slots are already reserved.
     /// </summary>
     ForwardOutput ForwardCpu(KvCache cache, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, int start, MaskedSlots? masked, bool lastLogitsOnly)
+        => ForwardCpu([new Segment(cache, 0, tokens.Length, start, masked)], tokens, positions, lastLogitsOnly);
+
+    /// <summary>One sequence's rows in a CPU forward: rows [Row, Row + Count) of the batch, written at cache slots [Start, Start + Count).</summary>
+    readonly record struct Segment(KvCache Cache, int Row, int Count, int Start, MaskedSlots? Masked);
+
+    /// <summary>
+    /// One new token for each of several sequences in one forward (CPU): the products run over all B rows at once (a
+    /// pass over the weights serves every sequence), attention runs per sequence over its own cache. Each row's results
+    /// are bit-identical to decoding that sequence alone (the kernels sum in one order whatever the row count).
+    /// Used to generate training data in batches; the caches' slots advance by one each.
+    /// </summary>
+    /// <param name="caches">B caches, one per sequence (distinct).</param>
+    /// <param name="tokens">B token ids, row b for caches[b].</param>
+    /// <returns>Logits [B, V] and hidden states [B, D], owned by the caller.</returns>
+    public ForwardOutput ForwardBatch(IReadOnlyList<KvCache> caches, ReadOnlySpan<int> tokens)
     {
-        int T = tokens.Length, S = start + T, d = Config.Dim, hff = Config.HiddenDim;
+        int B = tokens.Length;
+        if (B == 0 || caches.Count != B) throw new ArgumentException($"{caches.Count} caches for {B} tokens", nameof(caches));
+        if (Device.type != DeviceType.CPU) throw new NotSupportedException("batched forwards run on the CPU only");
+        var positions = new int[B];
+        var segments = new Segment[B];
+        for (int b = 0; b < B; b++)
+        {
+            if ((uint)tokens[b] >= (uint)Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[b]} is outside the vocabulary (size {Config.VocabSize})");
+            for (int c = 0; c < b; c++) if (ReferenceEquals(caches[c], caches[b])) throw new ArgumentException($"caches {c} and {b} are the same cache", nameof(caches));
+            if (caches[b].Length >= caches[b].Capacity) throw new InvalidOperationException($"sequence {b} is at its cache's capacity ({caches[b].Capacity})");
+        }
+        for (int b = 0; b < B; b++)
+        {
+            positions[b] = caches[b].Length;
+            MaskedSlots? masked = Config.SlidingWindow is { } w0 && positions[b] + 1 > w0 ? new MaskedSlots(CausalAllowed(1, positions[b]), 1, positions[b] + 1) : null;
+            segments[b] = new Segment(caches[b], b, 1, caches[b].Advance(1), masked);
+        }
+        return ForwardCpu(segments, tokens, positions, lastLogitsOnly: false);
+    }
+
+    ForwardOutput ForwardCpu(Segment[] segments, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, bool lastLogitsOnly)
+    {
+        int T = tokens.Length, d = Config.Dim, hff = Config.HiddenDim, S = 0;
+        foreach (var sg in segments) S = Math.Max(S, sg.Start + sg.Count);
         int qkvWidth = 2 * (_q + _kv) + _kv;
         var pool = System.Buffers.ArrayPool<float>.Shared;
         float[] x = pool.Rent(T * d), h = pool.Rent(T * d), qkv = pool.Rent(T * qkvWidth), rot = pool.Rent(T * (_h + _kvh) * _hd),
@@ -241,8 +279,10 @@ public sealed class LlamaModel : IDisposable
                 }
                 else layer.Qkv!.Multiply(h, T, qkv, null);
                 Rotate(qkv, T, positions, rot);
-                ManagedAttention.Run(rot, qkv, qkvWidth, 2 * (_q + _kv), Floats(cache.K[l]), Floats(cache.V[l]),
-                    cache.Capacity, _h, _kvh, _hd, start, T, masked, attn, scores);          // attn: [T, Q]
+                foreach (var sg in segments)                                                   // attn: [T, Q]
+                    ManagedAttention.Run(rot.AsSpan(sg.Row * (_h + _kvh) * _hd), qkv.AsSpan(sg.Row * qkvWidth), qkvWidth, 2 * (_q + _kv),
+                        Floats(sg.Cache.K[l]), Floats(sg.Cache.V[l]), sg.Cache.Capacity, _h, _kvh, _hd, sg.Start, sg.Count, sg.Masked,
+                        attn.AsSpan(sg.Row * _q), scores);
                 layer.Wo!.Multiply(attn, T, x, x);                                            // x += attn·Wo
                 NormRows(x, h, T);
                 layer.W13!.Multiply(h, T, gu, null);                                           // [T, 2*Hff]: gate | up

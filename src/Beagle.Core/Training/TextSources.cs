@@ -3,6 +3,7 @@ using System.Text.Json;
 using Beagle.Decoding;
 using Beagle.Models;
 using Beagle.Tokenization;
+using TorchSharp;
 
 namespace Beagle.Training;
 
@@ -109,22 +110,91 @@ public static class TextSources
             throw new InvalidOperationException("--generate needs a tokenizer with a BOS token to start from (or prompts from the data)");
         if (prompts is { Count: 0 }) throw new ArgumentException("no prompts to continue: the data has no document long enough", nameof(prompts));
         count = GeneratedCount(count, prompts, temperature);
+        var result = new int[count][];
+        if (target.Device.type == DeviceType.CPU)
+        {
+            GenerateBatched(target, count, maxNewTokens, temperature, seed, prompts, tokenizer.BosId, result, generated, cancellationToken);
+            return [.. result];
+        }
         var gen = new Generator(target, tokenizer);
-        var result = new List<int[]>(count);
         for (int i = 0; i < count; i++)
         {
             int[] prompt = prompts is null ? [tokenizer.BosId] : prompts[i % prompts.Count];
             var ids = new List<int>(prompt);
-            var opts = new GenerationOptions
-            {
-                MaxNewTokens = Math.Min(maxNewTokens, target.Config.MaxSeqLen - prompt.Length),
-                Sampling = new SamplingOptions { Temperature = temperature, Seed = unchecked(seed + i) },
-            };
-            foreach (var chunk in gen.Generate(prompt, opts, null, cancellationToken)) ids.AddRange(chunk.TokenIds);
-            result.Add(ids.ToArray());
+            foreach (var chunk in gen.Generate(prompt, Options(target, prompt, maxNewTokens, temperature, seed, i), null, cancellationToken)) ids.AddRange(chunk.TokenIds);
+            result[i] = ids.ToArray();
             generated?.Invoke(i + 1);
         }
-        return result;
+        return [.. result];
+    }
+
+    static GenerationOptions Options(LlamaModel target, int[] prompt, int maxNewTokens, float temperature, int seed, int i) => new()
+    {
+        MaxNewTokens = Math.Min(maxNewTokens, target.Config.MaxSeqLen - prompt.Length),
+        Sampling = new SamplingOptions { Temperature = temperature, Seed = unchecked(seed + i) },
+    };
+
+    /// <summary>Sequences decoded side by side on the CPU: one forward serves this many (rows of the packed products).</summary>
+    const int GenerationBatch = 32;
+
+    /// <summary>
+    /// The same sequences as one-at-a-time generation (each row of a batched forward is bit-identical to decoding it
+    /// alone, and each sequence keeps its own sampler seeded seed + i), decoded <see cref="GenerationBatch"/> at a time:
+    /// a forward's pass over the weights then serves every sequence in the batch, which for targets whose weights do
+    /// not fit the caches is several times the throughput of plain decoding. Sequences end at EOS or the token limit.
+    /// </summary>
+    static void GenerateBatched(LlamaModel target, int count, int maxNewTokens, float temperature, int seed, IReadOnlyList<int[]>? prompts,
+        int bos, int[][] result, Action<int>? generated, CancellationToken ct)
+    {
+        var eos = target.Config.EosIds;
+        int done = 0, next = 0;
+        var live = new List<(int Index, KvCache Cache, Sampler Sampler, List<int> Ids, int Limit, int Pending)>();
+        try
+        {
+            while (next < count || live.Count > 0)
+            {
+                ct.ThrowIfCancellationRequested();
+                // Fill the batch: prefill each new sequence alone, its first token drawn from the prompt's last logits.
+                while (live.Count < GenerationBatch && next < count)
+                {
+                    int i = next++;
+                    int[] prompt = prompts is null ? [bos] : prompts[i % prompts.Count];
+                    var o = Options(target, prompt, maxNewTokens, temperature, seed, i);
+                    var sampler = new Sampler(o.Sampling);
+                    var cache = target.NewCache();
+                    int first;
+                    using (var pre = target.Forward(cache, prompt, Enumerable.Range(0, prompt.Length).ToArray(), lastLogitsOnly: true))
+                        first = sampler.Next(pre.Logits.data<float>().ToArray());
+                    live.Add((i, cache, sampler, new List<int>(prompt), o.MaxNewTokens, first));
+                }
+                // Emit each sequence's pending token; finished sequences leave the batch.
+                for (int b = live.Count - 1; b >= 0; b--)
+                {
+                    var s = live[b];
+                    bool end = s.Limit <= 0 || eos.Contains(s.Pending);
+                    if (!end) s.Ids.Add(s.Pending);
+                    if (end || s.Ids.Count - (prompts is null ? 1 : prompts[s.Index % prompts.Count].Length) >= s.Limit || s.Cache.Length >= s.Cache.Capacity)
+                    {
+                        result[s.Index] = s.Ids.ToArray();
+                        s.Cache.Dispose();
+                        live.RemoveAt(b);
+                        generated?.Invoke(++done);
+                    }
+                }
+                if (live.Count == 0) continue;
+                var tokens = new int[live.Count];
+                for (int b = 0; b < live.Count; b++) tokens[b] = live[b].Pending;
+                using var outp = target.ForwardBatch(live.Select(s => s.Cache).ToArray(), tokens);   // logits [B, V]
+                var logits = outp.Logits.data<float>().ToArray();
+                int V = target.Config.VocabSize;
+                for (int b = 0; b < live.Count; b++)
+                    live[b] = live[b] with { Pending = live[b].Sampler.Next(logits.AsSpan(b * V, V)) };
+            }
+        }
+        finally
+        {
+            foreach (var s in live) s.Cache.Dispose();
+        }
     }
 
     /// <summary>How many sequences <see cref="Generate"/> makes: greedy continuations stop after one pass over the prompts.</summary>

@@ -60,6 +60,29 @@ public class GeneratedDataTests
         Assert.NotEqual(a[0], a[2]);                       // same prompt, different seed
     }
 
+    [Theory]
+    [InlineData(0f)]
+    [InlineData(0.9f)]
+    public void Batched_generation_equals_one_sequence_at_a_time(float temperature)
+    {
+        // More sequences than one batch holds, prompts of different lengths, some ending at EOS before the limit:
+        // each must be exactly what the Generator makes for that prompt and seed alone.
+        var target = TestAssets.Stories; var tok = TestAssets.StoriesTokenizer;
+        var prompts = TextSources.Prefixes(Docs(60), 4, stride: 9).Take(40).ToList();
+        Assert.Equal(40, prompts.Count);
+        var seqs = TextSources.Generate(target, tok, count: 40, maxNewTokens: 160, temperature, seed: 3, prompts);
+        var gen = new Generator(target, tok);
+        bool sawEos = false;
+        for (int i = 0; i < 40; i++)
+        {
+            var o = new GenerationOptions { MaxNewTokens = 160, Sampling = new SamplingOptions { Temperature = temperature, Seed = 3 + i } };
+            var expected = gen.Generate(prompts[i], o).SelectMany(c => c.TokenIds).ToArray();
+            Assert.Equal([.. prompts[i], .. expected], seqs[i]);
+            sawEos |= expected.Length < 160;
+        }
+        Assert.True(sawEos, "no sequence ended before the limit: the EOS path went untested");
+    }
+
     [Fact]
     public void Generated_file_round_trips_and_a_damaged_file_reads_as_missing()
     {
