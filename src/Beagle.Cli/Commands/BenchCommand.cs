@@ -1,3 +1,4 @@
+using Beagle.Runtime;
 using System.ComponentModel;
 using Beagle.Decoding;
 using Beagle.Drafting;
@@ -64,13 +65,13 @@ public sealed class BenchCommand : Command<BenchSettings>
         var (model, tokenizer) = CliModels.LoadTarget(s);
         using var _ = model;
         var draftPaths = s.Drafts.Length > 0 ? s.Drafts
-            : s.Target is null ? new[] { CliDrafts.BundledDraft("beagle"), CliDrafts.BundledDraft("eagle2") }.OfType<string>().ToArray() : [];
+            : new[] { CliDrafts.BundledDraft(s.Target, "beagle"), CliDrafts.BundledDraft(s.Target, "eagle2") }.OfType<string>().ToArray();
         if (draftPaths.Length == 0) throw new ArgumentException("no draft to benchmark: pass --draft DIR (repeatable)");
         var promptsPath = s.Prompts ?? Path.Combine(AppContext.BaseDirectory, "bench", "stories-prompts.txt");
         var prompts = SpeculativeBenchmark.LoadPrompts(promptsPath);
         // Chat targets get each prompt as a user turn in their own template (Spec-Bench / MT-bench are chat prompts);
         // base models such as stories260K (plain template) continue the raw text.
-        var (kind, why) = s.Target is null ? (ChatTemplateKind.Plain, "default model") : ChatTemplates.Detect(s.Target);
+        var (kind, why) = s.Target is null || DefaultModels.IsKnownName(s.Target) ? (ChatTemplateKind.Plain, "story model") : ChatTemplates.Detect(s.Target);
         if (kind != ChatTemplateKind.Plain)
         {
             prompts = prompts.Select(p => ChatTemplates.Render(kind, [new ChatTurn(ChatTurnRole.User, p)]).Text).ToList();

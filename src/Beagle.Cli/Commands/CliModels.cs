@@ -15,8 +15,8 @@ internal static class CliModels
     {
         TorchSharp.torch.set_num_threads(s.Threads);
         var device = DeviceSelector.Resolve(s.Device);
-        if (s.Target is not null) return TargetLoader.Load(s.Target, s.Tokenizer, device);
-        var (model, tokenizer) = DefaultModel(cancellationToken);
+        if (s.Target is not null && !DefaultModels.IsKnownName(s.Target)) return TargetLoader.Load(s.Target, s.Tokenizer, device);
+        var (model, tokenizer) = KnownModel(s.Target, cancellationToken);
         return TargetLoader.Load(model, s.Tokenizer ?? tokenizer, device);
     }
 
@@ -36,43 +36,45 @@ internal static class CliModels
         if (s.RandomShape is null)
         {
             var (model, tokenizer) = LoadTarget(s, cancellationToken);
-            return (model, tokenizer, s.Target ?? "stories260K (default)");
+            return (model, tokenizer, s.Target ?? $"{DefaultModels.Default} (default)");
         }
         TorchSharp.torch.set_num_threads(s.Threads);
         using var w = LlamaWeights.Random(LlamaWeights.Shape(s.RandomShape));
         return (new LlamaModel(w, DeviceSelector.Resolve(s.Device)), null, $"random {s.RandomShape}");
     }
 
-    /// <summary>stories260K from $BEAGLE_MODELS or the user cache, downloading it into the cache once if needed.</summary>
-    static (string Model, string Tokenizer) DefaultModel(CancellationToken ct)
+    /// <summary>
+    /// A model known by name (<see cref="DefaultModels"/>; null = the default, the bundled stories5M). stories260K comes
+    /// from $BEAGLE_MODELS or the user cache, downloaded into the cache once if needed.
+    /// </summary>
+    static (string Model, string Tokenizer) KnownModel(string? name, CancellationToken ct)
     {
-        var store = new ModelStore();
-        var env = Environment.GetEnvironmentVariable(ModelStore.EnvironmentVariable);
-        bool cached = string.IsNullOrEmpty(env) && ModelStore.Stories260K.All(f => File.Exists(Path.Combine(store.CacheDir, f.Name)));
-        if (string.IsNullOrEmpty(env) && !cached)
-            CliErrors.Stderr.MarkupLine($"[grey]default model not in {Markup.Escape(store.CacheDir)}: downloading it once (see `beagle download`)[/]");
-        try { return store.GetDefaultModelAsync(ct).GetAwaiter().GetResult(); }
-        catch (FileNotFoundException e)
+        if (string.Equals(name, DefaultModels.Stories260K, StringComparison.OrdinalIgnoreCase))
         {
-            // BEAGLE_MODELS names a folder that lacks a file: the same situation for the user as "not available".
-            throw new ModelNotAvailableException(e.Message, e);
+            var store = new ModelStore();
+            var env = Environment.GetEnvironmentVariable(ModelStore.EnvironmentVariable);
+            bool cached = string.IsNullOrEmpty(env) && ModelStore.Stories260K.All(f => File.Exists(Path.Combine(store.CacheDir, f.Name)));
+            if (string.IsNullOrEmpty(env) && !cached)
+                CliErrors.Stderr.MarkupLine($"[grey]stories260K not in {Markup.Escape(store.CacheDir)}: downloading it once (see `beagle download`)[/]");
         }
+        var m = DefaultModels.ResolveAsync(name, cancellationToken: ct).GetAwaiter().GetResult();
+        return (m.Model, m.Tokenizer);
     }
 
     /// <summary>
     /// The target and tokenizer paths: --target (tokenizer: --tokenizer, else found next to it by the loader), or the
-    /// default model from <see cref="ModelStore"/> ($BEAGLE_MODELS, else the user cache, downloading once).
+    /// model known by name (<see cref="DefaultModels"/>: the bundled stories5M by default).
     /// </summary>
     public static (string Target, string Tokenizer) ResolvePaths(ModelSettings s, CancellationToken cancellationToken = default)
     {
-        if (s.Target is not null)
+        if (s.Target is not null && !DefaultModels.IsKnownName(s.Target))
         {
             if (s.Tokenizer is not null) return (s.Target, s.Tokenizer);
             var dir = Directory.Exists(s.Target) ? s.Target : Path.GetDirectoryName(Path.GetFullPath(s.Target))!;
             var found = new[] { "tokenizer.bin", "tok512.bin", "tokenizer.json", "tokenizer.model" }.Select(n => Path.Combine(dir, n)).FirstOrDefault(File.Exists);
             return (s.Target, found ?? throw new ArgumentException($"no tokenizer next to {s.Target}: pass --tokenizer PATH"));
         }
-        var (model, tokenizer) = DefaultModel(cancellationToken);
+        var (model, tokenizer) = KnownModel(s.Target, cancellationToken);
         return (model, s.Tokenizer ?? tokenizer);
     }
 }

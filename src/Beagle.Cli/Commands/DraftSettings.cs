@@ -1,3 +1,4 @@
+using Beagle.Runtime;
 using System.ComponentModel;
 using Beagle.Decoding;
 using Beagle.Drafting;
@@ -54,18 +55,21 @@ public class DraftSettings : ModelSettings
 
 internal static class CliDrafts
 {
-    /// <summary>The draft bundled with the tool for the default model (models/stories260K/beagle next to the executable).</summary>
-    public static string? BundledDraft(string arch = "beagle")
+    /// <summary>
+    /// The draft bundled for the target the user named: the default model's (no --target) or a known model's
+    /// (--target stories5M / stories260K); none for a target given by path.
+    /// </summary>
+    public static string? BundledDraft(string? target, string arch = "beagle")
     {
-        var dir = Path.Combine(AppContext.BaseDirectory, "models", "stories260K", arch);
-        return File.Exists(Path.Combine(dir, "draft.json")) ? dir : null;
+        if (target is not null && !DefaultModels.IsKnownName(target)) return null;
+        return DefaultModels.BundledDraft(target ?? DefaultModels.Default, arch);
     }
 
     /// <summary>Loads the draft a command asked for (null when none applies).</summary>
     public static (IDraftModel? Draft, string? Path) Load(DraftSettings s, LlamaModel target)
     {
         if (s.NoDraft) return (null, null);
-        var path = s.Draft ?? (s.Target is null ? BundledDraft() : null);
+        var path = s.Draft ?? BundledDraft(s.Target);
         return path is null ? (null, null) : (DraftCheckpoint.Load(path, target), path);
     }
 

@@ -8,7 +8,7 @@ namespace Beagle.Cli.Commands;
 public class ModelSettings : CommandSettings
 {
     [CommandOption("--target <PATH>")]
-    [Description("llama2.c checkpoint (.bin) or Hugging Face model folder. Default: stories260K from $BEAGLE_MODELS or the user cache (see `beagle download`).")]
+    [Description("llama2.c checkpoint (.bin), Hugging Face model folder, or a known model: stories5M (the default, bundled) or stories260K (from $BEAGLE_MODELS or the user cache, see `beagle download`).")]
     public string? Target { get; init; }
 
     [CommandOption("--tokenizer <PATH>")]
@@ -26,7 +26,7 @@ public class ModelSettings : CommandSettings
     public override ValidationResult Validate()
     {
         if (Threads < 1) return ValidationResult.Error("--threads must be >= 1");
-        if (Target is not null && !File.Exists(Target) && !Directory.Exists(Target)) return ValidationResult.Error($"--target: no file or folder at '{Target}'");
+        if (Target is not null && !Runtime.DefaultModels.IsKnownName(Target) && !File.Exists(Target) && !Directory.Exists(Target)) return ValidationResult.Error($"--target: no file or folder at '{Target}'");
         if (Tokenizer is not null && !File.Exists(Tokenizer)) return ValidationResult.Error($"--tokenizer: no file at '{Tokenizer}'");
         return ValidationResult.Success();
     }

@@ -1,3 +1,4 @@
+using Beagle.Compute;
 using Beagle.Models;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -84,12 +85,12 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
     public void InvalidateSessionWeights() { lock (_sessionWeightsLock) { _sessionWeights = null; _packedSession = null; } }
 
     /// <summary>A tensor session's folded matrices packed for the CPU's C# products, and the fusion bias (EAGLE-2) on the host.</summary>
-    internal sealed record PackedSession(Models.PackedMatrix[] Matrices, float[]? Bias = null);
+    internal sealed record PackedSession(PackedMatrix[] Matrices, float[]? Bias = null);
 
     PackedSession? _packedSession;
 
     /// <summary>
-    /// On the CPU, the tensor session's matrices packed (<see cref="Models.PackedMatrix"/>: MKL re-packs a weight on
+    /// On the CPU, the tensor session's matrices packed (<see cref="PackedMatrix"/>: MKL re-packs a weight on
     /// every product of more than one row, and its one-row products are slower), built once per draft and shared like
     /// <see cref="SessionWeights"/> (same invalidation); null on other devices.
     /// </summary>
@@ -100,7 +101,7 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
     }
 
     /// <summary>Packs a folded, transposed weight W [K, N] for <see cref="PackedSessionMatrices"/>.</summary>
-    private protected static Models.PackedMatrix Pack(Tensor wT) => Models.PackedMatrix.FromTensor(wT);
+    private protected static PackedMatrix Pack(Tensor wT) => PackedMatrix.FromTensor(wT);
 
     /// <summary>The parts of <see cref="Kernels.ManagedWeights"/> both architectures share.</summary>
     private protected Kernels.ManagedWeights HostWeights(Tensor woT, Tensor w13T, Tensor w2T) => new()
@@ -191,7 +192,7 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
     /// <summary>Draft logits through the target's frozen LM head: states [..., D] → [..., DraftVocabSize].</summary>
     public Tensor Logits(Tensor states) => F.linear(states, _target.LmHead);
 
-    Models.PackedMatrix? _packedLmHead;
+    PackedMatrix? _packedLmHead;
 
     /// <summary>
     /// <see cref="Logits"/> for inference sessions, states [n, D] contiguous: on the CPU through the packed product
@@ -209,7 +210,7 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
         return packed.Linear(states, n);
     }
 
-    Models.PackedMatrix PackHead() => Pack(_target.LmHead.t());   // [D, Vd]
+    PackedMatrix PackHead() => Pack(_target.LmHead.t());   // [D, Vd]
 
     /// <summary>RMSNorm over the last axis, weight applied.</summary>
     protected Tensor RmsNorm(Tensor x, Tensor weight) =>

@@ -1,3 +1,4 @@
+using Beagle.Compute;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
@@ -36,7 +37,8 @@ public sealed class LlamaModel : IDisposable
     /// </summary>
     sealed class Layer : IDisposable
     {
-        // Shapes: qkv [D, 2*(Q+K) + K]: q | k | q-partner | k-partner | v, attn norm folded in; o [Q, D];
+        // Shapes: qkv [D, 2*(Q+K) + K]: q | k | q-partner | k-partner | v (other devices; on the CPU [D, Q+2K]: q | k | v,
+        // rotary partners read in C#), attn norm folded in; o [Q, D];
         // gate|up [D, 2*Hff], ffn norm folded in; down [Hff, D]; qkv bias [2*(Q+K) + K] or null.
         public Tensor? WqkvT, Bqkv, WoT, W13T, W2T;     // non-CPU devices
         public PackedMatrix? Qkv, Wo, W13, W2;           // CPU
@@ -50,6 +52,8 @@ public sealed class LlamaModel : IDisposable
     readonly PackedMatrix? _lmHead;   // the same, packed, CPU
     readonly RotaryTables _rope;
     readonly float[]? _cosHost, _sinHost;   // [maxPos, hd], CPU: the rotary tables for the C# rotation
+    readonly int[] _pair;                   // [hd]: each head dimension's rotary partner
+    readonly Tensor? _pairIdx;              // the same as a tensor (CPU tensor path: partners gathered, not projected)
     readonly int _q, _kv, _hd, _h, _kvh, _g;
     // Scalars kept alive for the model's lifetime. TorchSharp's implicit double→Scalar conversion creates a native
     // object that the GC may finalise while libtorch still reads it (seen as a rare "c10::Scalar::toDouble"/"toFloat"
@@ -75,6 +79,8 @@ public sealed class LlamaModel : IDisposable
         _rope = new RotaryTables(_hd, c.MaxSeqLen, c.RopeTheta, c.RopeLayout, c.RopeScaling, Device);
         if (Device.type == DeviceType.CPU) { _cosHost = _rope.Cos.data<float>().ToArray(); _sinHost = _rope.SinSigned.data<float>().ToArray(); }
         _epsS = c.NormEps.ToScalar(); _oneS = 1.0.ToScalar();
+        _pair = Array.ConvertAll(_rope.Pair, p => (int)p);
+        if (Device.type == DeviceType.CPU) _pairIdx = tensor(_rope.Pair).DetachFromDisposeScope();
         // Attention's 1/sqrt(hd) is folded into the q rows (rotary is linear, so scaling before it is the same), which
         // saves the scaling op per layer and lets a masked forward compute scores and mask in one baddbmm.
         // An explicit Scalar held for the whole constructor: TorchSharp's implicit float→Scalar may be finalised mid-call.
@@ -106,13 +112,15 @@ public sealed class LlamaModel : IDisposable
             var lw = w.Layers[l];
             var an = lw.AttnNorm.unsqueeze(0);
             var wq = lw.Wq * an * qScale; var wk = lw.Wk * an; var wv = lw.Wv * an;
-            var wqkv = cat([wq, wk, wq.index_select(0, qPair), wk.index_select(0, kPair), wv], 0);   // [2(Q+K)+K, D]
+            // The partner rows let other devices rotate with one mul and one addcmul; on the CPU they would be 75 % more
+            // qkv weights to stream per token (12 % of a stories5M step), and C# reads the partners from q and k instead.
+            var wqkv = cpu ? cat([wq, wk, wv], 0) : cat([wq, wk, wq.index_select(0, qPair), wk.index_select(0, kPair), wv], 0);   // [Q+2K or 2(Q+K)+K, D]
             Tensor? b = null;
             if (c.QkvBias)
             {
                 if (lw.Bq is null || lw.Bk is null || lw.Bv is null) throw new InvalidDataException($"layer {l}: qkv bias expected (qwen2) but missing");
                 var bq = lw.Bq * qScale;
-                b = cat([bq, lw.Bk, bq.index_select(0, qPair), lw.Bk.index_select(0, kPair), lw.Bv], 0);
+                b = cpu ? cat([bq, lw.Bk, lw.Bv], 0) : cat([bq, lw.Bk, bq.index_select(0, qPair), lw.Bk.index_select(0, kPair), lw.Bv], 0);
             }
             var fn = lw.FfnNorm.unsqueeze(0);
             var (wqkvT, woT, w13T, w2T) = (wqkv.t(), lw.Wo.t(), cat([lw.W1 * fn, lw.W3 * fn], 0).t(), lw.W2.t());
@@ -261,7 +269,7 @@ public sealed class LlamaModel : IDisposable
     {
         int T = tokens.Length, d = Config.Dim, hff = Config.HiddenDim, S = 0;
         foreach (var sg in segments) S = Math.Max(S, sg.Start + sg.Count);
-        int qkvWidth = 2 * (_q + _kv) + _kv;
+        int qkvWidth = _q + 2 * _kv;                                                          // q | k | v
         var pool = System.Buffers.ArrayPool<float>.Shared;
         float[] x = pool.Rent(T * d), h = pool.Rent(T * d), qkv = pool.Rent(T * qkvWidth), rot = pool.Rent(T * (_h + _kvh) * _hd),
             attn = pool.Rent(T * _q), gu = pool.Rent(T * 2 * hff), act = pool.Rent(T * hff), scores = pool.Rent(2 * S);
@@ -280,7 +288,7 @@ public sealed class LlamaModel : IDisposable
                 else layer.Qkv!.Multiply(h, T, qkv, null);
                 Rotate(qkv, T, positions, rot);
                 foreach (var sg in segments)                                                   // attn: [T, Q]
-                    ManagedAttention.Run(rot.AsSpan(sg.Row * (_h + _kvh) * _hd), qkv.AsSpan(sg.Row * qkvWidth), qkvWidth, 2 * (_q + _kv),
+                    ManagedAttention.Run(rot.AsSpan(sg.Row * (_h + _kvh) * _hd), qkv.AsSpan(sg.Row * qkvWidth), qkvWidth, _q + _kv,
                         Floats(sg.Cache.K[l]), Floats(sg.Cache.V[l]), sg.Cache.Capacity, _h, _kvh, _hd, sg.Start, sg.Count, sg.Masked,
                         attn.AsSpan(sg.Row * _q), scores);
                 layer.Wo!.Multiply(attn, T, x, x);                                            // x += attn·Wo
@@ -418,7 +426,7 @@ public sealed class LlamaModel : IDisposable
         return output;
     }
 
-    /// <summary>The fused q | k | q-partner | k-partner | v projection of RMSNorm(x): [n, 2(Q+K) + K].</summary>
+    /// <summary>The fused projection of RMSNorm(x): q | k | v [n, Q + 2K] on the CPU, q | k | q-partner | k-partner | v [n, 2(Q+K) + K] elsewhere.</summary>
     Tensor Qkv(Layer layer, Tensor x, int n)
     {
         var h = RmsNorm(x, n);
@@ -427,18 +435,22 @@ public sealed class LlamaModel : IDisposable
     }
 
     /// <summary>
-    /// Rotary in C# (CPU, managed path): rot[t] = (q | k) · cos[pos] + (q | k partners) · sinSigned[pos], read from the
-    /// fused projection qkv [T, 2(Q+K) + K]; rot is [T, H + kvH, hd], the layout ManagedAttention reads.
+    /// Rotary in C# (CPU, managed path): rot[t] = (q | k) · cos[pos] + (q | k)[partner] · sinSigned[pos], read from the
+    /// fused projection qkv [T, Q + 2K] (q | k | v); rot is [T, H + kvH, hd], the layout ManagedAttention reads.
     /// </summary>
     void Rotate(ReadOnlySpan<float> qkv, int T, ReadOnlySpan<int> positions, Span<float> rot)
     {
-        int qk = _q + _kv, stride = 2 * qk + _kv;
+        int qk = _q + _kv, stride = qk + _kv;
+        var pair = _pair;
         for (int t = 0; t < T; t++)
         {
-            var a = qkv.Slice(t * stride, qk); var p = qkv.Slice(t * stride + qk, qk); var o = rot.Slice(t * qk, qk);
+            var a = qkv.Slice(t * stride, qk); var o = rot.Slice(t * qk, qk);
             var cos = _cosHost.AsSpan(positions[t] * _hd, _hd); var sin = _sinHost.AsSpan(positions[t] * _hd, _hd);
             for (int j = 0; j < qk; j += _hd)
-                for (int i = 0; i < _hd; i++) o[j + i] = a[j + i] * cos[i] + p[j + i] * sin[i];
+            {
+                var head = a.Slice(j, _hd);
+                for (int i = 0; i < _hd; i++) o[j + i] = head[i] * cos[i] + head[pair[i]] * sin[i];
+            }
         }
     }
 
@@ -446,13 +458,13 @@ public sealed class LlamaModel : IDisposable
     (Tensor k, Tensor v, Tensor q) Project(Layer layer, Tensor x, Tensor cos, Tensor sin, int B, int T)
     {
         int n = B * T, qk = _q + _kv;
-        var qkv = Qkv(layer, x, n);                                                          // [n, 2qk + kv]
+        var qkv = Qkv(layer, x, n);                                                          // [n, qk + kv] (CPU) or [n, 2qk + kv]
         var a = qkv.narrow(1, 0, qk).view(n, _h + _kvh, _hd);
-        var p = qkv.narrow(1, qk, qk).view(n, _h + _kvh, _hd);
+        var p = _pairIdx is not null ? a.index_select(2, _pairIdx) : qkv.narrow(1, qk, qk).view(n, _h + _kvh, _hd);
         var r = addcmul(a * cos, p, sin, _oneS);                                                    // rotary, [n, H+kvH, hd]
         var q = r.narrow(1, 0, _h);                                                           // [n, H, hd]
         var k = r.narrow(1, _h, _kvh);                                                        // [n, kvH, hd]
-        var v = qkv.narrow(1, 2 * qk, _kv).view(n, _kvh, _hd);
+        var v = qkv.narrow(1, _pairIdx is not null ? qk : 2 * qk, _kv).view(n, _kvh, _hd);
         return (k, v, q);
     }
 
@@ -492,7 +504,7 @@ public sealed class LlamaModel : IDisposable
     public void Dispose()
     {
         foreach (var l in _layers) l.Dispose();
-        _finalNorm.Dispose(); _lmHeadT?.Dispose(); _rope.Dispose();
+        _finalNorm.Dispose(); _lmHeadT?.Dispose(); _rope.Dispose(); _pairIdx?.Dispose();
         _epsS.Dispose(); _oneS.Dispose();
         if (!ReferenceEquals(LmHeadWeight, Embedding)) LmHeadWeight.Dispose();
         Embedding.Dispose();

@@ -1,3 +1,4 @@
+using Beagle.Compute;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;

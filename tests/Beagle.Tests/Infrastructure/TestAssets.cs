@@ -34,7 +34,9 @@ public static class TestAssets
     public static string Shared => SharedDir.Value;
     public static string ModelPath => Path.Combine(Shared, "models", "stories260K", "stories260K.bin");
     public static string TokenizerPath => Path.Combine(Shared, "models", "stories260K", "tok512.bin");
-    public static string Golden(string name) => Path.Combine(Shared, "models", "stories260K", "golden", name);
+    public static string Golden(string name) => Golden("stories260K", name);
+    /// <summary>A golden file of the C reference for the shared model <paramref name="model"/> (stories260K or stories5M).</summary>
+    public static string Golden(string model, string name) => Path.Combine(Shared, "models", model, "golden", name);
     public static string TinyStories => Path.Combine(Shared, "data", "tinystories", "tinystories_val_dev.txt");
 
     static readonly Lazy<LlamaModel> Model = new(() => { using var w = Llama2cCheckpoint.Load(ModelPath); return new LlamaModel(w); });
@@ -44,8 +46,18 @@ public static class TestAssets
     public static LlamaModel Stories => Model.Value;
     public static Llama2cTokenizer StoriesTokenizer => Tok.Value;
 
-    public static int[] ReadIds(string goldenName) =>
-        File.ReadAllText(Golden(goldenName)).Split((char[])[' ', '\n', '\r', '\t'], StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
+    /// <summary>A shared model by name, loaded once per test run (stories260K or stories5M). Do not dispose.</summary>
+    public static LlamaModel Target(string model) => model == "stories260K" ? Stories : Stories5M;
+
+    static readonly Lazy<LlamaModel> Model5M = new(() => { using var w = Llama2cCheckpoint.Load(Path.Combine(Shared, "models", "stories5M", "stories5M.bin")); return new LlamaModel(w); });
+
+    /// <summary>The stories5M target (12 layers, dim 192; the same tokenizer as stories260K), loaded once per test run. Do not dispose.</summary>
+    public static LlamaModel Stories5M => Model5M.Value;
+
+    public static int[] ReadIds(string goldenName) => ReadIds("stories260K", goldenName);
+
+    public static int[] ReadIds(string model, string goldenName) =>
+        File.ReadAllText(Golden(model, goldenName)).Split((char[])[' ', '\n', '\r', '\t'], StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
 
     /// <summary>A fresh temporary directory, deleted by the returned handle.</summary>
     public static TempDir TempDir() => new();

@@ -1,3 +1,4 @@
+using Beagle.Compute;
 using Beagle.Models;
 using TorchSharp;
 using Xunit;
