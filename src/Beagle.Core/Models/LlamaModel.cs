@@ -324,7 +324,7 @@ public sealed class LlamaModel : IDisposable
         for (int r = 0; r < n; r++)
         {
             var row = output.Slice(r * d, d);
-            Beagle.Drafting.Kernels.ManagedMath.RmsNorm(x.Slice(r * d, d), row, eps);
+            ManagedMath.RmsNorm(x.Slice(r * d, d), row, eps);
             if (!weight.IsEmpty) for (int i = 0; i < d; i++) row[i] *= weight[i];
         }
     }
@@ -334,7 +334,7 @@ public sealed class LlamaModel : IDisposable
     {
         int hff = Config.HiddenDim;
         for (int r = 0; r < n; r++)
-            Beagle.Drafting.Kernels.ManagedMath.SwiGlu(gu.Slice(r * 2 * hff, hff), gu.Slice(r * 2 * hff + hff, hff), act.Slice(r * hff, hff));
+            ManagedMath.SwiGlu(gu.Slice(r * 2 * hff, hff), gu.Slice(r * 2 * hff + hff, hff), act.Slice(r * hff, hff));
     }
 
     /// <summary>

@@ -1,3 +1,4 @@
+using Beagle.Compute;
 using Beagle.Drafting;
 using Beagle.Drafting.Kernels;
 using Beagle.Tests.Infrastructure;

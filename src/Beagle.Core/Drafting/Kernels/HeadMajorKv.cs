@@ -1,3 +1,4 @@
+using Beagle.Compute;
 using System.Numerics;
 using System.Runtime.InteropServices;
 using System.Runtime.CompilerServices;

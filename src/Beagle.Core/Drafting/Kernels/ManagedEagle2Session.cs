@@ -1,3 +1,4 @@
+using Beagle.Compute;
 using System.Runtime.CompilerServices;
 using static TorchSharp.torch;
 

@@ -2,9 +2,9 @@ using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
-namespace Beagle.Drafting.Kernels;
+namespace Beagle.Compute;
 
-/// <summary>Small SIMD helpers (System.Numerics.Vector) for the managed draft kernel: row-major float spans.</summary>
+/// <summary>Small SIMD helpers (System.Numerics.Vector) shared by the target's CPU forward and the managed draft kernels: row-major float spans.</summary>
 /// Hot paths are compiled fully optimised at once (AggressiveOptimization): tier-0 code for Vector&lt;T&gt; is many times
 /// slower, and a generation is over before tiering would promote it (measured: the kernel ran slower than tensors without it).
 /// For the same reason the kernel does not call System.Numerics.Tensors.TensorPrimitives: its vector code is not

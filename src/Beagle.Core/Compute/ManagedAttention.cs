@@ -1,10 +1,9 @@
-using Beagle.Compute;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
-using Beagle.Drafting.Kernels;
 
-namespace Beagle.Models;
+
+namespace Beagle.Compute;
 
 /// <summary>
 /// The attention block of a target forward over a few new tokens (decoding and verification), in C# on the CPU:
@@ -22,7 +21,7 @@ namespace Beagle.Models;
 /// <item><c>rot</c>: [T, H + kvH, hd], the rotated queries (pre-scaled by 1/sqrt(hd)) then keys of each new token.</item>
 /// <item><c>qkv</c>: [T, qkvStride], values of token t for kv-head j at column <c>vOffset + j*hd</c>.</item>
 /// <item><c>kCache</c>, <c>vCache</c>: one layer of the cache, head-dimension-major [kvH, hd, capacity] (see
-/// <see cref="KvCache"/>); slots [0, start) hold the context, the new tokens go to [start, start + T).</item>
+/// Models/KvCache.cs); slots [0, start) hold the context, the new tokens go to [start, start + T).</item>
 /// <item><c>masked</c>: null = causal (token t sees slots ≤ start + t), else the slots each row may not see
 /// (<see cref="MaskedSlots"/>, built once per forward from a [T, start + T] mask).</item>
 /// <item><c>output</c>: [T, H*hd], head h at columns h*hd (the layout the output projection takes).</item>
