@@ -57,7 +57,7 @@ try
 {
     if (target is not null || string.IsNullOrEmpty(builder.Configuration["Beagle:TargetPath"]))
     {
-        var m = SampleModels.Resolve(target, tokenizer, draft, noDraft);
+        var m = SampleModels.Resolve(target, tokenizer, draft ?? builder.Configuration["Beagle:DraftPath"], noDraft);
         model["Beagle:TargetPath"] = m.Target;
         if (m.Tokenizer is not null) model["Beagle:TokenizerPath"] = m.Tokenizer;
         if (m.Draft is not null) model["Beagle:DraftPath"] = m.Draft;
