@@ -21,6 +21,10 @@ public class CliErrorsTests
             c.AddCommand<Beagle.Cli.Commands.ReportCommand>("report");
             c.AddCommand<Beagle.Cli.Commands.BenchPlainCommand>("bench-plain");
             c.AddCommand<Beagle.Cli.Commands.BenchCostsCommand>("bench-costs");
+            c.AddCommand<Beagle.Cli.Commands.BenchCommand>("bench");
+            c.AddCommand<Beagle.Cli.Commands.TrainCommand>("train");
+            c.AddCommand<Beagle.Cli.Commands.TrainBenchCommand>("train-bench");
+            c.AddCommand<Beagle.Cli.Commands.EvalDraftCommand>("eval-draft");
         });
         return app.Run(args);
     }
@@ -39,6 +43,10 @@ public class CliErrorsTests
     [InlineData("report")]
     [InlineData("bench-plain")]
     [InlineData("bench-costs")]
+    [InlineData("bench")]
+    [InlineData("train")]
+    [InlineData("train-bench")]
+    [InlineData("eval-draft")]
     public void Help_renders_for_every_command(string command)
     {
         // Option descriptions are Spectre markup: a stray "[" or "]" (e.g. "(0, 1]") breaks -h at run time.

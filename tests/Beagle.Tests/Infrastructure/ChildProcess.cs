@@ -22,17 +22,21 @@ public static class ChildProcess
     /// <summary>`beagle args...` from the test's output folder (the CLI project is referenced, so beagle.dll is there).</summary>
     public static ProcessResult Beagle(params string[] args) => Dotnet(Path.Combine(AppContext.BaseDirectory, "beagle.dll"), args);
 
+    /// <summary>`dotnet <paramref name="dll"/> args...` (see <see cref="Run"/>); the working folder defaults to the dll's.</summary>
+    public static ProcessResult Dotnet(string dll, IEnumerable<string> args, IReadOnlyDictionary<string, string?>? environment = null,
+        string? workingDirectory = null, TimeSpan? timeout = null) =>
+        Run(DotnetHost, [dll, .. args], environment, workingDirectory ?? Path.GetDirectoryName(dll)!, timeout);
+
     /// <param name="environment">Variables to set (null value: removed). BEAGLE_MODELS and BEAGLE_DEBUG are always removed
     /// unless given here; OMP_WAIT_POLICY=PASSIVE is set so a child never spins against the test run.</param>
-    public static ProcessResult Dotnet(string dll, IEnumerable<string> args, IReadOnlyDictionary<string, string?>? environment = null,
+    public static ProcessResult Run(string fileName, IEnumerable<string> args, IReadOnlyDictionary<string, string?>? environment = null,
         string? workingDirectory = null, TimeSpan? timeout = null)
     {
-        var psi = new ProcessStartInfo(DotnetHost)
+        var psi = new ProcessStartInfo(fileName)
         {
             RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
-            WorkingDirectory = workingDirectory ?? Path.GetDirectoryName(dll)!,
+            WorkingDirectory = workingDirectory ?? Environment.CurrentDirectory,
         };
-        psi.ArgumentList.Add(dll);
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment.Remove("BEAGLE_MODELS");
         psi.Environment.Remove("BEAGLE_DEBUG");
@@ -41,16 +45,17 @@ public static class ChildProcess
         foreach (var (k, v) in environment ?? new Dictionary<string, string?>())
             if (v is null) psi.Environment.Remove(k); else psi.Environment[k] = v;
 
+        var limit = timeout ?? TimeSpan.FromMinutes(2);
         using var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {psi.FileName}");
-        p.StandardInput.Close();   // a sample that reads prompts sees the end of input at once
+        p.StandardInput.Close();   // a program that reads input (a sample's prompts) sees its end at once
         var stderr = p.StandardError.ReadToEndAsync();
         var stdout = p.StandardOutput.ReadToEndAsync();
-        if (!p.WaitForExit(timeout ?? TimeSpan.FromMinutes(2)))
+        if (!p.WaitForExit(limit))
         {
             try { p.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
-            throw new TimeoutException($"{Path.GetFileName(dll)} {string.Join(' ', args)} did not finish within {timeout ?? TimeSpan.FromMinutes(2)}");
+            throw new TimeoutException($"{fileName} {string.Join(' ', args)} did not finish within {limit}");
         }
         p.WaitForExit();
-        return new ProcessResult(p.ExitCode, stdout.Result, stderr.Result);
+        return new ProcessResult(p.ExitCode, stdout.GetAwaiter().GetResult(), stderr.GetAwaiter().GetResult());
     }
 }
