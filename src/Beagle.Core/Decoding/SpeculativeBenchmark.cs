@@ -216,12 +216,17 @@ public static class SpeculativeBenchmark
             if (line.Length == 0) continue;
             if (line.StartsWith('{'))
             {
-                using var doc = JsonDocument.Parse(line);
+                JsonDocument doc;
+                try { doc = JsonDocument.Parse(line); }
+                catch (JsonException e) { throw new InvalidDataException($"{path}:{lineNo}: not a JSON object ({e.Message})", e); }
+                using var _ = doc;
                 var root = doc.RootElement;
-                if (root.TryGetProperty("turns", out var turns) && turns.ValueKind == JsonValueKind.Array && turns.GetArrayLength() > 0) list.Add(turns[0].GetString() ?? "");
-                else if (root.TryGetProperty("prompt", out var pr)) list.Add(pr.GetString() ?? "");
-                else if (root.TryGetProperty("text", out var tx)) list.Add(tx.GetString() ?? "");
+                string? text;
+                if (root.TryGetProperty("turns", out var turns) && turns.ValueKind == JsonValueKind.Array && turns.GetArrayLength() > 0) text = turns[0].GetString();
+                else if (root.TryGetProperty("prompt", out var pr)) text = pr.GetString();
+                else if (root.TryGetProperty("text", out var tx)) text = tx.GetString();
                 else throw new InvalidDataException($"{path}:{lineNo}: a JSON line needs \"turns\", \"prompt\" or \"text\"");
+                if (!string.IsNullOrWhiteSpace(text)) list.Add(text);   // an empty prompt has nothing to continue (and no tokens without BOS)
             }
             else list.Add(line);
         }

@@ -84,4 +84,16 @@ public class SpeculativeBenchmarkTests
         Assert.Equal([13, 14, 15], SpeculativeBenchmark.FitToContext(ids, contextLength: 10, maxNewTokens: 7));             // no BOS id
         Assert.Equal([1, 15], SpeculativeBenchmark.FitToContext(ids, contextLength: 10, maxNewTokens: 100, bosId: 1));      // at least one token besides BOS
     }
+
+    [Fact]
+    public void Prompt_files_skip_empty_prompts_and_name_the_line_of_bad_json()
+    {
+        using var dir = TestAssets.TempDir();
+        File.WriteAllLines(dir.File("q.jsonl"), ["{\"turns\": [\"Tell me a story.\"]}", "{\"turns\": [\"\"]}", "{\"prompt\": \"Once upon a time\"}"]);
+        Assert.Equal(["Tell me a story.", "Once upon a time"], SpeculativeBenchmark.LoadPrompts(dir.File("q.jsonl")));
+
+        File.WriteAllLines(dir.File("bad.jsonl"), ["{\"turns\": [\"ok\"]}", "{\"turns\": [\"unterminated"]);
+        var e = Assert.Throws<InvalidDataException>(() => SpeculativeBenchmark.LoadPrompts(dir.File("bad.jsonl")));
+        Assert.StartsWith($"{dir.File("bad.jsonl")}:2: not a JSON object", e.Message);
+    }
 }
