@@ -1,6 +1,8 @@
-// A Semantic Kernel chat on a Beagle model, printing the speculative statistics of every answer.
-//   BEAGLE_MODELS=/path/to/stories260K dotnet run --project samples/Beagle.Samples.Chat [-- --prompt "Once upon a time"]
-// stories260K is a base (story) model: the plain chat template joins the conversation so the model continues it.
+// A Semantic Kernel chat on a Beagle model, printing the speculative statistics of every answer (on stderr).
+//   dotnet run --project samples/Beagle.Samples.Chat -c Release [-- --prompt "Tom found a red ball in the garden."]
+// With no --target it runs the bundled stories5M with its bundled Beagle draft (when present); --target PATH (or
+// stories260K), --tokenizer, --draft DIR, --no-draft, --template, --max-tokens change that.
+// stories5M is a base (story) model: the plain chat template joins the conversation so the model continues it.
 using Beagle.Samples;
 using Beagle.SemanticKernel;
 using Microsoft.Extensions.AI;
@@ -9,12 +11,12 @@ using Microsoft.Extensions.Logging;
 using Microsoft.SemanticKernel;
 using Microsoft.SemanticKernel.ChatCompletion;
 
-BeagleModelOptions options; string? prompt;
-try { (options, prompt) = SampleModels.Parse(args); }
-catch (ArgumentException e) { Console.Error.WriteLine(e.Message); return 2; }
+if (!SampleModels.TryParse(args, out var options, out var prompt)) return 2;
 
 var builder = Kernel.CreateBuilder();
-builder.Services.AddLogging(l => l.AddSimpleConsole(c => c.SingleLine = true).SetMinimumLevel(LogLevel.Warning));
+// Warnings and errors, one line each on stderr. A model that fails to load is reported once, by the catch below.
+builder.Services.AddLogging(l => l.AddSampleConsole().SetMinimumLevel(LogLevel.Warning)
+    .AddFilter(typeof(BeagleEngineProvider).FullName, LogLevel.None));
 builder.AddBeagleChatCompletion(options);
 var kernel = builder.Build();
 var chat = kernel.GetRequiredService<IChatCompletionService>();
@@ -34,13 +36,13 @@ async Task Answer(string text)
     }
     history.AddAssistantMessage(answer.ToString());
     Console.WriteLine();
-    Console.WriteLine(SampleModels.Stats(stats, (stats?.GetValueOrDefault("Usage") as UsageDetails)?.OutputTokenCount));
+    Console.Error.WriteLine(SampleModels.Stats(stats, (stats?.GetValueOrDefault("Usage") as UsageDetails)?.OutputTokenCount));
 }
 
 try
 {
     if (prompt is not null) { await Answer(prompt); return 0; }
-    Console.WriteLine($"Beagle chat on {options.EffectiveModelId}. Type text (empty line or Ctrl-D to quit).");
+    Console.Error.WriteLine($"Beagle chat on {options.EffectiveModelId}. Type text (empty line or Ctrl-D to quit).");
     while (true)
     {
         Console.Write("> ");
@@ -49,10 +51,9 @@ try
         await Answer(line);
     }
 }
-catch (Exception e) when (e is IOException or InvalidDataException or NotSupportedException or ArgumentException)
+catch (Exception e) when (e is not OperationCanceledException)
 {
-    Console.Error.WriteLine($"error: {e.Message}");
-    return 1;
+    return SampleModels.Fail(e);
 }
 finally
 {

@@ -10,16 +10,8 @@ namespace Beagle.Cli;
 /// </summary>
 internal static class CliErrors
 {
-    /// <summary>Standard error, so that `beagle generate ... > out.txt` keeps errors on the terminal.</summary>
-    /// Never hard-wrapped: a URL or path split over two lines cannot be copied (the terminal wraps softly anyway).
-    public static readonly IAnsiConsole Stderr = CreateStderr();
-
-    static IAnsiConsole CreateStderr()
-    {
-        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
-        console.Profile.Width = 10_000;
-        return console;
-    }
+    /// <summary>Standard error (<see cref="CliConsole.Error"/>), so that `beagle generate ... > out.txt` keeps errors on the terminal.</summary>
+    public static IAnsiConsole Stderr => CliConsole.Error;
 
     static bool Debug => Environment.GetEnvironmentVariable("BEAGLE_DEBUG") is "1" or "true";
 
@@ -58,12 +50,25 @@ internal static class CliErrors
     };
 
     /// <summary>The message, followed by the innermost cause when it adds something (e.g. the OS error of an I/O failure).</summary>
-    static string OneLine(Exception e)
+    internal static string OneLine(Exception e)
     {
-        var msg = e.Message;
+        var msg = ProductMessage(e);
         var inner = e.InnerException;
         while (inner?.InnerException is not null) inner = inner.InnerException;
-        if (inner is not null && !msg.Contains(inner.Message, StringComparison.Ordinal)) msg += $" ({inner.Message})";
+        if (inner is not null && ProductMessage(inner) is var innerMsg && !msg.Contains(innerMsg, StringComparison.Ordinal)) msg += $" ({innerMsg})";
         return msg.ReplaceLineEndings(" ");
+    }
+
+    /// <summary>
+    /// The sentence a user should read. An ArgumentException's Message ends in " (Parameter 'promptIds')" (and, out of
+    /// range, "Actual value was ..."): the code's vocabulary, not the user's; the sentence before it says what to do.
+    /// </summary>
+    internal static string ProductMessage(Exception e)
+    {
+        var msg = e.Message;
+        if (e is ArgumentException { ParamName: { Length: > 0 } name }
+            && msg.IndexOf($" (Parameter '{name}')", StringComparison.Ordinal) is var i and > 0)
+            msg = msg[..i];
+        return msg;
     }
 }

@@ -1,6 +1,7 @@
 using System.Reflection;
 using Beagle.Cli;
 using Beagle.Cli.Commands;
+using Spectre.Console;
 using Spectre.Console.Cli;
 
 // Ctrl+C cancels the token every command receives (the decode loop checks it once per round); a second Ctrl+C kills.
@@ -12,9 +13,12 @@ Console.CancelKeyPress += (_, e) =>
     cts.Cancel();
 };
 
+// Standard output is the product (text, JSON, tables); status goes to standard error (CliConsole).
+AnsiConsole.Console = CliConsole.Out;
 var app = new CommandApp();
 app.Configure(c =>
 {
+    c.ConfigureConsole(CliConsole.Out);
     c.SetApplicationName("beagle");
     c.SetApplicationVersion(typeof(ExitCodes).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown");
     c.CancellationExitCode(ExitCodes.Cancelled);
@@ -27,7 +31,7 @@ app.Configure(c =>
         .WithExample("generate", "--prompt", "\"Once upon a time\"", "--max-tokens", "64")
         .WithExample("generate", "--target", "./Llama-3.2-1B", "--prompt", "\"The capital of France is\"", "--json")
         .WithExample("generate", "-p", "\"Lily\"", "--temperature", "0.8", "--top-p", "0.9", "--seed", "7");
-    c.AddCommand<DownloadCommand>("download").WithDescription("Download the default model (stories260K, sha256-checked) into the user cache, or explain how to place it offline.")
+    c.AddCommand<DownloadCommand>("download").WithDescription("Download stories260K (--target stories260K; sha256-checked) into the user cache, or explain how to place it offline. The default model, stories5M, is bundled.")
         .WithExample("download")
         .WithExample("download", "--dir", "./models", "--force");
     c.AddCommand<ReportCommand>("report").WithDescription("Write report.md and PNG charts (tokens/s, speedup, acceptance by depth) from a saved bench result JSON.")

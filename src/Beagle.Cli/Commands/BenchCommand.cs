@@ -62,20 +62,23 @@ public sealed class BenchCommand : Command<BenchSettings>
 {
     public override int Execute(CommandContext context, BenchSettings s, CancellationToken cancellationToken)
     {
-        var (model, tokenizer) = CliModels.LoadTarget(s);
+        var (model, tokenizer) = CliModels.LoadTarget(s, cancellationToken);
         using var _ = model;
         var draftPaths = s.Drafts.Length > 0 ? s.Drafts
             : new[] { CliDrafts.BundledDraft(s.Target, "beagle"), CliDrafts.BundledDraft(s.Target, "eagle2") }.OfType<string>().ToArray();
-        if (draftPaths.Length == 0) throw new ArgumentException("no draft to benchmark: pass --draft DIR (repeatable)");
+        if (draftPaths.Length == 0)
+            CliConsole.Note(s.Target is null || DefaultModels.IsKnownName(s.Target)
+                ? $"{s.Target ?? DefaultModels.Default} has no bundled drafts next to the program: benchmarking plain decoding only (pass --draft DIR to compare a draft)"
+                : "no --draft given: benchmarking plain decoding only (pass --draft DIR, repeatable, to compare drafts)");
         var promptsPath = s.Prompts ?? Path.Combine(AppContext.BaseDirectory, "bench", "stories-prompts.txt");
         var prompts = SpeculativeBenchmark.LoadPrompts(promptsPath);
         // Chat targets get each prompt as a user turn in their own template (Spec-Bench / MT-bench are chat prompts);
-        // base models such as stories260K (plain template) continue the raw text.
+        // base models such as stories5M (plain template) continue the raw text.
         var (kind, why) = s.Target is null || DefaultModels.IsKnownName(s.Target) ? (ChatTemplateKind.Plain, "story model") : ChatTemplates.Detect(s.Target);
         if (kind != ChatTemplateKind.Plain)
         {
             prompts = prompts.Select(p => ChatTemplates.Render(kind, [new ChatTurn(ChatTurnRole.User, p)]).Text).ToList();
-            AnsiConsole.MarkupLine($"[grey]prompts rendered with the {kind} chat template ({Markup.Escape(why)})[/]");
+            CliConsole.Status($"prompts rendered with the {kind} chat template ({why})");
         }
 
         var methods = new List<BenchMethod> { new("plain", null, null, null) };
@@ -91,33 +94,36 @@ public sealed class BenchCommand : Command<BenchSettings>
                     spec = new SpeculativeOptions { TreeTokens = s.TreeTokens, TreeDepth = s.TreeDepth, TreeTopK = s.TreeTopK, TreeMinProb = s.TreeMinProb ?? 0 };
                 else
                 {
-                    var cal = TreeBudgetCalibrator.GetOrMeasure(model, tokenizer, d, TreeBudgetCalibrator.DraftIdentity(d), log: m => AnsiConsole.MarkupLine($"[grey]{d.Architecture}: {Markup.Escape(m)}[/]"));
+                    var cal = TreeBudgetCalibrator.GetOrMeasure(model, tokenizer, d, TreeBudgetCalibrator.DraftIdentity(d), log: m => CliConsole.Status($"{d.Architecture}: {m}"));
                     // A benchmark reports the draft at its best measured budget, even where calibration prefers plain decoding.
                     spec = cal.Budget.ToOptions();
                 }
                 methods.Add(new BenchMethod(d.Architecture, DisplayPath(path), d, spec));
             }
 
-            BenchResult result = null!;
-            AnsiConsole.Status().Start("benchmarking", ctx =>
-                result = SpeculativeBenchmark.Run(model, tokenizer, methods, prompts, s.MaxTokens, s.Runs, progress: m => ctx.Status(m), cancellationToken: cancellationToken, warmUp: TimeSpan.FromSeconds(s.WarmUp)));
+            // Progress and truncation notes on stderr; the table below is the product.
+            var result = CliConsole.WithStatus("benchmarking", status =>
+                SpeculativeBenchmark.Run(model, tokenizer, methods, prompts, s.MaxTokens, s.Runs, progress: status, cancellationToken: cancellationToken,
+                    warmUp: TimeSpan.FromSeconds(s.WarmUp), warn: CliConsole.Note));
 
             var table = new Table().AddColumns("method", "tree", "tokens/s", "speedup", "acceptance length", "peak memory (MB)");
             foreach (var m in result.Methods)
                 table.AddRow(m.Name, m.Tree ?? "-", $"{m.TokensPerSecond:F0}", $"{m.Speedup:F2}x", $"{m.AcceptanceLength:F2}", $"{m.PeakMemoryMb:F0}");
             AnsiConsole.Write(table);
-            AnsiConsole.MarkupLine($"[grey]{Markup.Escape(result.Machine)}; {result.Threads} thread(s); {result.Prompts} prompts x {result.Runs} runs; {result.MaxNewTokens} new tokens each; greedy outputs identical: {result.GreedyOutputsIdentical}[/]");
+            AnsiConsole.MarkupLine($"[grey]{Markup.Escape(result.Machine)}; {result.Threads} thread(s); {result.Prompts} prompts x {result.Runs} runs; {result.MaxNewTokens} new tokens each{Truncated(result)}; greedy outputs identical: {result.GreedyOutputsIdentical}[/]");
             if (s.Json is not null) File.WriteAllText(s.Json, result.ToJson());
             if (s.Report is not null)
             {
                 Directory.CreateDirectory(s.Report);
                 File.WriteAllText(Path.Combine(s.Report, "bench.json"), result.ToJson());
-                foreach (var f in Reporting.BenchReport.Write(result, s.Report)) AnsiConsole.MarkupLine($"[grey]wrote {Markup.Escape(f)}[/]");
+                foreach (var f in Reporting.BenchReport.Write(result, s.Report)) CliConsole.Status($"wrote {f}");
             }
             return result.GreedyOutputsIdentical ? 0 : 1;
         }
         finally { foreach (var d in drafts) d.Dispose(); }
     }
+
+    static string Truncated(BenchResult r) => r.TruncatedPrompts == 0 ? "" : $" ({r.TruncatedPrompts} prompt{(r.TruncatedPrompts == 1 ? "" : "s")} cut from the left to fit the context)";
 
     /// <summary>A path as a reader of the report wants it: the bundled drafts by their repository name, others relative when below the working folder.</summary>
     static string DisplayPath(string path)

@@ -63,8 +63,8 @@ public sealed class BenchCostsCommand : Command<BenchCostsSettings>
             ? DraftCheckpoint.Load(s.Draft, model)
             : DraftCheckpoint.Create(DraftConfig.ForTarget(model.Config, s.DraftArch, s.DraftVocab is int n ? Enumerable.Range(0, n).ToArray() : null), model);
         var tokens = s.Tokens.Split(',').Select(int.Parse).ToArray();
-        var costs = AnsiConsole.Status().Start("timing...", ctx =>
-            SpeculativeCosts.Measure(model, draft, tokens, s.Context, s.Runs, m => ctx.Status(m), cancellationToken));
+        var costs = CliConsole.WithStatus("timing...", status =>
+            SpeculativeCosts.Measure(model, draft, tokens, s.Context, s.Runs, status, cancellationToken));
 
         string draftName = s.Draft ?? $"random {s.DraftArch}, vocabulary {s.DraftVocab ?? vocab}";
         AnsiConsole.MarkupLine($"[bold]{Markup.Escape(name)}[/], draft {Markup.Escape(draftName)}, context {costs.Context}, {s.Threads} thread(s)");

@@ -36,7 +36,7 @@ public sealed class DownloadCommand : AsyncCommand<DownloadSettings>
         (string Model, string Tokenizer) paths;
         try
         {
-            paths = await AnsiConsole.Progress()
+            paths = await CliConsole.Error.Progress()   // progress is status: stderr
                 .AutoClear(false)
                 .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new DownloadedColumn(), new TransferSpeedColumn())
                 .StartAsync(async ctx =>
@@ -68,7 +68,7 @@ public sealed class DownloadCommand : AsyncCommand<DownloadSettings>
         if (s.Dir is not null && Path.GetFullPath(s.Dir) != Path.GetFullPath(ModelStore.DefaultCacheDir()))
             AnsiConsole.MarkupLine($"Use it with [bold]{ModelStore.EnvironmentVariable}={Markup.Escape(store.CacheDir)}[/].");
         else if (!string.IsNullOrEmpty(Environment.GetEnvironmentVariable(ModelStore.EnvironmentVariable)))
-            AnsiConsole.MarkupLine($"[yellow]note:[/] {ModelStore.EnvironmentVariable} is set, so commands use that folder instead of the cache.");
+            CliConsole.Note($"{ModelStore.EnvironmentVariable} is set, so commands use that folder instead of the cache.");
         return ExitCodes.Ok;
     }
 

@@ -65,24 +65,54 @@ internal static class CliDrafts
         return DefaultModels.BundledDraft(target ?? DefaultModels.Default, arch);
     }
 
-    /// <summary>Loads the draft a command asked for (null when none applies).</summary>
+    /// <summary>
+    /// The bundled draft of <paramref name="arch"/> for a known target, or null after one note on stderr saying that
+    /// decoding is plain (a program built before the model's drafts were trained ships without them).
+    /// </summary>
+    public static string? BundledDraftOrNote(string? target, string arch = "beagle")
+    {
+        if (target is not null && !DefaultModels.IsKnownName(target)) return null;
+        var found = BundledDraft(target, arch);
+        if (found is null)
+            CliConsole.Note($"{target ?? DefaultModels.Default} has no bundled {arch} draft (models/{target ?? DefaultModels.Default}/{arch} next to the program): decoding plainly; pass --draft DIR to speculate");
+        return found;
+    }
+
+    /// <summary>Loads the draft a command asked for (null when none applies; a missing bundled draft is said once on stderr).</summary>
     public static (IDraftModel? Draft, string? Path) Load(DraftSettings s, LlamaModel target)
     {
         if (s.NoDraft) return (null, null);
-        var path = s.Draft ?? BundledDraft(s.Target);
+        var path = s.Draft ?? BundledDraftOrNote(s.Target);
         return path is null ? (null, null) : (DraftCheckpoint.Load(path, target), path);
     }
 
-    /// <summary>Applies the measured tree budget unless the user gave one (calibration runs once per machine/model/draft).</summary>
+    /// <summary>
+    /// Applies the measured tree budget unless the user gave one (calibration runs once per machine/model/draft); its
+    /// messages go to stderr.
+    /// </summary>
     /// <param name="sampling">The request's sampling settings: sampled decoding is calibrated with exactly these (acceptance
     /// under sampling depends on them), greedy decoding once per machine/model/draft.</param>
-    public static void Calibrate(Generator gen, DraftSettings s, ITokenizer tokenizer, string draftPath, bool quiet, SamplingOptions? sampling = null)
+    public static void Calibrate(Generator gen, DraftSettings s, ITokenizer tokenizer, SamplingOptions? sampling = null)
     {
         if (gen.Draft is null || s.ExplicitBudget) return;
         var id = TreeBudgetCalibrator.DraftIdentity(gen.Draft);
-        Action<string>? log = quiet ? null : m => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]");
+        Action<string> log = CliConsole.Status;
         if (sampling is null || sampling.IsGreedy) gen.Use(TreeBudgetCalibrator.GetOrMeasure(gen.Target, tokenizer, gen.Draft, id, log: log));
         else gen.UseForSampling(TreeBudgetCalibrator.GetOrMeasure(gen.Target, tokenizer, gen.Draft, id, log: log, sampling: sampling with { Seed = 1 }));
     }
 
+    /// <summary>
+    /// How a finished generation was decoded, for the summary line: plainly (no draft, or calibration found that the
+    /// draft does not pay here), speculatively with its acceptance length, or not at all (no decoding round ran, e.g.
+    /// --max-tokens 0): an acceptance length is only reported when a draft round ran.
+    /// </summary>
+    public static string DecodingSummary(Generator gen, GenerationStats stats, SamplingOptions sampling, bool explicitBudget)
+    {
+        if (gen.Draft is not { } draft) return "plain decoding";
+        if (stats.DraftRounds > 0) return $"draft {draft.Architecture}, acceptance length {stats.AcceptanceLength:F2}";
+        if (stats.NewTokens == 0) return "nothing decoded";
+        bool pays = explicitBudget || (sampling.IsGreedy ? gen.SpeculationPays : gen.SamplingSpeculationPays);
+        return pays ? $"no speculative round ran (draft {draft.Architecture})"
+            : $"plain decoding (the {draft.Architecture} draft does not pay for these settings here: measured)";
+    }
 }

@@ -10,7 +10,7 @@ namespace Beagle.Cli.Commands;
 public sealed class EvalDraftSettings : ModelSettings
 {
     [CommandOption("--draft <DIR>")]
-    [Description("Draft folder (draft.safetensors + draft.json).")]
+    [Description("Draft folder (draft.safetensors + draft.json). Default with a known target (stories5M, stories260K): its bundled Beagle draft.")]
     public string? Draft { get; init; }
 
     [CommandOption("--data <FILE>")]
@@ -41,8 +41,13 @@ public sealed class EvalDraftSettings : ModelSettings
     {
         var b = base.Validate();
         if (!b.Successful) return b;
-        if (Draft is null || !File.Exists(Path.Combine(Draft, DraftCheckpoint.WeightsFile))) return ValidationResult.Error($"--draft: no {DraftCheckpoint.WeightsFile} in '{Draft}'");
-        if (Data is null || !File.Exists(Data)) return ValidationResult.Error($"--data: file not found: '{Data}'");
+        if (Draft is null && CliDrafts.BundledDraft(Target) is null)
+            return ValidationResult.Error(Target is null || Runtime.DefaultModels.IsKnownName(Target)
+                ? $"--draft DIR is required: {Target ?? Runtime.DefaultModels.Default} has no bundled Beagle draft next to the program"
+                : "--draft DIR is required: the draft to evaluate (a folder with draft.json and draft.safetensors trained for --target)");
+        if (Draft is not null && !File.Exists(Path.Combine(Draft, DraftCheckpoint.WeightsFile))) return ValidationResult.Error($"--draft: no {DraftCheckpoint.WeightsFile} in '{Draft}'");
+        if (Data is null) return ValidationResult.Error("--data FILE is required: held-out text (plain text or jsonl) whose documents give the prompts");
+        if (!File.Exists(Data)) return ValidationResult.Error($"--data: no file at '{Data}'");
         if (Prompts < 1) return ValidationResult.Error("--prompts must be >= 1");
         if (PromptTokens < 1) return ValidationResult.Error("--prompt-tokens must be >= 1");
         if (MaxTokens < 1) return ValidationResult.Error("--max-tokens must be >= 1");
@@ -59,9 +64,11 @@ public sealed class EvalDraftCommand : Command<EvalDraftSettings>
 {
     public override int Execute(CommandContext context, EvalDraftSettings s, CancellationToken cancellationToken)
     {
-        var (model, tokenizer) = CliModels.LoadTarget(s);
+        var (model, tokenizer) = CliModels.LoadTarget(s, cancellationToken);
         using var _ = model;
-        using var draft = DraftCheckpoint.Load(s.Draft!, model);
+        var draftPath = s.Draft ?? CliDrafts.BundledDraft(s.Target)!;   // Validate checked that one exists
+        if (s.Draft is null) CliConsole.Status($"draft: {draftPath} (bundled)");
+        using var draft = DraftCheckpoint.Load(draftPath, model);
         var prompts = SequencePacker.Tokenize(TextSources.ReadDocuments(s.Data!), tokenizer)
             .Where(d => d.Length > s.PromptTokens).Take(s.Prompts).Select(d => d[..s.PromptTokens]).ToList();
         var options = new TrainingOptions
@@ -74,7 +81,7 @@ public sealed class EvalDraftCommand : Command<EvalDraftSettings>
         {
             Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
             {
-                ["draft"] = s.Draft!, ["arch"] = draft.Architecture, ["prompts"] = prompts.Count, ["new_tokens"] = s.MaxTokens,
+                ["draft"] = draftPath, ["arch"] = draft.Architecture, ["prompts"] = prompts.Count, ["new_tokens"] = s.MaxTokens,
                 ["tree"] = new[] { s.TreeTokens, s.TreeDepth, s.TreeTopK }, ["acceptance_length"] = Math.Round(tau, 4),
                 ["acceptance_by_depth"] = byDepth.Select(x => Math.Round(x, 4)).ToArray(),
             }));

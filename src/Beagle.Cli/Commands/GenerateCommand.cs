@@ -52,18 +52,22 @@ public sealed class GenerateSettings : DraftSettings
     }
 }
 
-/// <summary><c>beagle generate</c>: prints the prompt and its completion (or JSON with --json).</summary>
+/// <summary>
+/// <c>beagle generate</c>: standard output gets the prompt and its completion, and nothing else (with --json: exactly
+/// one JSON document). The prompt is written together with the first piece of the completion, so a failed request
+/// leaves standard output empty. Status (draft, calibration, the summary line) goes to standard error.
+/// </summary>
 public sealed class GenerateCommand : Command<GenerateSettings>
 {
     public override int Execute(CommandContext context, GenerateSettings s, CancellationToken cancellationToken)
     {
-        var (model, tokenizer) = CliModels.LoadTarget(s);
+        var (model, tokenizer) = CliModels.LoadTarget(s, cancellationToken);
         using var _ = model;
         var (draft, draftPath) = CliDrafts.Load(s, model);
         using var __ = draft;
         var gen = new Beagle.Decoding.Generator(model, tokenizer, draft);
         var sampling = new SamplingOptions { Temperature = s.Temperature, TopK = s.TopK, TopP = s.TopP, Seed = s.Seed };
-        if (draftPath is not null) CliDrafts.Calibrate(gen, s, tokenizer, draftPath, quiet: s.Json, sampling);
+        CliDrafts.Calibrate(gen, s, tokenizer, sampling);
         var options = new GenerationOptions
         {
             MaxNewTokens = s.MaxTokens,
@@ -74,17 +78,22 @@ public sealed class GenerateCommand : Command<GenerateSettings>
         var stats = new GenerationStats();
         var ids = new List<int>();
         var text = new System.Text.StringBuilder();
-        if (!s.Json) Console.Write(s.Prompt);
+        bool echoed = false;
+        // Generate validates the request (prompt length, vocabulary) before it returns: nothing is printed for a bad one.
         foreach (var chunk in gen.Generate(s.Prompt, options, stats, cancellationToken))
         {
             ids.AddRange(chunk.TokenIds);
             text.Append(chunk.Text);
-            if (!s.Json) Console.Write(chunk.Text);
+            if (s.Json) continue;
+            if (!echoed) { Console.Write(s.Prompt); echoed = true; }
+            Console.Write(chunk.Text);
         }
+        var decoding = CliDrafts.DecodingSummary(gen, stats, sampling, s.ExplicitBudget);
         if (s.Json)
         {
             var o = new Dictionary<string, object?>
             {
+                ["prompt"] = s.Prompt,
                 ["text"] = text.ToString(),
                 ["prompt_tokens"] = stats.PromptTokens,
                 ["new_tokens"] = stats.NewTokens,
@@ -92,24 +101,28 @@ public sealed class GenerateCommand : Command<GenerateSettings>
                 ["tokens_per_second"] = Math.Round(stats.TokensPerSecond, 1),
                 ["target_forwards"] = stats.TargetForwards,
                 ["finish_reason"] = stats.FinishReason.ToString(),
+                ["decoding"] = decoding,
             };
             if (draft is not null)
             {
                 o["draft"] = draftPath;
-                o["acceptance_length"] = Math.Round(stats.AcceptanceLength, 3);
-                o["acceptance_by_depth"] = stats.AcceptanceRateByDepth.Select(x => Math.Round(x, 3)).ToArray();
-                o["draft_ms"] = Math.Round(stats.DraftSeconds * 1000, 1);
-                o["verify_ms"] = Math.Round(stats.VerifySeconds * 1000, 1);
+                o["speculative"] = stats.DraftRounds > 0;
+                if (stats.DraftRounds > 0)
+                {
+                    o["acceptance_length"] = Math.Round(stats.AcceptanceLength, 3);
+                    o["acceptance_by_depth"] = stats.AcceptanceRateByDepth.Select(x => Math.Round(x, 3)).ToArray();
+                    o["draft_ms"] = Math.Round(stats.DraftSeconds * 1000, 1);
+                    o["verify_ms"] = Math.Round(stats.VerifySeconds * 1000, 1);
+                }
             }
             Console.WriteLine(JsonSerializer.Serialize(o, new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
         }
         else
         {
+            if (!echoed) Console.Write(s.Prompt);
             Console.WriteLine();
-            var spec = draft is null ? "plain decoding"
-                : stats.DraftRounds == 0 && stats.TargetForwards > 0 ? $"plain decoding (the {draft.Architecture} draft does not pay for these settings here: measured)"
-                : $"draft {draft.Architecture}, acceptance length {stats.AcceptanceLength:F2}";
-            AnsiConsole.MarkupLine($"[grey]{stats.NewTokens} tokens, {stats.TokensPerSecond:F0} tokens/s, {stats.TargetForwards} target forwards, {Markup.Escape(spec)}[/]");
+            Console.Out.Flush();
+            CliConsole.Status($"{stats.NewTokens} tokens, {stats.TokensPerSecond:F0} tokens/s, {stats.TargetForwards} target forwards, {decoding}");
         }
         return 0;
     }

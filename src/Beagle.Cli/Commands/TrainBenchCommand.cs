@@ -42,7 +42,7 @@ public sealed class TrainBenchSettings : ModelSettings
     public bool AllocatorDefaults { get; init; }
 
     [CommandOption("--json <FILE>")]
-    [Description("Also write {runs: [...]} to FILE.")]
+    [Description("Also write {runs: [[...]]} to FILE.")]
     public string? Json { get; init; }
 
     public int[] ParsedSimSteps() => SimSteps.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)

@@ -56,7 +56,9 @@ public static class BenchReport
 
         sb.AppendLine($"- Machine: {r.Machine}");
         sb.AppendLine(Inv, $"- Threads: {r.Threads}");
-        sb.AppendLine(Inv, $"- Prompts: {r.Prompts}, at most {r.MaxNewTokens} new tokens each");
+        sb.Append(Inv, $"- Prompts: {r.Prompts}, at most {r.MaxNewTokens} new tokens each");
+        if (r.TruncatedPrompts > 0) sb.Append(Inv, $" ({r.TruncatedPrompts} cut from the left to leave room for them in the model's context)");
+        sb.AppendLine();
         if (r.GreedyOutputsIdentical is var same)
             sb.AppendLine($"- Greedy speculative outputs identical to plain greedy decoding: {(same ? "yes" : "**NO**")}");
         sb.AppendLine($"- Command: `{commandLine.Replace('`', '\'')}`").AppendLine();

@@ -29,7 +29,8 @@ public sealed record BenchResult(
     [property: JsonPropertyName("prompts")] int Prompts,
     [property: JsonPropertyName("runs")] int Runs,
     [property: JsonPropertyName("methods")] IReadOnlyList<BenchMethodResult> Methods,
-    [property: JsonPropertyName("greedy_outputs_identical")] bool GreedyOutputsIdentical)
+    [property: JsonPropertyName("greedy_outputs_identical")] bool GreedyOutputsIdentical,
+    [property: JsonPropertyName("truncated_prompts")] int TruncatedPrompts = 0)
 {
     static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
     public string ToJson() => JsonSerializer.Serialize(this, Indented);
@@ -56,9 +57,14 @@ public static class SpeculativeBenchmark
     /// median of five with two cold runs ranked methods by how warm the process was (measured: 1.18x vs 1.45x for the
     /// same setting, docs/benchmarks.md).
     /// </param>
+    /// <param name="warn">
+    /// Told once per prompt that does not leave room for <paramref name="maxNewTokens"/> in the model's context (Spec-Bench
+    /// has such prompts for small models); that prompt is cut from the left (see <see cref="FitToContext"/>) and counted
+    /// in <see cref="BenchResult.TruncatedPrompts"/>, so one long prompt never stops a benchmark.
+    /// </param>
     public static BenchResult Run(LlamaModel target, ITokenizer tokenizer, IReadOnlyList<BenchMethod> methods, IReadOnlyList<string> prompts,
         int maxNewTokens, int runs, SamplingOptions? sampling = null, Action<string>? progress = null, CancellationToken cancellationToken = default,
-        TimeSpan? warmUp = null)
+        TimeSpan? warmUp = null, Action<string>? warn = null)
     {
         var warmUpTime = warmUp ?? DefaultWarmUp;
         if (warmUpTime < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(warmUp), "the warm-up cannot be negative");
@@ -67,7 +73,17 @@ public static class SpeculativeBenchmark
         if (runs < 1) throw new ArgumentOutOfRangeException(nameof(runs), "runs must be >= 1");
         sampling ??= SamplingOptions.Greedy;
         var gens = methods.Select(m => new Generator(target, tokenizer, m.Draft)).ToArray();
-        var ids = prompts.Select(p => tokenizer.Encode(p, tokenizer.BosId >= 0)).ToArray();
+        int ctx = target.Config.MaxSeqLen, truncated = 0;
+        var ids = new int[prompts.Count][];
+        for (int p = 0; p < prompts.Count; p++)
+        {
+            var full = tokenizer.Encode(prompts[p], tokenizer.BosId >= 0);
+            ids[p] = FitToContext(full, ctx, maxNewTokens, tokenizer.BosId);
+            if (ids[p].Length == full.Length) continue;
+            truncated++;
+            warn?.Invoke($"prompt {p + 1} (\"{FirstWords(prompts[p])}\"): its {full.Length} tokens leave no room for {maxNewTokens} new " +
+                $"tokens in the model's context of {ctx}; cut from the left to {ids[p].Length} tokens");
+        }
         int M = methods.Count;
         var tokens = new long[runs, M]; var seconds = new double[runs, M];
         var roundTokens = new long[M]; var forwards = new long[M]; var peak = new double[M];
@@ -126,7 +142,27 @@ public static class SpeculativeBenchmark
                 Math.Round(forwards[m] == 0 ? 1 : (double)roundTokens[m] / forwards[m], 3), Math.Round(peak[m], 1), byDepth,
                 b?.ToString(), tps[m].Select(x => Math.Round(x, 1)).ToArray()));
         }
-        return new BenchResult(MachineName(), TorchSharp.torch.get_num_threads(), maxNewTokens, ids.Length, runs, results, identical);
+        return new BenchResult(MachineName(), TorchSharp.torch.get_num_threads(), maxNewTokens, ids.Length, runs, results, identical, truncated);
+    }
+
+    /// <summary>
+    /// <paramref name="promptIds"/> as is when it leaves room for <paramref name="maxNewTokens"/> in a context of
+    /// <paramref name="contextLength"/> positions, else its last tokens (BOS kept in front when it starts with it:
+    /// the model always saw text after BOS). At least one token besides BOS is kept, whatever the token budget.
+    /// </summary>
+    public static int[] FitToContext(int[] promptIds, int contextLength, int maxNewTokens, int bosId = -1)
+    {
+        bool bos = bosId >= 0 && promptIds.Length > 0 && promptIds[0] == bosId;
+        int keep = Math.Max(contextLength - Math.Max(maxNewTokens, 1), bos ? 2 : 1);
+        if (promptIds.Length <= keep) return promptIds;
+        return bos ? [promptIds[0], .. promptIds.AsSpan(promptIds.Length - (keep - 1))] : promptIds[^keep..];
+    }
+
+    /// <summary>The first words of a prompt, to name it in a message.</summary>
+    static string FirstWords(string prompt, int words = 6)
+    {
+        var w = prompt.Split((char[])[' ', '\n', '\r', '\t'], StringSplitOptions.RemoveEmptyEntries);
+        return string.Join(' ', w.Take(words)) + (w.Length > words ? " ..." : "");
     }
 
     static GenerationOptions Options(BenchMethod m, SamplingOptions sampling, int maxNewTokens) =>
@@ -180,12 +216,17 @@ public static class SpeculativeBenchmark
             if (line.Length == 0) continue;
             if (line.StartsWith('{'))
             {
-                using var doc = JsonDocument.Parse(line);
+                JsonDocument doc;
+                try { doc = JsonDocument.Parse(line); }
+                catch (JsonException e) { throw new InvalidDataException($"{path}:{lineNo}: not a JSON object ({e.Message})", e); }
+                using var _ = doc;
                 var root = doc.RootElement;
-                if (root.TryGetProperty("turns", out var turns) && turns.ValueKind == JsonValueKind.Array && turns.GetArrayLength() > 0) list.Add(turns[0].GetString() ?? "");
-                else if (root.TryGetProperty("prompt", out var pr)) list.Add(pr.GetString() ?? "");
-                else if (root.TryGetProperty("text", out var tx)) list.Add(tx.GetString() ?? "");
+                string? text;
+                if (root.TryGetProperty("turns", out var turns) && turns.ValueKind == JsonValueKind.Array && turns.GetArrayLength() > 0) text = turns[0].GetString();
+                else if (root.TryGetProperty("prompt", out var pr)) text = pr.GetString();
+                else if (root.TryGetProperty("text", out var tx)) text = tx.GetString();
                 else throw new InvalidDataException($"{path}:{lineNo}: a JSON line needs \"turns\", \"prompt\" or \"text\"");
+                if (!string.IsNullOrWhiteSpace(text)) list.Add(text);   // an empty prompt has nothing to continue (and no tokens without BOS)
             }
             else list.Add(line);
         }

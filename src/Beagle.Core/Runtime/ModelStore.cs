@@ -74,13 +74,17 @@ public sealed class ModelStore
                 throw new FileNotFoundException($"{EnvironmentVariable} points to {_modelsDir}, which lacks {string.Join(" and ", missing)}. {HowToProvide}");
             return (Path.Combine(_modelsDir, Stories260K[0].Name), Path.Combine(_modelsDir, Stories260K[1].Name));
         }
-        Directory.CreateDirectory(_cacheDir);
-        foreach (var f in Stories260K)
+        var created = CreateFolder(_cacheDir);
+        try
         {
-            var target = Path.Combine(_cacheDir, f.Name);
-            if (File.Exists(target)) continue;   // only complete, verified files are ever moved into the cache
-            await DownloadAsync(f, target, cancellationToken).ConfigureAwait(false);
+            foreach (var f in Stories260K)
+            {
+                var target = Path.Combine(_cacheDir, f.Name);
+                if (File.Exists(target)) continue;   // only complete, verified files are ever moved into the cache
+                await DownloadAsync(f, target, cancellationToken).ConfigureAwait(false);
+            }
         }
+        catch { RemoveIfEmpty(created); throw; }
         return (Path.Combine(_cacheDir, Stories260K[0].Name), Path.Combine(_cacheDir, Stories260K[1].Name));
     }
 
@@ -96,19 +100,51 @@ public sealed class ModelStore
     /// </summary>
     public async Task<(string Model, string Tokenizer)> DownloadDefaultModelAsync(bool force = false, IProgress<DownloadProgress>? progress = null, CancellationToken cancellationToken = default)
     {
-        Directory.CreateDirectory(_cacheDir);
-        foreach (var f in Stories260K)
+        var created = CreateFolder(_cacheDir);
+        try
         {
-            var target = Path.Combine(_cacheDir, f.Name);
-            if (File.Exists(target) && !force)
+            foreach (var f in Stories260K)
             {
-                long n = new FileInfo(target).Length;
-                progress?.Report(new DownloadProgress(f.Name, n, n));
-                continue;
+                var target = Path.Combine(_cacheDir, f.Name);
+                if (File.Exists(target) && !force)
+                {
+                    long n = new FileInfo(target).Length;
+                    progress?.Report(new DownloadProgress(f.Name, n, n));
+                    continue;
+                }
+                await DownloadAsync(f, target, cancellationToken, progress).ConfigureAwait(false);
             }
-            await DownloadAsync(f, target, cancellationToken, progress).ConfigureAwait(false);
         }
+        catch { RemoveIfEmpty(created); throw; }
         return (Path.Combine(_cacheDir, Stories260K[0].Name), Path.Combine(_cacheDir, Stories260K[1].Name));
+    }
+
+    /// <summary>Creates <paramref name="dir"/>; returns the folders this created, outermost first (none if it existed).</summary>
+    static List<string> CreateFolder(string dir)
+    {
+        var created = new List<string>();
+        for (var d = Path.GetFullPath(dir); !string.IsNullOrEmpty(d) && !Directory.Exists(d); d = Path.GetDirectoryName(d))
+            created.Insert(0, d);
+        Directory.CreateDirectory(dir);
+        return created;
+    }
+
+    /// <summary>
+    /// Removes the folders a failed download created, innermost first, as long as they are empty: an offline attempt
+    /// leaves no empty cache folder behind (which would look like a cache that is there but broken).
+    /// </summary>
+    static void RemoveIfEmpty(List<string> created)
+    {
+        for (int i = created.Count - 1; i >= 0; i--)
+        {
+            try
+            {
+                if (Directory.EnumerateFileSystemEntries(created[i]).Any()) return;
+                Directory.Delete(created[i]);
+            }
+            catch (IOException) { return; }
+            catch (UnauthorizedAccessException) { return; }
+        }
     }
 
     /// <summary>Synchronous form of <see cref="GetDefaultModelAsync"/>.</summary>

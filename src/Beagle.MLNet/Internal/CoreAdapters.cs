@@ -85,8 +85,11 @@ internal static class DraftTrainerAdapter
         ? $"epoch {p.Epoch}/{p.Epochs} stage {p.Stage} step {p.Step}/{p.TotalSteps}: {m}"
         : string.Create(System.Globalization.CultureInfo.InvariantCulture,
             $"epoch {p.Epoch}/{p.Epochs} stage {p.Stage} step {p.Step}/{p.TotalSteps}: loss {p.Loss:F4} (ce {p.CrossEntropy:F4}) " +
-            $"top-1 agreement by depth [{string.Join(", ", p.AcceptanceByDepth.Select(a => a.ToString("F2", System.Globalization.CultureInfo.InvariantCulture)))}], " +
+            $"top-1 agreement by depth [{string.Join(", ", p.AcceptanceByDepth.Select(Rate))}], " +
             $"lr {p.LearningRate:G3}, {p.TokensPerSecond:F0} tok/s, eta {p.Eta:hh\\:mm\\:ss}");
+
+    /// <summary>A rate with two decimals, or "n/a" for a depth no step reached (stage 2 simulates fewer steps than the window).</summary>
+    static string Rate(double a) => double.IsFinite(a) ? a.ToString("F2", System.Globalization.CultureInfo.InvariantCulture) : "n/a";
 
     /// <summary>IProgress that calls back synchronously (Progress&lt;T&gt; would post to the thread pool and reorder reports).</summary>
     sealed class SyncProgress(Action<TrainingProgress> report) : IProgress<TrainingProgress> { public void Report(TrainingProgress value) => report(value); }

@@ -21,6 +21,10 @@ public class CliErrorsTests
             c.AddCommand<Beagle.Cli.Commands.ReportCommand>("report");
             c.AddCommand<Beagle.Cli.Commands.BenchPlainCommand>("bench-plain");
             c.AddCommand<Beagle.Cli.Commands.BenchCostsCommand>("bench-costs");
+            c.AddCommand<Beagle.Cli.Commands.BenchCommand>("bench");
+            c.AddCommand<Beagle.Cli.Commands.TrainCommand>("train");
+            c.AddCommand<Beagle.Cli.Commands.TrainBenchCommand>("train-bench");
+            c.AddCommand<Beagle.Cli.Commands.EvalDraftCommand>("eval-draft");
         });
         return app.Run(args);
     }
@@ -39,6 +43,10 @@ public class CliErrorsTests
     [InlineData("report")]
     [InlineData("bench-plain")]
     [InlineData("bench-costs")]
+    [InlineData("bench")]
+    [InlineData("train")]
+    [InlineData("train-bench")]
+    [InlineData("eval-draft")]
     public void Help_renders_for_every_command(string command)
     {
         // Option descriptions are Spectre markup: a stray "[" or "]" (e.g. "(0, 1]") breaks -h at run time.
@@ -54,5 +62,20 @@ public class CliErrorsTests
         Assert.Equal(1, CliErrors.Classify(new TaskCanceledException(), cancelled: false));
         Assert.Equal(1, CliErrors.Classify(new InvalidDataException("bad checkpoint"), cancelled: false));
         Assert.Equal(1, CliErrors.Classify(new FileNotFoundException("gone"), cancelled: false));
+    }
+
+    [Fact]
+    public void Error_lines_are_product_sentences_without_parameter_names()
+    {
+        var e = new ArgumentException("the prompt has 900 tokens but the model's context is 512; shorten it to at most 511 tokens", "promptIds");
+        Assert.Contains("(Parameter 'promptIds')", e.Message);   // what .NET appends, and what a user must not see
+        Assert.Equal("the prompt has 900 tokens but the model's context is 512; shorten it to at most 511 tokens", CliErrors.OneLine(e));
+
+        var range = new ArgumentOutOfRangeException("promptIds", 9999, "token id 9999 is outside the vocabulary (size 512)");
+        Assert.Equal("token id 9999 is outside the vocabulary (size 512)", CliErrors.OneLine(range));
+
+        // The innermost cause is added, trimmed the same way.
+        var wrapped = new InvalidDataException("TargetPath 'x.bin': unreadable", new ArgumentException("bad header", "stream"));
+        Assert.Equal("TargetPath 'x.bin': unreadable (bad header)", CliErrors.OneLine(wrapped));
     }
 }

@@ -51,4 +51,49 @@ public class SpeculativeBenchmarkTests
         Assert.Throws<ArgumentOutOfRangeException>(() =>
             SpeculativeBenchmark.Run(target, TestAssets.StoriesTokenizer, methods, Prompts, 4, 1, warmUp: TimeSpan.FromSeconds(-1)));
     }
+
+    [Fact]
+    public void A_prompt_longer_than_the_context_is_cut_from_the_left_said_once_and_counted()
+    {
+        var target = TestAssets.Stories;   // context 512
+        var tok = TestAssets.StoriesTokenizer;
+        var longPrompt = "Lily and Tom found a big box. " + string.Join(' ', Enumerable.Repeat("They played with the red ball in the park.", 80));
+        Assert.True(tok.Encode(longPrompt, true).Length > target.Config.MaxSeqLen);
+        using var draft = DraftCheckpoint.Create(DraftConfig.ForTarget(target.Config, DraftConfig.Beagle), target);
+        var methods = new BenchMethod[] { new("plain", null, null, null), new("beagle", "random", draft, new SpeculativeOptions { TreeTokens = 4, TreeDepth = 3, TreeTopK = 1 }) };
+        var warnings = new List<string>();
+
+        var r = SpeculativeBenchmark.Run(target, tok, methods, [Prompts[0], longPrompt], maxNewTokens: 16, runs: 1, warmUp: TimeSpan.Zero, warn: warnings.Add);
+
+        Assert.Equal(1, r.TruncatedPrompts);
+        var w = Assert.Single(warnings);
+        Assert.StartsWith("prompt 2 (\"Lily and Tom found a big ...\")", w);
+        Assert.Contains("cut from the left to 496 tokens", w);   // 512 - 16 new tokens
+        Assert.True(r.GreedyOutputsIdentical);
+        Assert.All(r.Methods, m => Assert.True(m.TokensPerSecond > 0));
+        Assert.Equal(1, BenchResult.Parse(r.ToJson()).TruncatedPrompts);
+        Assert.Contains("\"truncated_prompts\": 1", r.ToJson());
+    }
+
+    [Fact]
+    public void Fitting_to_the_context_keeps_bos_and_the_last_tokens()
+    {
+        int[] ids = [1, 10, 11, 12, 13, 14, 15];
+        Assert.Same(ids, SpeculativeBenchmark.FitToContext(ids, contextLength: 10, maxNewTokens: 3, bosId: 1));   // 7 + 3 fit
+        Assert.Equal([1, 14, 15], SpeculativeBenchmark.FitToContext(ids, contextLength: 10, maxNewTokens: 7, bosId: 1));
+        Assert.Equal([13, 14, 15], SpeculativeBenchmark.FitToContext(ids, contextLength: 10, maxNewTokens: 7));             // no BOS id
+        Assert.Equal([1, 15], SpeculativeBenchmark.FitToContext(ids, contextLength: 10, maxNewTokens: 100, bosId: 1));      // at least one token besides BOS
+    }
+
+    [Fact]
+    public void Prompt_files_skip_empty_prompts_and_name_the_line_of_bad_json()
+    {
+        using var dir = TestAssets.TempDir();
+        File.WriteAllLines(dir.File("q.jsonl"), ["{\"turns\": [\"Tell me a story.\"]}", "{\"turns\": [\"\"]}", "{\"prompt\": \"Once upon a time\"}"]);
+        Assert.Equal(["Tell me a story.", "Once upon a time"], SpeculativeBenchmark.LoadPrompts(dir.File("q.jsonl")));
+
+        File.WriteAllLines(dir.File("bad.jsonl"), ["{\"turns\": [\"ok\"]}", "{\"turns\": [\"unterminated"]);
+        var e = Assert.Throws<InvalidDataException>(() => SpeculativeBenchmark.LoadPrompts(dir.File("bad.jsonl")));
+        Assert.StartsWith($"{dir.File("bad.jsonl")}:2: not a JSON object", e.Message);
+    }
 }

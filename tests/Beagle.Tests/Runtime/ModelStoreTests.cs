@@ -96,4 +96,22 @@ public class ModelStoreTests
         Assert.Contains("--tokenizer", e.Message);
         Assert.Empty(Directory.GetFiles(cache.Path));
     }
+
+    [Fact]
+    public async Task An_offline_download_leaves_no_empty_cache_folder_behind()
+    {
+        using var root = TestAssets.TempDir();
+        var cacheDir = Path.Combine(root.Path, "beagle", "models", "stories260K");   // none of these exist yet
+        var store = new ModelStore(cacheDir: cacheDir, baseUrl: "http://127.0.0.1:9/", timeout: TimeSpan.FromSeconds(5), useEnvironment: false);
+
+        await Assert.ThrowsAsync<ModelNotAvailableException>(() => store.DownloadDefaultModelAsync());
+        Assert.Empty(Directory.GetFileSystemEntries(root.Path));   // beagle/models/stories260K all removed again
+        Assert.Throws<ModelNotAvailableException>(() => store.GetDefaultModel());
+        Assert.Empty(Directory.GetFileSystemEntries(root.Path));
+
+        // A folder that was there before is the user's: kept, even when empty.
+        Directory.CreateDirectory(cacheDir);
+        await Assert.ThrowsAsync<ModelNotAvailableException>(() => store.DownloadDefaultModelAsync());
+        Assert.True(Directory.Exists(cacheDir));
+    }
 }
