@@ -1,14 +1,17 @@
 namespace Beagle.Decoding;
 
 /// <summary>
-/// Draft-tree budget for speculative decoding (EAGLE-2 dynamic tree, beagle-method.md section 3).
+/// Draft-tree budget for speculative decoding (EAGLE-2 dynamic tree, docs/architecture.md).
 /// A null field means "use the budget measured for this machine and model" (see TreeBudget).
 /// </summary>
 public sealed record SpeculativeOptions
 {
     /// <summary>Tokens verified per round, including the root (the last accepted token). 2..256.</summary>
     public int? TreeTokens { get; init; }
-    /// <summary>Draft steps per round (tree depth). 1..32.</summary>
+    /// <summary>
+    /// Draft steps per round (tree depth). 1..32. A round expands at most 512 draft nodes (1 + top-k per further depth),
+    /// so with a large top-k the tree stops growing at depth 1 + 511 / top-k (e.g. 8 at top-k 64).
+    /// </summary>
     public int? TreeDepth { get; init; }
     /// <summary>Children expanded per frontier node and frontier width. 1..64; 1 = a chain.</summary>
     public int? TreeTopK { get; init; }

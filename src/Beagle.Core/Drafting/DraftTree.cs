@@ -112,7 +112,9 @@ public sealed class DraftTree
             frontier.Add(cands.Count - 1);
         }
 
-        for (int d = 2; d <= depth && frontier.Count > 0; d++)
+        // A round holds at most MaxRoundNodes expanded nodes (the sessions' per-round buffers): with a wide frontier the
+        // tree stops growing there instead of failing mid-generation (1 + topK * (depth - 1) nodes would be expanded).
+        for (int d = 2; d <= depth && frontier.Count > 0 && expansions + frontier.Count <= DraftModelBase.MaxRoundNodes; d++)
         {
             // Expand the frontier: each node's parent in the session is its parent's expansion (root = rootExpansion).
             int m = frontier.Count;

@@ -47,6 +47,23 @@ public class SpeculativeGreedyTests
     }
 
     [Theory]
+    [InlineData(16, 32, 17)]
+    [InlineData(16, 9, 64)]
+    [InlineData(256, 32, 64)]
+    public void Budgets_that_would_expand_more_nodes_than_a_round_holds_still_decode_losslessly(int tokens, int depth, int topK)
+    {
+        // 1 + topK * (depth - 1) > 512: the tree stops growing where a round is full instead of failing mid-stream.
+        using var draft = Beagle.Drafting.DraftCheckpoint.Load(Beagle.Runtime.DefaultModels.BundledDraft("stories260K", "beagle")!, TestAssets.Stories);
+        var plain = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer);
+        var spec = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer, draft);
+        var o = new GenerationOptions { MaxNewTokens = 24 };
+        var expected = plain.Complete("Once upon a time", o);
+        var actual = spec.Complete("Once upon a time", o with { Speculative = new SpeculativeOptions { TreeTokens = tokens, TreeDepth = depth, TreeTopK = topK }.Validate() });
+        Assert.Equal(expected.TokenIds, actual.TokenIds);
+        Assert.True(actual.Stats.AcceptanceLength > 1.5, $"the trained draft should be accepted (tau {actual.Stats.AcceptanceLength:F2})");
+    }
+
+    [Theory]
     [InlineData(-0.1)]
     [InlineData(1.0)]
     [InlineData(double.NaN)]
