@@ -35,6 +35,11 @@ public sealed class BenchSettings : ModelSettings
     [CommandOption("--tree-topk <K>")] [Description("Fixed tree top-k (default: measured).")] public int? TreeTopK { get; init; }
     [CommandOption("--tree-min-prob <P>")] [Description("Fixed confidence floor, 0 <= P < 1 (default: measured; 0 = off).")] public double? TreeMinProb { get; init; }
 
+    [CommandOption("-t|--temperature <T>")] [Description("0 = greedy (default); > 0 benchmarks sampled decoding (outputs then differ by chance, not compared).")] public float Temperature { get; init; }
+    [CommandOption("--top-k <K>")] [Description("Sample among the K most likely tokens (default 0: off).")] public int TopK { get; init; }
+    [CommandOption("--top-p <P>")] [Description("Nucleus sampling mass in (0, 1] (default 1: off).")] public float TopP { get; init; } = 1f;
+    [CommandOption("--seed <S>")] [Description("Sampling seed of every generation (default 1).")] public int Seed { get; init; } = 1;
+
     [CommandOption("--json <FILE>")]
     [Description("Write the results as JSON.")]
     public string? Json { get; init; }
@@ -53,8 +58,12 @@ public sealed class BenchSettings : ModelSettings
         if (Runs < 1) return ValidationResult.Error("--runs must be >= 1");
         if (!(WarmUp >= 0 && WarmUp <= 3600)) return ValidationResult.Error("--warmup must be between 0 and 3600 seconds");
         if (TreeMinProb is { } p && !(p >= 0 && p < 1)) return ValidationResult.Error("--tree-min-prob must be in [0, 1)");
+        try { Sampling.Validate(); } catch (ArgumentException e) { return ValidationResult.Error(e.Message); }
         return ValidationResult.Success();
     }
+
+    /// <summary>The sampling setting every method decodes with (greedy by default).</summary>
+    public SamplingOptions Sampling => new() { Temperature = Temperature, TopK = TopK, TopP = TopP, Seed = Seed };
 }
 
 /// <summary><c>beagle bench</c>: plain decoding and each draft, interleaved on the same prompts in one process.</summary>
@@ -94,7 +103,9 @@ public sealed class BenchCommand : Command<BenchSettings>
                     spec = new SpeculativeOptions { TreeTokens = s.TreeTokens, TreeDepth = s.TreeDepth, TreeTopK = s.TreeTopK, TreeMinProb = s.TreeMinProb ?? 0 };
                 else
                 {
-                    var cal = TreeBudgetCalibrator.GetOrMeasure(model, tokenizer, d, TreeBudgetCalibrator.DraftIdentity(d), log: m => CliConsole.Status($"{d.Architecture}: {m}"));
+                    // Sampled decoding is calibrated with its own setting (acceptance under sampling differs from greedy).
+                    var cal = TreeBudgetCalibrator.GetOrMeasure(model, tokenizer, d, TreeBudgetCalibrator.DraftIdentity(d), log: m => CliConsole.Status($"{d.Architecture}: {m}"),
+                        sampling: s.Sampling.IsGreedy ? null : s.Sampling);
                     // A benchmark reports the draft at its best measured budget, even where calibration prefers plain decoding.
                     spec = cal.Budget.ToOptions();
                 }
@@ -103,14 +114,14 @@ public sealed class BenchCommand : Command<BenchSettings>
 
             // Progress and truncation notes on stderr; the table below is the product.
             var result = CliConsole.WithStatus("benchmarking", status =>
-                SpeculativeBenchmark.Run(model, tokenizer, methods, prompts, s.MaxTokens, s.Runs, progress: status, cancellationToken: cancellationToken,
+                SpeculativeBenchmark.Run(model, tokenizer, methods, prompts, s.MaxTokens, s.Runs, s.Sampling, progress: status, cancellationToken: cancellationToken,
                     warmUp: TimeSpan.FromSeconds(s.WarmUp), warn: CliConsole.Note));
 
             var table = new Table().AddColumns("method", "tree", "tokens/s", "speedup", "acceptance length", "peak memory (MB)");
             foreach (var m in result.Methods)
                 table.AddRow(m.Name, m.Tree ?? "-", $"{m.TokensPerSecond:F0}", $"{m.Speedup:F2}x", $"{m.AcceptanceLength:F2}", $"{m.PeakMemoryMb:F0}");
             AnsiConsole.Write(table);
-            AnsiConsole.MarkupLine($"[grey]{Markup.Escape(result.Machine)}; {result.Threads} thread(s); {result.Prompts} prompts x {result.Runs} runs; {result.MaxNewTokens} new tokens each{Truncated(result)}; greedy outputs identical: {result.GreedyOutputsIdentical}[/]");
+            AnsiConsole.MarkupLine($"[grey]{Markup.Escape(result.Machine)}; {result.Threads} thread(s); {result.Prompts} prompts x {result.Runs} runs; {result.MaxNewTokens} new tokens each{Truncated(result)}; {(s.Sampling.IsGreedy ? $"greedy outputs identical: {result.GreedyOutputsIdentical}" : $"sampled ({result.Sampling})")}[/]");
             if (s.Json is not null) File.WriteAllText(s.Json, result.ToJson());
             if (s.Report is not null)
             {

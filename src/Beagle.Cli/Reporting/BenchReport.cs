@@ -59,7 +59,9 @@ public static class BenchReport
         sb.Append(Inv, $"- Prompts: {r.Prompts}, at most {r.MaxNewTokens} new tokens each");
         if (r.TruncatedPrompts > 0) sb.Append(Inv, $" ({r.TruncatedPrompts} cut from the left to leave room for them in the model's context)");
         sb.AppendLine();
-        if (r.GreedyOutputsIdentical is var same)
+        if (r.Sampling != "greedy")
+            sb.AppendLine($"- Sampled decoding ({r.Sampling}): outputs differ by chance and are not compared; losslessness under sampling is shown by the statistical tests");
+        else if (r.GreedyOutputsIdentical is var same)
             sb.AppendLine($"- Greedy speculative outputs identical to plain greedy decoding: {(same ? "yes" : "**NO**")}");
         sb.AppendLine($"- Command: `{commandLine.Replace('`', '\'')}`").AppendLine();
 

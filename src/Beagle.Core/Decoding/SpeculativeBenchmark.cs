@@ -30,7 +30,8 @@ public sealed record BenchResult(
     [property: JsonPropertyName("runs")] int Runs,
     [property: JsonPropertyName("methods")] IReadOnlyList<BenchMethodResult> Methods,
     [property: JsonPropertyName("greedy_outputs_identical")] bool GreedyOutputsIdentical,
-    [property: JsonPropertyName("truncated_prompts")] int TruncatedPrompts = 0)
+    [property: JsonPropertyName("truncated_prompts")] int TruncatedPrompts = 0,
+    [property: JsonPropertyName("sampling")] string Sampling = "greedy")
 {
     static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
     public string ToJson() => JsonSerializer.Serialize(this, Indented);
@@ -142,7 +143,8 @@ public static class SpeculativeBenchmark
                 Math.Round(forwards[m] == 0 ? 1 : (double)roundTokens[m] / forwards[m], 3), Math.Round(peak[m], 1), byDepth,
                 b?.ToString(), tps[m].Select(x => Math.Round(x, 1)).ToArray()));
         }
-        return new BenchResult(MachineName(), TorchSharp.torch.get_num_threads(), maxNewTokens, ids.Length, runs, results, identical, truncated);
+        return new BenchResult(MachineName(), TorchSharp.torch.get_num_threads(), maxNewTokens, ids.Length, runs, results, identical, truncated,
+            sampling.IsGreedy ? "greedy" : FormattableString.Invariant($"temperature {sampling.Temperature}, top-k {sampling.TopK}, top-p {sampling.TopP}, seed {sampling.Seed}"));
     }
 
     /// <summary>
