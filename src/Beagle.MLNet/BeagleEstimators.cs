@@ -24,7 +24,9 @@ public sealed class BeagleGenerateEstimator : IEstimator<BeagleTransformer>
     {
         ArgumentNullException.ThrowIfNull(input);
         SchemaChecks.CheckPrompt(input.Schema, _options.InputColumnName);
-        var draft = _options.DraftPath is null ? new Dictionary<string, byte[]>() : BeagleRuntime.ReadFiles(_options.DraftPath);
+        var draftPath = _options.DraftPath
+            ?? (_options.UseBundledDraft && Beagle.Runtime.DefaultModels.IsKnownName(_options.TargetPath) ? Beagle.Runtime.DefaultModels.BundledDraft(_options.TargetPath) : null);
+        var draft = draftPath is null ? new Dictionary<string, byte[]>() : BeagleRuntime.ReadFiles(draftPath);
         return BeaglePipeline.Build(_ml, input, _options, draft, "generate");
     }
 

@@ -9,8 +9,11 @@ namespace Beagle.MLNet;
 /// </summary>
 public abstract class BeagleModelOptions
 {
-    /// <summary>Target model: a llama2.c checkpoint (.bin) or a Hugging Face model folder (config.json + safetensors).</summary>
-    public string TargetPath { get; set; } = "";
+    /// <summary>
+    /// Target model: a llama2.c checkpoint (.bin), a Hugging Face model folder (config.json + safetensors), or a known
+    /// model: stories5M (the default, bundled with the library) or stories260K.
+    /// </summary>
+    public string TargetPath { get; set; } = Beagle.Runtime.DefaultModels.Default;
     /// <summary>Tokenizer file; null = tokenizer.bin or tok512.bin next to a llama2.c target, the tokenizer of a Hugging Face folder.</summary>
     public string? TokenizerPath { get; set; }
     /// <summary>"cpu" (default), "auto" or "cuda[:N]".</summary>
@@ -40,7 +43,7 @@ public abstract class BeagleModelOptions
     internal virtual void Validate()
     {
         if (string.IsNullOrWhiteSpace(TargetPath)) throw new ArgumentException("TargetPath is required: the target model the completions come from", nameof(TargetPath));
-        if (!File.Exists(TargetPath) && !Directory.Exists(TargetPath)) throw new ArgumentException($"TargetPath: no file or folder at '{TargetPath}'", nameof(TargetPath));
+        if (!Beagle.Runtime.DefaultModels.IsKnownName(TargetPath) && !File.Exists(TargetPath) && !Directory.Exists(TargetPath)) throw new ArgumentException($"TargetPath: no file or folder at '{TargetPath}'", nameof(TargetPath));
         if (TokenizerPath is not null && !File.Exists(TokenizerPath) && !Directory.Exists(TokenizerPath)) throw new ArgumentException($"TokenizerPath: no file at '{TokenizerPath}'", nameof(TokenizerPath));
         if (string.IsNullOrWhiteSpace(InputColumnName)) throw new ArgumentException("InputColumnName must name the prompt column", nameof(InputColumnName));
         if (Threads < 1) throw new ArgumentOutOfRangeException(nameof(Threads), Threads, "threads must be >= 1");
@@ -59,6 +62,8 @@ public sealed class BeagleGenerateOptions : BeagleModelOptions
 {
     /// <summary>Folder of a trained draft (DraftCheckpoint format); null = plain decoding of the target.</summary>
     public string? DraftPath { get; set; }
+    /// <summary>With a known target (stories5M, stories260K) and no <see cref="DraftPath"/>: its bundled Beagle draft (default true).</summary>
+    public bool UseBundledDraft { get; set; } = true;
 
     internal override void Validate()
     {
@@ -139,9 +144,21 @@ public sealed class BeagleTrainDraftOptions : BeagleModelOptions
     }
 
     /// <summary>The core trainer's options for a run in <paramref name="outputDir"/> on the texts in <paramref name="dataPath"/>.</summary>
-    internal Beagle.Training.TrainingOptions ToTrainingOptions(string outputDir, string dataPath, bool checkData = true) => new()
+    internal Beagle.Training.TrainingOptions ToTrainingOptions(string outputDir, string dataPath, bool checkData = true)
     {
-        Architecture = Architecture, TargetPath = TargetPath, TokenizerPath = TokenizerPath, OutputDir = outputDir,
+        // The trainer reads files: a known model name becomes its files (the bundled stories5M, or stories260K's).
+        var (target, tokenizer) = (TargetPath, TokenizerPath);
+        if (Beagle.Runtime.DefaultModels.IsKnownName(TargetPath))
+        {
+            var known = Beagle.Runtime.DefaultModels.Resolve(TargetPath);
+            (target, tokenizer) = (known.Model, TokenizerPath ?? known.Tokenizer);
+        }
+        return ToTrainingOptions(outputDir, dataPath, checkData, target, tokenizer);
+    }
+
+    Beagle.Training.TrainingOptions ToTrainingOptions(string outputDir, string dataPath, bool checkData, string target, string? tokenizer) => new()
+    {
+        Architecture = Architecture, TargetPath = target, TokenizerPath = tokenizer, OutputDir = outputDir,
         // Validation runs before there is a data file: stand in with --generate, which needs no file.
         DataPaths = checkData ? [dataPath] : [], Generate = checkData ? Generate : Math.Max(1, Generate),
         Epochs = Epochs, Stage1Epochs = Stage1Epochs, WindowK = Window, SimSteps = SimSteps, BatchSize = BatchSize, SeqLen = SeqLen,

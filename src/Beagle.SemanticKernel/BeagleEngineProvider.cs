@@ -77,16 +77,25 @@ public sealed class BeagleEngineProvider : IAsyncDisposable, IDisposable
     {
         var device = DeviceSelector.Resolve(o.Device);
         LoadedTarget target;
+        string targetPath = o.TargetPath;
+        string? tokenizerPath = o.TokenizerPath, draftPath = o.DraftPath;
+        if (DefaultModels.IsKnownName(o.TargetPath))
+        {
+            // A known model: the bundled stories5M or stories260K (cache/download), with its bundled Beagle draft.
+            var known = DefaultModels.Resolve(o.TargetPath);
+            (targetPath, tokenizerPath) = (known.Model, o.TokenizerPath ?? known.Tokenizer);
+            if (o.UseBundledDraft) draftPath ??= DefaultModels.BundledDraft(known.Name, "beagle");
+        }
         // The loader's messages name the file; prefix the setting that named it (same exception types).
-        try { target = TargetLoader.Load(o.TargetPath, o.TokenizerPath, device); }
+        try { target = TargetLoader.Load(targetPath, tokenizerPath, device); }
         catch (FileNotFoundException e) { throw new FileNotFoundException($"{Setting(o, e.FileName)}: {e.Message}", e.FileName, e); }
         catch (InvalidDataException e) { throw new InvalidDataException($"{Setting(o, null)}: {e.Message}", e); }
         try
         {
             IDraftModel? draft = null;
-            if (o.DraftPath is not null)
-                try { draft = DraftCheckpoint.Load(o.DraftPath, target.Model); }
-                catch (InvalidDataException e) { throw new InvalidDataException($"{nameof(BeagleModelOptions.DraftPath)} '{o.DraftPath}': {e.Message}", e); }
+            if (draftPath is not null)
+                try { draft = DraftCheckpoint.Load(draftPath, target.Model); }
+                catch (InvalidDataException e) { throw new InvalidDataException($"{nameof(BeagleModelOptions.DraftPath)} '{draftPath}': {e.Message}", e); }
             return new EngineModels(target.Model, target.Tokenizer, draft);
         }
         catch { target.Dispose(); throw; }

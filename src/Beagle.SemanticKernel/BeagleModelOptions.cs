@@ -11,15 +11,24 @@ public sealed class BeagleModelOptions
     /// <summary>The configuration section the hosting package binds by default.</summary>
     public const string SectionName = "Beagle";
 
-    /// <summary>llama2.c checkpoint (.bin) or Hugging Face model folder. Required.</summary>
-    public string TargetPath { get; set; } = "";
+    /// <summary>
+    /// llama2.c checkpoint (.bin), Hugging Face model folder, or a known model: <c>stories5M</c> (the default: bundled with
+    /// the library, with trained drafts) or <c>stories260K</c> (from $BEAGLE_MODELS, the user cache or a download).
+    /// </summary>
+    public string TargetPath { get; set; } = Runtime.DefaultModels.Default;
     /// <summary>Tokenizer file; null = next to the target (tokenizer.bin or tok512.bin for llama2.c; tokenizer.json or tokenizer.model in a Hugging Face folder).</summary>
     public string? TokenizerPath { get; set; }
     /// <summary>
-    /// Draft checkpoint folder (draft.json + draft.safetensors) trained for this target; null = plain decoding. With a
-    /// draft every request decodes speculatively unless it sets "speculative": false.
+    /// Draft checkpoint folder (draft.json + draft.safetensors) trained for this target; null = plain decoding (with a
+    /// known target: its bundled draft, see <see cref="UseBundledDraft"/>). With a draft every request decodes
+    /// speculatively unless it sets "speculative": false.
     /// </summary>
     public string? DraftPath { get; set; }
+    /// <summary>
+    /// With a known model (<see cref="TargetPath"/> stories5M or stories260K) and no <see cref="DraftPath"/>: use its
+    /// bundled Beagle draft, so the default registration decodes speculatively (on by default; false = plain decoding).
+    /// </summary>
+    public bool UseBundledDraft { get; set; } = true;
     /// <summary>auto (CUDA when available), cpu or cuda[:N].</summary>
     public string Device { get; set; } = "auto";
     /// <summary>libtorch intra-op threads; null = leave libtorch's default. 1 is fastest for small models.</summary>
@@ -51,8 +60,8 @@ public sealed class BeagleModelOptions
     public IReadOnlyList<string> Problems(bool checkFiles, string prefix = "")
     {
         var p = new List<string>();
-        if (string.IsNullOrWhiteSpace(TargetPath)) p.Add($"{prefix}{nameof(TargetPath)} is required: a llama2.c checkpoint (.bin) or a Hugging Face model folder");
-        else if (checkFiles && !File.Exists(TargetPath) && !Directory.Exists(TargetPath)) p.Add($"{prefix}{nameof(TargetPath)}: no file or folder at '{TargetPath}'");
+        if (string.IsNullOrWhiteSpace(TargetPath)) p.Add($"{prefix}{nameof(TargetPath)} is required: a llama2.c checkpoint (.bin), a Hugging Face model folder, or stories5M / stories260K");
+        else if (checkFiles && !Runtime.DefaultModels.IsKnownName(TargetPath) && !File.Exists(TargetPath) && !Directory.Exists(TargetPath)) p.Add($"{prefix}{nameof(TargetPath)}: no file or folder at '{TargetPath}'");
         if (TokenizerPath is not null && checkFiles && !File.Exists(TokenizerPath) && !Directory.Exists(TokenizerPath))
             p.Add($"{prefix}{nameof(TokenizerPath)}: no file at '{TokenizerPath}'");
         if (DraftPath is not null && checkFiles && !Directory.Exists(DraftPath))

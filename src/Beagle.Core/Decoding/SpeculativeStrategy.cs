@@ -125,11 +125,11 @@ public readonly record struct TreeBudget(int Tokens, int Depth, int TopK, double
     public override string ToString() => MinProb > 0 ? FormattableString.Invariant($"{Tokens}/{Depth}/{TopK} p>={MinProb}") : $"{Tokens}/{Depth}/{TopK}";
 
     /// <summary>
-    /// Used when neither the caller nor a calibration chose one: a chain of 3 draft tokens, the fastest fixed budget for the
-    /// bundled Beagle draft on a 2-core CPU (docs/benchmarks.md: 4/3/1 1.02x, 5/4/1 0.93x, 6/5/1 0.86x, trees far below
-    /// plain — each verified token costs real FLOPs on a CPU, and at stories260K's size calibration decodes plainly).
-    /// Larger targets and GPUs, where verification is cheap next to decoding, want deeper or wider trees: calibrate
-    /// (TreeBudgetCalibrator) or pass a budget.
+    /// Used when neither the caller nor a calibration chose one: a chain of 3 draft tokens. For stories5M and its bundled
+    /// drafts on a 2-core CPU chains of 3 to 7 measured alike (Beagle 1.64x at 4/3/1 and 6/5/1, 1.62x at 8/7/1, 1.55x at
+    /// 10/9/1; a 16/5/4 tree 0.81x: each verified token costs a quarter of a target step on a CPU, docs/benchmarks.md),
+    /// and a short chain also suits weaker drafts. GPUs, where verification is cheap next to decoding, want deeper or
+    /// wider trees: calibrate (TreeBudgetCalibrator) or pass a budget.
     /// </summary>
     public static TreeBudget Default { get; } = new(4, 3, 1);
 

@@ -15,8 +15,15 @@ namespace Beagle.MLNet.Internal;
 /// <summary>Loads a target (llama2.c file or Hugging Face folder) and its tokenizer. Runs on the engine thread.</summary>
 internal static class TargetSource
 {
-    public static LoadedTarget Load(string targetPath, string? tokenizerPath, string device) =>
-        TargetLoader.Load(targetPath, tokenizerPath, DeviceSelector.Resolve(device));
+    public static LoadedTarget Load(string targetPath, string? tokenizerPath, string device)
+    {
+        if (Beagle.Runtime.DefaultModels.IsKnownName(targetPath))
+        {
+            var known = Beagle.Runtime.DefaultModels.Resolve(targetPath);   // the bundled stories5M, or stories260K from the cache
+            return TargetLoader.Load(known.Model, tokenizerPath ?? known.Tokenizer, DeviceSelector.Resolve(device));
+        }
+        return TargetLoader.Load(targetPath, tokenizerPath, DeviceSelector.Resolve(device));
+    }
 }
 
 /// <summary>

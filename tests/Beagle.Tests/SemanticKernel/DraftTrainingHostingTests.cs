@@ -182,8 +182,12 @@ public sealed class DraftTrainingHostingTests
         var queue = host.Services.GetRequiredService<IDraftTrainingQueue>();
         var bad = Assert.Throws<ArgumentException>(() => queue.Enqueue(Tiny(tmp) with { BatchSize = 0 }));
         Assert.Contains("batch", bad.Message);
-        var noTarget = Assert.Throws<ArgumentException>(() => queue.Enqueue(Tiny(tmp) with { TargetPath = null }));
+        var noTarget = Assert.Throws<ArgumentException>(() => queue.Enqueue(Tiny(tmp) with { TargetPath = " " }));
         Assert.Contains("TargetPath", noTarget.Message);
+        // No target and no served model: the default model, as its files (the trainer reads files, not names).
+        string byDefault = queue.Enqueue(Tiny(tmp, tmp.File("default-out")) with { TargetPath = null, TokenizerPath = null });
+        Assert.EndsWith("stories5M.bin", queue.GetJob(byDefault)!.Options.TargetPath);
+        Assert.True(queue.Cancel(byDefault));
         string shared = tmp.File("shared-out");
         string first = queue.Enqueue(Tiny(tmp, shared));
         Assert.Throws<ArgumentException>(() => queue.Enqueue(Tiny(tmp, shared)));   // one output folder per unfinished job
