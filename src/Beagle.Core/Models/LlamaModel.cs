@@ -17,7 +17,7 @@ public sealed record ForwardOutput(Tensor Logits, Tensor Hidden) : IDisposable
 /// A Llama-family decoder (llama2.c, Llama 2/3, Qwen2, Mistral) for inference, in fp32.
 ///
 /// Built for a small number of tensor ops per layer, because on a CPU at stories260K's size each op costs a few
-/// microseconds of overhead and the FLOPs are negligible (issue #2): q, k, their rotary partners and v come out of one
+/// microseconds of overhead and the FLOPs are negligible: q, k, their rotary partners and v come out of one
 /// fused matmul with the RMSNorm weight folded in; rotary is one mul and one addcmul; the output and down projections
 /// add the residual in the same addmm; gate and up share one matmul; the KV cache is written in place.
 /// That is the path of other devices. On the CPU a forward of a few tokens (decoding, verification) is C# from start to
