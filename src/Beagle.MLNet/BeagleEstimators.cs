@@ -113,7 +113,7 @@ internal static class BeaglePipeline
         return Inner(ml, inputColumn, static (_, _) => { }).GetOutputSchema(input);
     }
 
-    public static BeagleTransformer Build(MLContext ml, IDataView input, BeagleModelOptions o, IReadOnlyDictionary<string, byte[]> draftFiles, string kind, bool checkPrompt = true)
+    public static BeagleTransformer Build(MLContext ml, IDataView input, BeagleEstimatorOptions o, IReadOnlyDictionary<string, byte[]> draftFiles, string kind, bool checkPrompt = true)
     {
         var settings = new SettingsRecord
         {

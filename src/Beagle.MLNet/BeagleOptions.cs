@@ -4,10 +4,11 @@ namespace Beagle.MLNet;
 
 /// <summary>
 /// What every Beagle estimator needs: the target to decode with, the prompt column and the decoding settings.
-/// Everything here except the paths is stored inside a saved model (beagle/model.json), so a reloaded pipeline
-/// decodes exactly as the fitted one did.
+/// Everything here except the paths is stored inside a saved model (beagle/settings.json), so a reloaded pipeline
+/// decodes exactly as the fitted one did. (Not BeagleModelOptions: that is the served model's options in
+/// Beagle.SemanticKernel, and one name for two types broke code that imports both namespaces, CS0104.)
 /// </summary>
-public abstract class BeagleModelOptions
+public abstract class BeagleEstimatorOptions
 {
     /// <summary>Target model: a llama2.c checkpoint (.bin) or a Hugging Face model folder (config.json + safetensors).</summary>
     public string TargetPath { get; set; } = "";
@@ -55,7 +56,7 @@ public abstract class BeagleModelOptions
 }
 
 /// <summary>Options of <see cref="BeagleCatalog.Generate"/>: decode with an existing draft, or none.</summary>
-public sealed class BeagleGenerateOptions : BeagleModelOptions
+public sealed class BeagleGenerateOptions : BeagleEstimatorOptions
 {
     /// <summary>Folder of a trained draft (DraftCheckpoint format); null = plain decoding of the target.</summary>
     public string? DraftPath { get; set; }
@@ -74,7 +75,7 @@ public sealed class BeagleGenerateOptions : BeagleModelOptions
 /// trains a draft for the target, writes the run to <see cref="OutputDir"/> (the draft itself to
 /// <c>OutputDir/draft</c>) and returns a transformer that decodes speculatively with it.
 /// </summary>
-public sealed class BeagleTrainDraftOptions : BeagleModelOptions
+public sealed class BeagleTrainDraftOptions : BeagleEstimatorOptions
 {
     /// <summary>The column of training text (one document per row).</summary>
     public string TextColumnName { get; set; } = "Text";
