@@ -101,15 +101,34 @@ internal sealed class BeagleRuntime : IDisposable
         }
     }
 
-    /// <summary>The CustomMapping action: one completion per row, generated on the engine thread.</summary>
+    /// <summary>
+    /// The CustomMapping action: one completion per row, generated on the engine thread. A row the engine refuses (its
+    /// prompt is longer than the context, ...: an ArgumentException) gets its reason in the Error column and no
+    /// completion; the other rows go on. Thrown from here, it would end the whole enumeration, wrapped by ML.NET's
+    /// cursors, with the row unnamed. Failures of the engine itself (disposed, out of memory) still throw.
+    /// </summary>
     public void Map(BeaglePromptRow input, BeagleCompletionRow output)
     {
         string prompt = input.Prompt ?? "";
-        var r = _engine.RunAsync((g, ct) => g.Complete(prompt, _options, ct)).GetAwaiter().GetResult();
-        output.Completion = r.Text;
-        output.NewTokens = r.Stats.NewTokens;
-        output.AcceptanceLength = (float)r.Stats.AcceptanceLength;
-        output.TokensPerSecond = (float)r.Stats.TokensPerSecond;
+        try
+        {
+            var r = _engine.RunAsync((g, ct) => g.Complete(prompt, _options, ct)).GetAwaiter().GetResult();
+            output.Completion = r.Text;
+            output.NewTokens = r.Stats.NewTokens;
+            output.AcceptanceLength = (float)r.Stats.AcceptanceLength;
+            output.TokensPerSecond = (float)r.Stats.TokensPerSecond;
+            output.Error = "";
+        }
+        catch (ArgumentException e)
+        {
+            output.Completion = "";
+            output.NewTokens = 0;
+            output.AcceptanceLength = 0;
+            output.TokensPerSecond = 0;
+            // The sentence for a user, without .NET's " (Parameter 'promptIds')" suffix.
+            output.Error = e.ParamName is { Length: > 0 } name && e.Message.IndexOf($" (Parameter '{name}')", StringComparison.Ordinal) is var i and > 0
+                ? e.Message[..i] : e.Message;
+        }
     }
 
     public void Dispose() => _engine.Dispose();

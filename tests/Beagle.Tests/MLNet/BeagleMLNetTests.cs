@@ -25,6 +25,7 @@ public sealed class CompletionRow
     public int NewTokens { get; set; }
     public float AcceptanceLength { get; set; }
     public float TokensPerSecond { get; set; }
+    public string Error { get; set; } = "";
 }
 
 /// <summary>
@@ -53,13 +54,14 @@ public class BeagleMLNetTests
     static CompletionRow[] Rows(MLContext ml, IDataView view) => ml.Data.CreateEnumerable<CompletionRow>(view, reuseRowObject: false).ToArray();
 
     [Fact]
-    public void Output_schema_keeps_the_input_columns_and_adds_the_four_typed_outputs_without_loading_the_model()
+    public void Output_schema_keeps_the_input_columns_and_adds_the_five_typed_outputs_without_loading_the_model()
     {
         var ml = new MLContext(seed: 1);
         var data = PromptView(ml, "x");
         var shape = ml.Beagle().Generate(Options()).GetOutputSchema(Shape(data.Schema));
 
-        Assert.Equal(["Prompt", "Completion", "NewTokens", "AcceptanceLength", "TokensPerSecond"], shape.Select(c => c.Name).ToArray());
+        Assert.Equal(["Prompt", "Completion", "NewTokens", "AcceptanceLength", "TokensPerSecond", "Error"], shape.Select(c => c.Name).ToArray());
+        Assert.IsType<TextDataViewType>(shape.Single(c => c.Name == "Error").ItemType);
         Assert.IsType<TextDataViewType>(shape.Single(c => c.Name == "Completion").ItemType);
         Assert.Equal(NumberDataViewType.Int32, shape.Single(c => c.Name == "NewTokens").ItemType);
         Assert.Equal(NumberDataViewType.Single, shape.Single(c => c.Name == "AcceptanceLength").ItemType);
@@ -107,6 +109,30 @@ public class BeagleMLNetTests
         Assert.All(rows, r => Assert.InRange(r.NewTokens, 1, MaxTokens));
         Assert.All(rows, r => Assert.Equal(1f, r.AcceptanceLength));   // plain decoding: one token per target forward
         Assert.All(rows, r => Assert.True(r.TokensPerSecond > 0));
+    }
+
+    [Fact]
+    public void A_row_longer_than_the_context_gets_its_reason_in_the_Error_column_and_the_other_rows_their_completions()
+    {
+        var ml = new MLContext(seed: 1);
+        string tooLong = string.Join(" ", Enumerable.Repeat("Once upon a time there was a cat.", 80));   // ~800 tokens; the context is 512
+        string[] prompts = [Prompts[0], tooLong, Prompts[2]];
+        var data = PromptView(ml, prompts);
+        using var model = ml.Beagle().Generate(Options()).Fit(data);
+
+        var rows = Rows(ml, model.Transform(data));   // before: the enumeration ended with "Splitter/consolidator worker encountered exception"
+
+        Assert.Equal(3, rows.Length);
+        var reference = Reference(Prompts[0], Prompts[2]);
+        Assert.Equal((reference[0], ""), (rows[0].Completion, rows[0].Error));
+        Assert.Equal((reference[1], ""), (rows[2].Completion, rows[2].Error));
+        Assert.Equal(("", 0), (rows[1].Completion, rows[1].NewTokens));
+        Assert.Contains("context is 512", rows[1].Error);
+        Assert.DoesNotContain("Parameter", rows[1].Error);
+
+        var engine = ml.Model.CreatePredictionEngine<PromptInput, CompletionRow>(model);
+        Assert.Contains("context is 512", engine.Predict(new PromptInput { Prompt = tooLong }).Error);
+        Assert.Equal("", engine.Predict(new PromptInput { Prompt = Prompts[0] }).Error);
     }
 
     [Fact]
