@@ -49,13 +49,14 @@ internal sealed class BeagleRuntime : IDisposable
     /// Loads the target (and draft) on a new engine thread and fingerprints the target. With
     /// <paramref name="expectedFingerprint"/> set, a different target is refused (InvalidDataException).
     /// </summary>
+    /// <param name="draftSource">Where the draft files come from (a folder, or "model.zip:beagle/draft"), for error messages.</param>
     public static BeagleRuntime Start(string targetPath, string? tokenizerPath, SettingsRecord settings,
-        IReadOnlyDictionary<string, byte[]> draftFiles, string? expectedFingerprint = null, string? modelDescription = null)
+        IReadOnlyDictionary<string, byte[]> draftFiles, string draftSource, string? expectedFingerprint = null, string? modelDescription = null)
     {
         var engine = new BeagleEngine(() =>
         {
             var target = TargetSource.Load(targetPath, tokenizerPath, settings.Device);
-            try { return new EngineModels(target.Model, target.Tokenizer, draftFiles.Count == 0 ? null : LoadDraft(draftFiles, target.Model)); }
+            try { return new EngineModels(target.Model, target.Tokenizer, draftFiles.Count == 0 ? null : LoadDraft(draftFiles, target.Model, draftSource)); }
             catch { target.Dispose(); throw; }
         }, new EngineOptions { Threads = settings.Threads });
         try
@@ -72,7 +73,7 @@ internal sealed class BeagleRuntime : IDisposable
         catch { engine.Dispose(); throw; }
     }
 
-    static Beagle.Drafting.IDraftModel LoadDraft(IReadOnlyDictionary<string, byte[]> files, Beagle.Models.LlamaModel target)
+    static Beagle.Drafting.IDraftModel LoadDraft(IReadOnlyDictionary<string, byte[]> files, Beagle.Models.LlamaModel target, string source)
     {
         // The draft loader reads a folder; materialise the embedded files for the duration of the load.
         string dir = Path.Combine(Path.GetTempPath(), "beagle-mlnet-draft-" + Guid.NewGuid().ToString("N")[..12]);
@@ -80,6 +81,13 @@ internal sealed class BeagleRuntime : IDisposable
         {
             WriteFiles(files, dir);
             return DraftStore.Load(dir, target);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // The loader names the temporary folder, which is gone by the time anyone reads the message: name where the
+            // files come from instead. The original exception is not kept as the inner one, since it names that folder too.
+            string message = e.Message.Replace(dir, source, StringComparison.Ordinal);
+            throw new InvalidDataException(message.Contains(source, StringComparison.Ordinal) ? message : $"the draft in {source}: {message}");
         }
         finally { try { Directory.Delete(dir, true); } catch (IOException) { } }
     }
