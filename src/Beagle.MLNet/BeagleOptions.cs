@@ -109,11 +109,13 @@ public sealed class BeagleTrainDraftOptions : BeagleEstimatorOptions
     public int EvalPrompts { get; set; } = 8;
     /// <summary>--no-plots when false.</summary>
     public bool Plots { get; set; } = true;
-    /// <summary>--checkpoint-every.</summary>
+    /// <summary>--checkpoint-every: steps between checkpoints in OutputDir/checkpoint (also at each epoch end and on
+    /// cancellation, which loses no step); bounds what a crash or a kill can lose. Must be >= 1.</summary>
     public int CheckpointEverySteps { get; set; } = 500;
     /// <summary>--log-every: steps between progress lines in mlContext.Log.</summary>
     public int LogEverySteps { get; set; } = 10;
-    /// <summary>--resume: continue the run in <see cref="OutputDir"/> from its checkpoint (same data and settings).</summary>
+    /// <summary>--resume: continue the run in <see cref="OutputDir"/> from its checkpoint (same data and settings). Fit
+    /// refuses (InvalidOperationException saying where it looked) when there is no checkpoint, rather than start over.</summary>
     public bool Resume { get; set; }
     /// <summary>--seed of the trainer.</summary>
     public int TrainSeed { get; set; }
@@ -135,6 +137,8 @@ public sealed class BeagleTrainDraftOptions : BeagleEstimatorOptions
         if (SeqLen < 2) throw new ArgumentOutOfRangeException(nameof(SeqLen), SeqLen, "sequence length must be >= 2");
         if (MaxSequences < 0) throw new ArgumentOutOfRangeException(nameof(MaxSequences), MaxSequences, "max sequences must be >= 0 (0 = all)");
         if (!(LearningRate > 0)) throw new ArgumentOutOfRangeException(nameof(LearningRate), LearningRate, "learning rate must be > 0");
+        if (CheckpointEverySteps < 1) throw new ArgumentOutOfRangeException(nameof(CheckpointEverySteps), CheckpointEverySteps, "steps between checkpoints must be >= 1");
+        if (LogEverySteps < 1) throw new ArgumentOutOfRangeException(nameof(LogEverySteps), LogEverySteps, "steps between progress lines must be >= 1");
         // The core checks the rest (with the CLI's option names).
         ToTrainingOptions("validation", "validation.jsonl", checkData: false).Validate();
     }

@@ -255,6 +255,8 @@ public class BeagleMLNetTests
         Assert.Contains("'Story'", e.Message);
         Assert.Throws<ArgumentException>(() => ml.Beagle().TrainDraft(new BeagleTrainDraftOptions { TargetPath = TestAssets.ModelPath, Architecture = "medusa" }));
         Assert.Throws<ArgumentOutOfRangeException>(() => ml.Beagle().TrainDraft(new BeagleTrainDraftOptions { TargetPath = TestAssets.ModelPath, Epochs = 2, Stage1Epochs = 3 }));
+        var every = Assert.Throws<ArgumentOutOfRangeException>(() => ml.Beagle().TrainDraft(new BeagleTrainDraftOptions { TargetPath = TestAssets.ModelPath, CheckpointEverySteps = 0 }));
+        Assert.Equal(nameof(BeagleTrainDraftOptions.CheckpointEverySteps), every.ParamName);
     }
 
     [Fact]
