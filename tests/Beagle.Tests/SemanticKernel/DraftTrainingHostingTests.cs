@@ -210,7 +210,7 @@ public sealed class DraftTrainingHostingTests
 
         var saved = JsonNode.Parse(File.ReadAllText(Path.Combine(tmp.File("jobs"), DraftTrainingService.JobsFile)))!["jobs"]!.AsArray()
             .Select(j => (string)j!["id"]!).ToList();
-        Assert.Equal([waiting, cancelled[2], cancelled[3]], saved.Order());
+        Assert.Equal(new[] { waiting, cancelled[2], cancelled[3] }.Order(), saved.Order());
         Assert.Equal(saved.Order(), queue.GetJobs().Select(j => j.Id).Order());
     }
 
