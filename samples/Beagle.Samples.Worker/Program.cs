@@ -127,7 +127,7 @@ sealed class ChatWorker(IChatClient chat, BeagleEngineProvider model, IDraftTrai
 
             if (settings.Once) await AnswerAsync("Once upon a time, there was a little cat", stoppingToken);
             else
-                while (!stoppingToken.IsCancellationRequested && await Console.In.ReadLineAsync(stoppingToken) is { } line)
+                while (await ReadLineAsync(stoppingToken) is { } line)
                     if (line.Trim().Length > 0) await AnswerAsync(line, stoppingToken);
 
             var job = await training.WaitForCompletionAsync(jobId, stoppingToken);
@@ -146,6 +146,14 @@ sealed class ChatWorker(IChatClient chat, BeagleEngineProvider model, IDraftTrai
         }
         lifetime.StopApplication();
     }
+
+    /// <summary>
+    /// The next line of standard input, or OperationCanceledException as soon as the host stops. Console.In's own
+    /// ReadLineAsync(token) reads synchronously and looks at the token only before it starts, so a worker waiting for a
+    /// prompt held shutdown for the whole HostOptions.ShutdownTimeout; the read runs on the thread pool instead, and a
+    /// read abandoned at shutdown ends with the process.
+    /// </summary>
+    static Task<string?> ReadLineAsync(CancellationToken ct) => Task.Run(Console.In.ReadLine, CancellationToken.None).WaitAsync(ct);
 
     async Task AnswerAsync(string prompt, CancellationToken ct)
     {

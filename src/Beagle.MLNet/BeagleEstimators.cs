@@ -27,7 +27,7 @@ public sealed class BeagleGenerateEstimator : IEstimator<BeagleTransformer>
         var draftPath = _options.DraftPath
             ?? (_options.UseBundledDraft && Beagle.Runtime.DefaultModels.IsKnownName(_options.TargetPath) ? Beagle.Runtime.DefaultModels.BundledDraft(_options.TargetPath) : null);
         var draft = draftPath is null ? new Dictionary<string, byte[]>() : BeagleRuntime.ReadFiles(draftPath);
-        return BeaglePipeline.Build(_ml, input, _options, draft, "generate");
+        return BeaglePipeline.Build(_ml, input, _options, draft, draftPath ?? "", "generate");
     }
 
     public SchemaShape GetOutputSchema(SchemaShape inputSchema) => BeaglePipeline.OutputSchema(_ml, inputSchema, _options.InputColumnName);
@@ -87,7 +87,7 @@ public sealed class BeagleTrainDraftEstimator : IEstimator<BeagleTransformer>
         var result = DraftTrainerAdapter.Train(training, o.Device, line => ch.Info(MessageSensitivity.None, "{0}", line), ct);
         ch.Info(MessageSensitivity.None, "draft written to {0} ({1} steps, final loss {2:F4})", result.DraftDir, result.Steps, result.LastLoss);
 
-        return BeaglePipeline.Build(_ml, input, o, BeagleRuntime.ReadFiles(result.DraftDir!), "train-draft", checkPrompt: false);
+        return BeaglePipeline.Build(_ml, input, o, BeagleRuntime.ReadFiles(result.DraftDir!), result.DraftDir!, "train-draft", checkPrompt: false);
     }
 
     public SchemaShape GetOutputSchema(SchemaShape inputSchema)
@@ -115,7 +115,8 @@ internal static class BeaglePipeline
         return Inner(ml, inputColumn, static (_, _) => { }).GetOutputSchema(input);
     }
 
-    public static BeagleTransformer Build(MLContext ml, IDataView input, BeagleModelOptions o, IReadOnlyDictionary<string, byte[]> draftFiles, string kind, bool checkPrompt = true)
+    public static BeagleTransformer Build(MLContext ml, IDataView input, BeagleEstimatorOptions o, IReadOnlyDictionary<string, byte[]> draftFiles,
+        string draftSource, string kind, bool checkPrompt = true)
     {
         var settings = new SettingsRecord
         {
@@ -125,7 +126,7 @@ internal static class BeaglePipeline
         var host = ((IHostEnvironment)ml).Register("Beagle");
         using (var ch = host.Start(kind))
             ch.Info(MessageSensitivity.None, "loading target {0} ({1})", o.TargetPath, settings.HasDraft ? "with draft" : "no draft: plain decoding");
-        var runtime = BeagleRuntime.Start(o.TargetPath, o.TokenizerPath, settings, draftFiles);
+        var runtime = BeagleRuntime.Start(o.TargetPath, o.TokenizerPath, settings, draftFiles, draftSource);
         try
         {
             var inner = Inner(ml, o.InputColumnName, runtime.Map);

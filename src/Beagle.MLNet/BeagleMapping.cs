@@ -15,11 +15,13 @@ public static class BeagleColumns
     public const string AcceptanceLength = nameof(BeagleCompletionRow.AcceptanceLength);
     /// <summary>Decode speed of the row, prefill excluded (Single).</summary>
     public const string TokensPerSecond = nameof(BeagleCompletionRow.TokensPerSecond);
+    /// <summary>Why the row has no completion (String), e.g. a prompt longer than the model's context; empty when it has one.</summary>
+    public const string Error = nameof(BeagleCompletionRow.Error);
 
     /// <summary>The prompt as the mapping sees it: a private copy of the configured input column, dropped afterwards.</summary>
     internal const string InternalPrompt = "__beagle_prompt";
 
-    internal static readonly string[] Outputs = [Completion, NewTokens, AcceptanceLength, TokensPerSecond];
+    internal static readonly string[] Outputs = [Completion, NewTokens, AcceptanceLength, TokensPerSecond, Error];
 }
 
 /// <summary>Input row of the Beagle CustomMapping (public only because ML.NET binds it by reflection).</summary>
@@ -36,6 +38,7 @@ public sealed class BeagleCompletionRow
     public int NewTokens { get; set; }
     public float AcceptanceLength { get; set; }
     public float TokensPerSecond { get; set; }
+    public string Error { get; set; } = "";
 }
 
 /// <summary>

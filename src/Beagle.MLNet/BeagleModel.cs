@@ -56,7 +56,10 @@ public static class BeagleModel
         ArgumentNullException.ThrowIfNull(mlContext); ArgumentException.ThrowIfNullOrEmpty(path);
         if (!File.Exists(path)) throw new FileNotFoundException($"model not found: {path}", path);
         TargetRecord target; SettingsRecord settings; var draft = new Dictionary<string, byte[]>(StringComparer.Ordinal);
-        using (var zip = ZipFile.OpenRead(path))
+        ZipArchive opened;
+        try { opened = ZipFile.OpenRead(path); }
+        catch (InvalidDataException e) { throw new InvalidDataException($"{path}: not a zip file, so not an ML.NET model ({e.Message})", e); }
+        using (var zip = opened)
         {
             target = ReadJson<TargetRecord>(zip, TargetEntry, path);
             settings = ReadJson<SettingsRecord>(zip, SettingsEntry, path);
@@ -72,13 +75,18 @@ public static class BeagleModel
         if (!File.Exists(targetPath) && !Directory.Exists(targetPath))
             throw new FileNotFoundException($"{path}: the target it was fitted for is not at '{targetPath}'; pass BeagleLoadOptions.TargetPath (fingerprint {target.Fingerprint})", targetPath);
 
-        var runtime = BeagleRuntime.Start(targetPath, tokenizerPath, settings, draft, target.Fingerprint, $"the Beagle model '{path}'");
+        var runtime = BeagleRuntime.Start(targetPath, tokenizerPath, settings, draft, $"{path}:{DraftPrefix.TrimEnd('/')}", target.Fingerprint, $"the Beagle model '{path}'");
         try
         {
             mlContext.ComponentCatalog.RegisterAssembly(typeof(BeagleMappingFactory).Assembly);
             ITransformer loaded;
             using (BeagleMappingFactory.BindForLoad(runtime))
-                loaded = mlContext.Model.Load(path, out inputSchema);
+                try { loaded = mlContext.Model.Load(path, out inputSchema); }
+                catch (Exception e) when (e is not OutOfMemoryException)
+                {
+                    // ML.NET wraps a component's failure in reflection exceptions: bring the cause and the file to the top.
+                    throw new InvalidDataException($"{path}: ML.NET could not load the pipeline in it: {e.GetBaseException().Message}", e);
+                }
             int wrapped = 0;
             var result = Rewrap(loaded, runtime, ref wrapped);
             if (wrapped != 1) throw new InvalidDataException($"{path}: expected one Beagle transform in the saved pipeline, found {wrapped}");
@@ -130,6 +138,7 @@ public static class BeagleModel
     static T ReadJson<T>(ZipArchive zip, string entry, string path)
     {
         var e = zip.GetEntry(entry) ?? throw new InvalidDataException($"{path}: no {entry} in the zip; it is not a Beagle model, or it was saved with mlContext.Model.Save instead of BeagleModel.Save");
-        return JsonSerializer.Deserialize<T>(ReadAll(e), BeagleRuntime.Json) ?? throw new InvalidDataException($"{path}: {entry} is empty");
+        try { return JsonSerializer.Deserialize<T>(ReadAll(e), BeagleRuntime.Json) ?? throw new InvalidDataException($"{path}: {entry} is empty"); }
+        catch (JsonException x) { throw new InvalidDataException($"{path}: {entry} is not a valid Beagle record ({x.Message})", x); }
     }
 }

@@ -4,10 +4,11 @@ namespace Beagle.MLNet;
 
 /// <summary>
 /// What every Beagle estimator needs: the target to decode with, the prompt column and the decoding settings.
-/// Everything here except the paths is stored inside a saved model (beagle/model.json), so a reloaded pipeline
-/// decodes exactly as the fitted one did.
+/// Everything here except the paths is stored inside a saved model (beagle/settings.json), so a reloaded pipeline
+/// decodes exactly as the fitted one did. (Not BeagleModelOptions: that is the served model's options in
+/// Beagle.SemanticKernel, and one name for two types broke code that imports both namespaces, CS0104.)
 /// </summary>
-public abstract class BeagleModelOptions
+public abstract class BeagleEstimatorOptions
 {
     /// <summary>
     /// Target model: a llama2.c checkpoint (.bin), a Hugging Face model folder (config.json + safetensors), or a known
@@ -58,7 +59,7 @@ public abstract class BeagleModelOptions
 }
 
 /// <summary>Options of <see cref="BeagleCatalog.Generate"/>: decode with an existing draft, or none.</summary>
-public sealed class BeagleGenerateOptions : BeagleModelOptions
+public sealed class BeagleGenerateOptions : BeagleEstimatorOptions
 {
     /// <summary>Folder of a trained draft (DraftCheckpoint format); null = plain decoding of the target.</summary>
     public string? DraftPath { get; set; }
@@ -79,7 +80,7 @@ public sealed class BeagleGenerateOptions : BeagleModelOptions
 /// trains a draft for the target, writes the run to <see cref="OutputDir"/> (the draft itself to
 /// <c>OutputDir/draft</c>) and returns a transformer that decodes speculatively with it.
 /// </summary>
-public sealed class BeagleTrainDraftOptions : BeagleModelOptions
+public sealed class BeagleTrainDraftOptions : BeagleEstimatorOptions
 {
     /// <summary>The column of training text (one document per row).</summary>
     public string TextColumnName { get; set; } = "Text";
@@ -113,11 +114,13 @@ public sealed class BeagleTrainDraftOptions : BeagleModelOptions
     public int EvalPrompts { get; set; } = 8;
     /// <summary>--no-plots when false.</summary>
     public bool Plots { get; set; } = true;
-    /// <summary>--checkpoint-every.</summary>
+    /// <summary>--checkpoint-every: steps between checkpoints in OutputDir/checkpoint (also at each epoch end and on
+    /// cancellation, which loses no step); bounds what a crash or a kill can lose. Must be >= 1.</summary>
     public int CheckpointEverySteps { get; set; } = 500;
     /// <summary>--log-every: steps between progress lines in mlContext.Log.</summary>
     public int LogEverySteps { get; set; } = 10;
-    /// <summary>--resume: continue the run in <see cref="OutputDir"/> from its checkpoint (same data and settings).</summary>
+    /// <summary>--resume: continue the run in <see cref="OutputDir"/> from its checkpoint (same data and settings). Fit
+    /// refuses (InvalidOperationException saying where it looked) when there is no checkpoint, rather than start over.</summary>
     public bool Resume { get; set; }
     /// <summary>--seed of the trainer.</summary>
     public int TrainSeed { get; set; }
@@ -139,6 +142,8 @@ public sealed class BeagleTrainDraftOptions : BeagleModelOptions
         if (SeqLen < 2) throw new ArgumentOutOfRangeException(nameof(SeqLen), SeqLen, "sequence length must be >= 2");
         if (MaxSequences < 0) throw new ArgumentOutOfRangeException(nameof(MaxSequences), MaxSequences, "max sequences must be >= 0 (0 = all)");
         if (!(LearningRate > 0)) throw new ArgumentOutOfRangeException(nameof(LearningRate), LearningRate, "learning rate must be > 0");
+        if (CheckpointEverySteps < 1) throw new ArgumentOutOfRangeException(nameof(CheckpointEverySteps), CheckpointEverySteps, "steps between checkpoints must be >= 1");
+        if (LogEverySteps < 1) throw new ArgumentOutOfRangeException(nameof(LogEverySteps), LogEverySteps, "steps between progress lines must be >= 1");
         // The core checks the rest (with the CLI's option names).
         ToTrainingOptions("validation", "validation.jsonl", checkData: false).Validate();
     }

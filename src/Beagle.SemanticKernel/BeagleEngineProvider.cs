@@ -57,7 +57,11 @@ public sealed class BeagleEngineProvider : IAsyncDisposable, IDisposable
     BeagleEngine Create()
     {
         _logger.LogInformation("Beagle model {ModelId}: loading {Target} on device {Device}", ModelId, Options.TargetPath, Options.Device);
-        var engine = new BeagleEngine(() => Load(Options), new EngineOptions { QueueCapacity = Options.QueueCapacity, Threads = Options.Threads, CalibrateTreeBudget = Options.CalibrateTreeBudget });
+        var engine = new BeagleEngine(() => Load(Options), new EngineOptions
+        {
+            QueueCapacity = Options.QueueCapacity, Threads = Options.Threads, CalibrateTreeBudget = Options.CalibrateTreeBudget,
+            StreamIdleTimeout = Options.StreamIdleTimeout,
+        });
         BeagleMetrics.Track(engine, ModelId);
         engine.Ready.ContinueWith(t =>
         {

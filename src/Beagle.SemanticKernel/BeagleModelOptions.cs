@@ -41,6 +41,11 @@ public sealed class BeagleModelOptions
     public bool CalibrateTreeBudget { get; set; }
     /// <summary>Requests that may wait while one runs; more are rejected at once with EngineBusyException.</summary>
     public int QueueCapacity { get; set; } = 16;
+    /// <summary>
+    /// A streamed response whose reader stops reading without disposing or cancelling it is abandoned after this long:
+    /// its generation stops so that the requests behind it run (EngineOptions.StreamIdleTimeout). Configuration: "00:00:30".
+    /// </summary>
+    public TimeSpan StreamIdleTimeout { get; set; } = TimeSpan.FromSeconds(30);
     /// <summary>plain, llama2, llama3, chatml (qwen) or mistral; null = detected from the model (see ChatTemplates.Detect).</summary>
     public string? ChatTemplate { get; set; }
     /// <summary>Output token limit when a request sets none (ChatOptions.MaxOutputTokens / max_tokens).</summary>
@@ -71,6 +76,8 @@ public sealed class BeagleModelOptions
             p.Add($"{prefix}{nameof(Device)} must be auto, cpu or cuda[:N], got '{Device}'");
         if (Threads is { } t && t < 1) p.Add($"{prefix}{nameof(Threads)} must be >= 1 (or unset), got {t}");
         if (QueueCapacity < 1) p.Add($"{prefix}{nameof(QueueCapacity)} must be >= 1, got {QueueCapacity}");
+        if (StreamIdleTimeout <= TimeSpan.Zero && StreamIdleTimeout != Timeout.InfiniteTimeSpan)
+            p.Add($"{prefix}{nameof(StreamIdleTimeout)} must be positive (e.g. 00:00:30), got {StreamIdleTimeout}");
         if (DefaultMaxTokens < 1) p.Add($"{prefix}{nameof(DefaultMaxTokens)} must be >= 1, got {DefaultMaxTokens}");
         if (ChatTemplate is not null)
             try { ChatTemplates.Parse(ChatTemplate); }

@@ -67,8 +67,35 @@ public sealed class BeaglePromptExecutionSettings : PromptExecutionSettings
         if (TreeMinProb is { } mp && !(mp >= 0 && mp < 1)) throw new ArgumentOutOfRangeException("tree_min_prob", mp, "tree_min_prob must be in [0, 1)");
         if (FunctionChoiceBehavior is not null)
             throw new NotSupportedException("function calling is not supported by Beagle: remove FunctionChoiceBehavior from the execution settings");
+        // Settings of other connectors that arrive in ExtensionData (response_format, penalties, tools) are refused
+        // exactly as the chat client refuses their ChatOptions counterparts, not passed on and ignored.
+        ChatRequestMapper.RefuseUnsupported(ToChatOptions());
         return this;
     }
+
+    /// <summary>ExtensionData keys with a ChatOptions counterpart that the chat client checks (see <see cref="ToChatOptions"/>).</summary>
+    static readonly string[] MappedKeys = ["response_format", "frequency_penalty", "presence_penalty"];
+
+    /// <summary>A response_format value as M.E.AI's: "text" or unset is text; "json_object", "json_schema", a schema object or a type is JSON.</summary>
+    static ChatResponseFormat? ResponseFormat(object? value) => value switch
+    {
+        null => null,
+        ChatResponseFormat f => f,
+        string str => str is "" or "text" ? ChatResponseFormat.Text : ChatResponseFormat.Json,
+        JsonElement { ValueKind: JsonValueKind.Null } => null,
+        JsonElement { ValueKind: JsonValueKind.String } e => ResponseFormat(e.GetString()),
+        JsonElement { ValueKind: JsonValueKind.Object } e when e.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String => ResponseFormat(type.GetString()),
+        _ => ChatResponseFormat.Json,
+    };
+
+    static float? Penalty(object? value, string key) => value switch
+    {
+        null => null,
+        JsonElement { ValueKind: JsonValueKind.Null } => null,
+        JsonElement { ValueKind: JsonValueKind.Number } e => e.GetSingle(),
+        IConvertible c => Convert.ToSingle(c, System.Globalization.CultureInfo.InvariantCulture),
+        _ => throw new ArgumentException($"{key} must be a number, got {value}", key),
+    };
 
     /// <summary>The ChatOptions these settings mean (new lists; nothing of this instance is shared).</summary>
     public ChatOptions ToChatOptions()
@@ -79,7 +106,16 @@ public sealed class BeaglePromptExecutionSettings : PromptExecutionSettings
             StopSequences = StopSequences is null ? null : new List<string>(StopSequences),
         };
         var props = new AdditionalPropertiesDictionary();
-        if (ExtensionData is not null) foreach (var (k, v) in ExtensionData) props[k] = v;
+        if (ExtensionData is not null)
+        {
+            foreach (var (k, v) in ExtensionData) if (!MappedKeys.Contains(k)) props[k] = v;
+            object? Ext(string key) => ExtensionData.TryGetValue(key, out var v) ? v : null;
+            if (Ext("tools") is { } tools && !(tools is JsonElement { ValueKind: JsonValueKind.Null } || tools is JsonElement { ValueKind: JsonValueKind.Array } t && t.GetArrayLength() == 0))
+                throw new NotSupportedException("function calling is not supported by Beagle: remove tools from the execution settings");
+            o.ResponseFormat = ResponseFormat(Ext("response_format"));
+            o.FrequencyPenalty = Penalty(Ext("frequency_penalty"), "frequency_penalty");
+            o.PresencePenalty = Penalty(Ext("presence_penalty"), "presence_penalty");
+        }
         if (Speculative is { } spec) props[ChatRequestMapper.SpeculativeKey] = spec;
         if (TreeTokens is { } tt) props[ChatRequestMapper.TreeTokensKey] = tt;
         if (TreeDepth is { } td) props[ChatRequestMapper.TreeDepthKey] = td;

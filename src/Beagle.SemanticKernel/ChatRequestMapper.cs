@@ -15,14 +15,28 @@ internal static class ChatRequestMapper
     /// <summary>Keys read from <see cref="ChatOptions.AdditionalProperties"/> (same names as the SK settings).</summary>
     public const string SpeculativeKey = "speculative", TreeTokensKey = "tree_tokens", TreeDepthKey = "tree_depth", TreeTopKKey = "tree_topk", TreeMinProbKey = "tree_min_prob";
 
+    /// <summary>
+    /// Refuses what the engine cannot honour rather than ignore it: tools (function calling), a JSON response format
+    /// (constrained decoding) and repetition penalties (the output is the target's own distribution, token for token).
+    /// The Semantic Kernel settings go through the same check (<see cref="BeaglePromptExecutionSettings.Validate"/>).
+    /// </summary>
+    public static void RefuseUnsupported(ChatOptions? options)
+    {
+        if (options?.Tools is { Count: > 0 })
+            throw new NotSupportedException($"function calling is not supported by the Beagle chat client: ChatOptions.Tools has {options.Tools.Count} tool(s); remove the tools (or FunctionChoiceBehavior in Semantic Kernel)");
+        if (options?.ResponseFormat is ChatResponseFormatJson)
+            throw new NotSupportedException("structured (JSON) output is not supported by the Beagle chat client; leave ChatOptions.ResponseFormat (response_format) unset or text");
+        if (options?.FrequencyPenalty is { } f && f != 0)
+            throw new NotSupportedException("FrequencyPenalty (frequency_penalty) is not supported by the Beagle chat client: it decodes the target's own distribution; leave it unset or 0");
+        if (options?.PresencePenalty is { } pp && pp != 0)
+            throw new NotSupportedException("PresencePenalty (presence_penalty) is not supported by the Beagle chat client: it decodes the target's own distribution; leave it unset or 0");
+    }
+
     /// <summary>Turns the conversation (with <see cref="ChatOptions.Instructions"/> as the first system turn) into template turns.</summary>
     public static List<ChatTurn> ToTurns(IEnumerable<ChatMessage> messages, ChatOptions? options)
     {
         ArgumentNullException.ThrowIfNull(messages);
-        if (options?.Tools is { Count: > 0 })
-            throw new NotSupportedException($"function calling is not supported by the Beagle chat client: ChatOptions.Tools has {options.Tools.Count} tool(s); remove the tools (or FunctionChoiceBehavior in Semantic Kernel)");
-        if (options?.ResponseFormat is ChatResponseFormatJson)
-            throw new NotSupportedException("structured (JSON) output is not supported by the Beagle chat client; leave ChatOptions.ResponseFormat unset or text");
+        RefuseUnsupported(options);
         var turns = new List<ChatTurn>();
         if (!string.IsNullOrEmpty(options?.Instructions)) turns.Add(new ChatTurn(ChatTurnRole.System, options.Instructions));
         foreach (var m in messages)

@@ -105,8 +105,12 @@ public sealed class TrainSettings : ModelSettings
     public int EvalPrompts { get; init; } = 8;
 
     [CommandOption("--resume")]
-    [Description("Continue from <out>/checkpoint.")]
+    [Description("Continue from <out>/checkpoint (or the copy an interrupted save left aside); refuses to start when there is none.")]
     public bool Resume { get; init; }
+
+    [CommandOption("--checkpoint-every <N>")]
+    [Description("Steps between checkpoints (default 500; also at each epoch end and on Ctrl+C). Bounds what a crash or a kill loses.")]
+    public int CheckpointEvery { get; init; } = 500;
 
     [CommandOption("--seed <S>")]
     [Description("Seed for initialisation, data order, window offsets and noise (default 0).")]
@@ -119,7 +123,7 @@ public sealed class TrainSettings : ModelSettings
         GenerateMaxTokens = GenerateTokens, GenerateTemperature = GenerateTemperature, GeneratePromptTokens = GeneratePromptTokens, GeneratePromptStride = GeneratePromptStride, FeatureCacheDir = FeatureCache, OutputDir = Out ?? "", Epochs = Epochs, Stage1Epochs = Stage1Epochs, WindowK = Window,
         SimSteps = SimSteps, BatchSize = Batch, SeqLen = SeqLen, LearningRate = Lr, WarmupSteps = Warmup, DecayEpochs = DecayEpochs, DraftVocab = DraftVocab,
         NoiseStd = Noise, CeWeight = CeWeight, VLossWeight = VLossWeight,
-        EvalPaths = Eval, EvalPrompts = EvalPrompts, Resume = Resume, Seed = Seed,
+        EvalPaths = Eval, EvalPrompts = EvalPrompts, Resume = Resume, Seed = Seed, CheckpointEverySteps = CheckpointEvery,
     };
 
     public override ValidationResult Validate()

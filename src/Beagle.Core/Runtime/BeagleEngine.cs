@@ -23,10 +23,20 @@ public sealed record EngineOptions
     public string? TreeBudgetCacheFile { get; init; }
     /// <summary>Intra-op threads for libtorch; null = leave as is. 1 is fastest for small models (docs/benchmarks.md).</summary>
     public int? Threads { get; init; }
+    /// <summary>
+    /// How long a stream's generation waits for its reader once <see cref="BeagleEngine.StreamBuffer"/> chunks are unread.
+    /// A stream that is neither read, disposed nor cancelled for this long is abandoned: its generation stops, the worker
+    /// takes the next request, and a reader that comes back gets a TimeoutException after the buffered chunks. (Not
+    /// when its enumerator is garbage-collected: that may be never, and the engine must not depend on it.)
+    /// Timeout.InfiniteTimeSpan turns it off.
+    /// </summary>
+    public TimeSpan StreamIdleTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
     public EngineOptions Validate()
     {
         if (QueueCapacity < 1) throw new ArgumentOutOfRangeException(nameof(QueueCapacity), QueueCapacity, "queue capacity must be >= 1");
+        if (StreamIdleTimeout <= TimeSpan.Zero && StreamIdleTimeout != Timeout.InfiniteTimeSpan)
+            throw new ArgumentOutOfRangeException(nameof(StreamIdleTimeout), StreamIdleTimeout, "the stream idle timeout must be positive (or Timeout.InfiniteTimeSpan)");
         if (Threads is { } t && t < 1) throw new ArgumentOutOfRangeException(nameof(Threads), t, "threads must be >= 1");
         return this;
     }
@@ -156,7 +166,7 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
         // Bounded: generation runs at most StreamBuffer chunks ahead of the reader, so a caller who cancels after reading
         // an update stops generation within a few rounds however late its cancellation arrives (at ~10,000 tokens/s an
         // unbounded stream had run 178 tokens ahead of a test's cancel). The price: a reader that stops reading without
-        // cancelling or disposing the stream holds the worker until it does (or the engine shuts down).
+        // cancelling or disposing the stream holds the worker, for EngineOptions.StreamIdleTimeout at most.
         var output = Channel.CreateBounded<GenerationChunk>(new BoundedChannelOptions(StreamBuffer)
         {
             SingleReader = true, SingleWriter = true, FullMode = BoundedChannelFullMode.Wait,
@@ -171,7 +181,7 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
                 // The generator checks the token once per round, so cancellation stops generation within one round.
                 foreach (var chunk in start(g, ct))
                     if (!output.Writer.TryWrite(chunk))
-                        output.Writer.WriteAsync(chunk, ct).AsTask().GetAwaiter().GetResult();   // the worker's own thread waits for the reader
+                        WaitForReader(output.Writer, chunk, ct);
                 output.Writer.TryComplete();
             }
             catch (Exception e) { output.Writer.TryComplete(e); }
@@ -186,6 +196,22 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
         finally
         {
             if (!output.Reader.Completion.IsCompleted) linked.Cancel();
+        }
+    }
+
+    /// <summary>
+    /// Writes <paramref name="chunk"/> once the reader has made room, on the worker's own thread; throws TimeoutException
+    /// when the reader leaves it unread for <see cref="EngineOptions.StreamIdleTimeout"/> (an abandoned stream).
+    /// </summary>
+    void WaitForReader(ChannelWriter<GenerationChunk> writer, GenerationChunk chunk, CancellationToken ct)
+    {
+        using var idle = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        idle.CancelAfter(_options.StreamIdleTimeout);
+        try { writer.WriteAsync(chunk, idle.Token).AsTask().GetAwaiter().GetResult(); }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            throw new TimeoutException($"the stream was not read for {_options.StreamIdleTimeout.TotalSeconds:0.###} s (EngineOptions.StreamIdleTimeout), " +
+                "so its generation was stopped to let other requests run; read a stream to its end, or dispose or cancel it");
         }
     }
 

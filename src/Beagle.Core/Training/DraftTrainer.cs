@@ -82,12 +82,28 @@ public abstract class DraftTrainer
 
     /// <summary>
     /// One step on a batch: forward, loss, backward (gradients accumulated into the draft's parameters; the caller
-    /// zeroes, clips and steps). tokens [B, T] int64, states [B, T, D] float32 true states.
+    /// zeroes, clips and steps). tokens [B, T] int64, states [B, T, D] float32 true states. A step made of parts (stage 2's
+    /// simulated steps, EAGLE-2's unrolled steps, a forward and its backward) calls <see cref="ThrowIfStopping"/> between
+    /// them, so that a stop request does not wait for the whole step; the caller then drops the step.
     /// </summary>
-    protected abstract StepStats Step(DraftModelBase draft, Tensor tokens, Tensor states, int stage, long globalStep);
+    protected abstract StepStats Step(DraftModelBase draft, Tensor tokens, Tensor states, int stage, long globalStep, CancellationToken stopping);
 
     /// <summary>One step, for tests and benchmarks (forward and backward only; no optimiser).</summary>
-    internal StepStats RunStep(DraftModelBase draft, Tensor tokens, Tensor states, int stage, long globalStep) => Step(draft, tokens, states, stage, globalStep);
+    internal StepStats RunStep(DraftModelBase draft, Tensor tokens, Tensor states, int stage, long globalStep) => Step(draft, tokens, states, stage, globalStep, default);
+
+    /// <summary>Test hook: called at every stop check inside a step with (global step, part), before the token is checked.</summary>
+    internal Action<long, int>? OnStopCheck { get; set; }
+
+    /// <summary>
+    /// A stop check between two parts of step <paramref name="globalStep"/>: throws OperationCanceledException when
+    /// <paramref name="stopping"/> is cancelled. The step's partial gradients are then discarded by the caller and the
+    /// weights and optimiser state stay those of the step before, which is what the checkpoint records.
+    /// </summary>
+    protected void ThrowIfStopping(CancellationToken stopping, long globalStep, int part)
+    {
+        OnStopCheck?.Invoke(globalStep, part);
+        stopping.ThrowIfCancellationRequested();
+    }
 
     /// <summary>A torch generator for the randomness of one step (noise), seeded by (seed, step, salt).</summary>
     protected torch.Generator StepGenerator(long globalStep, int salt) => new((ulong)Seeds.Mix(Options.Seed, globalStep, salt), Target.Device);
@@ -95,6 +111,31 @@ public abstract class DraftTrainer
     protected Random StepRandom(long globalStep, int salt) => new(Seeds.Mix(Options.Seed, globalStep, salt));
 
     string CheckpointDir => Path.Combine(Options.OutputDir, "checkpoint");
+
+    static readonly object GlobalRngLock = new();
+
+    /// <summary>
+    /// The checkpoint of the run in <paramref name="outputDir"/> (its <c>checkpoint/</c> folder), or null when there is
+    /// none. A checkpoint save interrupted between its two renames is repaired first (<see cref="AtomicFile.RecoverDirectory"/>):
+    /// the previous checkpoint, set aside as <c>.checkpoint.old-*</c>, is put back and reported in RecoveredFrom.
+    /// Throws InvalidDataException for a checkpoint folder whose state.json is missing or unreadable.
+    /// </summary>
+    public static TrainingCheckpoint? FindCheckpoint(string outputDir)
+    {
+        string dir = Path.Combine(Path.GetFullPath(outputDir), "checkpoint");
+        string? recovered = AtomicFile.RecoverDirectory(dir);
+        if (!Directory.Exists(dir)) return null;
+        string statePath = Path.Combine(dir, "state.json");
+        try
+        {
+            var state = JsonNode.Parse(File.ReadAllText(statePath))!.AsObject();
+            return new TrainingCheckpoint(dir, (long)state["step"]!, recovered);
+        }
+        catch (Exception e) when (e is IOException or JsonException or InvalidOperationException or FormatException or NullReferenceException)
+        {
+            throw new InvalidDataException($"the checkpoint in '{dir}' is unreadable ({statePath}: {e.Message}); move it away to start afresh", e);
+        }
+    }
 
     /// <summary>
     /// The learning rate for optimiser step <paramref name="step"/> (0-based) of <paramref name="totalSteps"/>: linear
@@ -114,6 +155,16 @@ public abstract class DraftTrainer
     public TrainingResult Train(IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
         var o = Options;
+        // Before the data work (minutes for --generate): a resume with nothing to resume from must not start over silently.
+        TrainingCheckpoint? resumeFrom = null;
+        if (o.Resume)
+        {
+            resumeFrom = FindCheckpoint(o.OutputDir) ?? throw new InvalidOperationException(
+                $"nothing to resume: no checkpoint in '{CheckpointDir}' (looked for {Path.Combine(CheckpointDir, "state.json")} and for a " +
+                $"'.checkpoint.old-*' folder left by an interrupted save in '{Path.GetFullPath(o.OutputDir)}'); start without resume to train afresh");
+            if (resumeFrom.RecoveredFrom is { } aside)
+                progress?.Report(TrainingProgress.Note($"recovered the checkpoint from {aside}, set aside by a save that did not finish"));
+        }
         Directory.CreateDirectory(o.OutputDir);
         var metricsPath = Path.Combine(o.OutputDir, "metrics.jsonl");
 
@@ -128,15 +179,22 @@ public abstract class DraftTrainer
         KeptIds = draftVocab is null ? null : tensor(draftVocab.Select(i => (long)i).ToArray(), device: Target.Device);
 
         // ---- model and optimiser ----
-        torch.manual_seed(o.Seed);
         var config = DraftConfig.ForTarget(Target.Config, o.Architecture, draftVocab);
-        using var draft = DraftCheckpoint.Create(config, Target);
+        DraftModelBase created;
+        // The initialisation draws from torch's global generator: two runs in one process (a hosted job beside an ML.NET
+        // fit) seeding and drawing at once would each get the other's numbers.
+        lock (GlobalRngLock)
+        {
+            torch.manual_seed(o.Seed);
+            created = DraftCheckpoint.Create(config, Target);
+        }
+        using var draft = created;
         var parameters = draft.parameters().Where(p => p.requires_grad).ToList();
         using var optimizer = torch.optim.AdamW(parameters, lr: o.LearningRate, beta1: o.Beta1, beta2: o.Beta2, weight_decay: o.WeightDecay);
 
         long step = 0;
         var epochs = new List<EpochMetrics>();
-        if (o.Resume && Directory.Exists(CheckpointDir))
+        if (resumeFrom is not null)
         {
             var state = JsonNode.Parse(File.ReadAllText(Path.Combine(CheckpointDir, "state.json")))!.AsObject();
             if ((string?)state["arch"] != o.Architecture) throw new InvalidOperationException($"checkpoint is for '{state["arch"]}', not '{o.Architecture}'");
@@ -146,11 +204,19 @@ public abstract class DraftTrainer
             optimizer.load_state_dict(Path.Combine(CheckpointDir, "optimizer.bin"));
             step = (long)state["step"]!;
             epochs = state["epochs"].Deserialize<List<EpochMetrics>>(MetricsJson) ?? [];
+            progress?.Report(TrainingProgress.Note($"resuming from step {step} of {totalSteps} (checkpoint in {CheckpointDir})") with { CheckpointStep = step });
         }
         else if (File.Exists(metricsPath)) File.Delete(metricsPath);
 
         var sw = Stopwatch.StartNew();
         long stepsThisRun = 0, savedAt = step;
+        long? checkpointStep = resumeFrom is null ? null : step;
+        void Checkpoint(int epoch)
+        {
+            SaveCheckpoint(draft, optimizer, step, epoch, cache, epochs);
+            savedAt = step; checkpointStep = step;
+            progress?.Report(TrainingProgress.Note($"checkpoint saved at step {step}") with { Step = step, TotalSteps = totalSteps, CheckpointStep = step });
+        }
         double lastLoss = double.NaN;
         var window = new Accum(Depths); var epochAcc = new Accum(Depths);
         int tokensPerStep = o.BatchSize * o.SeqLen;
@@ -168,11 +234,19 @@ public abstract class DraftTrainer
                 using (var scope = NewDisposeScope())
                 {
                     tokens.MoveToOuterDisposeScope(); states.MoveToOuterDisposeScope();   // owned by this scope now
-                    double lr = LearningRateAt(o, step, totalSteps, nb);
-                    foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
                     optimizer.zero_grad();
-                    var st = Step(draft, tokens, states, stage, step);
+                    StepStats st;
+                    try { st = Step(draft, tokens, states, stage, step, cancellationToken); }
+                    catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+                    {
+                        // Stopped between the parts of a step: drop it (its gradients never reach the optimiser), so the
+                        // checkpoint below is the state after the last whole step and a resumed run repeats this one exactly.
+                        optimizer.zero_grad();
+                        break;
+                    }
                     torch.nn.utils.clip_grad_norm_(parameters, o.MaxGradNorm);
+                    double lr = LearningRateAt(o, step, totalSteps, nb);   // set only now: a dropped step leaves the optimiser as it was
+                    foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
                     optimizer.step();
                     draft.InvalidateSessionWeights();   // evaluation sessions must see the new weights
                     step++; stepsThisRun++;
@@ -184,7 +258,7 @@ public abstract class DraftTrainer
                         double tps = stepsThisRun * tokensPerStep / Math.Max(1e-9, sw.Elapsed.TotalSeconds);
                         var eta = TimeSpan.FromSeconds((totalSteps - step) * tokensPerStep / Math.Max(1e-9, tps));
                         var p = new TrainingProgress(epoch + 1, o.Epochs, stage, step, totalSteps, window.Loss, window.Ce, window.VLoss,
-                            window.Acceptance, lr, tps, eta);
+                            window.Acceptance, lr, tps, eta) { CheckpointStep = checkpointStep };
                         progress?.Report(p);
                         AppendMetrics(metricsPath, new JsonObject
                         {
@@ -204,11 +278,7 @@ public abstract class DraftTrainer
                     AppendMetrics(metricsPath, JsonSerializer.SerializeToNode(em, MetricsJson)!.AsObject().Also(j => j["type"] = "epoch"));
                     if (o.Plots) TrainingPlots.TryWrite(Path.Combine(o.OutputDir, "plots"), epochs, progress);
                 }
-                if (epochEnd || step % o.CheckpointEverySteps == 0 || Stop())
-                {
-                    SaveCheckpoint(draft, optimizer, step, epoch, cache, epochs);
-                    savedAt = step;
-                }
+                if (epochEnd || step % o.CheckpointEverySteps == 0 || Stop()) Checkpoint(epoch);
                 if (Stop()) break;
             }
             if (Stop()) break;
@@ -231,12 +301,12 @@ public abstract class DraftTrainer
             DraftCheckpoint.Save(draft, draftDir, training);
         }
         else if (savedAt != step || !Directory.Exists(CheckpointDir))
-            SaveCheckpoint(draft, optimizer, step, (int)Math.Min(step / nb, o.Epochs - 1), cache, epochs);
+            Checkpoint((int)Math.Min(step / nb, o.Epochs - 1));
         progress?.Report(new TrainingProgress((int)Math.Min(step / nb + (completed ? 0 : 1), o.Epochs), o.Epochs, StageOf((int)Math.Min(step / nb, o.Epochs - 1)),
             step, totalSteps, lastLoss, double.NaN, double.NaN, [], 0, 0, TimeSpan.Zero,
-            completed ? $"done: draft saved to {draftDir}" : $"stopped at step {step}; checkpoint in {CheckpointDir}"));
+            completed ? $"done: draft saved to {draftDir}" : $"stopped at step {step}; checkpoint in {CheckpointDir}") { CheckpointStep = checkpointStep });
         KeptIds?.Dispose(); KeptIds = null;
-        return new TrainingResult(o.OutputDir, draftDir, step, completed, lastLoss, epochs, cache.Reused);
+        return new TrainingResult(o.OutputDir, draftDir, step, completed, lastLoss, epochs, cache.Reused) { CheckpointStep = checkpointStep };
     }
 
     static readonly JsonSerializerOptions MetricsJson = new()

@@ -19,8 +19,8 @@ public sealed class Eagle2Trainer(LlamaModel target, ITokenizer tokenizer, Train
 {
     protected override int Depths => Options.EagleTttSteps;
 
-    protected override StepStats Step(DraftModelBase draft, Tensor tokens, Tensor states, int stage, long globalStep)
-        => Unrolled(draft, tokens, states, globalStep, Options.EagleTttSteps);
+    protected override StepStats Step(DraftModelBase draft, Tensor tokens, Tensor states, int stage, long globalStep, CancellationToken stopping)
+        => Unrolled(draft, tokens, states, globalStep, Options.EagleTttSteps, stopping);
 
     /// <summary>Training-time-test mask for unrolled step u: [n, (u+1)n]: causal over step 0, diagonal over steps 1..u.</summary>
     public static Tensor TttMask(int n, int u, Device? device = null)
@@ -35,7 +35,7 @@ public sealed class Eagle2Trainer(LlamaModel target, ITokenizer tokenizer, Train
         return tensor(data, [n, S], device: device);
     }
 
-    internal StepStats Unrolled(DraftModelBase model, Tensor tokens, Tensor states, long globalStep, int steps)
+    internal StepStats Unrolled(DraftModelBase model, Tensor tokens, Tensor states, long globalStep, int steps, CancellationToken stopping = default)
     {
         var draft = model as Eagle2Draft ?? throw new ArgumentException($"expected an EAGLE-2 draft, got {model.GetType().Name}");
         int B = (int)tokens.shape[0], T = (int)tokens.shape[1], n = T - 1;
@@ -48,6 +48,7 @@ public sealed class Eagle2Trainer(LlamaModel target, ITokenizer tokenizer, Train
         var agreeByDepth = new double[steps]; var countByDepth = new double[steps];
         for (int u = 0; u < steps; u++)
         {
+            if (u > 0) ThrowIfStopping(stopping, globalStep, u);                                  // between unrolled steps
             // Entry j at step u: token t_{j+1+u} at position j+u, predicting f_{j+1+u}. Entries whose target lies beyond
             // the sequence (j+1+u > T-1) get a clamped token and are left out of the loss.
             var src = Enumerable.Range(0, n).Select(j => (long)Math.Min(j + 1 + u, T - 1)).ToArray();
@@ -75,6 +76,7 @@ public sealed class Eagle2Trainer(LlamaModel target, ITokenizer tokenizer, Train
             agreeByDepth[u] = agree.sum().item<float>(); countByDepth[u] = agree.numel();
             features = fhat;                                                                     // next step drafts from its own features
         }
+        ThrowIfStopping(stopping, globalStep, steps);
         total!.backward();
         return new StepStats(total.item<float>(), ceSum / steps, vlSum / steps, agreeByDepth, countByDepth);
     }

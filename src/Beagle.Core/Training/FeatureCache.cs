@@ -291,7 +291,9 @@ public static class AtomicFile
 
     /// <summary>
     /// Fills a fresh temporary sibling folder with <paramref name="write"/>, then swaps it in for
-    /// <paramref name="dir"/>: the old folder is renamed aside first and deleted only after the rename succeeded.
+    /// <paramref name="dir"/>: the old folder is renamed aside first (<c>.name.old-*</c>) and deleted only after the
+    /// rename succeeded. A crash between the two renames leaves no <paramref name="dir"/> but a complete old copy aside;
+    /// <see cref="RecoverDirectory"/> puts it back.
     /// </summary>
     public static void ReplaceDirectory(string dir, Action<string> write)
     {
@@ -309,5 +311,30 @@ public static class AtomicFile
         }
         System.IO.Directory.Move(tmp, dir);
         if (old is not null) System.IO.Directory.Delete(old, true);
+    }
+
+    /// <summary>
+    /// Repairs what an interrupted <see cref="ReplaceDirectory"/> left: when <paramref name="dir"/> is missing, the newest
+    /// copy set aside (<c>.name.old-*</c>, complete by construction) is renamed back and returned; when it exists, copies
+    /// left aside are deleted. Half-written temporary folders (<c>.name.tmp-*</c>) are deleted either way: nothing says
+    /// they are complete. Only for folders that a single writer replaces (a run's checkpoint).
+    /// </summary>
+    public static string? RecoverDirectory(string dir)
+    {
+        var full = Path.GetFullPath(dir);
+        var parent = Path.GetDirectoryName(full)!;
+        if (!System.IO.Directory.Exists(parent)) return null;
+        string name = Path.GetFileName(full);
+        var aside = new DirectoryInfo(parent).EnumerateDirectories("." + name + ".old-*").OrderByDescending(d => d.LastWriteTimeUtc).ToList();
+        string? recovered = null;
+        if (!System.IO.Directory.Exists(full) && aside.Count > 0)
+        {
+            recovered = aside[0].FullName;
+            System.IO.Directory.Move(recovered, full);
+            aside.RemoveAt(0);
+        }
+        foreach (var d in aside.Concat(new DirectoryInfo(parent).EnumerateDirectories("." + name + ".tmp-*")))
+            try { d.Delete(true); } catch (IOException) { /* a leftover that cannot go now goes next time */ }
+        return recovered;
     }
 }

@@ -90,11 +90,13 @@ public sealed record TrainingOptions
 
     /// <summary>--seed: initialisation, data order, window offsets and noise all derive from it.</summary>
     public int Seed { get; init; }
-    /// <summary>--checkpoint-every: steps between checkpoints (also written at each epoch end).</summary>
+    /// <summary>--checkpoint-every: steps between checkpoints (also written at each epoch end and when the run stops). A
+    /// stop request (Ctrl+C, host shutdown, cancellation) loses no step; this bounds what a crash or a kill can lose.</summary>
     public int CheckpointEverySteps { get; init; } = 500;
     /// <summary>--log-every: steps between progress reports and metrics.jsonl lines.</summary>
     public int LogEverySteps { get; init; } = 10;
-    /// <summary>--resume: continue from &lt;out&gt;/checkpoint.</summary>
+    /// <summary>--resume: continue from &lt;out&gt;/checkpoint (or the copy an interrupted save left aside). Without a
+    /// checkpoint the run refuses to start rather than start over (<see cref="DraftTrainer.FindCheckpoint"/>).</summary>
     public bool Resume { get; init; }
     /// <summary>Stop (checkpoint saved, like a cancellation) once this global step is reached. For tests and time-boxed runs.</summary>
     public long? StopAfterSteps { get; init; }
@@ -178,9 +180,18 @@ public sealed record TrainingOptions
 public sealed record TrainingProgress(int Epoch, int Epochs, int Stage, long Step, long TotalSteps, double Loss, double CrossEntropy,
     double RegressionLoss, double[] AcceptanceByDepth, double LearningRate, double TokensPerSecond, TimeSpan Eta, string? Message = null)
 {
+    /// <summary>The step of the latest checkpoint on disk (saved or resumed from in this run), or null before the first.</summary>
+    public long? CheckpointStep { get; init; }
+
     /// <summary>A message-only report (data preparation, warnings): no step figures.</summary>
     public static TrainingProgress Note(string message) => new(0, 0, 0, 0, 0, double.NaN, double.NaN, double.NaN, [], 0, 0, TimeSpan.Zero, message);
 }
+
+/// <summary>A run's checkpoint found by <see cref="DraftTrainer.FindCheckpoint"/>.</summary>
+/// <param name="Directory">The checkpoint folder (<c>&lt;out&gt;/checkpoint</c>).</param>
+/// <param name="Step">The global step it was saved at: a resumed run continues with the step after it.</param>
+/// <param name="RecoveredFrom">The aside copy put back because a save was interrupted, or null.</param>
+public sealed record TrainingCheckpoint(string Directory, long Step, string? RecoveredFrom);
 
 /// <summary>Per-epoch summary, also a line of metrics.jsonl and a point of the plots.</summary>
 public sealed record EpochMetrics(int Epoch, int Stage, long Step, double Loss, double[] TrainAcceptanceByDepth,
@@ -190,4 +201,8 @@ public sealed record EpochMetrics(int Epoch, int Stage, long Step, double Loss, 
 /// <param name="Completed">False when stopped early (cancellation or <see cref="TrainingOptions.StopAfterSteps"/>);
 /// the checkpoint then allows <see cref="TrainingOptions.Resume"/>.</param>
 public sealed record TrainingResult(string OutputDir, string? DraftDir, long Steps, bool Completed, double LastLoss,
-    IReadOnlyList<EpochMetrics> Epochs, bool FeatureCacheReused);
+    IReadOnlyList<EpochMetrics> Epochs, bool FeatureCacheReused)
+{
+    /// <summary>The step of the last checkpoint written (or resumed from); equals <see cref="Steps"/> for a stopped run.</summary>
+    public long? CheckpointStep { get; init; }
+}

@@ -18,12 +18,12 @@ public sealed class TwoStageTrainer(LlamaModel target, ITokenizer tokenizer, Tra
 {
     protected override int Depths => Options.WindowK;
 
-    protected override StepStats Step(DraftModelBase draft, Tensor tokens, Tensor states, int stage, long globalStep)
-        => stage == 1 ? Stage1(draft, tokens, states, globalStep) : Stage2(draft, tokens, states, globalStep, Options.SimSteps, Options.FullBackprop);
+    protected override StepStats Step(DraftModelBase draft, Tensor tokens, Tensor states, int stage, long globalStep, CancellationToken stopping)
+        => stage == 1 ? Stage1(draft, tokens, states, globalStep, stopping) : Stage2(draft, tokens, states, globalStep, Options.SimSteps, Options.FullBackprop, stopping);
 
     static BeagleDraft AsBeagle(DraftModelBase d) => d as BeagleDraft ?? throw new ArgumentException($"expected a Beagle draft, got {d.GetType().Name}");
 
-    StepStats Stage1(DraftModelBase model, Tensor tokens, Tensor states, long globalStep)
+    StepStats Stage1(DraftModelBase model, Tensor tokens, Tensor states, long globalStep, CancellationToken stopping = default)
     {
         var draft = AsBeagle(model);
         int B = (int)tokens.shape[0], T = (int)tokens.shape[1], k = Options.WindowK;
@@ -39,6 +39,7 @@ public sealed class TwoStageTrainer(LlamaModel target, ITokenizer tokenizer, Tra
         var (ce, vl, agree) = QueryLosses(draft, hhat, states, idx);                             // each [B, n]
         double windows = B * idx.Length / (double)k;
         var loss = Losses.Scaled(Losses.Scaled(ce.sum(), Options.EffectiveCeWeight).add(Losses.Scaled(vl.sum(), Options.EffectiveVLossWeight), TorchScalars.One), 1.0 / windows);
+        ThrowIfStopping(stopping, globalStep, 0);                                                 // the backward costs as much as the forward
         loss.backward();
 
         var a = agree.sum(dim: 0).data<float>().ToArray();                                            // [n] summed over the batch
@@ -53,7 +54,8 @@ public sealed class TwoStageTrainer(LlamaModel target, ITokenizer tokenizer, Tra
     /// does not grow with the number of steps. Full back-propagation keeps the slots in the graph and runs one backward.
     /// Public for <see cref="TrainBench"/>.
     /// </summary>
-    internal StepStats Stage2(DraftModelBase model, Tensor tokens, Tensor states, long globalStep, int simSteps, bool fullBackprop)
+    internal StepStats Stage2(DraftModelBase model, Tensor tokens, Tensor states, long globalStep, int simSteps, bool fullBackprop,
+        CancellationToken stopping = default)
     {
         var draft = AsBeagle(model);
         int B = (int)tokens.shape[0], T = (int)tokens.shape[1], D = (int)states.shape[2], k = Options.WindowK;
@@ -70,6 +72,7 @@ public sealed class TwoStageTrainer(LlamaModel target, ITokenizer tokenizer, Tra
         {
             var idx = Masks.PositionsAtOffset(T, k, offset, s);
             if (idx.Length == 0) continue;
+            if (s > 1) ThrowIfStopping(stopping, globalStep, s - 1);                               // between simulated steps
             using var stepScope = NewDisposeScope();
             var keys = cat([noisy, slots], 1);                                                    // [B, 2T, D]
             var hhat = draft.ForwardStates(tokens, keys, pos, keyPos, Masks.Simulation(T, k, offset, s, Target.Device));   // [B, T, D]
@@ -91,7 +94,11 @@ public sealed class TwoStageTrainer(LlamaModel target, ITokenizer tokenizer, Tra
             lossSum += loss.item<float>(); ceSum += ce.mean().item<float>(); vlSum += vl.mean().item<float>(); terms++;
             agreeByDepth[s - 1] += agree.sum().item<float>(); countByDepth[s - 1] += agree.numel();
         }
-        total?.backward();
+        if (total is not null)
+        {
+            ThrowIfStopping(stopping, globalStep, simSteps);
+            total.backward();
+        }
         return new StepStats(lossSum, ceSum / Math.Max(1, terms), vlSum / Math.Max(1, terms), agreeByDepth, countByDepth);
     }
 

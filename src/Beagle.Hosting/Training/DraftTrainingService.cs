@@ -1,5 +1,4 @@
 using System.Text.Json;
-using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
 using Beagle.Checkpoints;
 using Beagle.Runtime;
@@ -14,9 +13,11 @@ namespace Beagle.Hosting.Training;
 /// <summary>
 /// The hosted service behind <see cref="IDraftTrainingQueue"/>: runs queued jobs one at a time, each on its own thread
 /// with its own copy of the target (the serving engine is never touched, architecture.md "Threading"). Host shutdown
-/// cancels the running job; the core trainer then saves a checkpoint at the step it reached, the job is recorded as
-/// unfinished in jobs.json, and the next start resumes it with <see cref="TrainingOptions.Resume"/>. The host waits for
-/// the checkpoint up to HostOptions.ShutdownTimeout (one training step plus a save; well under a second for small drafts).
+/// cancels the running job; the core trainer stops at the next step boundary (checked inside long steps too), saves a
+/// checkpoint there, the job is recorded as Interrupted in jobs.json with that step, and only then are its tensors
+/// freed, on the training thread. <see cref="StopAsync"/> waits for all of that even past HostOptions.ShutdownTimeout:
+/// returning earlier would let the process exit while libtorch still runs on the training thread (a crash at exit,
+/// SIGSEGV). The wait is one part of a step plus a save; the next start resumes the job with <see cref="TrainingOptions.Resume"/>.
 /// </summary>
 public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueue
 {
@@ -59,6 +60,8 @@ public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueu
             OutputDir = Path.GetFullPath(string.IsNullOrWhiteSpace(options.OutputDir) ? Path.Combine(Folder, id) : options.OutputDir),
             TargetPath = options.TargetPath ?? (string.IsNullOrWhiteSpace(served?.TargetPath) ? null : served.TargetPath),
             TokenizerPath = options.TokenizerPath ?? (options.TargetPath is null ? served?.TokenizerPath : null),
+            // The queue's interval is a ceiling: a job that asks for more frequent checkpoints keeps its own.
+            CheckpointEverySteps = _options.Value.CheckpointEverySteps is { } every ? Math.Min(every, options.CheckpointEverySteps) : options.CheckpointEverySteps,
         };
         if (string.IsNullOrWhiteSpace(o.TargetPath))
             throw new ArgumentException("TargetPath: the target to train a draft for is required (or register the served model with AddBeagle)", nameof(options));
@@ -159,11 +162,18 @@ public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueu
         CancellationToken ct;
         lock (_gate)
         {
-            // A job that ran before continues from its checkpoint (the trainer starts afresh when there is none).
-            string checkpoint = Path.Combine(job.Options.OutputDir, "checkpoint", "state.json");
-            bool resume = job.Options.Resume || (job.Attempts > 0 && File.Exists(checkpoint));
+            // A job that ran before continues from its checkpoint (from the start when it stopped before its first one).
+            // Looking also repairs a checkpoint whose save was interrupted (DraftTrainer.FindCheckpoint).
+            TrainingCheckpoint? checkpoint;
+            try { checkpoint = DraftTrainer.FindCheckpoint(job.Options.OutputDir); }
+            catch (InvalidDataException e)
+            {
+                Finish(job, DraftTrainingJobState.Failed, error: e.Message, exception: e);
+                return;
+            }
+            bool resume = job.Options.Resume || (job.Attempts > 0 && checkpoint is not null);
             options = job.Options with { Resume = resume };
-            job.ResumedFromStep = resume ? ReadStep(checkpoint) : null;
+            job.ResumedFromStep = resume ? checkpoint?.Step : null;
             job.Attempts++;
             job.State = DraftTrainingJobState.Running;
             job.StartedAt = DateTimeOffset.UtcNow;
@@ -176,24 +186,34 @@ public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueu
             job.ResumedFromStep is { } s ? $", resuming from step {s}" : "");
         var progress = new SyncProgress(p => OnProgress(job, p));
         string device = _options.Value.Device;
+        // The whole run happens on the training thread, its outcome in jobs.json included, before that thread frees the
+        // job's target and draft: nothing of it is left running or freed elsewhere when this task completes.
+        await Task.Factory.StartNew(() => Train(job, options, device, progress, ct, stoppingToken),
+            CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
+        var status = GetJob(job.Id)!;
+        _logger.LogInformation("draft training job {Job}: {State} at step {Step}/{Total}{Draft}", job.Id, status.State, status.Step, status.TotalSteps,
+            status.DraftDir is { } d ? $", draft in {d}" : "");
+    }
+
+    /// <summary>Runs one job on the calling (training) thread and records its outcome; then frees its target.</summary>
+    void Train(JobRecord job, TrainingOptions options, string device, IProgress<TrainingProgress> progress, CancellationToken ct, CancellationToken stoppingToken)
+    {
+        LoadedTarget? target = null;
         try
         {
-            var result = await Task.Factory.StartNew(() =>
-            {
-                using var target = TargetLoader.Load(options.TargetPath!, options.TokenizerPath, DeviceSelector.Resolve(device));
-                return DraftTrainer.Create(target.Model, target.Tokenizer, options).Train(progress, ct);
-            }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
-
+            target = TargetLoader.Load(options.TargetPath!, options.TokenizerPath, DeviceSelector.Resolve(device));
+            var result = DraftTrainer.Create(target.Model, target.Tokenizer, options).Train(progress, ct);
             lock (_gate)
             {
                 job.Step = result.Steps;
+                job.CheckpointStep = result.CheckpointStep ?? job.CheckpointStep;
                 if (result.Completed) { job.DraftDir = result.DraftDir; Finish(job, DraftTrainingJobState.Completed); }
                 else Stopped(job, stoppingToken, $"stopped at step {result.Steps} by StopAfterSteps; checkpoint in {Path.Combine(result.OutputDir, "checkpoint")}");
             }
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
         {
-            lock (_gate) Stopped(job, stoppingToken, "stopped");
+            lock (_gate) Stopped(job, stoppingToken, "stopped");   // before its first step (data, features): nothing to checkpoint yet
         }
         catch (Exception e)
         {
@@ -202,11 +222,27 @@ public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueu
         }
         finally
         {
+            target?.Dispose();
             lock (_gate) { job.Cts?.Dispose(); job.Cts = null; }
         }
-        var status = GetJob(job.Id)!;
-        _logger.LogInformation("draft training job {Job}: {State} at step {Step}/{Total}{Draft}", job.Id, status.State, status.Step, status.TotalSteps,
-            status.DraftDir is { } d ? $", draft in {d}" : "");
+    }
+
+    /// <summary>
+    /// Stops the queue: the running job stops at its next step boundary and checkpoints (see the class summary). Waits for
+    /// that even when <paramref name="cancellationToken"/> (the host's shutdown timeout) fires first, and says so.
+    /// </summary>
+    public override async Task StopAsync(CancellationToken cancellationToken)
+    {
+        await base.StopAsync(cancellationToken).ConfigureAwait(false);   // cancels the stopping token; returns at the timeout
+        if (ExecuteTask is { IsCompleted: false } running)
+        {
+            string? id;
+            lock (_gate) id = _jobs?.FirstOrDefault(j => j.State == DraftTrainingJobState.Running)?.Id;
+            _logger.LogWarning("the host's shutdown timeout ended before draft training job {Job} reached a step boundary; waiting for it to " +
+                "stop there and save its checkpoint (exiting now would free its tensors while libtorch still uses them)", id);
+            try { await running.ConfigureAwait(false); }
+            catch (Exception e) { _logger.LogError(e, "the draft training queue failed while stopping"); }
+        }
     }
 
     /// <summary>A run that returned or threw without finishing: cancelled by the user, interrupted by shutdown, or StopAfterSteps. Under the lock.</summary>
@@ -229,8 +265,12 @@ public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueu
         lock (_gate)
         {
             job.LastProgress = p;
-            job.Step = p.Step;
-            job.TotalSteps = p.TotalSteps;
+            if (p.Message is null || p.Step > 0) { job.Step = p.Step; job.TotalSteps = p.TotalSteps; }   // a note has no step figures
+            if (p.CheckpointStep is { } saved && saved != job.CheckpointStep)
+            {
+                job.CheckpointStep = saved;
+                Save();   // a crash after this point resumes from here, and jobs.json says so
+            }
             observers = [.. job.Observers];
         }
         if (p.Message is null) Beagle.SemanticKernel.BeagleMetrics.RecordTraining(job.Id, p.Loss, p.TokensPerSecond);
@@ -274,17 +314,16 @@ public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueu
         catch (Exception e) { _logger.LogWarning(e, "a JobChanged handler threw for job {Job}", job.Id); }
     }
 
-    static long? ReadStep(string stateJson)
-    {
-        try { return File.Exists(stateJson) ? (long?)JsonNode.Parse(File.ReadAllText(stateJson))?["step"] : null; }
-        catch (Exception e) when (e is JsonException or IOException or InvalidOperationException or FormatException) { return null; }
-    }
-
     // ---- jobs.json ----
 
     JobRecord? Find(string jobId) => Jobs().FirstOrDefault(j => j.Id == jobId);
 
-    /// <summary>The jobs, read from jobs.json on first use; unfinished ones are queued again (they resume). Under the lock.</summary>
+    /// <summary>
+    /// The jobs, read from jobs.json on first use; unfinished ones are queued again (they resume). A jobs.json that cannot
+    /// be read is moved aside (jobs.json.corrupt-*) with a warning and the queue starts empty: the host keeps serving,
+    /// and the jobs' run folders, checkpoints included, are untouched (enqueue a job again with Resume to continue it).
+    /// Under the lock.
+    /// </summary>
     List<JobRecord> Jobs()
     {
         if (_jobs is not null) return _jobs;
@@ -293,19 +332,39 @@ public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueu
         var jobs = new List<JobRecord>();
         if (File.Exists(path))
         {
-            try { jobs = JsonSerializer.Deserialize<JobsDocument>(File.ReadAllText(path), Json)?.Jobs ?? []; }
-            catch (JsonException e) { throw new InvalidDataException($"{path} is not a valid Beagle jobs file: {e.Message}", e); }
+            try
+            {
+                jobs = JsonSerializer.Deserialize<JobsDocument>(File.ReadAllText(path), Json)?.Jobs ?? [];
+                if (jobs.Any(j => j is null || j.Id is null || j.Options is null)) throw new JsonException("a job without id or options");
+            }
+            catch (JsonException e)
+            {
+                string aside = path + ".corrupt-" + DateTime.UtcNow.ToString("yyyyMMdd-HHmmss", System.Globalization.CultureInfo.InvariantCulture) + "-" + Guid.NewGuid().ToString("N")[..4];
+                File.Move(path, aside);
+                _logger.LogWarning("{Path} is not a valid Beagle jobs file ({Error}); moved it to {Aside} and started with no jobs", path, e.Message, aside);
+                jobs = [];
+            }
             foreach (var j in jobs.Where(j => j.State is DraftTrainingJobState.Running or DraftTrainingJobState.Interrupted))
                 j.State = DraftTrainingJobState.Queued;
         }
         return _jobs = jobs;
     }
 
-    /// <summary>Writes jobs.json atomically (temporary file, then rename). Under the lock.</summary>
+    /// <summary>
+    /// Writes jobs.json atomically (temporary file, then rename), keeping every unfinished job and the latest
+    /// <see cref="DraftTrainingQueueOptions.MaxFinishedJobs"/> finished ones. Under the lock.
+    /// </summary>
     void Save()
     {
+        var jobs = Jobs();
+        int excess = jobs.Count(j => j.IsFinished) - _options.Value.MaxFinishedJobs;
+        if (excess > 0)
+        {
+            var oldest = jobs.Where(j => j.IsFinished).OrderBy(j => j.FinishedAt ?? j.EnqueuedAt).Take(excess).ToHashSet();
+            jobs.RemoveAll(oldest.Contains);
+        }
         string path = Path.Combine(Folder, JobsFile), tmp = path + "." + Guid.NewGuid().ToString("N")[..8] + ".tmp";
-        File.WriteAllText(tmp, JsonSerializer.Serialize(new JobsDocument { Jobs = Jobs() }, Json));
+        File.WriteAllText(tmp, JsonSerializer.Serialize(new JobsDocument { Jobs = jobs }, Json));
         File.Move(tmp, path, overwrite: true);
     }
 
@@ -332,6 +391,7 @@ public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueu
         public DateTimeOffset? FinishedAt { get; set; }
         public int Attempts { get; set; }
         public long? ResumedFromStep { get; set; }
+        public long? CheckpointStep { get; set; }
         public long Step { get; set; }
         public long TotalSteps { get; set; }
         public string? DraftDir { get; set; }
@@ -345,7 +405,7 @@ public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueu
         [JsonIgnore] public bool IsFinished => Snapshot().IsFinished;
 
         public DraftTrainingJob Snapshot() => new(Id, State, Options, EnqueuedAt, StartedAt, FinishedAt, Attempts, ResumedFromStep, Step,
-            TotalSteps, DraftDir, Error, LastProgress);
+            TotalSteps, DraftDir, Error, LastProgress) { CheckpointStep = CheckpointStep };
 
         /// <summary>This host stops before the job finished: waiters and observers are told (the job itself resumes at the next start).</summary>
         public void Abandon()

@@ -4,9 +4,10 @@ namespace Beagle.Hosting.Training;
 
 /// <summary>
 /// Draft-training jobs run one at a time by a hosted background service (<see cref="DraftTrainingService"/>). Jobs are
-/// persisted in <c>jobs.json</c> in <see cref="DraftTrainingQueueOptions.JobsFolder"/>: a job interrupted by host
-/// shutdown saves its checkpoint and continues from it (TrainingOptions.Resume) at the next start, so stopping the host
-/// loses no finished step.
+/// persisted in <c>jobs.json</c> in <see cref="DraftTrainingQueueOptions.JobsFolder"/> (unfinished jobs and the latest
+/// <see cref="DraftTrainingQueueOptions.MaxFinishedJobs"/> finished ones): a job interrupted by host shutdown stops at a
+/// step boundary, saves its checkpoint and continues from it (TrainingOptions.Resume) at the next start, so stopping the
+/// host loses no finished step.
 /// </summary>
 public interface IDraftTrainingQueue
 {
@@ -48,7 +49,7 @@ public enum DraftTrainingJobState
     /// <summary>Waiting for the service (also a job restored from jobs.json at start).</summary>
     Queued,
     Running,
-    /// <summary>Stopped by host shutdown with its checkpoint saved; resumed at the next start.</summary>
+    /// <summary>Stopped by host shutdown at a step boundary with its checkpoint saved (<see cref="DraftTrainingJob.CheckpointStep"/>); resumed at the next start.</summary>
     Interrupted,
     /// <summary>Finished: the draft is in <see cref="DraftTrainingJob.DraftDir"/>.</summary>
     Completed,
@@ -68,4 +69,7 @@ public sealed record DraftTrainingJob(
     TrainingProgress? LastProgress)
 {
     public bool IsFinished => State is DraftTrainingJobState.Completed or DraftTrainingJobState.Stopped or DraftTrainingJobState.Failed or DraftTrainingJobState.Cancelled;
+
+    /// <summary>The step of the job's latest checkpoint on disk, where a restart resumes; null before its first checkpoint.</summary>
+    public long? CheckpointStep { get; init; }
 }

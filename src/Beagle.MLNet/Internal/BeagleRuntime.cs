@@ -49,13 +49,14 @@ internal sealed class BeagleRuntime : IDisposable
     /// Loads the target (and draft) on a new engine thread and fingerprints the target. With
     /// <paramref name="expectedFingerprint"/> set, a different target is refused (InvalidDataException).
     /// </summary>
+    /// <param name="draftSource">Where the draft files come from (a folder, or "model.zip:beagle/draft"), for error messages.</param>
     public static BeagleRuntime Start(string targetPath, string? tokenizerPath, SettingsRecord settings,
-        IReadOnlyDictionary<string, byte[]> draftFiles, string? expectedFingerprint = null, string? modelDescription = null)
+        IReadOnlyDictionary<string, byte[]> draftFiles, string draftSource, string? expectedFingerprint = null, string? modelDescription = null)
     {
         var engine = new BeagleEngine(() =>
         {
             var target = TargetSource.Load(targetPath, tokenizerPath, settings.Device);
-            try { return new EngineModels(target.Model, target.Tokenizer, draftFiles.Count == 0 ? null : LoadDraft(draftFiles, target.Model)); }
+            try { return new EngineModels(target.Model, target.Tokenizer, draftFiles.Count == 0 ? null : LoadDraft(draftFiles, target.Model, draftSource)); }
             catch { target.Dispose(); throw; }
         }, new EngineOptions { Threads = settings.Threads });
         try
@@ -72,7 +73,7 @@ internal sealed class BeagleRuntime : IDisposable
         catch { engine.Dispose(); throw; }
     }
 
-    static Beagle.Drafting.IDraftModel LoadDraft(IReadOnlyDictionary<string, byte[]> files, Beagle.Models.LlamaModel target)
+    static Beagle.Drafting.IDraftModel LoadDraft(IReadOnlyDictionary<string, byte[]> files, Beagle.Models.LlamaModel target, string source)
     {
         // The draft loader reads a folder; materialise the embedded files for the duration of the load.
         string dir = Path.Combine(Path.GetTempPath(), "beagle-mlnet-draft-" + Guid.NewGuid().ToString("N")[..12]);
@@ -80,6 +81,13 @@ internal sealed class BeagleRuntime : IDisposable
         {
             WriteFiles(files, dir);
             return DraftStore.Load(dir, target);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // The loader names the temporary folder, which is gone by the time anyone reads the message: name where the
+            // files come from instead. The original exception is not kept as the inner one, since it names that folder too.
+            string message = e.Message.Replace(dir, source, StringComparison.Ordinal);
+            throw new InvalidDataException(message.Contains(source, StringComparison.Ordinal) ? message : $"the draft in {source}: {message}");
         }
         finally { try { Directory.Delete(dir, true); } catch (IOException) { } }
     }
@@ -101,15 +109,34 @@ internal sealed class BeagleRuntime : IDisposable
         }
     }
 
-    /// <summary>The CustomMapping action: one completion per row, generated on the engine thread.</summary>
+    /// <summary>
+    /// The CustomMapping action: one completion per row, generated on the engine thread. A row the engine refuses (its
+    /// prompt is longer than the context, ...: an ArgumentException) gets its reason in the Error column and no
+    /// completion; the other rows go on. Thrown from here, it would end the whole enumeration, wrapped by ML.NET's
+    /// cursors, with the row unnamed. Failures of the engine itself (disposed, out of memory) still throw.
+    /// </summary>
     public void Map(BeaglePromptRow input, BeagleCompletionRow output)
     {
         string prompt = input.Prompt ?? "";
-        var r = _engine.RunAsync((g, ct) => g.Complete(prompt, _options, ct)).GetAwaiter().GetResult();
-        output.Completion = r.Text;
-        output.NewTokens = r.Stats.NewTokens;
-        output.AcceptanceLength = (float)r.Stats.AcceptanceLength;
-        output.TokensPerSecond = (float)r.Stats.TokensPerSecond;
+        try
+        {
+            var r = _engine.RunAsync((g, ct) => g.Complete(prompt, _options, ct)).GetAwaiter().GetResult();
+            output.Completion = r.Text;
+            output.NewTokens = r.Stats.NewTokens;
+            output.AcceptanceLength = (float)r.Stats.AcceptanceLength;
+            output.TokensPerSecond = (float)r.Stats.TokensPerSecond;
+            output.Error = "";
+        }
+        catch (ArgumentException e)
+        {
+            output.Completion = "";
+            output.NewTokens = 0;
+            output.AcceptanceLength = 0;
+            output.TokensPerSecond = 0;
+            // The sentence for a user, without .NET's " (Parameter 'promptIds')" suffix.
+            output.Error = e.ParamName is { Length: > 0 } name && e.Message.IndexOf($" (Parameter '{name}')", StringComparison.Ordinal) is var i and > 0
+                ? e.Message[..i] : e.Message;
+        }
     }
 
     public void Dispose() => _engine.Dispose();

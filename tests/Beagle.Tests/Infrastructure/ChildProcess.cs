@@ -32,19 +32,7 @@ public static class ChildProcess
     public static ProcessResult Run(string fileName, IEnumerable<string> args, IReadOnlyDictionary<string, string?>? environment = null,
         string? workingDirectory = null, TimeSpan? timeout = null)
     {
-        var psi = new ProcessStartInfo(fileName)
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
-            WorkingDirectory = workingDirectory ?? Environment.CurrentDirectory,
-        };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        psi.Environment.Remove("BEAGLE_MODELS");
-        psi.Environment.Remove("BEAGLE_DEBUG");
-        psi.Environment["OMP_WAIT_POLICY"] = "PASSIVE";
-        psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
-        foreach (var (k, v) in environment ?? new Dictionary<string, string?>())
-            if (v is null) psi.Environment.Remove(k); else psi.Environment[k] = v;
-
+        var psi = StartInfo(fileName, args, environment, workingDirectory);
         var limit = timeout ?? TimeSpan.FromMinutes(2);
         using var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {psi.FileName}");
         p.StandardInput.Close();   // a program that reads input (a sample's prompts) sees its end at once
@@ -57,5 +45,37 @@ public static class ChildProcess
         }
         p.WaitForExit();
         return new ProcessResult(p.ExitCode, stdout.GetAwaiter().GetResult(), stderr.GetAwaiter().GetResult());
+    }
+
+    /// <summary>
+    /// Starts `dotnet <paramref name="dll"/> args...` with the environment of <see cref="Run"/> and every stream redirected;
+    /// standard input stays open (the caller writes to it or closes it). The caller waits for and disposes the process.
+    /// </summary>
+    public static Process StartDotnet(string dll, IEnumerable<string> args, IReadOnlyDictionary<string, string?>? environment = null, string? workingDirectory = null) =>
+        Process.Start(StartInfo(DotnetHost, [dll, .. args], environment, workingDirectory ?? Path.GetDirectoryName(dll)!))
+        ?? throw new InvalidOperationException($"could not start {dll}");
+
+    /// <summary>Sends SIGTERM (what `docker stop` and systemd send) to a child process.</summary>
+    public static void Terminate(Process process)
+    {
+        using var kill = Process.Start(new ProcessStartInfo("kill", ["-TERM", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]) { UseShellExecute = false })!;
+        kill.WaitForExit();
+    }
+
+    static ProcessStartInfo StartInfo(string fileName, IEnumerable<string> args, IReadOnlyDictionary<string, string?>? environment, string? workingDirectory)
+    {
+        var psi = new ProcessStartInfo(fileName)
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
+            WorkingDirectory = workingDirectory ?? Environment.CurrentDirectory,
+        };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        psi.Environment.Remove("BEAGLE_MODELS");
+        psi.Environment.Remove("BEAGLE_DEBUG");
+        psi.Environment["OMP_WAIT_POLICY"] = "PASSIVE";
+        psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
+        foreach (var (k, v) in environment ?? new Dictionary<string, string?>())
+            if (v is null) psi.Environment.Remove(k); else psi.Environment[k] = v;
+        return psi;
     }
 }

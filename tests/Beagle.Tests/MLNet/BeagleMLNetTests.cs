@@ -25,6 +25,7 @@ public sealed class CompletionRow
     public int NewTokens { get; set; }
     public float AcceptanceLength { get; set; }
     public float TokensPerSecond { get; set; }
+    public string Error { get; set; } = "";
 }
 
 /// <summary>
@@ -53,13 +54,14 @@ public class BeagleMLNetTests
     static CompletionRow[] Rows(MLContext ml, IDataView view) => ml.Data.CreateEnumerable<CompletionRow>(view, reuseRowObject: false).ToArray();
 
     [Fact]
-    public void Output_schema_keeps_the_input_columns_and_adds_the_four_typed_outputs_without_loading_the_model()
+    public void Output_schema_keeps_the_input_columns_and_adds_the_five_typed_outputs_without_loading_the_model()
     {
         var ml = new MLContext(seed: 1);
         var data = PromptView(ml, "x");
         var shape = ml.Beagle().Generate(Options()).GetOutputSchema(Shape(data.Schema));
 
-        Assert.Equal(["Prompt", "Completion", "NewTokens", "AcceptanceLength", "TokensPerSecond"], shape.Select(c => c.Name).ToArray());
+        Assert.Equal(["Prompt", "Completion", "NewTokens", "AcceptanceLength", "TokensPerSecond", "Error"], shape.Select(c => c.Name).ToArray());
+        Assert.IsType<TextDataViewType>(shape.Single(c => c.Name == "Error").ItemType);
         Assert.IsType<TextDataViewType>(shape.Single(c => c.Name == "Completion").ItemType);
         Assert.Equal(NumberDataViewType.Int32, shape.Single(c => c.Name == "NewTokens").ItemType);
         Assert.Equal(NumberDataViewType.Single, shape.Single(c => c.Name == "AcceptanceLength").ItemType);
@@ -107,6 +109,30 @@ public class BeagleMLNetTests
         Assert.All(rows, r => Assert.InRange(r.NewTokens, 1, MaxTokens));
         Assert.All(rows, r => Assert.Equal(1f, r.AcceptanceLength));   // plain decoding: one token per target forward
         Assert.All(rows, r => Assert.True(r.TokensPerSecond > 0));
+    }
+
+    [Fact]
+    public void A_row_longer_than_the_context_gets_its_reason_in_the_Error_column_and_the_other_rows_their_completions()
+    {
+        var ml = new MLContext(seed: 1);
+        string tooLong = string.Join(" ", Enumerable.Repeat("Once upon a time there was a cat.", 80));   // ~800 tokens; the context is 512
+        string[] prompts = [Prompts[0], tooLong, Prompts[2]];
+        var data = PromptView(ml, prompts);
+        using var model = ml.Beagle().Generate(Options()).Fit(data);
+
+        var rows = Rows(ml, model.Transform(data));   // before: the enumeration ended with "Splitter/consolidator worker encountered exception"
+
+        Assert.Equal(3, rows.Length);
+        var reference = Reference(Prompts[0], Prompts[2]);
+        Assert.Equal((reference[0], ""), (rows[0].Completion, rows[0].Error));
+        Assert.Equal((reference[1], ""), (rows[2].Completion, rows[2].Error));
+        Assert.Equal(("", 0), (rows[1].Completion, rows[1].NewTokens));
+        Assert.Contains("context is 512", rows[1].Error);
+        Assert.DoesNotContain("Parameter", rows[1].Error);
+
+        var engine = ml.Model.CreatePredictionEngine<PromptInput, CompletionRow>(model);
+        Assert.Contains("context is 512", engine.Predict(new PromptInput { Prompt = tooLong }).Error);
+        Assert.Equal("", engine.Predict(new PromptInput { Prompt = Prompts[0] }).Error);
     }
 
     [Fact]
@@ -213,7 +239,10 @@ public class BeagleMLNetTests
         var ml2 = new MLContext();
         ml2.ComponentCatalog.RegisterAssembly(typeof(BeagleModel).Assembly);
         var e = Assert.ThrowsAny<Exception>(() => ml2.Model.Load(dir.File("beagle.zip"), out _));
-        Assert.Contains("BeagleModel.Load", Flatten(e));
+        // ML.NET creates every saved component by reflection and wraps its failure twice (TargetInvocationException);
+        // the factory's own exception is the base one.
+        var cause = Assert.IsType<InvalidOperationException>(e.GetBaseException());
+        Assert.Contains("BeagleModel.Load", cause.Message);
     }
 
     [Fact]
@@ -226,6 +255,8 @@ public class BeagleMLNetTests
         Assert.Contains("'Story'", e.Message);
         Assert.Throws<ArgumentException>(() => ml.Beagle().TrainDraft(new BeagleTrainDraftOptions { TargetPath = TestAssets.ModelPath, Architecture = "medusa" }));
         Assert.Throws<ArgumentOutOfRangeException>(() => ml.Beagle().TrainDraft(new BeagleTrainDraftOptions { TargetPath = TestAssets.ModelPath, Epochs = 2, Stage1Epochs = 3 }));
+        var every = Assert.Throws<ArgumentOutOfRangeException>(() => ml.Beagle().TrainDraft(new BeagleTrainDraftOptions { TargetPath = TestAssets.ModelPath, CheckpointEverySteps = 0 }));
+        Assert.Equal(nameof(BeagleTrainDraftOptions.CheckpointEverySteps), every.ParamName);
     }
 
     [Fact]
@@ -307,8 +338,6 @@ public class BeagleMLNetTests
     static SchemaShape Shape(DataViewSchema s) =>
         (SchemaShape)typeof(SchemaShape).GetMethod("Create", System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic, [typeof(DataViewSchema)])!.Invoke(null, [s])!;
 
-    static string Flatten(Exception e) => e.InnerException is null ? e.Message : e.Message + " | " + Flatten(e.InnerException);
-
     static void DisposeBeagle(ITransformer t)
     {
         if (t is IDisposable d) d.Dispose();
@@ -370,6 +399,49 @@ public class BeagleMLNetDraftTests
             Assert.True(reloaded.HasDraft);
             Assert.Equal(before.Select(r => r.Completion), reloaded.Transform(data).GetColumn<string>("Completion"));
         }
+    }
+
+    /// <summary>Rewrites one entry of a zip.</summary>
+    static void ReplaceEntry(string zipPath, string entry, byte[] bytes)
+    {
+        using var zip = ZipFile.Open(zipPath, ZipArchiveMode.Update);
+        zip.GetEntry(entry)!.Delete();
+        using var s = zip.CreateEntry(entry).Open();
+        s.Write(bytes);
+    }
+
+    [Fact]
+    public void Load_errors_name_the_zip_and_the_entry_and_never_a_temporary_folder()
+    {
+        using var dir = TestAssets.TempDir();
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(new[] { new PromptInput { Prompt = "x" } });
+        using (var model = ml.Beagle().Generate(new BeagleGenerateOptions
+        {
+            TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, DraftPath = RandomDraft(dir), MaxNewTokens = 4,
+        }).Fit(data))
+            BeagleModel.Save(ml, model, data.Schema, dir.File("good.zip"));
+
+        // Not a zip at all.
+        File.WriteAllBytes(dir.File("garbage.zip"), Enumerable.Range(0, 300).Select(i => (byte)(i * 7)).ToArray());
+        var notZip = Assert.Throws<InvalidDataException>(() => BeagleModel.Load(new MLContext(), dir.File("garbage.zip"), out _));
+        Assert.Contains(dir.File("garbage.zip"), notZip.Message);
+
+        // A Beagle entry that is not JSON.
+        File.Copy(dir.File("good.zip"), dir.File("settings.zip"));
+        ReplaceEntry(dir.File("settings.zip"), "beagle/settings.json", "{ not json"u8.ToArray());
+        var badJson = Assert.Throws<InvalidDataException>(() => BeagleModel.Load(new MLContext(), dir.File("settings.zip"), out _));
+        Assert.Contains(dir.File("settings.zip"), badJson.Message);
+        Assert.Contains("beagle/settings.json", badJson.Message);
+
+        // A corrupt embedded draft: named by the zip and its entry, not by the temporary folder it was unpacked to (deleted by then).
+        File.Copy(dir.File("good.zip"), dir.File("draft.zip"));
+        ReplaceEntry(dir.File("draft.zip"), "beagle/draft/draft.safetensors", new byte[64]);
+        var badDraft = Assert.ThrowsAny<Exception>(() => BeagleModel.Load(new MLContext(), dir.File("draft.zip"), out _));
+        string all = badDraft.ToString();
+        Assert.Contains(dir.File("draft.zip") + ":beagle/draft", badDraft.Message);
+        Assert.Contains("draft.safetensors", badDraft.Message);
+        Assert.DoesNotContain(Path.GetTempPath() + "beagle-mlnet-draft-", all);
     }
 
     [Fact]

@@ -9,11 +9,11 @@ namespace Beagle.Tests.Runtime;
 
 public sealed class BeagleEngineTests
 {
-    static BeagleEngine Start(int queueCapacity = 16) => new(() =>
+    static BeagleEngine Start(int queueCapacity = 16, TimeSpan? streamIdleTimeout = null) => new(() =>
     {
         var t = TargetLoader.Load(TestAssets.ModelPath, TestAssets.TokenizerPath);
         return new EngineModels(t.Model, t.Tokenizer);
-    }, new EngineOptions { Threads = 1, QueueCapacity = queueCapacity });
+    }, new EngineOptions { Threads = 1, QueueCapacity = queueCapacity, StreamIdleTimeout = streamIdleTimeout ?? TimeSpan.FromSeconds(30) });
 
     static readonly GenerationOptions Greedy = new() { MaxNewTokens = 48 };
 
@@ -68,6 +68,28 @@ public sealed class BeagleEngineTests
         await stream.DisposeAsync();
         var next = await engine.CompleteAsync("The little dog", Greedy).WaitAsync(TimeSpan.FromSeconds(30));
         Assert.NotEmpty(next.TokenIds);
+    }
+
+    [Fact]
+    public async Task An_abandoned_stream_read_once_then_neither_read_nor_disposed_releases_the_worker_after_the_idle_timeout()
+    {
+        await using var engine = Start(streamIdleTimeout: TimeSpan.FromMilliseconds(300));
+        await engine.Ready;
+        var abandoned = engine.GenerateAsync("Once upon a time", new GenerationOptions { MaxNewTokens = 400 }).GetAsyncEnumerator();
+        Assert.True(await abandoned.MoveNextAsync());   // read once, then left alone (kept reachable: no finaliser helps)
+
+        // Before: this request waited behind the abandoned one forever.
+        var next = await engine.CompleteAsync("The little dog", Greedy).WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer).Complete("The little dog", Greedy).Text, next.Text);
+
+        // A reader that comes back gets what was buffered, then the reason its stream ended.
+        int buffered = 0;
+        var e = await Record.ExceptionAsync(async () => { while (await abandoned.MoveNextAsync()) buffered++; });
+        Assert.IsType<TimeoutException>(e);
+        Assert.Contains("StreamIdleTimeout", e.Message);
+        Assert.InRange(buffered, 1, BeagleEngine.StreamBuffer);
+        await abandoned.DisposeAsync();
+        Assert.Throws<ArgumentOutOfRangeException>(() => new EngineOptions { StreamIdleTimeout = TimeSpan.Zero }.Validate());
     }
 
     [Fact]

@@ -57,6 +57,40 @@ public class SampleTests
         Assert.DoesNotContain("fail:", r.Stdout + r.Stderr);
     }
 
+    [Fact]
+    public async Task The_worker_stops_promptly_on_SIGTERM_while_it_waits_for_a_prompt()
+    {
+        using var home = TestAssets.TempDir();
+        var data = home.File("data.txt");
+        File.WriteAllText(data, string.Join("\n\n", Beagle.Training.TextSources.SplitPlainText(File.ReadAllText(TestAssets.TinyStories)).Take(100)));
+        using var p = ChildProcess.StartDotnet(SampleDll("Worker"),
+            ["--target", TestAssets.ModelPath, "--tokenizer", TestAssets.TokenizerPath, "--no-draft", "--data", data],
+            new Dictionary<string, string?> { ["BEAGLE_SHARED"] = null, ["XDG_CACHE_HOME"] = home.File("cache"), ["HOME"] = home.Path },
+            workingDirectory: home.Path);
+        var stderr = new System.Text.StringBuilder();
+        using var waiting = new ManualResetEventSlim();
+        p.ErrorDataReceived += (_, e) =>
+        {
+            lock (stderr) stderr.AppendLine(e.Data);
+            if (e.Data?.Contains("runs in the background") == true) waiting.Set();   // then it reads standard input, which stays open
+        };
+        p.BeginErrorReadLine();
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        try
+        {
+            Assert.True(waiting.Wait(TimeSpan.FromMinutes(2)), $"the worker never got to its prompt loop:\n{stderr}");
+            ChildProcess.Terminate(p);
+            // The host's default shutdown timeout is 30 s: a prompt loop blind to the stopping token held shutdown that long.
+            Assert.True(p.WaitForExit(TimeSpan.FromSeconds(20)), $"the worker did not stop within 20 s of SIGTERM:\n{stderr}");
+        }
+        finally { if (!p.HasExited) p.Kill(entireProcessTree: true); }
+        p.WaitForExit();
+        var result = new ProcessResult(p.ExitCode, await stdout, stderr.ToString());
+        Assert.True(result.ExitCode == 0, result.ToString());
+        Assert.Contains("stopping: the training job keeps its checkpoint", result.Stdout);
+        NoStackTrace(result);
+    }
+
     [Theory]
     [InlineData("Chat", "--prompt", "Tom")]
     [InlineData("Agent", "--prompt", "Tom")]

@@ -7,6 +7,7 @@ using Microsoft.Extensions.AI;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using TorchSharp.PyBridge;
 using Xunit;
@@ -19,9 +20,10 @@ namespace Beagle.Tests.SemanticKernel;
 /// </summary>
 public sealed class DraftTrainingHostingTests
 {
-    static IHost Build(string jobsFolder, bool serve = false, Dictionary<string, string?>? extra = null)
+    static IHost Build(string jobsFolder, bool serve = false, Dictionary<string, string?>? extra = null, ILoggerProvider? logger = null)
     {
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        if (logger is not null) builder.Logging.AddProvider(logger);
         var settings = new Dictionary<string, string?>
         {
             ["Beagle:TargetPath"] = TestAssets.ModelPath, ["Beagle:TokenizerPath"] = TestAssets.TokenizerPath,
@@ -150,7 +152,7 @@ public sealed class DraftTrainingHostingTests
             await host.StartAsync();
             var queue = host.Services.GetRequiredService<IDraftTrainingQueue>();
             var firstProgress = new List<long>();
-            using var sub = queue.Observe(id).Subscribe(new Observer(p => { lock (firstProgress) firstProgress.Add(p.Step); }));
+            using var sub = queue.Observe(id).Subscribe(new Observer(p => { if (p.Message is null) lock (firstProgress) firstProgress.Add(p.Step); }));   // step reports, not notes
             string twin = queue.Enqueue(Tiny(tmp));
             var resumed = await queue.WaitForCompletionAsync(id).WaitAsync(TimeSpan.FromMinutes(2));
             var uninterrupted = await queue.WaitForCompletionAsync(twin).WaitAsync(TimeSpan.FromMinutes(2));
@@ -200,15 +202,81 @@ public sealed class DraftTrainingHostingTests
         await host.StopAsync();
     }
 
+    [Fact]
+    public void Jobs_json_keeps_every_unfinished_job_and_only_the_latest_finished_ones()
+    {
+        using var tmp = TestAssets.TempDir();
+        using var host = Build(tmp.File("jobs"), extra: new() { ["Beagle:Training:MaxFinishedJobs"] = "2" });
+        var queue = host.Services.GetRequiredService<IDraftTrainingQueue>();
+        var cancelled = Enumerable.Range(0, 4).Select(i => queue.Enqueue(Tiny(tmp, tmp.File($"out{i}")))).ToList();
+        string waiting = queue.Enqueue(Tiny(tmp, tmp.File("waiting")));   // the host is not started: it stays queued
+        foreach (var id in cancelled) Assert.True(queue.Cancel(id));
+
+        var saved = JsonNode.Parse(File.ReadAllText(Path.Combine(tmp.File("jobs"), DraftTrainingService.JobsFile)))!["jobs"]!.AsArray()
+            .Select(j => (string)j!["id"]!).ToList();
+        Assert.Equal(new[] { waiting, cancelled[2], cancelled[3] }.Order(), saved.Order());
+        Assert.Equal(saved.Order(), queue.GetJobs().Select(j => j.Id).Order());
+    }
+
+    [Fact]
+    public async Task A_corrupt_jobs_json_is_moved_aside_with_a_warning_and_the_host_keeps_serving()
+    {
+        using var tmp = TestAssets.TempDir();
+        string jobs = tmp.File("jobs");
+        Directory.CreateDirectory(jobs);
+        File.WriteAllText(Path.Combine(jobs, DraftTrainingService.JobsFile), "{ \"jobs\": [ { \"id\": ");   // cut off mid-write
+        var logs = new ListLogger();
+        using var host = Build(jobs, logger: logs);
+        await host.StartAsync();
+        var queue = host.Services.GetRequiredService<IDraftTrainingQueue>();
+
+        Assert.Empty(queue.GetJobs());
+        var aside = Assert.Single(Directory.GetFiles(jobs, DraftTrainingService.JobsFile + ".corrupt-*"));
+        Assert.StartsWith("{ \"jobs\"", File.ReadAllText(aside));
+        lock (logs.Lines) Assert.Contains(logs.Lines, l => l.StartsWith("Warning:", StringComparison.Ordinal) && l.Contains(aside));
+        string id = queue.Enqueue(Tiny(tmp) with { StopAfterSteps = 1 });   // and the queue works
+        Assert.Equal(DraftTrainingJobState.Stopped, (await queue.WaitForCompletionAsync(id).WaitAsync(TimeSpan.FromMinutes(2))).State);
+        Assert.False(host.Services.GetServices<IHostedService>().OfType<DraftTrainingService>().Single().ExecuteTask!.IsCompleted);
+        await host.StopAsync();
+    }
+
+    [Fact]
+    public void The_queue_checkpoint_interval_is_a_ceiling_on_each_job_s_own()
+    {
+        using var tmp = TestAssets.TempDir();
+        using var host = Build(tmp.File("jobs"), extra: new() { ["Beagle:Training:CheckpointEverySteps"] = "3" });
+        var queue = host.Services.GetRequiredService<IDraftTrainingQueue>();
+        var coarse = queue.GetJob(queue.Enqueue(Tiny(tmp, tmp.File("a")) with { CheckpointEverySteps = 100 }))!;
+        var fine = queue.GetJob(queue.Enqueue(Tiny(tmp, tmp.File("b")) with { CheckpointEverySteps = 2 }))!;
+        Assert.Equal(3, coarse.Options.CheckpointEverySteps);
+        Assert.Equal(2, fine.Options.CheckpointEverySteps);
+    }
+
     [Theory]
     [InlineData("Beagle:Training:JobsFolder", "", "Beagle:Training:JobsFolder is required")]
     [InlineData("Beagle:Training:Device", "tpu", "Beagle:Training:Device must be auto, cpu or cuda")]
+    [InlineData("Beagle:Training:CheckpointEverySteps", "0", "Beagle:Training:CheckpointEverySteps must be >= 1")]
+    [InlineData("Beagle:Training:MaxFinishedJobs", "-1", "Beagle:Training:MaxFinishedJobs must be >= 0")]
     public async Task Bad_training_configuration_fails_at_start_naming_the_setting(string key, string value, string expected)
     {
         using var tmp = TestAssets.TempDir();
         using var host = Build(tmp.File("jobs"), extra: new() { [key] = value });
         var e = await Assert.ThrowsAsync<OptionsValidationException>(() => host.StartAsync());
         Assert.Contains(expected, e.Message);
+    }
+
+    /// <summary>Keeps "Level: message" lines of every logger.</summary>
+    sealed class ListLogger : ILoggerProvider, ILogger
+    {
+        public List<string> Lines { get; } = [];
+        public ILogger CreateLogger(string categoryName) => this;
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+        public bool IsEnabled(LogLevel logLevel) => true;
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            lock (Lines) Lines.Add($"{logLevel}: {formatter(state, exception)}");
+        }
+        public void Dispose() { }
     }
 
     sealed class Observer(Action<TrainingProgress> onNext, Action? onCompleted = null, Action<Exception>? onError = null) : IObserver<TrainingProgress>

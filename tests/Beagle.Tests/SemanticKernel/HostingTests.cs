@@ -51,6 +51,7 @@ public sealed class HostingTests
     [InlineData("Beagle:QueueCapacity", "0", "Beagle:QueueCapacity must be >= 1")]
     [InlineData("Beagle:Device", "tpu", "Beagle:Device must be auto, cpu or cuda")]
     [InlineData("Beagle:ChatTemplate", "jinja", "Beagle:ChatTemplate: unknown template")]
+    [InlineData("Beagle:StreamIdleTimeout", "00:00:00", "Beagle:StreamIdleTimeout must be positive")]
     public async Task Bad_configuration_fails_at_start_naming_the_setting(string key, string value, string expected)
     {
         var settings = Good;

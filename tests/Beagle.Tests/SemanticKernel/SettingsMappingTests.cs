@@ -138,6 +138,43 @@ public sealed class SettingsMappingTests
         Assert.Throws<InvalidOperationException>(() => s.TopK = 3);
     }
 
+    public static TheoryData<string, object, ChatOptions> Unhonourable => new()
+    {
+        { "response_format", "json_object", new ChatOptions { ResponseFormat = ChatResponseFormat.Json } },
+        { "response_format", JsonSerializer.Deserialize<JsonElement>("{\"type\": \"json_schema\", \"json_schema\": {\"name\": \"story\"}}"), new ChatOptions { ResponseFormat = ChatResponseFormat.Json } },
+        { "frequency_penalty", 0.5, new ChatOptions { FrequencyPenalty = 0.5f } },
+        { "presence_penalty", JsonSerializer.Deserialize<JsonElement>("1.2"), new ChatOptions { PresencePenalty = 1.2f } },
+    };
+
+    [Theory]
+    [MemberData(nameof(Unhonourable))]
+    public async Task Settings_the_engine_cannot_honour_are_refused_as_the_chat_client_refuses_them(string key, object value, ChatOptions equivalent)
+    {
+        var settings = new PromptExecutionSettings { ExtensionData = new Dictionary<string, object> { [key] = value, ["max_tokens"] = 8 } };
+
+        var refused = Assert.Throws<NotSupportedException>(() => BeaglePromptExecutionSettings.FromExecutionSettings(settings));
+        var byClient = Assert.Throws<NotSupportedException>(() => ChatRequestMapper.ToTurns([new ChatMessage(ChatRole.User, "Tom")], equivalent));
+        Assert.Equal(byClient.Message, refused.Message);
+        Assert.Contains(key, refused.Message);
+
+        // Through the Semantic Kernel service: refused before any request reaches the chat client.
+        var recorder = new RecordingChatClient();
+        var service = new BeagleChatCompletionService(recorder);
+        await Assert.ThrowsAsync<NotSupportedException>(() => service.GetChatMessageContentsAsync(new ChatHistory("Tom"), settings));
+        Assert.Null(recorder.Received);
+    }
+
+    [Fact]
+    public void Settings_that_ask_for_what_the_engine_does_anyway_are_accepted()
+    {
+        var s = new PromptExecutionSettings { ExtensionData = new Dictionary<string, object> { ["response_format"] = "text", ["frequency_penalty"] = 0, ["presence_penalty"] = 0.0, ["tools"] = Array.Empty<object>() } };
+        var o = BeaglePromptExecutionSettings.FromExecutionSettings(s).ToChatOptions();
+        Assert.Equal(ChatResponseFormat.Text, o.ResponseFormat);
+        Assert.False(o.AdditionalProperties?.ContainsKey("response_format") ?? false);
+        var tools = new PromptExecutionSettings { ExtensionData = new Dictionary<string, object> { ["tools"] = new[] { new { type = "function" } } } };
+        Assert.Throws<NotSupportedException>(() => BeaglePromptExecutionSettings.FromExecutionSettings(tools));
+    }
+
     [Fact]
     public void Function_choice_behavior_is_refused()
     {

@@ -108,6 +108,80 @@ public class TrainerTests
         Assert.Equal(2, lines.Count(l => (string?)l["type"] == "epoch"));
     }
 
+    /// <summary>12 sequences / batch 4 = 3 steps per epoch × 2 epochs; stage 2 (2 simulated steps) from step index 3 on.</summary>
+    static TrainingOptions SmallRun(TempDir tmp, string dir, string data, string arch = "beagle") => new()
+    {
+        Architecture = arch, OutputDir = tmp.File(dir), FeatureCacheDir = tmp.File("features"), DataPaths = [data], SeqLen = 64, BatchSize = 4,
+        MaxSequences = 12, Epochs = 2, Stage1Epochs = 1, WindowK = 3, SimSteps = 2, EagleTttSteps = 2, WarmupSteps = 2, EvalPrompts = 0,
+        Plots = false, CheckpointEverySteps = 100, LogEverySteps = 1, Seed = 11,
+    };
+
+    [Theory]
+    [InlineData("beagle", 1, 0)]   // stage 1: between the forward and the backward of the 2nd step
+    [InlineData("beagle", 4, 1)]   // stage 2: between the two simulated steps of the 5th step
+    [InlineData("eagle2", 4, 1)]   // between EAGLE-2's two unrolled steps of the 5th step
+    public void A_stop_inside_a_step_drops_that_step_and_checkpoints_the_one_before(string arch, long step, int part)
+    {
+        using var tmp = TestAssets.TempDir();
+        var data = DataFile(tmp);
+        using var cts = new CancellationTokenSource();
+        var trainer = DraftTrainer.Create(TestAssets.Stories, TestAssets.StoriesTokenizer, SmallRun(tmp, "stopped", data, arch));
+        trainer.OnStopCheck = (s, p) => { if (s == step && p == part) cts.Cancel(); };
+        var reports = new List<TrainingProgress>();
+        var r = trainer.Train(new SyncProgress(reports.Add), cts.Token);
+
+        Assert.False(r.Completed);
+        Assert.Equal(step, r.Steps);
+        Assert.Equal(step, r.CheckpointStep);
+        Assert.DoesNotContain(reports, p => p.Message is null && p.Step > step);
+        Assert.Equal(step, reports[^1].CheckpointStep);
+        // Nothing of the dropped step reached the weights or the optimiser: the checkpoint is byte for byte the one of a
+        // run that stopped at that boundary.
+        var boundary = DraftTrainer.Create(TestAssets.Stories, TestAssets.StoriesTokenizer, SmallRun(tmp, "boundary", data, arch) with { StopAfterSteps = step }).Train();
+        Assert.Equal(step, boundary.Steps);
+        foreach (var file in new[] { DraftCheckpoint.WeightsFile, "optimizer.bin" })
+            Assert.True(File.ReadAllBytes(Path.Combine(r.OutputDir, "checkpoint", file)).AsSpan()
+                .SequenceEqual(File.ReadAllBytes(Path.Combine(boundary.OutputDir, "checkpoint", file))), $"{file} differs");
+    }
+
+    [Fact]
+    public void Resume_without_a_checkpoint_refuses_and_says_where_it_looked()
+    {
+        using var tmp = TestAssets.TempDir();
+        var options = SmallRun(tmp, "fresh", DataFile(tmp)) with { Resume = true };
+        var e = Assert.Throws<InvalidOperationException>(() => DraftTrainer.Create(TestAssets.Stories, TestAssets.StoriesTokenizer, options).Train());
+        Assert.Contains(Path.Combine(options.OutputDir, "checkpoint"), e.Message);
+        Assert.Contains(".checkpoint.old-*", e.Message);
+        Assert.False(Directory.Exists(options.OutputDir));   // refused before any work
+    }
+
+    [Fact]
+    public void Resume_recovers_the_checkpoint_that_an_interrupted_save_left_aside()
+    {
+        using var tmp = TestAssets.TempDir();
+        var options = SmallRun(tmp, "run", DataFile(tmp));
+        var first = DraftTrainer.Create(TestAssets.Stories, TestAssets.StoriesTokenizer, options with { StopAfterSteps = 2 }).Train();
+        Assert.Equal(2, first.CheckpointStep);
+        // What a crash between AtomicFile.ReplaceDirectory's two renames leaves: the previous checkpoint set aside, the
+        // new one still under its temporary name (maybe half written), no checkpoint/.
+        Directory.Move(Path.Combine(options.OutputDir, "checkpoint"), Path.Combine(options.OutputDir, ".checkpoint.old-0123abcd"));
+        Directory.CreateDirectory(Path.Combine(options.OutputDir, ".checkpoint.tmp-4567cdef"));
+        File.WriteAllText(Path.Combine(options.OutputDir, ".checkpoint.tmp-4567cdef", DraftCheckpoint.WeightsFile), "half");
+
+        var found = DraftTrainer.FindCheckpoint(options.OutputDir);
+        Assert.NotNull(found);
+        Assert.Equal(2, found.Step);
+        Assert.EndsWith(".checkpoint.old-0123abcd", found.RecoveredFrom);
+        Assert.Equal(["checkpoint"], Directory.GetDirectories(options.OutputDir).Select(Path.GetFileName).Where(n => n!.Contains("checkpoint")));
+
+        var notes = new List<string>();
+        var resumed = DraftTrainer.Create(TestAssets.Stories, TestAssets.StoriesTokenizer, options with { Resume = true })
+            .Train(new SyncProgress(p => { if (p.Message is { } m) notes.Add(m); }));
+        Assert.True(resumed.Completed);
+        Assert.Equal(6, resumed.Steps);
+        Assert.Contains(notes, n => n.StartsWith("resuming from step 2 of 6", StringComparison.Ordinal));
+    }
+
     [Fact]
     public void DecayEpochsAnnealTheLearningRateLinearlyToZeroOverTheLastEpochs()
     {

@@ -1,0 +1,74 @@
+using Beagle.Cli.Commands;
+using Beagle.Tests.Infrastructure;
+using Beagle.Training;
+using Xunit;
+
+namespace Beagle.Tests.Cli;
+
+/// <summary>`beagle train --resume` and `--checkpoint-every`, as a user runs them (child processes; stories260K, a few steps).</summary>
+public class TrainCommandTests
+{
+    /// <summary>20 stories at 64 tokens, batch 16: 2 steps per epoch; no evaluation, so each run takes seconds.</summary>
+    static string[] Args(string data, string outDir) =>
+        ["train", "--target", TestAssets.ModelPath, "--tokenizer", TestAssets.TokenizerPath, "--data", data, "--out", outDir,
+         "--seq-len", "64", "--epochs", "2", "--window", "3", "--sim-steps", "2", "--warmup", "2", "--eval-prompts", "0"];
+
+    static string Data(TempDir tmp)
+    {
+        var path = tmp.File("data.txt");
+        File.WriteAllText(path, string.Join("\n\n", TextSources.SplitPlainText(File.ReadAllText(TestAssets.TinyStories)).Take(20)));
+        return path;
+    }
+
+    [Fact]
+    public void Resume_with_no_checkpoint_refuses_with_exit_1_and_says_where_it_looked()
+    {
+        using var tmp = TestAssets.TempDir();
+        string outDir = tmp.File("run");
+
+        var r = ChildProcess.Beagle([.. Args(Data(tmp), outDir), "--resume"]);
+
+        Assert.True(r.ExitCode == 1, r.ToString());
+        Assert.Contains("nothing to resume", r.Stderr);
+        Assert.Contains(Path.Combine(outDir, "checkpoint"), r.Stderr.ReplaceLineEndings(""));
+        Assert.False(Directory.Exists(Path.Combine(outDir, "draft")));
+    }
+
+    [Fact]
+    public void Resume_says_from_which_step_and_finishes_the_run()
+    {
+        using var tmp = TestAssets.TempDir();
+        string data = Data(tmp), outDir = tmp.File("run");
+        // The first part of the run, stopped at step 2 as Ctrl+C would: the options the command itself builds.
+        var settings = new TrainSettings
+        {
+            Data = [data], Out = outDir, SeqLen = 64, Epochs = 2, Window = 3, SimSteps = 2, Warmup = 2, EvalPrompts = 0,
+        };
+        var first = DraftTrainer.Create(TestAssets.Stories, TestAssets.StoriesTokenizer,
+            settings.ToOptions(TestAssets.ModelPath, TestAssets.TokenizerPath) with { StopAfterSteps = 2 }).Train();
+        Assert.Equal(2, first.CheckpointStep);
+
+        var r = ChildProcess.Beagle([.. Args(data, outDir), "--resume"]);
+
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("resuming from step 2 of 4", r.Stdout);
+        Assert.Contains("done", r.Stdout);
+        Assert.True(Directory.Exists(Path.Combine(outDir, "draft")));
+    }
+
+    [Fact]
+    public void Checkpoint_every_sets_the_interval_and_is_validated()
+    {
+        using var tmp = TestAssets.TempDir();
+        string data = Data(tmp), outDir = tmp.File("run");
+
+        var bad = ChildProcess.Beagle([.. Args(data, outDir), "--checkpoint-every", "0"]);
+        Assert.True(bad.ExitCode == 2, bad.ToString());
+        Assert.Contains("checkpoint-every", bad.Stderr);
+
+        var r = ChildProcess.Beagle([.. Args(data, outDir), "--epochs", "1", "--checkpoint-every", "1"]);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("checkpoint saved at step 1", r.Stdout);   // the interval's (the epoch ends at step 2)
+        Assert.Contains("checkpoint saved at step 2", r.Stdout);
+    }
+}
