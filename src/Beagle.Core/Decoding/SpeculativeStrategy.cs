@@ -29,6 +29,7 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
         _session = draft.StartSession(cache.Capacity);
         _session.ConcatDraftStates = concat;
         stats.AcceptedAtDepth = new long[_depth];
+        stats.DraftStateBytes = _session.StateBytes;
     }
 
     public int Start(ForwardOutput prefill, IReadOnlyList<int> prompt)
