@@ -37,6 +37,9 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
     /// </summary>
     public bool SamplingSpeculationPays { get; set; } = true;
 
+    /// <summary>A deliberately broken sampling acceptance rule for speculative rounds (tests of the tests; never set otherwise).</summary>
+    internal AcceptanceMutation AcceptanceMutation { get; init; }
+
     /// <summary>Applies a calibration result for greedy requests.</summary>
     public void Use(CalibratedBudget budget) { DefaultTreeBudget = budget.Budget; SpeculationPays = !budget.UsePlain; }
 
@@ -138,6 +141,6 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
         bool pays = greedy ? SpeculationPays : SamplingSpeculationPays;
         if (Draft is null || s is null || s.Disabled || (budgetLeftToDefault && !pays)) return new PlainStrategy(Target, cache, sampler, stats);
         var fallback = greedy ? DefaultTreeBudget : DefaultSamplingTreeBudget ?? DefaultTreeBudget;
-        return new SpeculativeStrategy(Target, Draft, cache, sampler, stats, TreeBudget.Resolve(s, fallback), s.ConcatDraftStates);
+        return new SpeculativeStrategy(Target, Draft, cache, sampler, stats, TreeBudget.Resolve(s, fallback), s.ConcatDraftStates, AcceptanceMutation);
     }
 }
