@@ -13,13 +13,23 @@ public static class BeagleColumns
     public const string NewTokens = nameof(BeagleCompletionRow.NewTokens);
     /// <summary>Tokens emitted per target forward, tau (Single); 1 for plain decoding.</summary>
     public const string AcceptanceLength = nameof(BeagleCompletionRow.AcceptanceLength);
-    /// <summary>Decode speed of the row, prefill excluded (Single).</summary>
+    /// <summary>Speed of the row: new tokens over the generation's wall time, prefill included (Single; GenerationStats.TokensPerSecond).</summary>
     public const string TokensPerSecond = nameof(BeagleCompletionRow.TokensPerSecond);
+
+    /// <summary>
+    /// Whether the row was decoded speculatively (Boolean): at least one draft round ran. From the engine's statistics,
+    /// not the options: a transformer with a draft still decodes a row plainly when no draft node clears the confidence floor.
+    /// </summary>
+    public const string Speculative = nameof(BeagleCompletionRow.Speculative);
+    /// <summary>Rounds in which the target verified draft tokens (Int32); 0 when plain.</summary>
+    public const string DraftRounds = nameof(BeagleCompletionRow.DraftRounds);
+    /// <summary>Draft tokens the target accepted (Int32); 0 when plain.</summary>
+    public const string AcceptedDraftTokens = nameof(BeagleCompletionRow.AcceptedDraftTokens);
 
     /// <summary>The prompt as the mapping sees it: a private copy of the configured input column, dropped afterwards.</summary>
     internal const string InternalPrompt = "__beagle_prompt";
 
-    internal static readonly string[] Outputs = [Completion, NewTokens, AcceptanceLength, TokensPerSecond];
+    internal static readonly string[] Outputs = [Completion, NewTokens, AcceptanceLength, TokensPerSecond, Speculative, DraftRounds, AcceptedDraftTokens];
 }
 
 /// <summary>Input row of the Beagle CustomMapping (public only because ML.NET binds it by reflection).</summary>
@@ -36,6 +46,9 @@ public sealed class BeagleCompletionRow
     public int NewTokens { get; set; }
     public float AcceptanceLength { get; set; }
     public float TokensPerSecond { get; set; }
+    public bool Speculative { get; set; }
+    public int DraftRounds { get; set; }
+    public int AcceptedDraftTokens { get; set; }
 }
 
 /// <summary>

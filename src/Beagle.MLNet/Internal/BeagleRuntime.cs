@@ -110,6 +110,9 @@ internal sealed class BeagleRuntime : IDisposable
         output.NewTokens = r.Stats.NewTokens;
         output.AcceptanceLength = (float)r.Stats.AcceptanceLength;
         output.TokensPerSecond = (float)r.Stats.TokensPerSecond;
+        output.Speculative = r.Stats.Speculative;
+        output.DraftRounds = r.Stats.DraftRounds;
+        output.AcceptedDraftTokens = (int)r.Stats.AcceptedDraftTokens;
     }
 
     public void Dispose() => _engine.Dispose();
