@@ -13,15 +13,25 @@ public static class BeagleColumns
     public const string NewTokens = nameof(BeagleCompletionRow.NewTokens);
     /// <summary>Tokens emitted per target forward, tau (Single); 1 for plain decoding.</summary>
     public const string AcceptanceLength = nameof(BeagleCompletionRow.AcceptanceLength);
-    /// <summary>Decode speed of the row, prefill excluded (Single).</summary>
+    /// <summary>Speed of the row: new tokens over the generation's wall time, prefill included (Single; GenerationStats.TokensPerSecond).</summary>
     public const string TokensPerSecond = nameof(BeagleCompletionRow.TokensPerSecond);
     /// <summary>Why the row has no completion (String), e.g. a prompt longer than the model's context; empty when it has one.</summary>
     public const string Error = nameof(BeagleCompletionRow.Error);
 
+    /// <summary>
+    /// Whether the row was decoded speculatively (Boolean): at least one draft round ran. From the engine's statistics,
+    /// not the options: a transformer with a draft still decodes a row plainly when no draft node clears the confidence floor.
+    /// </summary>
+    public const string Speculative = nameof(BeagleCompletionRow.Speculative);
+    /// <summary>Rounds in which the target verified draft tokens (Int32); 0 when plain.</summary>
+    public const string DraftRounds = nameof(BeagleCompletionRow.DraftRounds);
+    /// <summary>Draft tokens the target accepted (Int32); 0 when plain.</summary>
+    public const string AcceptedDraftTokens = nameof(BeagleCompletionRow.AcceptedDraftTokens);
+
     /// <summary>The prompt as the mapping sees it: a private copy of the configured input column, dropped afterwards.</summary>
     internal const string InternalPrompt = "__beagle_prompt";
 
-    internal static readonly string[] Outputs = [Completion, NewTokens, AcceptanceLength, TokensPerSecond, Error];
+    internal static readonly string[] Outputs = [Completion, NewTokens, AcceptanceLength, TokensPerSecond, Speculative, DraftRounds, AcceptedDraftTokens, Error];
 }
 
 /// <summary>Input row of the Beagle CustomMapping (public only because ML.NET binds it by reflection).</summary>
@@ -38,6 +48,9 @@ public sealed class BeagleCompletionRow
     public int NewTokens { get; set; }
     public float AcceptanceLength { get; set; }
     public float TokensPerSecond { get; set; }
+    public bool Speculative { get; set; }
+    public int DraftRounds { get; set; }
+    public int AcceptedDraftTokens { get; set; }
     public string Error { get; set; } = "";
 }
 

@@ -5,7 +5,8 @@ using Microsoft.ML.Data;
 namespace Beagle.MLNet;
 
 /// <summary>
-/// A fitted Beagle generator: adds Completion, NewTokens, AcceptanceLength and TokensPerSecond to every row, computed
+/// A fitted Beagle generator: adds Completion, NewTokens, AcceptanceLength, TokensPerSecond, Speculative, DraftRounds
+/// and AcceptedDraftTokens (see <see cref="BeagleColumns"/>) to every row, computed
 /// lazily as a cursor reaches the row. Internally a chain of standard, savable ML.NET transforms (copy the prompt
 /// column to a private name, the Beagle CustomMapping, drop the private column), so it composes with other transforms
 /// and saves inside any pipeline; the model state travels in the zip through <see cref="BeagleModel.Save"/>.
@@ -22,7 +23,10 @@ public sealed class BeagleTransformer : ITransformer, IDisposable
     public string InputColumnName => Runtime.Settings.InputColumnName;
     /// <summary>Fingerprint of the target the transformer decodes with.</summary>
     public string TargetFingerprint => Runtime.Target.Fingerprint;
-    /// <summary>Whether a draft is loaded (speculative decoding) or not (plain decoding).</summary>
+    /// <summary>
+    /// Whether a draft is loaded (decoding uses it unless UseDraft is false). A configuration, not a measurement:
+    /// whether a row was decoded speculatively is its <see cref="BeagleColumns.Speculative"/> column.
+    /// </summary>
     public bool HasDraft => Runtime.Settings.HasDraft;
 
     public bool IsRowToRowMapper => _inner.IsRowToRowMapper;

@@ -11,14 +11,17 @@ namespace Beagle.SemanticKernel;
 /// <summary>
 /// <see cref="IChatClient"/> over a <see cref="BeagleEngine"/>: renders the conversation with the model's chat template,
 /// maps <see cref="ChatOptions"/> to <see cref="GenerationOptions"/> and streams the engine's UTF-8-safe chunks.
-/// Adds <c>acceptance_length</c>, <c>tokens_per_second</c>, <c>speculative</c> and <c>finish_reason</c> to the response's
-/// (and the final streaming update's) AdditionalProperties. Function calling is not supported and is refused loudly.
+/// Adds <c>acceptance_length</c>, <c>tokens_per_second</c>, <c>speculative</c>, <c>draft_rounds</c>,
+/// <c>accepted_draft_tokens</c> and <c>finish_reason</c> to the response's (and the final streaming update's)
+/// AdditionalProperties, all from the engine's statistics of the generation: <c>speculative</c> says whether a draft
+/// round ran, not whether the request allowed one. Function calling is not supported and is refused loudly.
 /// The client does not own the engine: its <see cref="BeagleEngineProvider"/> (or the caller) does.
 /// </summary>
 public sealed class BeagleChatClient : IChatClient
 {
     public const string AcceptanceLengthKey = "acceptance_length", TokensPerSecondKey = "tokens_per_second",
-        SpeculativeKey = "speculative", FinishReasonKey = "finish_reason";
+        SpeculativeKey = "speculative", DraftRoundsKey = "draft_rounds", AcceptedDraftTokensKey = "accepted_draft_tokens",
+        FinishReasonKey = "finish_reason";
 
     readonly Func<CancellationToken, Task<BeagleEngine>> _engine;
     readonly ILogger _logger;
@@ -102,7 +105,11 @@ public sealed class BeagleChatClient : IChatClient
             {
                 [AcceptanceLengthKey] = stats.AcceptanceLength,
                 [TokensPerSecondKey] = stats.TokensPerSecond,
-                [SpeculativeKey] = gen.Speculative is { Disabled: false },
+                // What ran, not what was asked: a request may allow speculation and still decode plainly (calibration
+                // found drafting does not pay here, or no draft node cleared the confidence floor).
+                [SpeculativeKey] = stats.Speculative,
+                [DraftRoundsKey] = stats.DraftRounds,
+                [AcceptedDraftTokensKey] = stats.AcceptedDraftTokens,
                 [FinishReasonKey] = stats.FinishReason.ToString(),
             },
         };

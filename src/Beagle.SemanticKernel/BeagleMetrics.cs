@@ -15,9 +15,9 @@ public static class BeagleMetrics
     static readonly Meter Meter = new(MeterName, "1.0");
     static readonly ConcurrentDictionary<BeagleEngine, string> Engines = new();
 
-    /// <summary>Decode speed of each finished generation (prefill excluded).</summary>
+    /// <summary>Speed of each finished generation: new tokens over its wall time, prefill included (GenerationStats.TokensPerSecond).</summary>
     public static readonly Histogram<double> TokensPerSecond =
-        Meter.CreateHistogram<double>("beagle.generation.tokens_per_second", "{token}/s", "Decode speed of a generation (prefill excluded)");
+        Meter.CreateHistogram<double>("beagle.generation.tokens_per_second", "{token}/s", "New tokens per second of a generation, prefill included");
     /// <summary>Tokens per target forward (tau) of each finished generation; 1 for plain decoding.</summary>
     public static readonly Histogram<double> AcceptanceLength =
         Meter.CreateHistogram<double>("beagle.generation.acceptance_length", "{token}", "Tokens emitted per target forward (tau)");

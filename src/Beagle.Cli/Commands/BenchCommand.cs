@@ -117,9 +117,11 @@ public sealed class BenchCommand : Command<BenchSettings>
                 SpeculativeBenchmark.Run(model, tokenizer, methods, prompts, s.MaxTokens, s.Runs, s.Sampling, progress: status, cancellationToken: cancellationToken,
                     warmUp: TimeSpan.FromSeconds(s.WarmUp), warn: CliConsole.Note));
 
-            var table = new Table().AddColumns("method", "tree", "tokens/s", "speedup", "acceptance length", "peak memory (MB)");
+            var table = new Table().AddColumns("method", "tree", "tokens/s", "speedup", "acceptance length",
+                result.PeakMemoryPerMethod ? "peak memory (MB)" : "process peak (MB)", "draft memory");
             foreach (var m in result.Methods)
-                table.AddRow(m.Name, m.Tree ?? "-", $"{m.TokensPerSecond:F0}", $"{m.Speedup:F2}x", $"{m.AcceptanceLength:F2}", $"{m.PeakMemoryMb:F0}");
+                table.AddRow(m.Name, m.Tree ?? "-", $"{m.TokensPerSecond:F0}", $"{m.Speedup:F2}x", $"{m.AcceptanceLength:F2}", $"{m.PeakMemoryMb:F0}",
+                    Reporting.BenchReport.Bytes(m.DraftBytes));
             AnsiConsole.Write(table);
             AnsiConsole.MarkupLine($"[grey]{Markup.Escape(result.Machine)}; {result.Threads} thread(s); {result.Prompts} prompts x {result.Runs} runs; {result.MaxNewTokens} new tokens each{Truncated(result)}; {(s.Sampling.IsGreedy ? $"greedy outputs identical: {result.GreedyOutputsIdentical}" : $"sampled ({result.Sampling})")}[/]");
             if (s.Json is not null) File.WriteAllText(s.Json, result.ToJson());

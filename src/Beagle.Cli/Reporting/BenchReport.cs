@@ -47,12 +47,16 @@ public static class BenchReport
     {
         var sb = new StringBuilder();
         sb.AppendLine("# Beagle benchmark").AppendLine();
-        sb.AppendLine("| Method | Draft | Tokens/s | Speedup | Acceptance length τ | Peak memory (MB) |");
-        sb.AppendLine("|---|---|---:|---:|---:|---:|");
+        sb.AppendLine($"| Method | Draft | Tokens/s | Speedup | Acceptance length τ | {(r.PeakMemoryPerMethod ? "Peak memory (MB)" : "Process peak (MB)")} | Draft memory |");
+        sb.AppendLine("|---|---|---:|---:|---:|---:|---:|");
         foreach (var m in r.Methods)
-            sb.AppendLine(Inv, $"| {Cell(m.Name)} | {Cell(m.Draft ?? "—")} | {m.TokensPerSecond:F1} | {m.Speedup:F2}× | {m.AcceptanceLength:F2} | {m.PeakMemoryMb:F0} |");
+            sb.AppendLine(Inv, $"| {Cell(m.Name)} | {Cell(m.Draft ?? "—")} | {m.TokensPerSecond:F1} | {m.Speedup:F2}× | {m.AcceptanceLength:F2} | {m.PeakMemoryMb:F0} | {Bytes(m.DraftBytes)} |");
         sb.AppendLine();
-        sb.AppendLine("τ: mean tokens emitted per target forward (1 for plain decoding). Speedup: tokens/s relative to plain decoding on the same prompts.").AppendLine();
+        sb.AppendLine("Tokens/s: new tokens over generation wall time, prefill included. τ: mean tokens emitted per target forward (1 for plain " +
+            "decoding; verified tokens a generation did not emit are not counted). Speedup: tokens/s relative to plain decoding on the same prompts. " +
+            (r.PeakMemoryPerMethod ? "Peak memory: the process's peak resident set during the method's generations. "
+                : "Process peak: the process's peak resident set so far (it could not be reset per method on this system). ") +
+            "Draft memory: the exact bytes the draft adds to plain decoding (its weights and shared copies, and one generation's session buffers).").AppendLine();
 
         sb.AppendLine($"- Machine: {r.Machine}");
         sb.AppendLine(Inv, $"- Threads: {r.Threads}");
@@ -87,6 +91,15 @@ public static class BenchReport
         }
         return sb.ToString();
     }
+
+    /// <summary>A byte count for a table: "0" for none, else B, KB or MB (1024-based).</summary>
+    public static string Bytes(long bytes) => bytes switch
+    {
+        0 => "0",
+        < 1024 => string.Format(Inv, "{0} B", bytes),
+        < 1024 * 1024 => string.Format(Inv, "{0:F1} KB", bytes / 1024.0),
+        _ => string.Format(Inv, "{0:F2} MB", bytes / (1024.0 * 1024.0)),
+    };
 
     static string BarChart(BenchResult r, string path, string title, string yLabel, Func<BenchMethodResult, double> value, string format, double? reference)
     {

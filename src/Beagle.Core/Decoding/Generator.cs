@@ -37,6 +37,9 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
     /// </summary>
     public bool SamplingSpeculationPays { get; set; } = true;
 
+    /// <summary>A deliberately broken sampling acceptance rule for speculative rounds (tests of the tests; never set otherwise).</summary>
+    internal AcceptanceMutation AcceptanceMutation { get; init; }
+
     /// <summary>Applies a calibration result for greedy requests.</summary>
     public void Use(CalibratedBudget budget) { DefaultTreeBudget = budget.Budget; SpeculationPays = !budget.UsePlain; }
 
@@ -76,12 +79,14 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
         if (o.MaxNewTokens == 0) { stats.FinishReason = FinishReason.Length; yield break; }
         var eos = Target.Config.EosIds;
         var sampler = new Sampler(o.Sampling);
+        // The clock starts before the cache and the draft session are set up: they are part of what a request costs,
+        // and a draft session's buffers are part of what speculation costs (GenerationStats.TokensPerSecond).
+        long t0 = Stopwatch.GetTimestamp();
         using var cache = Target.NewCache();
         using var strategy = CreateStrategy(cache, sampler, stats, o);
         var decoder = new StreamingDecoder(Tokenizer, prompt[^1]);
         var stops = new StopStringMatcher(o.StopStrings);
 
-        long t0 = Stopwatch.GetTimestamp();
         int pending;
         using (var pre = Target.Forward(cache, prompt, Enumerable.Range(0, prompt.Length).ToArray(), lastLogitsOnly: true))
             pending = strategy.Start(pre, prompt);
@@ -95,8 +100,10 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
             var emitted = new List<int>(batch.Length);
             string text = "";
             bool done = false;
+            int consumed = 0;   // tokens of this batch the output reached: the emitted ones, and the EOS that ended it
             foreach (var tok in batch)
             {
+                consumed++;
                 if (eos.Contains(tok)) { stats.FinishReason = FinishReason.EndOfSequence; done = true; break; }
                 emitted.Add(tok);
                 stats.NewTokens++;
@@ -104,7 +111,9 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
                 if (stops.Stopped) { stats.FinishReason = FinishReason.StopString; done = true; break; }
                 if (stats.NewTokens >= o.MaxNewTokens) { stats.FinishReason = FinishReason.Length; done = true; break; }
             }
-            if (!first) stats.RoundTokens += batch.Length;
+            // A round cut by the token limit, EOS or a stop string verified tokens nobody receives: they do not count
+            // towards the acceptance length (a plain step that produces EOS still counts its one token).
+            if (!first) stats.RoundTokens += consumed;
             first = false;
             if (done && stats.FinishReason != FinishReason.StopString) text += stops.Push(decoder.Flush()) + stops.Flush();
             stats.DecodeSeconds = Stopwatch.GetElapsedTime(tDecode).TotalSeconds;
@@ -132,6 +141,6 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
         bool pays = greedy ? SpeculationPays : SamplingSpeculationPays;
         if (Draft is null || s is null || s.Disabled || (budgetLeftToDefault && !pays)) return new PlainStrategy(Target, cache, sampler, stats);
         var fallback = greedy ? DefaultTreeBudget : DefaultSamplingTreeBudget ?? DefaultTreeBudget;
-        return new SpeculativeStrategy(Target, Draft, cache, sampler, stats, TreeBudget.Resolve(s, fallback), s.ConcatDraftStates);
+        return new SpeculativeStrategy(Target, Draft, cache, sampler, stats, TreeBudget.Resolve(s, fallback), s.ConcatDraftStates, AcceptanceMutation);
     }
 }

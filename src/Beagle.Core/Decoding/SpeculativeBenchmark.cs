@@ -20,7 +20,8 @@ public sealed record BenchMethodResult(
     [property: JsonPropertyName("peak_memory_mb")] double PeakMemoryMb,
     [property: JsonPropertyName("acceptance_by_depth")] double[] AcceptanceByDepth,
     [property: JsonPropertyName("tree")] string? Tree,
-    [property: JsonPropertyName("runs_tokens_per_second")] double[] RunsTokensPerSecond);
+    [property: JsonPropertyName("runs_tokens_per_second")] double[] RunsTokensPerSecond,
+    [property: JsonPropertyName("draft_bytes")] long DraftBytes = 0);
 
 public sealed record BenchResult(
     [property: JsonPropertyName("machine")] string Machine,
@@ -31,7 +32,8 @@ public sealed record BenchResult(
     [property: JsonPropertyName("methods")] IReadOnlyList<BenchMethodResult> Methods,
     [property: JsonPropertyName("greedy_outputs_identical")] bool GreedyOutputsIdentical,
     [property: JsonPropertyName("truncated_prompts")] int TruncatedPrompts = 0,
-    [property: JsonPropertyName("sampling")] string Sampling = "greedy")
+    [property: JsonPropertyName("sampling")] string Sampling = "greedy",
+    [property: JsonPropertyName("peak_memory_per_method")] bool PeakMemoryPerMethod = true)
 {
     static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
     public string ToJson() => JsonSerializer.Serialize(this, Indented);
@@ -42,9 +44,15 @@ public sealed record BenchResult(
 
 /// <summary>
 /// Plain decoding and each draft on the same prompts, interleaved prompt by prompt in one process, so that machine
-/// noise hits every method alike (README, "Performance discipline"). Tokens/s per run is total new tokens over total
-/// generation time (prefill included); the reported figure is the median over runs, and the speedup is the ratio of
-/// medians against plain decoding in the same run. Greedy outputs are compared token for token.
+/// noise hits every method alike; the order of the methods rotates from one generation of a prompt to the next, so no
+/// method always runs first (right after another method's allocations and cache traffic). Tokens/s per run is total new
+/// tokens over total generation wall time, prefill included (each generation's <see cref="GenerationStats.ElapsedSeconds"/>:
+/// the same definition as <see cref="GenerationStats.TokensPerSecond"/>); the reported figure is the median over runs,
+/// and the speedup is the ratio of medians against plain decoding in the same run. The acceptance length counts only
+/// tokens that reached the output (<see cref="GenerationStats.RoundTokens"/>). Memory per method: the process's peak
+/// resident set (reset before each generation where the OS allows it) and the exact bytes the draft adds
+/// (<see cref="IDraftModel.WeightBytes"/> plus the largest <see cref="GenerationStats.DraftStateBytes"/>).
+/// Greedy outputs are compared token for token.
 /// </summary>
 public static class SpeculativeBenchmark
 {
@@ -63,10 +71,18 @@ public static class SpeculativeBenchmark
     /// has such prompts for small models); that prompt is cut from the left (see <see cref="FitToContext"/>) and counted
     /// in <see cref="BenchResult.TruncatedPrompts"/>, so one long prompt never stops a benchmark.
     /// </param>
+    /// <param name="clock">The clock the warm-up is timed by (default: the system's); tests pass a manual one.</param>
     public static BenchResult Run(LlamaModel target, ITokenizer tokenizer, IReadOnlyList<BenchMethod> methods, IReadOnlyList<string> prompts,
         int maxNewTokens, int runs, SamplingOptions? sampling = null, Action<string>? progress = null, CancellationToken cancellationToken = default,
-        TimeSpan? warmUp = null, Action<string>? warn = null)
+        TimeSpan? warmUp = null, Action<string>? warn = null, TimeProvider? clock = null)
+        => Run(target, tokenizer, methods, prompts, maxNewTokens, runs, sampling, progress, cancellationToken, warmUp, warn, clock, ResetPeakMemory);
+
+    /// <param name="resetPeakMemory">Resets the process's peak memory; returns null, or why it could not (a test seam).</param>
+    internal static BenchResult Run(LlamaModel target, ITokenizer tokenizer, IReadOnlyList<BenchMethod> methods, IReadOnlyList<string> prompts,
+        int maxNewTokens, int runs, SamplingOptions? sampling, Action<string>? progress, CancellationToken cancellationToken,
+        TimeSpan? warmUp, Action<string>? warn, TimeProvider? clock, Func<string?> resetPeakMemory)
     {
+        clock ??= TimeProvider.System;
         var warmUpTime = warmUp ?? DefaultWarmUp;
         if (warmUpTime < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(warmUp), "the warm-up cannot be negative");
         if (methods.Count == 0 || methods[0].Draft is not null) throw new ArgumentException("the first method must be plain decoding (no draft)");
@@ -87,35 +103,42 @@ public static class SpeculativeBenchmark
         }
         int M = methods.Count;
         var tokens = new long[runs, M]; var seconds = new double[runs, M];
-        var roundTokens = new long[M]; var forwards = new long[M]; var peak = new double[M];
+        var roundTokens = new long[M]; var forwards = new long[M]; var peak = new double[M]; var stateBytes = new long[M];
         var depthHits = new double[M][]; var rounds = new long[M];
         var outputs = new int[M][][];
         for (int m = 0; m < M; m++) outputs[m] = new int[ids.Length][];
 
         // Warm-up (JIT tiers, allocator, caches): the prompts in turn, every method on each, until the time is up.
-        progress?.Invoke($"warming up ({warmUpTime.TotalSeconds:0.#} s)");
-        var warm = Stopwatch.StartNew();
-        for (int p = 0; p == 0 || warm.Elapsed < warmUpTime; p++)
+        long warmStart = clock.GetTimestamp();
+        for (int p = 0; p == 0 || clock.GetElapsedTime(warmStart) < warmUpTime; p++)
         {
             cancellationToken.ThrowIfCancellationRequested();
+            progress?.Invoke($"warming up ({warmUpTime.TotalSeconds:0.#} s): pass {p + 1}");
             for (int m = 0; m < M; m++) foreach (var _ in gens[m].Generate(ids[p % ids.Length], Options(methods[m], sampling, maxNewTokens), null, cancellationToken)) { }
         }
 
+        // Peak memory per method needs the process's peak reset before each generation; where that fails, the figure
+        // is the process's peak so far (it only grows), which the result says instead of passing it off as the method's.
+        bool perMethodPeak = true;
         for (int r = 0; r < runs; r++)
             for (int p = 0; p < ids.Length; p++)
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 progress?.Invoke($"run {r + 1}/{runs}, prompt {p + 1}/{ids.Length}");
-                for (int m = 0; m < M; m++)
+                foreach (int m in MethodOrder(M, r * ids.Length + p))
                 {
-                    ResetPeakMemory();
+                    if (perMethodPeak && resetPeakMemory() is { } why)
+                    {
+                        perMethodPeak = false;
+                        warn?.Invoke($"peak memory: the process's peak cannot be reset here ({why}); peak_memory_mb is the process's peak so far, not each method's own (draft_bytes is exact either way)");
+                    }
                     var stats = new GenerationStats();
                     var list = new List<int>(maxNewTokens);
-                    long t0 = Stopwatch.GetTimestamp();
                     foreach (var c in gens[m].Generate(ids[p], Options(methods[m], sampling, maxNewTokens), stats, cancellationToken)) list.AddRange(c.TokenIds);
-                    seconds[r, m] += Stopwatch.GetElapsedTime(t0).TotalSeconds;
+                    seconds[r, m] += stats.ElapsedSeconds;
                     tokens[r, m] += stats.NewTokens;
                     peak[m] = Math.Max(peak[m], PeakMemoryMb());
+                    stateBytes[m] = Math.Max(stateBytes[m], stats.DraftStateBytes);
                     roundTokens[m] += stats.RoundTokens; forwards[m] += stats.TargetForwards;
                     if (stats.AcceptedAtDepth.Length > 0)
                     {
@@ -139,13 +162,21 @@ public static class SpeculativeBenchmark
             var med = Median(tps[m]);
             var byDepth = depthHits[m] is { } h && rounds[m] > 0 ? h.Select(x => Math.Round(x / rounds[m], 4)).ToArray() : [];
             var b = methods[m].Speculative is { } s && methods[m].Draft is not null ? TreeBudget.Resolve(s, gens[m].DefaultTreeBudget) : (TreeBudget?)null;
+            long draftBytes = methods[m].Draft is { } d ? d.WeightBytes + stateBytes[m] : 0;   // after the runs: session copies are built
             results.Add(new BenchMethodResult(methods[m].Name, methods[m].DraftPath, Math.Round(med, 1), Math.Round(med / plainMedian, 3),
                 Math.Round(forwards[m] == 0 ? 1 : (double)roundTokens[m] / forwards[m], 3), Math.Round(peak[m], 1), byDepth,
-                b?.ToString(), tps[m].Select(x => Math.Round(x, 1)).ToArray()));
+                b?.ToString(), tps[m].Select(x => Math.Round(x, 1)).ToArray(), draftBytes));
         }
         return new BenchResult(MachineName(), TorchSharp.torch.get_num_threads(), maxNewTokens, ids.Length, runs, results, identical, truncated,
-            sampling.IsGreedy ? "greedy" : FormattableString.Invariant($"temperature {sampling.Temperature}, top-k {sampling.TopK}, top-p {sampling.TopP}, seed {sampling.Seed}"));
+            sampling.IsGreedy ? "greedy" : FormattableString.Invariant($"temperature {sampling.Temperature}, top-k {sampling.TopK}, top-p {sampling.TopP}, seed {sampling.Seed}"),
+            perMethodPeak);
     }
+
+    /// <summary>
+    /// The order in which the methods decode at generation <paramref name="turn"/> (run × prompts + prompt): a rotation
+    /// by one method per turn, so over the runs every method goes first equally often and none always follows the same one.
+    /// </summary>
+    internal static int[] MethodOrder(int methods, int turn) => Enumerable.Range(0, methods).Select(i => (turn + i) % methods).ToArray();
 
     /// <summary>
     /// <paramref name="promptIds"/> as is when it leaves room for <paramref name="maxNewTokens"/> in a context of
@@ -177,10 +208,14 @@ public static class SpeculativeBenchmark
         return s.Length == 0 ? 0 : s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
     }
 
-    /// <summary>Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM), so each method's own peak is seen.</summary>
-    static void ResetPeakMemory()
+    /// <summary>
+    /// Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM), so each method's own peak is seen.
+    /// Returns null when it worked, else why not (no such file elsewhere, or not permitted in some containers).
+    /// </summary>
+    static string? ResetPeakMemory()
     {
-        try { File.WriteAllText("/proc/self/clear_refs", "5"); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        try { File.WriteAllText("/proc/self/clear_refs", "5"); return null; }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return e.Message; }
     }
 
     /// <summary>Peak resident memory of the process in MB (VmHWM on Linux; the working-set peak elsewhere).</summary>

@@ -20,15 +20,19 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
     readonly GenerationStats _stats;
     readonly int _tokens, _depth, _topK;
     readonly float _minLogProb;
+    readonly AcceptanceMutation _mutation;
 
-    public SpeculativeStrategy(LlamaModel target, IDraftModel draft, KvCache cache, Sampler sampler, GenerationStats stats, TreeBudget budget, bool concat)
+    public SpeculativeStrategy(LlamaModel target, IDraftModel draft, KvCache cache, Sampler sampler, GenerationStats stats, TreeBudget budget, bool concat,
+        AcceptanceMutation mutation = AcceptanceMutation.None)
     {
+        _mutation = mutation;
         (_target, _draft, _cache, _sampler, _stats) = (target, draft, cache, sampler, stats);
         (_tokens, _depth, _topK) = (budget.Tokens, budget.Depth, budget.TopK);
         _minLogProb = budget.MinProb > 0 ? MathF.Log((float)budget.MinProb) : float.NegativeInfinity;
         _session = draft.StartSession(cache.Capacity);
         _session.ConcatDraftStates = concat;
         stats.AcceptedAtDepth = new long[_depth];
+        stats.DraftStateBytes = _session.StateBytes;
     }
 
     public int Start(ForwardOutput prefill, IReadOnlyList<int> prompt)
@@ -74,7 +78,7 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
                 else
                 {
                     var rows = logits;   // the lambda below cannot capture the span itself
-                    (path, bonus) = Verifier.AcceptSampling(tree, i => _sampler.Probabilities(rows.Span.Slice(i * vocab, vocab)), _sampler);
+                    (path, bonus) = Verifier.AcceptSampling(tree, i => _sampler.Probabilities(rows.Span.Slice(i * vocab, vocab)), _sampler, _mutation);
                 }
             }
 

@@ -29,6 +29,10 @@ public static class Verifier
 
     /// <param name="probabilities">Returns the sampling distribution after node i (computed lazily: only accepted nodes are asked).</param>
     public static (List<int> Path, int Bonus) AcceptSampling(DraftTree tree, Func<int, float[]> probabilities, Sampler sampler)
+        => AcceptSampling(tree, probabilities, sampler, AcceptanceMutation.None);
+
+    /// <summary>The sampling acceptance with one step of the rule deliberately broken (<paramref name="mutation"/>; tests only).</summary>
+    internal static (List<int> Path, int Bonus) AcceptSampling(DraftTree tree, Func<int, float[]> probabilities, Sampler sampler, AcceptanceMutation mutation)
     {
         var path = new List<int> { 0 };
         int cur = 0;
@@ -39,15 +43,32 @@ public static class Verifier
             double mass = 1.0;   // remaining (unnormalised) mass of p after rejections
             foreach (var c in tree.Children[cur])
             {
+                if (mutation == AcceptanceMutation.AcceptFirstChild) { accepted = c; break; }
                 int x = tree.Tokens[c];
-                double px = p[x] / mass;   // probability under the renormalised residual
+                double px = mutation == AcceptanceMutation.NoRenormalisation ? p[x] : p[x] / mass;   // probability under the renormalised residual
                 if (px > 0 && sampler.NextUniform() < px) { accepted = c; break; }
                 mass -= p[x];
-                p[x] = 0f;
+                if (mutation != AcceptanceMutation.BonusFromUnzeroed) p[x] = 0f;
                 if (mass <= 1e-12) break;
             }
             if (accepted < 0) return (path, sampler.Draw(p));
             path.Add(accepted); cur = accepted;
         }
     }
+}
+
+/// <summary>
+/// One step of the sampling acceptance rule broken on purpose, so that tests can show their statistics detect it: a
+/// test of losslessness that passes whatever the rule does proves nothing. Never set outside tests.
+/// </summary>
+internal enum AcceptanceMutation
+{
+    /// <summary>The exact rule.</summary>
+    None,
+    /// <summary>After a rejection, the next child is accepted with p(x) instead of p(x) / (mass left): no renormalisation.</summary>
+    NoRenormalisation,
+    /// <summary>Rejected children keep their probability, so the bonus token is drawn from the un-zeroed distribution.</summary>
+    BonusFromUnzeroed,
+    /// <summary>The first child of every node is accepted without a draw.</summary>
+    AcceptFirstChild,
 }

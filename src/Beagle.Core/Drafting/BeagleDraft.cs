@@ -109,6 +109,7 @@ public sealed class BeagleDraft : DraftModelBase
         /// the whole query projection (embedding lookup, norm, matmul: 7 ops a step) becomes one row lookup.
         /// </summary>
         public Tensor? QueryTable;
+        public long Bytes => TensorBytes(WqT) + TensorBytes(WkvT) + TensorBytes(WoT) + TensorBytes(W13T) + TensorBytes(W2T) + TensorBytes(QueryTable);
         public void Dispose() { WqT.Dispose(); WkvT.Dispose(); WoT.Dispose(); W13T.Dispose(); W2T.Dispose(); QueryTable?.Dispose(); }
     }
 
@@ -169,6 +170,8 @@ public sealed class BeagleDraft : DraftModelBase
 
         public int Length { get; private set; }
         public bool ConcatDraftStates { get; set; } = true;
+        /// <summary>The K/V slots, the round's states and bookkeeping, and this session's folded weights.</summary>
+        public long StateBytes => TensorBytes(_k) + TensorBytes(_v) + TensorBytes(_states) + _round.Bytes + _w.Bytes;
 
         /// <summary>Projects states [n, D] at positions [n] to rotated keys and values, each [n, kvH, hd].</summary>
         (Tensor k, Tensor v) ProjectKv(Tensor states, Tensor positions)

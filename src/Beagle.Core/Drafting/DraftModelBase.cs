@@ -68,6 +68,31 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
 
     public abstract IDraftSession StartSession(int capacity);
 
+    /// <summary>Bytes of a tensor's elements.</summary>
+    internal static long TensorBytes(Tensor? t) => t is null ? 0 : t.NumberOfElements * t.ElementSize;
+
+    /// <summary>
+    /// Own parameters and buffers, the rotary tables, a reduced-vocabulary LM head (its own rows) and the session
+    /// copies built so far: the managed kernel's host weights (including host copies of the target's embedding and LM
+    /// head), the packed matrices and a packed reduced head.
+    /// </summary>
+    public long WeightBytes
+    {
+        get
+        {
+            long bytes = parameters().Sum(p => TensorBytes(p)) + buffers().Sum(b => TensorBytes(b));
+            bytes += TensorBytes(_rope.Cos) + TensorBytes(_rope.SinSigned) + TensorBytes(_pair);
+            if (_target.OwnsLmHead) bytes += TensorBytes(_target.LmHead);
+            lock (_sessionWeightsLock)
+            {
+                bytes += _sessionWeights?.Bytes ?? 0;
+                if (_packedSession is { } ps) bytes += sizeof(float) * (ps.Matrices.Sum(m => m.PackedFloats) + (ps.Bias?.LongLength ?? 0));
+                if (_packedLmHead is { } head) bytes += sizeof(float) * head.PackedFloats;
+            }
+            return bytes;
+        }
+    }
+
     Kernels.ManagedWeights? _sessionWeights;
     readonly object _sessionWeightsLock = new();
 

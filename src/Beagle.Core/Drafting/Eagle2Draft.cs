@@ -116,6 +116,7 @@ public sealed class Eagle2Draft : DraftModelBase
         public required Tensor WoT;    // [Q, D]
         public required Tensor W13T;   // [D, 2F], post_norm folded in
         public required Tensor W2T;    // [F, D]
+        public long Bytes => TensorBytes(WfcT) + TensorBytes(Bfc) + TensorBytes(WqkvT) + TensorBytes(WoT) + TensorBytes(W13T) + TensorBytes(W2T);
         public void Dispose() { WfcT.Dispose(); Bfc.Dispose(); WqkvT.Dispose(); WoT.Dispose(); W13T.Dispose(); W2T.Dispose(); }
     }
 
@@ -178,6 +179,8 @@ public sealed class Eagle2Draft : DraftModelBase
         }
 
         public int Length { get; private set; }
+        /// <summary>The K/V slots, committed features and tokens, the round's outputs and bookkeeping, and this session's folded weights.</summary>
+        public long StateBytes => TensorBytes(_k) + TensorBytes(_v) + TensorBytes(_features) + TensorBytes(_outs) + (long)_tokens.Length * sizeof(int) + _round.Bytes + _w.Bytes;
 
         public bool ConcatDraftStates
         {

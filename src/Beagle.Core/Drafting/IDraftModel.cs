@@ -20,6 +20,13 @@ public interface IDraftModel : IDisposable
 
     /// <summary>Per-sequence drafting state (its own caches), for one generation. Single-threaded, like the target.</summary>
     IDraftSession StartSession(int capacity);
+
+    /// <summary>
+    /// Bytes the draft holds beyond the target: its own weights and tables, plus the weight copies its sessions share
+    /// (built on the first session, so this grows once a session has started). The target's embedding and LM head,
+    /// which a draft reads in place, are the target's and are not counted; host copies of them are.
+    /// </summary>
+    long WeightBytes { get; }
 }
 
 /// <summary>
@@ -58,6 +65,13 @@ public interface IDraftSession : IDisposable
 
     /// <summary>Whether deeper nodes see their ancestors' draft states ("concate"; default on).</summary>
     bool ConcatDraftStates { get; set; }
+
+    /// <summary>
+    /// Bytes of this session's own buffers, allocated when it starts: key/value or state slots for its capacity and for
+    /// a round's draft states, the round's bookkeeping, and any per-session weight snapshot. Shared weights are the
+    /// draft's (<see cref="IDraftModel.WeightBytes"/>).
+    /// </summary>
+    long StateBytes { get; }
 }
 
 /// <summary>

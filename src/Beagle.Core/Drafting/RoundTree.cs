@@ -20,6 +20,8 @@ internal sealed class RoundTree
     /// <summary>Draft-state slots used this round.</summary>
     public int SlotsUsed { get; private set; }
     public int Capacity => _parent.Length;
+    /// <summary>Bytes of the bookkeeping arrays.</summary>
+    public long Bytes => 3L * _parent.Length * sizeof(int);
 
     public int Parent(int node) => _parent[node];
     public int Position(int node) => _position[node];

@@ -125,6 +125,9 @@ internal sealed class BeagleRuntime : IDisposable
             output.NewTokens = r.Stats.NewTokens;
             output.AcceptanceLength = (float)r.Stats.AcceptanceLength;
             output.TokensPerSecond = (float)r.Stats.TokensPerSecond;
+            output.Speculative = r.Stats.Speculative;
+            output.DraftRounds = r.Stats.DraftRounds;
+            output.AcceptedDraftTokens = (int)r.Stats.AcceptedDraftTokens;
             output.Error = "";
         }
         catch (ArgumentException e)
@@ -133,6 +136,9 @@ internal sealed class BeagleRuntime : IDisposable
             output.NewTokens = 0;
             output.AcceptanceLength = 0;
             output.TokensPerSecond = 0;
+            output.Speculative = false;
+            output.DraftRounds = 0;
+            output.AcceptedDraftTokens = 0;
             // The sentence for a user, without .NET's " (Parameter 'promptIds')" suffix.
             output.Error = e.ParamName is { Length: > 0 } name && e.Message.IndexOf($" (Parameter '{name}')", StringComparison.Ordinal) is var i and > 0
                 ? e.Message[..i] : e.Message;

@@ -17,7 +17,7 @@ public class BenchReportTests
           "methods": [
             {"name": "baseline", "draft": null, "tokens_per_second": 561.4, "speedup": 1.0, "acceptance_length": 1.0, "peak_memory_mb": 182.5, "acceptance_by_depth": []},
             {"name": "eagle2", "draft": "e2.safetensors", "tokens_per_second": 812.9, "speedup": 1.448, "acceptance_length": 2.31, "peak_memory_mb": 196.1, "acceptance_by_depth": [0.78, 0.61, 0.47]},
-            {"name": "beagle", "draft": "b.safetensors", "tokens_per_second": 903.2, "speedup": 1.609, "acceptance_length": 2.64, "peak_memory_mb": 197.8, "acceptance_by_depth": [0.84, 0.69, 0.55, 0.43]}
+            {"name": "beagle", "draft": "b.safetensors", "tokens_per_second": 903.2, "speedup": 1.609, "acceptance_length": 2.64, "peak_memory_mb": 197.8, "acceptance_by_depth": [0.84, 0.69, 0.55, 0.43], "draft_bytes": 1572864}
           ],
           "greedy_outputs_identical": true
         }
@@ -36,6 +36,9 @@ public class BenchReportTests
         var b = r.Methods[2];
         Assert.Equal(("b.safetensors", 903.2, 1.609, 2.64, 197.8), (b.Draft, b.TokensPerSecond, b.Speedup, b.AcceptanceLength, b.PeakMemoryMb));
         Assert.Equal([0.84, 0.69, 0.55, 0.43], b.AcceptanceByDepth);
+        Assert.Equal(1572864, b.DraftBytes);
+        Assert.Equal(0, r.Methods[1].DraftBytes);   // absent (older results): 0
+        Assert.True(r.PeakMemoryPerMethod);          // absent: the per-method peak older results measured
         Assert.Null(r.Methods[0].Draft);
         // And back: the names written are the snake_case ones, so a report can be redrawn from our own output.
         Assert.Contains("\"tokens_per_second\"", r.ToJson());
@@ -50,10 +53,11 @@ public class BenchReportTests
 
         var md = File.ReadAllText(Path.Combine(dir.Path, BenchReport.MarkdownFile));
         Assert.Equal(Path.Combine(dir.Path, BenchReport.MarkdownFile), files[0]);
-        Assert.Contains("| baseline | — | 561.4 | 1.00× | 1.00 | 182 |", md);
-        Assert.Contains("| eagle2 | e2.safetensors | 812.9 | 1.45× | 2.31 | 196 |", md);
-        Assert.Contains("| beagle | b.safetensors | 903.2 | 1.61× | 2.64 | 198 |", md);
-        var mainTableRows = md.Split('\n').TakeWhile(l => !l.StartsWith("τ")).Count(l => l.StartsWith("| ") && !l.StartsWith("| Method"));
+        Assert.Contains("| Method | Draft | Tokens/s | Speedup | Acceptance length τ | Peak memory (MB) | Draft memory |", md);
+        Assert.Contains("| baseline | — | 561.4 | 1.00× | 1.00 | 182 | 0 |", md);
+        Assert.Contains("| eagle2 | e2.safetensors | 812.9 | 1.45× | 2.31 | 196 | 0 |", md);
+        Assert.Contains("| beagle | b.safetensors | 903.2 | 1.61× | 2.64 | 198 | 1.50 MB |", md);
+        var mainTableRows = md.Split('\n').TakeWhile(l => !l.StartsWith("Tokens/s:")).Count(l => l.StartsWith("| ") && !l.StartsWith("| Method"));
         Assert.Equal(3, mainTableRows);
         Assert.Contains("`beagle bench --report out`", md);
         Assert.Contains("2 vCPU x64, Linux, .NET 10", md);

@@ -1,14 +1,16 @@
 using Beagle.Decoding;
 using Beagle.Drafting;
 using Xunit;
+using Xunit.Abstractions;
 
 namespace Beagle.Tests.Decoding;
 
 /// <summary>
 /// The multi-candidate acceptance step on synthetic distributions: whatever the tree proposes, the emitted tokens
-/// must follow the target distribution p exactly (here: to within 5 standard errors of 200,000 seeded draws).
+/// must follow the target distribution p exactly (here: to within 5 standard errors of 200,000 seeded draws). The same
+/// statistic, run on the rule with one step deliberately broken, must exceed that bound: the test can fail.
 /// </summary>
-public class SamplingAcceptanceTests
+public class SamplingAcceptanceTests(ITestOutputHelper output)
 {
     static readonly SamplingOptions T1 = new() { Temperature = 1f, Seed = 11 };
 
@@ -23,30 +25,66 @@ public class SamplingAcceptanceTests
 
     static float[] Normalise(params float[] w) { var s = w.Sum(); return w.Select(x => x / s).ToArray(); }
 
+    static readonly float[] P6 = Normalise(0.30f, 0.05f, 0.25f, 0.0f, 0.15f, 0.25f);
+    static readonly int[][] ChildSets = [[2], [2, 0, 5], [3, 1], [0, 1, 2, 3, 4, 5]];
+    const int Draws = 200_000;
+    /// <summary>Largest |z| a correct rule may show (5 standard errors: a false alarm about once in 300,000 tokens tested).</summary>
+    const double MaxZ = 5;
+
+    /// <summary>
+    /// The first emitted token's frequencies over <see cref="Draws"/> seeded acceptances against p: the largest |z| over
+    /// tokens (z = (frequency - p) / standard error), and the counts.
+    /// </summary>
+    static (double MaxZ, int[] Counts) FirstTokenDeviation(float[] p, int[] children, AcceptanceMutation mutation = AcceptanceMutation.None)
+    {
+        var tree = Tree(children);
+        var sampler = new Sampler(T1);
+        var counts = new int[p.Length];
+        for (int i = 0; i < Draws; i++)
+        {
+            var (path, bonus) = Verifier.AcceptSampling(tree, _ => (float[])p.Clone(), sampler, mutation);
+            int first = path.Count > 1 ? tree.Tokens[path[1]] : bonus;
+            counts[first]++;
+        }
+        double z = 0;
+        for (int x = 0; x < p.Length; x++)
+        {
+            double dev = Math.Abs(counts[x] / (double)Draws - p[x]);
+            double se = Math.Sqrt(p[x] * (1 - p[x]) / Draws);
+            z = Math.Max(z, se > 0 ? dev / se : dev > 0 ? double.PositiveInfinity : 0);   // p = 0 emitted at all: infinitely far
+        }
+        return (z, counts);
+    }
+
     [Fact]
     public void First_token_follows_p_whatever_the_children_are()
     {
-        var p = Normalise(0.30f, 0.05f, 0.25f, 0.0f, 0.15f, 0.25f);
-        foreach (var children in new[] { new[] { 2 }, new[] { 2, 0, 5 }, new[] { 3, 1 }, new[] { 0, 1, 2, 3, 4, 5 } })
+        foreach (var children in ChildSets)
         {
-            var tree = Tree(children);
-            var sampler = new Sampler(T1);
-            var counts = new int[p.Length];
-            const int N = 200_000;
-            for (int i = 0; i < N; i++)
-            {
-                var (path, bonus) = Verifier.AcceptSampling(tree, _ => (float[])p.Clone(), sampler);
-                int first = path.Count > 1 ? tree.Tokens[path[1]] : bonus;
-                counts[first]++;
-            }
-            for (int x = 0; x < p.Length; x++)
-            {
-                double se = Math.Sqrt(p[x] * (1 - p[x]) / N) + 1e-9;
-                Assert.True(Math.Abs(counts[x] / (double)N - p[x]) < 5 * se + 1e-6,
-                    $"children [{string.Join(",", children)}], token {x}: {counts[x] / (double)N:F4} vs p = {p[x]:F4}");
-            }
+            var (z, counts) = FirstTokenDeviation(P6, children);
+            output.WriteLine($"exact rule, children [{string.Join(",", children)}]: max |z| {z:F2} (bound {MaxZ})");
+            Assert.True(z < MaxZ, $"children [{string.Join(",", children)}]: max |z| {z:F2}, frequencies [{string.Join(", ", counts.Select(c => (c / (double)Draws).ToString("F4")))}] vs p [{string.Join(", ", P6.Select(x => x.ToString("F4")))}]");
             Assert.Equal(0, counts[3]);   // p = 0 is never emitted, even when proposed
         }
+    }
+
+    /// <summary>
+    /// Each broken step of the rule moves the first token's distribution by far more than the bound allows, for some
+    /// proposal: no renormalisation needs a second child (the first is accepted with p(x) either way); the un-zeroed
+    /// bonus and the unconditional first child show with one.
+    /// </summary>
+    [Theory]
+    [InlineData(nameof(AcceptanceMutation.NoRenormalisation))]
+    [InlineData(nameof(AcceptanceMutation.BonusFromUnzeroed))]
+    [InlineData(nameof(AcceptanceMutation.AcceptFirstChild))]
+    public void The_first_token_test_detects_each_broken_step_of_the_rule(string broken)
+    {
+        var mutation = Enum.Parse<AcceptanceMutation>(broken);
+        // Proposals that leave some of p unproposed: when every token is proposed and rejected, a broken rule can leave
+        // nothing to draw the bonus from, and it fails loudly instead of skewing the statistic.
+        var worst = ChildSets.Where(c => c.Length < P6.Length).Select(c => (Children: c, FirstTokenDeviation(P6, c, mutation).MaxZ)).MaxBy(x => x.MaxZ);
+        output.WriteLine($"{mutation}: max |z| {worst.MaxZ:F1} with children [{string.Join(",", worst.Children)}] (bound {MaxZ})");
+        Assert.True(worst.MaxZ > MaxZ, $"{mutation} went unnoticed: max |z| {worst.MaxZ:F2} <= {MaxZ}");
     }
 
     [Fact]

@@ -32,17 +32,36 @@ public class SpeculativeBenchmarkTests
         Assert.True(r.GreedyOutputsIdentical);
         Assert.Contains(progress, p => p.StartsWith("warming up"));
         Assert.Contains("run 3/3, prompt 2/2", progress);
+        Assert.True(r.PeakMemoryPerMethod);   // Linux: the peak is reset before each generation
+        Assert.Equal(0, r.Methods[0].DraftBytes);   // plain decoding adds nothing
+        // The draft's weights and copies plus one session's buffers (a generation's cache spans the whole context).
+        using (var session = draft.StartSession(target.Config.MaxSeqLen))
+            Assert.Equal(draft.WeightBytes + session.StateBytes, r.Methods[1].DraftBytes);
         Assert.Equal(r.ToJson(), BenchResult.Parse(r.ToJson()).ToJson());
     }
 
+    /// <summary>A clock that moves 0.1 s each time it is read, so that "how long" becomes "how many reads".</summary>
+    sealed class SteppingClock : TimeProvider
+    {
+        long _ticks;
+        public override long TimestampFrequency => 10;   // one tick = 0.1 s
+        public override long GetTimestamp() => _ticks++;
+    }
+
     [Fact]
-    public void Warms_up_for_the_time_asked_and_honours_cancellation()
+    public void Warms_up_until_the_clock_says_the_time_is_up_and_honours_cancellation()
     {
         var target = TestAssets.Stories;
         var methods = new BenchMethod[] { new("plain", null, null, null) };
-        var sw = System.Diagnostics.Stopwatch.StartNew();
-        SpeculativeBenchmark.Run(target, TestAssets.StoriesTokenizer, methods, Prompts, maxNewTokens: 4, runs: 1, warmUp: TimeSpan.FromSeconds(0.4));
-        Assert.True(sw.Elapsed >= TimeSpan.FromSeconds(0.4), $"returned after {sw.Elapsed.TotalSeconds:F2} s");
+        var progress = new List<string>();
+        // The clock is read once at the start and once before each further pass: 0.1, 0.2, 0.3 s left room, 0.4 s did not.
+        SpeculativeBenchmark.Run(target, TestAssets.StoriesTokenizer, methods, Prompts, maxNewTokens: 4, runs: 1, progress: progress.Add,
+            warmUp: TimeSpan.FromSeconds(0.4), clock: new SteppingClock());
+        Assert.Equal(["warming up (0.4 s): pass 1", "warming up (0.4 s): pass 2", "warming up (0.4 s): pass 3", "warming up (0.4 s): pass 4"],
+            progress.Where(p => p.StartsWith("warming up")));
+        progress.Clear();
+        SpeculativeBenchmark.Run(target, TestAssets.StoriesTokenizer, methods, Prompts, maxNewTokens: 4, runs: 1, progress: progress.Add, warmUp: TimeSpan.Zero);
+        Assert.Single(progress, p => p.StartsWith("warming up"));   // no warm-up asked: still one untimed pass
 
         using var cts = new CancellationTokenSource();
         cts.Cancel();
@@ -73,6 +92,33 @@ public class SpeculativeBenchmarkTests
         Assert.All(r.Methods, m => Assert.True(m.TokensPerSecond > 0));
         Assert.Equal(1, BenchResult.Parse(r.ToJson()).TruncatedPrompts);
         Assert.Contains("\"truncated_prompts\": 1", r.ToJson());
+    }
+
+    [Fact]
+    public void The_method_order_rotates_so_that_each_method_goes_first_equally_often()
+    {
+        var orders = Enumerable.Range(0, 6).Select(turn => SpeculativeBenchmark.MethodOrder(3, turn)).ToArray();
+        Assert.All(orders, o => Assert.Equal([0, 1, 2], o.Order()));                  // every method once per prompt
+        Assert.Equal([2, 2, 2], orders.GroupBy(o => o[0]).OrderBy(g => g.Key).Select(g => g.Count()));   // each first twice in 6 turns
+        Assert.Equal([1, 2, 0], orders[1]);                                           // plain (0) is not always first
+        Assert.Equal([0], SpeculativeBenchmark.MethodOrder(1, 5));
+    }
+
+    [Fact]
+    public void A_peak_memory_that_cannot_be_reset_is_said_once_and_marked_in_the_result()
+    {
+        var target = TestAssets.Stories;
+        var methods = new BenchMethod[] { new("plain", null, null, null) };
+        var warnings = new List<string>();
+        int resets = 0;
+        var r = SpeculativeBenchmark.Run(target, TestAssets.StoriesTokenizer, methods, Prompts, 4, 2, null, null, default, TimeSpan.Zero, warnings.Add, null,
+            () => { resets++; return "Permission denied"; });
+        var w = Assert.Single(warnings);
+        Assert.Contains("cannot be reset here (Permission denied)", w);
+        Assert.Equal(1, resets);                     // not tried again once it failed
+        Assert.False(r.PeakMemoryPerMethod);
+        Assert.Contains("\"peak_memory_per_method\": false", r.ToJson());
+        Assert.False(BenchResult.Parse(r.ToJson()).PeakMemoryPerMethod);
     }
 
     [Fact]

@@ -8,24 +8,33 @@ namespace Beagle.Tests.Decoding;
 public class SpeculativeCostsTests
 {
     [Fact]
-    public void A_round_costs_its_verification_plus_one_draft_step_per_draft_token_in_plain_steps()
+    public void A_round_costs_its_drafting_verification_and_bookkeeping_in_plain_steps()
     {
-        var c = new SpeculativeCosts(80, PlainMs: 2, new Dictionary<int, double> { [1] = 2, [4] = 5 }, DraftStepMs: 0.5);
-        Assert.Equal((5 + 3 * 0.5) / 2, c.RoundInPlainSteps(4), 12);
+        var c = new SpeculativeCosts(80, PlainMs: 2, DraftStepMs: 0.5,
+            DraftMs: new Dictionary<int, double> { [4] = 1.6 }, VerifyMs: new Dictionary<int, double> { [4] = 5 }, BookkeepingMs: new Dictionary<int, double> { [4] = 0.4 });
+        Assert.Equal(7.0, c.RoundMs(4), 12);
+        Assert.Equal(3.5, c.RoundInPlainSteps(4), 12);
         Assert.Throws<ArgumentException>(() => c.RoundInPlainSteps(6));   // not timed
     }
 
     [Fact]
-    public void Measures_every_requested_chain_and_the_draft_step_of_a_real_pair()
+    public void Measures_every_part_of_a_round_of_every_requested_chain_for_a_real_pair()
     {
         var target = TestAssets.Stories;
         using var draft = DraftCheckpoint.Create(DraftConfig.ForTarget(target.Config, DraftConfig.Beagle), target);
         var costs = SpeculativeCosts.Measure(target, draft, [2, 5], context: 30, runs: 1);
-        Assert.Equal([1, 2, 5], costs.VerifyMs.Keys.Order());
-        Assert.All(costs.VerifyMs.Values, v => Assert.True(v > 0));
-        Assert.Equal(costs.VerifyMs[1], costs.PlainMs);
-        Assert.True(costs.DraftStepMs > 0);
-        Assert.Equal(0, SpeculativeCosts.Measure(target, null, [2], context: 30, runs: 1).DraftStepMs);
+        foreach (var parts in new[] { costs.DraftMs, costs.VerifyMs, costs.BookkeepingMs })
+        {
+            Assert.Equal([2, 5], parts.Keys.Order());
+            Assert.All(parts.Values, v => Assert.True(v > 0));   // each part was timed (drafting too: the draft is real)
+        }
+        Assert.True(costs.PlainMs > 0 && costs.DraftStepMs > 0);
+
+        // Without a draft nothing is drafted, but verification and bookkeeping still cost.
+        var alone = SpeculativeCosts.Measure(target, null, [2], context: 30, runs: 1);
+        Assert.Equal(0, alone.DraftStepMs);
+        Assert.Equal(0, alone.DraftMs[2]);
+        Assert.True(alone.VerifyMs[2] > 0 && alone.BookkeepingMs[2] > 0);
     }
 
     [Fact]
@@ -33,7 +42,7 @@ public class SpeculativeCostsTests
     {
         var target = TestAssets.Stories;
         Assert.Throws<ArgumentOutOfRangeException>(() => SpeculativeCosts.Measure(target, null, [9], context: target.Config.MaxSeqLen - 5));
-        Assert.Throws<ArgumentOutOfRangeException>(() => SpeculativeCosts.Measure(target, null, [0], context: 10));
+        Assert.Throws<ArgumentOutOfRangeException>(() => SpeculativeCosts.Measure(target, null, [1], context: 10));   // a round verifies at least 2
         Assert.Throws<ArgumentOutOfRangeException>(() => SpeculativeCosts.Measure(target, null, [2], context: 10, runs: 0));
     }
 }

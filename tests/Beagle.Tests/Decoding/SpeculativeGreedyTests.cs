@@ -22,7 +22,7 @@ public class SpeculativeGreedyTests
         { "random", 2, 1, 1, 0 },
         { "random", 16, 5, 4, 0 },
         { "random", 48, 6, 8, 0 },
-        { "random", 11, 10, 1, 0.5 },   // a floor no random guess clears: plain steps inside the strategy
+        { "random", 11, 10, 1, 0.99 },  // a floor no random guess clears: plain steps inside the strategy
     };
 
     static readonly string[] Prompts = ["Once upon a time", "Tom and Lily went to the", "The little dog was sad because", ""];
@@ -43,7 +43,70 @@ public class SpeculativeGreedyTests
             Assert.Equal(expected.Text, actual.Text);
             Assert.True(actual.Stats.TargetForwards <= expected.Stats.TargetForwards);
             Assert.True(actual.Stats.AcceptanceLength >= 1.0);
+            // Speculation ran (the equality above would hold trivially if it had not), except where the floor forbids it.
+            if (draftKind == "random" && minProb > 0) Assert.Equal(0, actual.Stats.DraftRounds);
+            else Assert.True(actual.Stats.DraftRounds > 0, $"{draftKind} {tokens}/{depth}/{topK} p>={minProb}: no draft round ran");
         }
+    }
+
+    static readonly Lazy<Beagle.Drafting.IDraftModel> Trained = new(() =>
+        Beagle.Drafting.DraftCheckpoint.Load(Beagle.Runtime.DefaultModels.BundledDraft("stories260K", "beagle")!, TestAssets.Stories));
+
+    [Theory]
+    [InlineData(4, 3, 1, 0)]        // the default chain
+    [InlineData(8, 7, 1, 0)]        // a long chain
+    [InlineData(16, 5, 4, 0)]       // a tree
+    [InlineData(13, 12, 1, 0.1)]    // calibration's choice for this draft: a chain as deep as the draft is sure
+    public void Greedy_decoding_with_the_trained_draft_equals_plain_greedy_and_accepts_well_over_one_token_a_round(int tokens, int depth, int topK, double minProb)
+    {
+        var plain = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer);
+        var spec = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer, Trained.Value);
+        var budget = new SpeculativeOptions { TreeTokens = tokens, TreeDepth = depth, TreeTopK = topK, TreeMinProb = minProb };
+        long rounds = 0, accepted = 0, roundTokens = 0, forwards = 0;
+        foreach (var prompt in Prompts)
+        {
+            var o = new GenerationOptions { MaxNewTokens = 120 };
+            var expected = plain.Complete(prompt, o);
+            var actual = spec.Complete(prompt, o with { Speculative = budget });
+            Assert.Equal(expected.TokenIds, actual.TokenIds);
+            rounds += actual.Stats.DraftRounds; accepted += actual.Stats.AcceptedDraftTokens;
+            roundTokens += actual.Stats.RoundTokens; forwards += actual.Stats.TargetForwards;
+        }
+        double tau = (double)roundTokens / forwards;
+        Assert.True(rounds > 0 && accepted > rounds, $"{rounds} draft rounds, {accepted} draft tokens accepted");
+        Assert.True(tau > 2, $"tau {tau:F2}: the trained draft should give well over one token per target forward");
+    }
+
+    [Fact]
+    public void The_acceptance_length_counts_only_tokens_that_reached_the_output()
+    {
+        // A long chain the trained draft fills: rounds verify up to 8 tokens, so most token limits cut a round short.
+        var spec = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer, Trained.Value);
+        var budget = new SpeculativeOptions { TreeTokens = 8, TreeDepth = 7, TreeTopK = 1 };
+        for (int max = 2; max <= 12; max++)
+        {
+            var r = spec.Complete("Once upon a time", new GenerationOptions { MaxNewTokens = max, Speculative = budget });
+            Assert.Equal(FinishReason.Length, r.Stats.FinishReason);
+            Assert.Equal(max, r.Stats.NewTokens);
+            // The first token comes from the prefill; every other emitted token from a round, and nothing else counts.
+            Assert.Equal(max - 1, r.Stats.RoundTokens);
+        }
+    }
+
+    [Fact]
+    public void A_generation_that_ends_with_EOS_counts_the_EOS_and_nothing_after_it()
+    {
+        var plain = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer);
+        var spec = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer, Trained.Value);
+        var o = new GenerationOptions { MaxNewTokens = 400 };
+        var p = plain.Complete("Once upon a time", o);
+        Assert.Equal(FinishReason.EndOfSequence, p.Stats.FinishReason);   // the story ends within the budget
+        Assert.Equal(p.Stats.TargetForwards, p.Stats.RoundTokens);         // plain decoding: exactly one token per forward, EOS included
+        Assert.Equal(1.0, p.Stats.AcceptanceLength);
+        var s = spec.Complete("Once upon a time", o with { Speculative = new SpeculativeOptions { TreeTokens = 8, TreeDepth = 7, TreeTopK = 1 } });
+        Assert.Equal(p.TokenIds, s.TokenIds);
+        Assert.Equal(FinishReason.EndOfSequence, s.Stats.FinishReason);
+        Assert.Equal(s.Stats.NewTokens, s.Stats.RoundTokens);   // NewTokens - 1 from rounds, plus the EOS that ended the last one
     }
 
     [Theory]
@@ -60,6 +123,7 @@ public class SpeculativeGreedyTests
         var expected = plain.Complete("Once upon a time", o);
         var actual = spec.Complete("Once upon a time", o with { Speculative = new SpeculativeOptions { TreeTokens = tokens, TreeDepth = depth, TreeTopK = topK }.Validate() });
         Assert.Equal(expected.TokenIds, actual.TokenIds);
+        Assert.True(actual.Stats.DraftRounds > 0 && actual.Stats.AcceptedDraftTokens > 0, "speculation ran");
         Assert.True(actual.Stats.AcceptanceLength > 1.5, $"the trained draft should be accepted (tau {actual.Stats.AcceptanceLength:F2})");
     }
 
@@ -80,6 +144,7 @@ public class SpeculativeGreedyTests
     {
         var spec = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer, Bigram.Value);
         var r = spec.Complete("Once upon a time", new GenerationOptions { MaxNewTokens = 200, Speculative = new SpeculativeOptions() });
+        Assert.True(r.Stats.DraftRounds > 0, "speculation ran");
         Assert.True(r.Stats.AcceptanceLength > 1.3, $"acceptance length {r.Stats.AcceptanceLength}");
         Assert.True(r.Stats.AcceptanceRateByDepth[0] > r.Stats.AcceptanceRateByDepth[^1]);
     }
@@ -96,6 +161,7 @@ public class SpeculativeGreedyTests
         var spec = new Generator(model, TestAssets.StoriesTokenizer, Bigram.Value)
             .Generate(prompt, o with { Speculative = new SpeculativeOptions { TreeTokens = 16, TreeDepth = 5, TreeTopK = 4 } }, stats).SelectMany(c => c.TokenIds).ToArray();
         Assert.Equal(plain, spec);
+        Assert.True(stats.DraftRounds > 0, "speculation ran near the end of the context");
         Assert.True(stats.FinishReason is FinishReason.ContextFull or FinishReason.EndOfSequence, stats.FinishReason.ToString());
     }
 

@@ -80,6 +80,7 @@ public class DraftTreeFloorTests
         public List<string> Calls { get; } = [];
         public int Length => inner.Length;
         public bool ConcatDraftStates { get => inner.ConcatDraftStates; set => inner.ConcatDraftStates = value; }
+        public long StateBytes => inner.StateBytes;
         public void Commit(ReadOnlySpan<int> tokens, TorchSharp.torch.Tensor hidden) => inner.Commit(tokens, hidden);
         public TorchSharp.torch.Tensor Expand(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
         {

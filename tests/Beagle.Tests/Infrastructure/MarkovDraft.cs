@@ -39,6 +39,7 @@ public sealed class MarkovDraft : IDraftModel
     }
 
     public IDraftSession StartSession(int capacity) => new Session(this);
+    public long WeightBytes => _logp.NumberOfElements * _logp.ElementSize;
 
     /// <summary>log P(next | prev) under this draft.</summary>
     public float LogProb(int prev, int next) => _logp[prev, next].item<float>();
@@ -48,6 +49,7 @@ public sealed class MarkovDraft : IDraftModel
     {
         public int Length { get; private set; }
         public bool ConcatDraftStates { get; set; } = true;
+        public long StateBytes => 0;   // no per-sequence state: a node's log-probs depend on its token only
         public void Commit(ReadOnlySpan<int> tokens, Tensor hidden)
         {
             if (hidden.shape[0] != tokens.Length) throw new ArgumentException("hidden rows must match tokens");

@@ -24,6 +24,7 @@ public sealed class OracleDraft(int vocab, IEnumerable<int[]> sequences) : IDraf
     }
 
     public IDraftSession StartSession(int capacity) => new Session(this);
+    public long WeightBytes => 0;   // a lookup table of recorded continuations, not weights; memory is not what it tests
     public void Dispose() { }
 
     // An array session (like the project's managed kernels): a tensor per expansion cost ~20 µs in ops, half a plain
@@ -39,6 +40,7 @@ public sealed class OracleDraft(int vocab, IEnumerable<int[]> sequences) : IDraf
         readonly List<(int Token, int Parent)> _round = [];
         public int Length => _committed.Count;
         public bool ConcatDraftStates { get; set; } = true;
+        public long StateBytes => 0;
         public void Commit(ReadOnlySpan<int> tokens, Tensor hidden) => _committed.AddRange(tokens.ToArray());
         public float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
         {

@@ -25,6 +25,9 @@ public sealed class CompletionRow
     public int NewTokens { get; set; }
     public float AcceptanceLength { get; set; }
     public float TokensPerSecond { get; set; }
+    public bool Speculative { get; set; }
+    public int DraftRounds { get; set; }
+    public int AcceptedDraftTokens { get; set; }
     public string Error { get; set; } = "";
 }
 
@@ -54,13 +57,16 @@ public class BeagleMLNetTests
     static CompletionRow[] Rows(MLContext ml, IDataView view) => ml.Data.CreateEnumerable<CompletionRow>(view, reuseRowObject: false).ToArray();
 
     [Fact]
-    public void Output_schema_keeps_the_input_columns_and_adds_the_five_typed_outputs_without_loading_the_model()
+    public void Output_schema_keeps_the_input_columns_and_adds_the_typed_outputs_without_loading_the_model()
     {
         var ml = new MLContext(seed: 1);
         var data = PromptView(ml, "x");
         var shape = ml.Beagle().Generate(Options()).GetOutputSchema(Shape(data.Schema));
 
-        Assert.Equal(["Prompt", "Completion", "NewTokens", "AcceptanceLength", "TokensPerSecond", "Error"], shape.Select(c => c.Name).ToArray());
+        Assert.Equal(["Prompt", "Completion", "NewTokens", "AcceptanceLength", "TokensPerSecond", "Speculative", "DraftRounds", "AcceptedDraftTokens", "Error"],
+            shape.Select(c => c.Name).ToArray());
+        Assert.Equal(BooleanDataViewType.Instance, shape.Single(c => c.Name == "Speculative").ItemType);
+        Assert.Equal(NumberDataViewType.Int32, shape.Single(c => c.Name == "DraftRounds").ItemType);
         Assert.IsType<TextDataViewType>(shape.Single(c => c.Name == "Error").ItemType);
         Assert.IsType<TextDataViewType>(shape.Single(c => c.Name == "Completion").ItemType);
         Assert.Equal(NumberDataViewType.Int32, shape.Single(c => c.Name == "NewTokens").ItemType);
@@ -109,6 +115,8 @@ public class BeagleMLNetTests
         Assert.All(rows, r => Assert.InRange(r.NewTokens, 1, MaxTokens));
         Assert.All(rows, r => Assert.Equal(1f, r.AcceptanceLength));   // plain decoding: one token per target forward
         Assert.All(rows, r => Assert.True(r.TokensPerSecond > 0));
+        Assert.All(rows, r => Assert.False(r.Speculative));
+        Assert.All(rows, r => Assert.Equal(0, r.DraftRounds));
     }
 
     [Fact]
@@ -384,6 +392,7 @@ public class BeagleMLNetDraftTests
         Assert.True(model.HasDraft);
         var before = ml.Data.CreateEnumerable<CompletionRow>(model.Transform(data), reuseRowObject: false).ToArray();
         Assert.Equal(Plain(Prompts), before.Select(r => r.Completion).ToArray());
+        Assert.All(before, r => Assert.True(r.Speculative && r.DraftRounds > 0, "each row reports the draft rounds that ran"));
 
         BeagleModel.Save(ml, model, data.Schema, dir.File("m.zip"));
         using (var zip = ZipFile.OpenRead(dir.File("m.zip")))
@@ -457,6 +466,26 @@ public class BeagleMLNetDraftTests
         var rows = ml.Data.CreateEnumerable<CompletionRow>(model.Transform(data), reuseRowObject: false).ToArray();
         Assert.Equal(Plain(Prompts), rows.Select(r => r.Completion).ToArray());
         Assert.All(rows, r => Assert.Equal(1f, r.AcceptanceLength));
+        Assert.True(model.HasDraft);                          // a draft is loaded...
+        Assert.All(rows, r => Assert.False(r.Speculative));   // ...and the rows say it was not used
+    }
+
+    [Fact]
+    public void A_row_whose_rounds_never_drafted_says_it_was_not_speculative_though_the_draft_is_used()
+    {
+        using var dir = TestAssets.TempDir();
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(Prompts.Select(p => new PromptInput { Prompt = p }).ToArray());
+        using var model = ml.Beagle().Generate(new BeagleGenerateOptions
+        {
+            // A confidence floor no node of an untrained draft clears: every round of every row is a plain step.
+            TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, DraftPath = RandomDraft(dir), MaxNewTokens = MaxTokens,
+            TreeTokens = 4, TreeDepth = 3, TreeTopK = 1, TreeMinProb = 0.999999,
+        }).Fit(data);
+        var rows = ml.Data.CreateEnumerable<CompletionRow>(model.Transform(data), reuseRowObject: false).ToArray();
+        Assert.Equal(Plain(Prompts), rows.Select(r => r.Completion).ToArray());
+        Assert.All(rows, r => Assert.False(r.Speculative));
+        Assert.All(rows, r => Assert.Equal(0, r.AcceptedDraftTokens));
     }
 
     [Fact]

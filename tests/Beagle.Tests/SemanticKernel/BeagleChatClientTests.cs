@@ -30,6 +30,8 @@ public sealed class BeagleChatClientTests(StoriesChatFixture fx) : IClassFixture
         Assert.True(response.Usage.InputTokenCount > 5);
         Assert.Equal(ChatFinishReason.Length, response.FinishReason);
         Assert.Equal(1.0, (double)response.AdditionalProperties![BeagleChatClient.AcceptanceLengthKey]!, 3);   // plain decoding: tau = 1
+        Assert.Equal(false, response.AdditionalProperties[BeagleChatClient.SpeculativeKey]);                    // no draft: nothing drafted
+        Assert.Equal(0, response.AdditionalProperties[BeagleChatClient.DraftRoundsKey]);
         Assert.True((double)response.AdditionalProperties[BeagleChatClient.TokensPerSecondKey]! > 0);
         Assert.True((double)last!.AdditionalProperties![BeagleChatClient.TokensPerSecondKey]! > 0);
         Assert.Contains(last.Contents, c => c is UsageContent);

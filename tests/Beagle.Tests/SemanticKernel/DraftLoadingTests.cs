@@ -1,5 +1,7 @@
 using Beagle.Checkpoints;
+using Beagle.Decoding;
 using Beagle.Drafting;
+using Beagle.Runtime;
 using Beagle.SemanticKernel;
 using Beagle.Tests.Infrastructure;
 using Microsoft.Extensions.AI;
@@ -47,11 +49,74 @@ public sealed class DraftLoadingTests
 
         Assert.Equal(arch, provider.Engine.Draft!.Architecture);
         Assert.Equal(true, spec.AdditionalProperties![BeagleChatClient.SpeculativeKey]);
+        Assert.True((int)spec.AdditionalProperties[BeagleChatClient.DraftRoundsKey]! > 0);   // from the engine's statistics
+        Assert.Equal(true, explicitSpec.AdditionalProperties![BeagleChatClient.SpeculativeKey]);
         Assert.Equal(false, plain.AdditionalProperties![BeagleChatClient.SpeculativeKey]);
+        Assert.Equal(0, plain.AdditionalProperties[BeagleChatClient.DraftRoundsKey]);
+        Assert.Equal(0L, plain.AdditionalProperties[BeagleChatClient.AcceptedDraftTokensKey]);
         Assert.Equal(plain.Text, spec.Text);
         Assert.Equal(plain.Text, explicitSpec.Text);
         Assert.Equal(1.0, (double)plain.AdditionalProperties![BeagleChatClient.AcceptanceLengthKey]!, 3);
         Assert.True((double)spec.AdditionalProperties![BeagleChatClient.AcceptanceLengthKey]! >= 1.0);
+    }
+
+    /// <summary>A chat client over an engine serving stories260K with the given draft (default: its trained Beagle draft).</summary>
+    static async Task<(BeagleEngine Engine, BeagleChatClient Client)> EngineWith(Func<Beagle.Models.LlamaModel, IDraftModel>? draft = null)
+    {
+        var engine = new BeagleEngine(() =>
+        {
+            Beagle.Models.LlamaModel model;
+            using (var weights = Llama2cCheckpoint.Load(TestAssets.ModelPath)) model = new Beagle.Models.LlamaModel(weights);
+            return new EngineModels(model, Beagle.Tokenization.Llama2cTokenizer.Load(TestAssets.TokenizerPath, 512),
+                draft?.Invoke(model) ?? DraftCheckpoint.Load(DefaultModels.BundledDraft("stories260K", "beagle")!, model));
+        }, new EngineOptions { Threads = 1 });
+        await engine.Ready;
+        return (engine, new BeagleChatClient(engine, "stories260K"));
+    }
+
+    [Fact]
+    public async Task The_speculative_flag_says_what_ran_with_the_trained_draft_accepted_tokens_counted()
+    {
+        var (engine, client) = await EngineWith();
+        await using var _ = engine;
+        var r = await client.GetResponseAsync(Story(), Options(speculative: true));
+        Assert.Equal(true, r.AdditionalProperties![BeagleChatClient.SpeculativeKey]);
+        Assert.True((int)r.AdditionalProperties[BeagleChatClient.DraftRoundsKey]! > 0);
+        Assert.True((long)r.AdditionalProperties[BeagleChatClient.AcceptedDraftTokensKey]! > 0);
+        Assert.True((double)r.AdditionalProperties[BeagleChatClient.AcceptanceLengthKey]! > 1.5, "the trained draft is accepted well above one token a round");
+    }
+
+    [Fact]
+    public async Task A_request_that_asks_for_speculation_but_is_decoded_plainly_says_speculative_false()
+    {
+        var (engine, client) = await EngineWith();
+        await using var _ = engine;
+        var sk = new BeagleChatCompletionService(client);
+
+        // Calibration found that drafting does not pay here: a request that leaves the budget to the default decodes plainly.
+        await engine.RunAsync((g, _) => { g.Use(new CalibratedBudget(4, 3, 1, UsePlain: true, 0.9, 1, "", "", DateTime.UtcNow)); return 0; });
+        var calibrated = await client.GetResponseAsync(Story(), Options(speculative: true));
+        Assert.Equal(false, calibrated.AdditionalProperties![BeagleChatClient.SpeculativeKey]);
+        Assert.Equal(0, calibrated.AdditionalProperties[BeagleChatClient.DraftRoundsKey]);
+        Assert.Equal(1.0, (double)calibrated.AdditionalProperties[BeagleChatClient.AcceptanceLengthKey]!, 3);
+        var history = new Microsoft.SemanticKernel.ChatCompletion.ChatHistory();
+        history.AddUserMessage("Once upon a time, there was a little cat");
+        var message = Assert.Single(await sk.GetChatMessageContentsAsync(history, new BeaglePromptExecutionSettings { MaxTokens = 40, Speculative = true }));
+        Assert.Equal(false, message.Metadata![BeagleChatClient.SpeculativeKey]);   // Semantic Kernel's metadata too
+
+        // An explicit budget whose confidence floor no draft node clears (this random draft is never 99 % sure of a token):
+        // every round is a plain step inside the speculative strategy.
+        var (randomEngine, randomClient) = await EngineWith(_ => MarkovDraft.Random(512, 7));
+        await using var __ = randomEngine;
+        var floored = new ChatOptions
+        {
+            MaxOutputTokens = 40,
+            AdditionalProperties = new() { ["speculative"] = true, ["tree_tokens"] = 11, ["tree_depth"] = 10, ["tree_topk"] = 1, ["tree_min_prob"] = 0.99 },
+        };
+        var r = await randomClient.GetResponseAsync(Story(), floored);
+        Assert.Equal(false, r.AdditionalProperties![BeagleChatClient.SpeculativeKey]);
+        Assert.Equal(0, r.AdditionalProperties[BeagleChatClient.DraftRoundsKey]);
+        Assert.Equal(calibrated.Text, r.Text);   // and the text is plain greedy's either way
     }
 
     [Fact]

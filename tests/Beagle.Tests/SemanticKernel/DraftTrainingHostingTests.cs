@@ -64,7 +64,24 @@ public sealed class DraftTrainingHostingTests
         Assert.Empty(queue.GetJobs());
         Assert.NotNull(host.Services.GetRequiredService<IChatClient>());
         await host.StopAsync();
-        Assert.True(File.Exists(Path.Combine(tmp.File("jobs"), DraftTrainingService.JobsFile)) || !queue.GetJobs().Any());
+        // Nothing was queued, so nothing was written: no jobs file, no temporary file left behind.
+        Assert.Empty(Directory.GetFiles(tmp.File("jobs")));
+
+        // What a host persists, the next host on the same folder sees: a job queued and cancelled (before the start, so
+        // that it never runs), then a start and a stop.
+        string id;
+        using (var first = Build(tmp.File("jobs")))
+        {
+            var q = first.Services.GetRequiredService<IDraftTrainingQueue>();
+            id = q.Enqueue(Tiny(tmp));
+            Assert.True(q.Cancel(id));
+            await first.StartAsync();
+            await first.StopAsync();
+        }
+        Assert.Equal([DraftTrainingService.JobsFile], Directory.GetFiles(tmp.File("jobs")).Select(Path.GetFileName));
+        using var second = Build(tmp.File("jobs"));
+        var job = Assert.Single(second.Services.GetRequiredService<IDraftTrainingQueue>().GetJobs());
+        Assert.Equal((id, DraftTrainingJobState.Cancelled), (job.Id, job.State));
     }
 
     [Fact]

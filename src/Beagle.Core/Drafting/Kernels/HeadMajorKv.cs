@@ -27,6 +27,8 @@ internal sealed class HeadMajorKv
     }
 
     public int Slots => _slots;
+    /// <summary>Bytes of the key and value arrays.</summary>
+    public long Bytes => ((long)_k.Length + _v.Length) * sizeof(float);
 
     /// <summary>Stores key k and value v ([kvH * hd] each, head-major) in <paramref name="slot"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -22,6 +22,8 @@ internal sealed class ManagedBeagleSession : ManagedSessionBase
 
     public override bool ConcatDraftStates { get; set; } = true;
 
+    protected override long OwnBytes => (long)_states.Length * sizeof(float);
+
     public ManagedBeagleSession(DraftConfig c, int capacity, ManagedWeights w) : base(c, capacity, w)
     {
         _qTable = w.QTable ?? throw new ArgumentException("Beagle weights need the query table", nameof(w));

@@ -25,6 +25,8 @@ internal sealed class ManagedEagle2Session : ManagedSessionBase
         set { if (!value) throw new NotSupportedException("EAGLE-2 drafts always see their ancestors' entries (their input is the parent's draft feature)"); }
     }
 
+    protected override long OwnBytes => ((long)_features.Length + _outs.Length) * sizeof(float) + (long)_tokens.Length * sizeof(int);
+
     public ManagedEagle2Session(DraftConfig c, int capacity, ManagedWeights w) : base(c, capacity, w)
     {
         (_wfcT, _bfc, _wqkvT) = (w.WfcT ?? throw new ArgumentException("EAGLE-2 weights need WfcT", nameof(w)),

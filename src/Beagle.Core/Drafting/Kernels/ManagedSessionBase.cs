@@ -36,6 +36,12 @@ internal abstract class ManagedSessionBase : IDraftSession, IArrayDraftSession
 
     public int Length { get; protected set; }
     public int VocabSize => _vd;
+
+    /// <summary>The key/value slots, the round's bookkeeping and the architecture's own buffers (<see cref="OwnBytes"/>).</summary>
+    public long StateBytes => _kv.Bytes + Round.Bytes + OwnBytes;
+
+    /// <summary>Bytes of the buffers a subclass allocates for itself (draft states, committed features).</summary>
+    protected abstract long OwnBytes { get; }
     public abstract bool ConcatDraftStates { get; set; }
 
     /// <summary>Appends m accepted positions: tokens [m] and their true states hidden [m * Dim] (validated).</summary>

@@ -19,5 +19,8 @@ internal sealed record ManagedWeights
     // EAGLE-2: fusion [2D, D] + bias [D]; q | k | q-partner | k-partner | v [D, 2(Q+K) + K].
     public float[]? WfcT, Bfc, WqkvT;
 
+    /// <summary>Bytes of every array held (the embedding and LM-head rows are host copies of the target's).</summary>
+    public long Bytes => sizeof(float) * new[] { Emb, WoT, W13T, W2T, Lm, Cos, Sin, QTable, WkvT, WfcT, Bfc, WqkvT }.Sum(a => a?.LongLength ?? 0);
+
     public static float[] Host(Tensor t) { using var x = t.detach().to(float32).cpu().contiguous(); return x.data<float>().ToArray(); }
 }
