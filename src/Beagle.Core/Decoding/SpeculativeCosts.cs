@@ -72,7 +72,7 @@ public sealed record SpeculativeCosts(int Context, double PlainMs, IReadOnlyDict
                 long t0 = Stopwatch.GetTimestamp();
                 for (int i = 0; i < reps; i++)
                 {
-                    if (session is IArrayDraftSession fast) fast.ExpandToArray([prompt[^1]], [context], [-1]);
+                    if (session is IArrayDraftSession fast) fast.ExpandToBuffer([prompt[^1]], [context], [-1]);
                     else session.Expand([prompt[^1]], [context], [-1]).Dispose();
                     session.EndRound();
                 }
