@@ -94,7 +94,7 @@ public sealed record SpeculativeCosts(int Context, double PlainMs, double DraftS
                 long t0 = Stopwatch.GetTimestamp();
                 for (int i = 0; i < reps; i++)
                 {
-                    if (stepSession is IArrayDraftSession fast) fast.ExpandToArray([pending], [context], [-1]);
+                    if (stepSession is IArrayDraftSession fast) fast.ExpandToBuffer([pending], [context], [-1]);
                     else stepSession.Expand([pending], [context], [-1]).Dispose();
                     stepSession.EndRound();
                 }

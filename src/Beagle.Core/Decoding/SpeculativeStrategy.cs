@@ -21,6 +21,8 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
     readonly int _tokens, _depth, _topK;
     readonly float _minLogProb;
     readonly AcceptanceMutation _mutation;
+    // Per-round scratch, allocated once: the accepted rows' true states for the managed draft [tokens * D].
+    readonly float[] _acceptedRows;
 
     public SpeculativeStrategy(LlamaModel target, IDraftModel draft, KvCache cache, Sampler sampler, GenerationStats stats, TreeBudget budget, bool concat,
         AcceptanceMutation mutation = AcceptanceMutation.None)
@@ -33,6 +35,7 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
         _session.ConcatDraftStates = concat;
         stats.AcceptedAtDepth = new long[_depth];
         stats.DraftStateBytes = _session.StateBytes;
+        _acceptedRows = _session is IArrayDraftSession ? new float[(_depth + 1) * target.Config.Dim] : [];   // a path holds at most depth + 1 nodes
     }
 
     public int Start(ForwardOutput prefill, IReadOnlyList<int> prompt)
@@ -71,7 +74,7 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
                 var lg = logits.Span;
                 if (_sampler.Options.IsGreedy)
                 {
-                    var argmax = new long[tree.Count];
+                    Span<long> argmax = stackalloc long[tree.Count];   // at most MaxRoundNodes + 1
                     for (int i = 0; i < argmax.Length; i++) argmax[i] = Sampler.ArgMax(lg.Slice(i * vocab, vocab));
                     (path, bonus) = Verifier.AcceptGreedy(tree, argmax);
                 }
@@ -83,16 +86,17 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
             }
 
             // 5. Commit: keep the accepted path's KV entries in place; give the draft their true states.
-            var slots = path.Select(i => (long)(n + i)).ToArray();
+            Span<long> slots = stackalloc long[path.Count];
+            pathTokens = new int[path.Count];
+            for (int r = 0; r < path.Count; r++) { slots[r] = n + path[r]; pathTokens[r] = tree.Tokens[path[r]]; }
             _cache.KeepSlots(n, slots);
-            pathTokens = path.Select(i => tree.Tokens[i]).ToArray();
             if (_session is IArrayDraftSession managed)
             {
                 // The managed kernel takes the accepted rows straight from the forward's hidden states.
                 int d = _target.Config.Dim;
                 using var hidden = HostFloats.Of(o.Hidden);
-                var rows = new float[path.Count * d];
-                for (int r = 0; r < path.Count; r++) hidden.Span.Slice(path[r] * d, d).CopyTo(rows.AsSpan(r * d, d));
+                var rows = _acceptedRows.AsSpan(0, path.Count * d);
+                for (int r = 0; r < path.Count; r++) hidden.Span.Slice(path[r] * d, d).CopyTo(rows.Slice(r * d, d));
                 managed.Commit(pathTokens, rows);
             }
             else

@@ -16,12 +16,13 @@ public static class Verifier
     /// <returns>Accepted node indices (root first) and the bonus token.</returns>
     public static (List<int> Path, int Bonus) AcceptGreedy(DraftTree tree, ReadOnlySpan<long> argmax)
     {
-        var path = new List<int> { 0 };
+        var path = new List<int>(tree.IsChain ? tree.Count : 4) { 0 };
         int cur = 0;
         while (true)
         {
             int want = (int)argmax[cur], next = -1;
-            foreach (var c in tree.Children[cur]) if (tree.Tokens[c] == want) { next = c; break; }
+            if (tree.IsChain) { if (cur + 1 < tree.Count && tree.Tokens[cur + 1] == want) next = cur + 1; }   // the one child
+            else foreach (var c in tree.Children[cur]) if (tree.Tokens[c] == want) { next = c; break; }
             if (next < 0) return (path, want);
             path.Add(next); cur = next;
         }

@@ -18,8 +18,9 @@ public sealed class DraftTree
     public int[] Parents { get; }
     /// <summary>Depth of each node (root 0).</summary>
     public int[] Depths { get; }
-    /// <summary>Children of each node, best first.</summary>
-    public int[][] Children { get; }
+    /// <summary>Children of each node, best first. Built on first use: a chain's verification never needs them.</summary>
+    public int[][] Children => _children ??= BuildChildren(Parents);
+    int[][]? _children;
     public int Count => Tokens.Length;
     /// <summary>Every node is the child of the one before it (top-k 1, or a tree that kept one path): its tree mask is causal.</summary>
     public bool IsChain { get; }
@@ -27,11 +28,17 @@ public sealed class DraftTree
     DraftTree(int[] tokens, int[] parents, int[] depths)
     {
         Tokens = tokens; Parents = parents; Depths = depths;
-        var kids = new List<int>[tokens.Length];
+        bool chain = true;
+        for (int i = 1; i < parents.Length && chain; i++) chain = parents[i] == i - 1;
+        IsChain = chain;
+    }
+
+    static int[][] BuildChildren(int[] parents)
+    {
+        var kids = new List<int>[parents.Length];
         for (int i = 0; i < kids.Length; i++) kids[i] = [];
-        for (int i = 1; i < tokens.Length; i++) kids[parents[i]].Add(i);   // added in score order (see Build)
-        Children = kids.Select(k => k.ToArray()).ToArray();
-        IsChain = Enumerable.Range(1, tokens.Length - 1).All(i => parents[i] == i - 1);
+        for (int i = 1; i < parents.Length; i++) kids[parents[i]].Add(i);   // added in score order (see Build)
+        return kids.Select(k => k.ToArray()).ToArray();
     }
 
     /// <summary>A tree from explicit arrays (breadth-first: every parent before its children). For tests and tools.</summary>
@@ -78,6 +85,7 @@ public sealed class DraftTree
     internal static DraftTree BuildChain(IDraftSession session, IReadOnlyList<int>? draftToTarget, int root, int rootPosition,
         int length, ref int draftSteps, float minLogProb)
     {
+        if (session is IArrayDraftSession fast) return BuildChain(fast, draftToTarget, root, rootPosition, length, ref draftSteps, minLogProb);
         var tokens = new List<int>(length + 1) { root };
         float score = 0;
         for (int d = 1; d <= length; d++)
@@ -91,6 +99,35 @@ public sealed class DraftTree
         }
         int n = tokens.Count;
         return new DraftTree([.. tokens], Enumerable.Range(-1, n).ToArray(), Enumerable.Range(0, n).ToArray());
+    }
+
+    /// <summary>
+    /// <see cref="BuildChain(IDraftSession, IReadOnlyList{int}?, int, int, int, ref int, float)"/> over an array session,
+    /// allocating only the tree's own three arrays: the inputs live on the stack and the top-1 is read from the session's
+    /// buffer (the same choice as <see cref="TopK"/>: the first maximum).
+    /// </summary>
+    static DraftTree BuildChain(IArrayDraftSession session, IReadOnlyList<int>? draftToTarget, int root, int rootPosition,
+        int length, ref int draftSteps, float minLogProb)
+    {
+        Span<int> chain = stackalloc int[length + 1];
+        Span<int> token = stackalloc int[1], position = stackalloc int[1], parent = stackalloc int[1];
+        chain[0] = root;
+        int n = 1;
+        float score = 0;
+        for (int d = 1; d <= length; d++)
+        {
+            token[0] = chain[d - 1]; position[0] = rootPosition + d - 1; parent[0] = d - 2;
+            var row = session.ExpandToBuffer(token, position, parent);   // [Vd]
+            draftSteps++;
+            int best = 0;
+            for (int v = 1; v < row.Length; v++) if (row[v] > row[best]) best = v;
+            score += row[best];
+            if (!(score >= minLogProb)) break;
+            chain[n++] = draftToTarget is null ? best : draftToTarget[best];
+        }
+        var tokens = chain[..n].ToArray(); var parents = new int[n]; var depths = new int[n];
+        for (int i = 0; i < n; i++) { parents[i] = i - 1; depths[i] = i; }
+        return new DraftTree(tokens, parents, depths);
     }
 
     /// <summary>EAGLE-2's search (see the class summary), any top-k.</summary>
@@ -170,10 +207,10 @@ public sealed class DraftTree
     {
         if (session is IArrayDraftSession fast)
         {
-            var lp = fast.ExpandToArray(tokens, positions, parents);   // [m * Vd]
+            var lp = fast.ExpandToBuffer(tokens, positions, parents);   // [m * Vd], the session's buffer
             int vd = fast.VocabSize, kk = Math.Min(topK, vd), rows = tokens.Length;
             topTokens = new int[rows, kk]; topLogp = new float[rows, kk];
-            for (int i = 0; i < rows; i++) TopK(lp.AsSpan(i * vd, vd), kk, map, topTokens, topLogp, i);
+            for (int i = 0; i < rows; i++) TopK(lp.Slice(i * vd, vd), kk, map, topTokens, topLogp, i);
             return;
         }
         using var scope = NewDisposeScope();
@@ -227,5 +264,10 @@ public sealed class DraftTree
     }
 
     /// <summary>Rotary positions of the nodes: contextLength + depth.</summary>
-    public int[] Positions(int contextLength) => Depths.Select(d => contextLength + d).ToArray();
+    public int[] Positions(int contextLength)
+    {
+        var p = new int[Depths.Length];
+        for (int i = 0; i < p.Length; i++) p[i] = contextLength + Depths[i];
+        return p;
+    }
 }

@@ -81,7 +81,11 @@ public interface IDraftSession : IDisposable
 internal interface IArrayDraftSession
 {
     int VocabSize { get; }
-    float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents);
+    /// <summary>
+    /// <see cref="IDraftSession.Expand"/> into a buffer the session owns and reuses: log-probs [N * VocabSize], valid
+    /// until the session's next Expand (copy what must outlive it). No allocation per draft step.
+    /// </summary>
+    ReadOnlySpan<float> ExpandToBuffer(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents);
     /// <summary><see cref="IDraftSession.Commit"/> from a plain array: <paramref name="hidden"/> is [m * D], row-major.</summary>
     void Commit(ReadOnlySpan<int> tokens, ReadOnlySpan<float> hidden);
 }

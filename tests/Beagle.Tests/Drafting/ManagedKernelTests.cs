@@ -85,7 +85,7 @@ public class ManagedKernelTests
         Assert.Equal(a.Length, b.Length);
         int n = prompt.Length;
         foreach (var (tok, pos, par) in new (int[], int[], int[])[] { ([300], [n], [-1]), ([301], [n + 1], [0]) })
-            Assert.Equal(((IArrayDraftSession)a).ExpandToArray(tok, pos, par), ((IArrayDraftSession)b).ExpandToArray(tok, pos, par));
+            Assert.Equal(((IArrayDraftSession)a).ExpandToBuffer(tok, pos, par).ToArray(), ((IArrayDraftSession)b).ExpandToBuffer(tok, pos, par).ToArray());
         b.EndRound();
         Assert.Throws<ArgumentException>(() => ((IArrayDraftSession)b).Commit([5, 6], new float[target.Config.Dim]));   // 2 tokens, 1 row
     }

@@ -34,7 +34,7 @@ public sealed class OracleDraft(int vocab, IEnumerable<int[]> sequences) : IDraf
         public int VocabSize => d.DraftVocabSize;
         public void Commit(ReadOnlySpan<int> tokens, ReadOnlySpan<float> hidden) => _committed.AddRange(tokens.ToArray());
         public Tensor Expand(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
-            => tensor(ExpandToArray(tokens, positions, parents), [tokens.Length, d.DraftVocabSize]);
+            => tensor(ExpandToBuffer(tokens, positions, parents).ToArray(), [tokens.Length, d.DraftVocabSize]);
 
         readonly List<int> _committed = [];
         readonly List<(int Token, int Parent)> _round = [];
@@ -42,7 +42,7 @@ public sealed class OracleDraft(int vocab, IEnumerable<int[]> sequences) : IDraf
         public bool ConcatDraftStates { get; set; } = true;
         public long StateBytes => 0;
         public void Commit(ReadOnlySpan<int> tokens, Tensor hidden) => _committed.AddRange(tokens.ToArray());
-        public float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
+        public ReadOnlySpan<float> ExpandToBuffer(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
         {
             var logp = new float[tokens.Length * d.DraftVocabSize];
             Array.Fill(logp, MathF.Log(1e-6f / d.DraftVocabSize));

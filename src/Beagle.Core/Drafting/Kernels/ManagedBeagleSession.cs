@@ -52,7 +52,7 @@ internal sealed class ManagedBeagleSession : ManagedSessionBase
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public override float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
+    public override ReadOnlySpan<float> ExpandToBuffer(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
     {
         CheckExpand(tokens, positions, parents, _maxPositions, "Commit the prompt before expanding: the root needs at least one true state");
         int N = tokens.Length, n0 = Length;
@@ -65,12 +65,11 @@ internal sealed class ManagedBeagleSession : ManagedSessionBase
                     ProjectKv(_states.AsSpan(p * _d, _d), Round.Position(p), n0 + Round.AssignSlot(p));
             }
 
-        var output = new float[N * VocabSize];
+        var output = Output(N);
         Span<float> q = stackalloc float[_q];
         Span<float> o = stackalloc float[_q];
         Span<float> hhat = stackalloc float[_d];
         Span<int> extra = stackalloc int[DraftModelBase.MaxRoundNodes];
-        float[] scores = new float[2 * (n0 + DraftModelBase.MaxRoundNodes)];   // two heads\' rows (HeadMajorKv.Attend)
         int first = Round.Add(positions, parents);
         for (int i = 0; i < N; i++)
         {
@@ -84,9 +83,9 @@ internal sealed class ManagedBeagleSession : ManagedSessionBase
             if (ConcatDraftStates)
                 for (int a = parents[i]; a >= 0; a = Round.Parent(a))
                     if (Round.Slot(a) >= 0) extra[ne++] = n0 + Round.Slot(a);
-            _kv.Attend(q, n0, extra[..ne], _g, _scale, scores, o);
+            _kv.Attend(q, n0, extra[..ne], _g, _scale, _scores, o);
             // hhat = y + W2·(silu(gate) * up) over RMSNorm(y), y = e(t) + Wo·o; then the draft's log-probs.
-            ManagedMath.OutputAndLogits(o, _emb.AsSpan(tok * _d, _d), _woT, _w13T, _w2T, _lm, _eps, hhat, output.AsSpan(i * VocabSize, VocabSize));
+            ManagedMath.OutputAndLogits(o, _emb.AsSpan(tok * _d, _d), _woT, _w13T, _w2T, _lm, _eps, hhat, output.Slice(i * VocabSize, VocabSize));
             hhat.CopyTo(_states.AsSpan((first + i) * _d, _d));
         }
         return output;

@@ -71,17 +71,16 @@ internal sealed class ManagedEagle2Session : ManagedSessionBase
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public override float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
+    public override ReadOnlySpan<float> ExpandToBuffer(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
     {
         CheckExpand(tokens, positions, parents, _maxPositions + 1, "Commit the prompt before expanding: the root pairs with the last true feature");
         int N = tokens.Length, e0 = _entries;
-        var output = new float[N * VocabSize];
+        var output = Output(N);
         Span<float> x = stackalloc float[_d];
         Span<float> q = stackalloc float[_q];
         Span<float> o = stackalloc float[_q];
         Span<float> fhat = stackalloc float[_d];
         Span<int> extra = stackalloc int[DraftModelBase.MaxRoundNodes];
-        float[] scores = new float[2 * (e0 + DraftModelBase.MaxRoundNodes)];   // two heads\' rows (HeadMajorKv.Attend)
         int first = Round.Add(positions, parents);
         for (int i = 0; i < N; i++)
         {
@@ -91,9 +90,9 @@ internal sealed class ManagedEagle2Session : ManagedSessionBase
             int ne = 0;
             for (int n = node; n >= 0; n = Round.Parent(n))            // itself and its ancestors
                 if (Round.Slot(n) >= 0) extra[ne++] = e0 + Round.Slot(n);
-            _kv.Attend(q, e0, extra[..ne], _g, _scale, scores, o);
+            _kv.Attend(q, e0, extra[..ne], _g, _scale, _scores, o);
             // fhat = a + W2·(silu(gate) * up) over RMSNorm(a), a = x + Wo·o; then the draft's log-probs.
-            ManagedMath.OutputAndLogits(o, x, _woT, _w13T, _w2T, _lm, _eps, fhat, output.AsSpan(i * VocabSize, VocabSize));
+            ManagedMath.OutputAndLogits(o, x, _woT, _w13T, _w2T, _lm, _eps, fhat, output.Slice(i * VocabSize, VocabSize));
             fhat.CopyTo(_outs.AsSpan(node * _d, _d));
         }
         return output;

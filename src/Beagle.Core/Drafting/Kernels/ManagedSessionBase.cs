@@ -18,7 +18,10 @@ internal abstract class ManagedSessionBase : IDraftSession, IArrayDraftSession
     protected readonly float[] _emb, _woT, _w13T, _w2T, _lm, _cos, _sin;
     /// <summary>capacity + R slots: committed entries, then this round's.</summary>
     protected readonly HeadMajorKv _kv;
+    /// <summary>Attention scratch for HeadMajorKv.Attend: two heads' rows over every slot.</summary>
+    protected readonly float[] _scores;
     readonly int _capacity, _vd;
+    float[] _output = [];   // ExpandToBuffer's result, grown to the widest round seen
 
     protected ManagedSessionBase(DraftConfig c, int capacity, ManagedWeights w)
     {
@@ -29,6 +32,15 @@ internal abstract class ManagedSessionBase : IDraftSession, IArrayDraftSession
         _eps = (float)c.NormEps; _scale = 1f / MathF.Sqrt(_hd);
         (_emb, _woT, _w13T, _w2T, _lm, _cos, _sin) = (w.Emb, w.WoT, w.W13T, w.W2T, w.Lm, w.Cos, w.Sin);   // shared, read-only
         _kv = new HeadMajorKv(_kvh, _hd, capacity + DraftModelBase.MaxRoundNodes);
+        _scores = new float[2 * (capacity + DraftModelBase.MaxRoundNodes)];
+    }
+
+    /// <summary>The output buffer for <paramref name="nodes"/> nodes' log-probs (reused: allocated once per width).</summary>
+    protected Span<float> Output(int nodes)
+    {
+        int n = nodes * _vd;
+        if (_output.Length < n) _output = new float[n];
+        return _output.AsSpan(0, n);
     }
 
     /// <summary>This round's expanded nodes and their draft-state slots.</summary>
@@ -47,7 +59,7 @@ internal abstract class ManagedSessionBase : IDraftSession, IArrayDraftSession
     /// <summary>Appends m accepted positions: tokens [m] and their true states hidden [m * Dim] (validated).</summary>
     protected abstract void CommitRows(ReadOnlySpan<int> tokens, ReadOnlySpan<float> hidden);
 
-    public abstract float[] ExpandToArray(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents);
+    public abstract ReadOnlySpan<float> ExpandToBuffer(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents);
 
     /// <summary>
     /// The protocol checks of an Expand call: something committed, parents and positions valid for the round, roots at
@@ -81,7 +93,7 @@ internal abstract class ManagedSessionBase : IDraftSession, IArrayDraftSession
     }
 
     public Tensor Expand(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> parents)
-        => tensor(ExpandToArray(tokens, positions, parents), [tokens.Length, _vd]);
+        => tensor(ExpandToBuffer(tokens, positions, parents).ToArray(), [tokens.Length, _vd]);   // the tensor owns a copy
 
     public void EndRound() => Round.Clear();
 
