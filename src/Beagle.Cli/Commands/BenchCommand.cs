@@ -37,7 +37,7 @@ public sealed class BenchSettings : ModelSettings
 
     [CommandOption("-t|--temperature <T>")] [Description("0 = greedy (default); > 0 benchmarks sampled decoding (outputs then differ by chance, not compared).")] public float Temperature { get; init; }
     [CommandOption("--top-k <K>")] [Description("Sample among the K most likely tokens (default 0: off).")] public int TopK { get; init; }
-    [CommandOption("--top-p <P>")] [Description("Nucleus sampling mass in (0, 1] (default 1: off).")] public float TopP { get; init; } = 1f;
+    [CommandOption("--top-p <P>")] [Description("Nucleus sampling mass in (0, 1]] (default 1: off).")] public float TopP { get; init; } = 1f;
     [CommandOption("--seed <S>")] [Description("Sampling seed of every generation (default 1).")] public int Seed { get; init; } = 1;
 
     [CommandOption("--json <FILE>")]
