@@ -70,7 +70,17 @@ internal readonly struct HostFloats : IDisposable
     public static HostFloats Of(TorchSharp.torch.Tensor t)
         => t.device_type == TorchSharp.DeviceType.CPU && t.dtype == TorchSharp.torch.ScalarType.Float32 && t.is_contiguous()
             ? new HostFloats(t, null)
-            : new HostFloats(t, t.detach().to(TorchSharp.torch.ScalarType.Float32).cpu().contiguous());
+            : new HostFloats(t, Copy(t));
+
+    /// <summary>
+    /// A contiguous float32 CPU copy. In a dispose scope: the chain's temporaries are otherwise unreferenced while the
+    /// next native call runs, and a garbage collection could finalise (free) one mid-call.
+    /// </summary>
+    static TorchSharp.torch.Tensor Copy(TorchSharp.torch.Tensor t)
+    {
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        return t.detach().to(TorchSharp.torch.ScalarType.Float32).cpu().contiguous().MoveToOuterDisposeScope();
+    }
 
     public ReadOnlySpan<float> Span => System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>((_copy ?? _source).bytes);
 

@@ -7,9 +7,13 @@ using Beagle.Tokenization;
 
 namespace Beagle.Decoding;
 
-/// <summary>The outcome of a calibration: the budget to use, or plain decoding when drafting does not pay here.</summary>
+/// <summary>
+/// The outcome of a calibration: the budget to use, or plain decoding when drafting does not pay here.
+/// <paramref name="AcceptanceLength"/>: tokens per target forward the chosen budget gave in calibration (0 in results
+/// cached before it was recorded).
+/// </summary>
 public sealed record CalibratedBudget(int Tokens, int Depth, int TopK, bool UsePlain, double SpeculativeTokensPerSecond,
-    double PlainTokensPerSecond, string Machine, string Key, DateTime MeasuredUtc, double MinProb = 0)
+    double PlainTokensPerSecond, string Machine, string Key, DateTime MeasuredUtc, double MinProb = 0, double AcceptanceLength = 0)
 {
     public TreeBudget Budget => new(Tokens, Depth, TopK, MinProb);
     public double Speedup => PlainTokensPerSecond <= 0 ? 0 : SpeculativeTokensPerSecond / PlainTokensPerSecond;
@@ -158,9 +162,16 @@ public static class TreeBudgetCalibrator
         // whatever the (noisy) timing said. Without this a useless draft with a confidence floor (it drafts almost
         // nothing, so its rounds cost about one plain step) passed the timing test by chance under load.
         double bestTau = tau[bestIndex].Forwards == 0 ? 0 : (double)tau[bestIndex].Tokens / tau[bestIndex].Forwards;
-        bool usePlain = SpeculativeBenchmark.Median(ratios[best]) < 1.05 || bestTau < MinAcceptance;
-        return new CalibratedBudget(best.Tokens, best.Depth, best.TopK, usePlain, bestTps, plainTps, machine, key, DateTime.UtcNow, best.MinProb);
+        bool usePlain = DecodesPlainly(SpeculativeBenchmark.Median(ratios[best]), bestTau);
+        return new CalibratedBudget(best.Tokens, best.Depth, best.TopK, usePlain, bestTps, plainTps, machine, key, DateTime.UtcNow, best.MinProb, Math.Round(bestTau, 3));
     }
+
+    /// <summary>
+    /// The decision: decode plainly unless the best setting beat plain decoding by more than 5 % (noise) in the median of
+    /// its interleaved ratios, and was accepted at least <see cref="MinAcceptance"/> tokens per target forward.
+    /// </summary>
+    internal static bool DecodesPlainly(double medianRatioToPlain, double acceptanceLength) =>
+        !(medianRatioToPlain >= 1.05) || acceptanceLength < MinAcceptance;
 
 
     static string Machine() => $"{SpeculativeBenchmark.MachineName()}; {TorchSharp.torch.get_num_threads()} threads";

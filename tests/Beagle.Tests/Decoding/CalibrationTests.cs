@@ -5,12 +5,12 @@ using Xunit;
 namespace Beagle.Tests.Decoding;
 
 /// <summary>
-/// The tree-budget calibration decides by measurement. Its two decisions are checked with drafts whose quality is
-/// known independently: a draft that knows the target's greedy continuations (every draft token accepted) must be
-/// chosen, a random one must not (each round would cost at least a plain step and gain nothing). The perfect draft's
-/// margin is wide (several x); the random draft is rejected by its acceptance length, not by timing (with a confidence
-/// floor it drafts almost nothing, so its timing is plain's ± noise). The class runs alone: its measurements should not
-/// share the two cores with other tests.
+/// The tree-budget calibration decides by measurement. What it measures is checked with drafts whose quality is known
+/// independently: a draft that knows the target's greedy continuations has every draft token accepted, a random one
+/// almost none, and a random one is therefore rejected (by its acceptance length, whatever the timing said). The
+/// timing side of the decision is a rule on measured ratios, tested on given numbers: how fast a setting is on this
+/// machine belongs to benchmarks, not to unit tests. The class runs alone: its measurements should not share the two
+/// cores with other tests.
 /// </summary>
 [Collection(TimingCollection.Name)]
 public class CalibrationTests
@@ -28,17 +28,28 @@ public class CalibrationTests
     }
 
     [Fact]
-    public void A_perfect_draft_is_used_and_a_random_one_is_not()
+    public void Calibration_measures_a_perfect_drafts_full_acceptance_and_rejects_a_random_draft_by_its_acceptance()
     {
         var target = TestAssets.Stories; var tok = TestAssets.StoriesTokenizer;
         var good = TreeBudgetCalibrator.Measure(target, tok, Oracle(), maxNewTokens: 24, repeats: 1);
-        Assert.False(good.UsePlain, $"perfect draft rejected: {TreeBudgetCalibrator.Describe(good)}");
-        Assert.True(good.Speedup > 1.3, $"a perfect draft should be clearly faster: {TreeBudgetCalibrator.Describe(good)}");
+        // Every draft token accepted: each round gives its whole depth plus the target's token, except rounds cut by
+        // the 24-token limit (a generation of 24 tokens has at most 23 from rounds), so tau is near Depth + 1.
+        Assert.True(good.AcceptanceLength >= 0.8 * (good.Depth + 1), $"a perfect draft at depth {good.Depth} gave tau {good.AcceptanceLength}: {TreeBudgetCalibrator.Describe(good)}");
 
         using var bad = MarkovDraft.Random(target.Config.VocabSize, seed: 3);
         var r = TreeBudgetCalibrator.Measure(target, tok, bad, maxNewTokens: 24, repeats: 1);
+        Assert.True(r.AcceptanceLength < 1.05, $"a random draft should almost never be accepted: tau {r.AcceptanceLength}");
         Assert.True(r.UsePlain, $"useless draft accepted: {TreeBudgetCalibrator.Describe(r)}");
     }
+
+    [Theory]
+    [InlineData(1.30, 3.0, false)]   // clearly faster and accepted: speculate
+    [InlineData(1.04, 3.0, true)]    // within noise of plain: decode plainly
+    [InlineData(1.05, 3.0, false)]   // the threshold itself counts as paying
+    [InlineData(1.60, 1.04, true)]   // "faster" with almost nothing accepted is noise: decode plainly
+    [InlineData(double.NaN, 3.0, true)]
+    public void The_decision_speculates_only_beyond_noise_and_with_real_acceptance(double ratio, double tau, bool plain)
+        => Assert.Equal(plain, TreeBudgetCalibrator.DecodesPlainly(ratio, tau));
 
     [Fact]
     public void Results_are_cached_per_draft_and_a_corrupt_cache_is_remeasured()

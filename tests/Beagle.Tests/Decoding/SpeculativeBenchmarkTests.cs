@@ -29,6 +29,8 @@ public class SpeculativeBenchmarkTests
         Assert.Equal(Math.Round(r.Methods[1].TokensPerSecond / r.Methods[0].TokensPerSecond, 3), r.Methods[1].Speedup, 2);
         Assert.Equal("4/3/1", r.Methods[1].Tree);
         Assert.True(r.Methods[1].AcceptanceLength >= 1);
+        Assert.Equal(3, r.Methods[1].AcceptanceByDepth.Length);   // reported only when draft rounds ran: speculation did
+        Assert.Empty(r.Methods[0].AcceptanceByDepth);
         Assert.True(r.GreedyOutputsIdentical);
         Assert.Contains(progress, p => p.StartsWith("warming up"));
         Assert.Contains("run 3/3, prompt 2/2", progress);

@@ -307,6 +307,7 @@ public class BeagleMLNetTests
         var rows = Rows(ml, model.Transform(PromptView(ml, Prompts)));
         Assert.Equal(Reference(Prompts), rows.Select(r => r.Completion).ToArray());
         Assert.All(rows, r => Assert.True(r.AcceptanceLength >= 1f));
+        Assert.All(rows, r => Assert.True(r.Speculative && r.DraftRounds > 0, "the fitted draft drafted"));
     }
 
     [Fact]

@@ -31,17 +31,13 @@ public sealed class BeagleEngineTests
         using var cts = new CancellationTokenSource();
         var second = Consume(engine.GenerateAsync("The little dog", Greedy, cancellationToken: cts.Token));
         await WaitUntil(() => engine.QueueDepth == 2);
-        var sw = Stopwatch.StartNew();
         cts.Cancel();
-        var e = await Record.ExceptionAsync(() => second.WaitAsync(TimeSpan.FromSeconds(5)));
-        var elapsed = sw.Elapsed;
+        var e = await Record.ExceptionAsync(() => second);
 
         Assert.IsAssignableFrom<OperationCanceledException>(e);
-        // Not a timing benchmark: a hang guard. The running request holds the worker for up to 30 s, so anything
-        // well below that shows the queued request did not wait for it.
-        Assert.True(elapsed < TimeSpan.FromSeconds(3), $"cancellation took {elapsed.TotalMilliseconds:F0} ms while queued");
+        // The running request still holds the worker (until released below), so the queued one ended without waiting for it.
+        Assert.False(first.IsCompleted);
         Assert.Equal(1, engine.QueueDepth);   // the cancelled request left the count at once
-        Assert.False(first.IsCompleted);      // the running one is untouched
 
         release.Set();
         var text = await first.WaitAsync(TimeSpan.FromSeconds(30));

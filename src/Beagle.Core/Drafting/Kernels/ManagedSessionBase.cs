@@ -81,7 +81,10 @@ internal abstract class ManagedSessionBase : IDraftSession, IArrayDraftSession
     {
         if (tokens.Length == 0) return;
         DraftModelBase.CheckCommit(Round.Count, hidden, tokens.Length, _d, Length, _capacity);
-        using var h = hidden.detach().to(float32).cpu().contiguous();
+        // In a dispose scope: a temporary of the chain (the detached alias) is otherwise unreferenced while the next
+        // native call runs, and a garbage collection then could finalise, and free, it mid-call (a test run crashed so).
+        using var scope = NewDisposeScope();
+        var h = hidden.detach().to(float32).cpu().contiguous();
         CommitRows(tokens, MemoryMarshal.Cast<byte, float>(h.bytes));
     }
 

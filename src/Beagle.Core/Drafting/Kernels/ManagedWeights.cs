@@ -22,5 +22,6 @@ internal sealed record ManagedWeights
     /// <summary>Bytes of every array held (the embedding and LM-head rows are host copies of the target's).</summary>
     public long Bytes => sizeof(float) * new[] { Emb, WoT, W13T, W2T, Lm, Cos, Sin, QTable, WkvT, WfcT, Bfc, WqkvT }.Sum(a => a?.LongLength ?? 0);
 
-    public static float[] Host(Tensor t) { using var x = t.detach().to(float32).cpu().contiguous(); return x.data<float>().ToArray(); }
+    /// <summary>A host copy of a tensor's values (in a dispose scope, so that no temporary of the chain is finalised mid-call).</summary>
+    public static float[] Host(Tensor t) { using var scope = NewDisposeScope(); return t.detach().to(float32).cpu().contiguous().data<float>().ToArray(); }
 }
