@@ -62,7 +62,10 @@ internal sealed class PackedMatrix
     /// <summary>Packs W [K, N] held in a tensor (any layout, dtype or device; copied to contiguous float32 on the host first).</summary>
     public static PackedMatrix FromTensor(Tensor wT)
     {
-        using var host = wT.detach().to(float32).cpu().contiguous();
+        // The chain's intermediate tensors live in the scope until the copy is done: left to the garbage collector, one
+        // could be finalised while a native call still reads it.
+        using var scope = NewDisposeScope();
+        var host = wT.detach().to(float32).cpu().contiguous();
         return new PackedMatrix(Floats(host), (int)host.shape[0], (int)host.shape[1]);
     }
 
