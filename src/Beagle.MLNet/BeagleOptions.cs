@@ -152,12 +152,7 @@ public sealed class BeagleTrainDraftOptions : BeagleEstimatorOptions
     internal Beagle.Training.TrainingOptions ToTrainingOptions(string outputDir, string dataPath, bool checkData = true)
     {
         // The trainer reads files: a known model name becomes its files (the bundled stories5M, or stories260K's).
-        var (target, tokenizer) = (TargetPath, TokenizerPath);
-        if (Beagle.Runtime.DefaultModels.IsKnownName(TargetPath))
-        {
-            var known = Beagle.Runtime.DefaultModels.Resolve(TargetPath);
-            (target, tokenizer) = (known.Model, TokenizerPath ?? known.Tokenizer);
-        }
+        var (target, tokenizer) = Beagle.Runtime.DefaultModels.Files(TargetPath, TokenizerPath);
         return ToTrainingOptions(outputDir, dataPath, checkData, target, tokenizer);
     }
 

@@ -65,12 +65,9 @@ public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueu
         };
         if (string.IsNullOrWhiteSpace(o.TargetPath))
             throw new ArgumentException("TargetPath: the target to train a draft for is required (or register the served model with AddBeagle)", nameof(options));
-        if (Beagle.Runtime.DefaultModels.IsKnownName(o.TargetPath))
-        {
-            // The trainer reads files: a known model (e.g. the default stories5M) becomes its files.
-            var known = Beagle.Runtime.DefaultModels.Resolve(o.TargetPath);
-            o = o with { TargetPath = known.Model, TokenizerPath = o.TokenizerPath ?? known.Tokenizer };
-        }
+        // The trainer reads files: a known model (e.g. the default stories5M) becomes its files.
+        var (model, tokenizer) = Beagle.Runtime.DefaultModels.Files(o.TargetPath, o.TokenizerPath);
+        o = o with { TargetPath = model, TokenizerPath = tokenizer };
         o.Validate();
         lock (_gate)
         {

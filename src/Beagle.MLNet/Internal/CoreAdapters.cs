@@ -17,12 +17,8 @@ internal static class TargetSource
 {
     public static LoadedTarget Load(string targetPath, string? tokenizerPath, string device)
     {
-        if (Beagle.Runtime.DefaultModels.IsKnownName(targetPath))
-        {
-            var known = Beagle.Runtime.DefaultModels.Resolve(targetPath);   // the bundled stories5M, or stories260K from the cache
-            return TargetLoader.Load(known.Model, tokenizerPath ?? known.Tokenizer, DeviceSelector.Resolve(device));
-        }
-        return TargetLoader.Load(targetPath, tokenizerPath, DeviceSelector.Resolve(device));
+        var (model, tokenizer) = Beagle.Runtime.DefaultModels.Files(targetPath, tokenizerPath);   // a known name: its files
+        return TargetLoader.Load(model, tokenizer, DeviceSelector.Resolve(device));
     }
 }
 
