@@ -3,7 +3,7 @@ using Beagle.Drafting;
 namespace Beagle.Decoding;
 
 /// <summary>
-/// Chooses the accepted path of a verified draft tree (beagle-method.md section 3).
+/// Chooses the accepted path of a verified draft tree (docs/method.md, "Verification").
 /// Greedy: the longest root-to-leaf path whose tokens equal the target's argmax, then the target's next token.
 /// Sampling: at each accepted node, try its children best-first; child x is accepted with probability p(x)
 /// (tree tokens are chosen deterministically, so q(x) = 1); on rejection p(x) := 0 and p is renormalised; if every

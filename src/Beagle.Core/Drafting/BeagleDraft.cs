@@ -7,7 +7,7 @@ using F = TorchSharp.torch.nn.functional;
 namespace Beagle.Drafting;
 
 /// <summary>
-/// The Beagle draft (beagle-method.md section 2): one cross-attention block, nothing else.
+/// The Beagle draft (docs/method.md, "The draft"): one cross-attention block, nothing else.
 /// <code>
 /// y_i    = CrossAttn(q = RMSNorm_q(e(t_i)) at position i, kv = RMSNorm_kv(h_j) at positions j &lt; i) + e(t_i)
 /// hhat_i = SwiGLU(RMSNorm_m(y_i)) + y_i          → target LM head → distribution of t_{i+1}

@@ -7,7 +7,7 @@ namespace Beagle.Drafting;
 /// <summary>
 /// Shape of a draft model (Beagle or EAGLE-2). Serialised into <c>draft.json</c> with snake_case names; every field is
 /// bound and checked by <see cref="Validate"/> (style.md, rule 4). <see cref="ForTarget"/> gives the default sizing:
-/// the target's width, head layout and MLP size (beagle-method.md section 2, [ours]).
+/// the target's width, head layout and MLP size (docs/method.md, "The draft", [ours]).
 /// </summary>
 public sealed record DraftConfig
 {

@@ -5,7 +5,7 @@ namespace Beagle.Drafting;
 
 /// <summary>
 /// One round's draft tree, flattened in breadth-first order: node 0 is the root (the pending token), every parent
-/// precedes its children. Built by EAGLE-2's dynamic expansion (beagle-method.md section 3): expand the best
+/// precedes its children. Built by EAGLE-2's dynamic expansion (docs/method.md, "Drafting and the tree"): expand the best
 /// <c>topK</c> frontier nodes by cumulative log-probability, record all their top-k children, keep the best top-k as
 /// the next frontier, repeat <c>depth</c> times; then keep the best <c>tokens - 1</c> recorded nodes (a connected
 /// tree: a child never outscores its parent, and ties prefer the shallower node).

@@ -7,7 +7,7 @@ using F = TorchSharp.torch.nn.functional;
 namespace Beagle.Drafting;
 
 /// <summary>
-/// The EAGLE-2 baseline draft (beagle-method.md section 5):
+/// The EAGLE-2 baseline draft (docs/method.md, "EAGLE-2 baseline"):
 /// <code>
 /// x_j    = fc(concat(e(t_{j+1}), f_j))                     fc: Linear(2D → D, bias)
 /// a_j    = x_j + Wo · SelfAttn(x_{≤j})                      no input norm, RoPE at position j

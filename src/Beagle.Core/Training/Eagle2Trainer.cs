@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 namespace Beagle.Training;
 
 /// <summary>
-/// The EAGLE-2 baseline (beagle-method.md section 5): entry j = (t_{j+1}, f_j) predicts f_{j+1} (and through the LM
+/// The EAGLE-2 baseline (docs/method.md, "EAGLE-2 baseline"): entry j = (t_{j+1}, f_j) predicts f_{j+1} (and through the LM
 /// head t_{j+2}); loss = vloss weight (1.0) × SmoothL1(fhat_j, f_{j+1}) + CE weight (0.1) × soft CE against
 /// softmax(LM head(f_{j+1})), averaged over entries; uniform feature noise (rand - 0.5) × 0.2.
 ///

@@ -6,7 +6,7 @@ using F = TorchSharp.torch.nn.functional;
 namespace Beagle.Training;
 
 /// <summary>
-/// Training losses (beagle-method.md section 4): soft cross-entropy against the target's distribution, the EAGLE
+/// Training losses (docs/method.md, "Two-stage block-attention training"): soft cross-entropy against the target's distribution, the EAGLE
 /// regression loss ("vloss") between draft and true states, and the feature noise.
 /// </summary>
 public static class Losses

@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 namespace Beagle.Training;
 
 /// <summary>
-/// Attention masks of Beagle's two-stage block-attention training (beagle-method.md section 4). All masks are bool,
+/// Attention masks of Beagle's two-stage block-attention training (docs/method.md, "Two-stage block-attention training"). All masks are bool,
 /// true = may attend, rows = queries, columns = keys.
 ///
 /// Indexing. Positions are 0..T-1; token t_q sits at position q and the true state h_j is the target's top state at j

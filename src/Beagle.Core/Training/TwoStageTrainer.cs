@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 namespace Beagle.Training;
 
 /// <summary>
-/// Beagle's Two-Stage Block-Attention Training (beagle-method.md section 4).
+/// Beagle's Two-Stage Block-Attention Training (docs/method.md, "Two-stage block-attention training").
 /// Stage 1: one forward with the inverse block mask; every valid query is trained on its own look-ahead.
 /// Stage 2: s simulated drafting steps over keys [true states ; draft-state slots]; at step i only the offset-i
 /// queries count (weight beta_i = k - i + 1) and their outputs are written into their slots for the later steps.

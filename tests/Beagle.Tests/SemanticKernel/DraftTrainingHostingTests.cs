@@ -15,7 +15,7 @@ using Xunit;
 namespace Beagle.Tests.SemanticKernel;
 
 /// <summary>
-/// The hosted draft-training queue (issue #7). Training is tiny (stories260K, seq-len 64, batch 4, a dozen steps, no
+/// The hosted draft-training queue. Training is tiny (stories260K, seq-len 64, batch 4, a dozen steps, no
 /// evaluation) so each test takes seconds.
 /// </summary>
 public sealed class DraftTrainingHostingTests
