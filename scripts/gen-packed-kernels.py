@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Writes src/Beagle.Core/Compute/PackedKernels.g.cs: the register-blocked kernels of PackedMatrix.
 
-Each kernel multiplies R rows of x by NP adjacent column panels of W (each panel K x 16 floats, contiguous) into
-R x (NP * 16) outputs, keeping every accumulator in a register for the whole k loop. The C# JIT only keeps values in
-registers when they are separate locals, so every (R, NP) variant is spelled out; this script writes them all.
+Each kernel multiplies R rows of x by one column panel of W (K x 16 floats, contiguous) into R x 16 outputs, keeping
+every accumulator in a register for the whole k loop. The C# JIT only keeps values in registers when
+they are separate locals (and a kernel only when it is not inlined into a larger method), so every row count is
+spelled out; this script writes them all.
 
 Every kernel sums each output over k in the same order (one fused multiply-add per k, starting from the addend or 0),
 so a row's result does not depend on the kernel, the row block or the panel group it falls in (batch invariance).
@@ -12,47 +13,39 @@ Run: python3 scripts/gen-packed-kernels.py  (then commit the generated file).
 """
 import os
 
-# (vector type, floats per vector, vectors per 16-float panel, variants (R, NP))
+# (vector type, floats per vector, vectors per 16-float panel, row counts). One panel per pass: measured on Zen 4
+# (stories5M shapes, one thread) against 2 and 4 panels per pass, one panel won at every row count, one row included
+# (one sequential stream per pass: 1 row 0.49-0.52 ms per token's products, 4 panels 0.65, 4 panels interleaved per k
+# 0.83-0.91), and 12 rows x 1 panel matched 12 x 2.
 FLAVOURS = {
-    # AVX-512: 32 registers; a panel is one vector; up to 12 rows (12 accumulators). Measured on Zen 4 (stories5M
-    # shapes, one thread): one panel per pass beat 2 and 4 panels at every row count, one row included (one
-    # sequential stream per pass: 1 row x 1 panel 0.49-0.52 ms per token's products, 1 x 4 panels 0.65, 1 x 4 with
-    # the panels interleaved per k 0.83-0.91), and 12 x 1 matched 12 x 2.
-    "512": ("Vector512", 16, 1, [(r, 1) for r in range(1, 13)]),
+    # AVX-512: 32 registers; a panel is one vector; up to 12 rows (12 accumulators).
+    "512": ("Vector512", 16, 1, range(1, 13)),
     # AVX2 (or anything else): 16 registers; a panel is two vectors; up to 6 rows (12 accumulators).
-    "256": ("Vector256", 8, 2, [(r, 1) for r in range(1, 7)]),
+    "256": ("Vector256", 8, 2, range(1, 7)),
 }
 
-def kernel(vt, lanes, per_panel, R, NP):
-    name = f"K{vt[6:]}_{R}x{NP}"
-    acc = [[f"a{r}_{p}_{v}" for p in range(NP) for v in range(per_panel)] for r in range(R)]
+def kernel(vt, lanes, per_panel, R):
+    """R rows of x times one panel: accumulator a{r}_{v} holds row r's columns [v * lanes, (v + 1) * lanes)."""
+    name = f"K{vt[6:]}_{R}"
+    acc = [[f"a{r}_{v}" for v in range(per_panel)] for r in range(R)]
     out = []
     out.append("    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]")
-    out.append(f"    static void {name}(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)")
+    out.append(f"    static void {name}(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)")
     out.append("    {")
-    decl = []
-    for r in range(R):
-        for p in range(NP):
-            for v in range(per_panel):
-                off = f"{r} * ld + {p * 16 + v * lanes}"
-                decl.append(f"{acc[r][p * per_panel + v]} = acc ? {vt}.LoadUnsafe(ref y, {off}) : default")
+    decl = [f"{acc[r][v]} = acc ? {vt}.LoadUnsafe(ref y, {r} * ld + {v * lanes}) : default" for r in range(R) for v in range(per_panel)]
     out.append(f"        {vt}<float> " + ", ".join(decl) + ";")
     out.append("        for (nuint k = 0; k < K; k++)")
     out.append("        {")
-    for p in range(NP):
-        for v in range(per_panel):
-            out.append(f"            var w{p}_{v} = {vt}.LoadUnsafe(ref w, {p} * panelStride + k * 16 + {v * lanes});")
+    for v in range(per_panel):
+        out.append(f"            var w{v} = {vt}.LoadUnsafe(ref w, k * 16 + {v * lanes});")
     for r in range(R):
         out.append(f"            var x{r} = {vt}.Create(Unsafe.Add(ref x, {r} * K + k));")
-        for p in range(NP):
-            for v in range(per_panel):
-                a = acc[r][p * per_panel + v]
-                out.append(f"            {a} = {vt}.FusedMultiplyAdd(x{r}, w{p}_{v}, {a});")
+        for v in range(per_panel):
+            out.append(f"            {acc[r][v]} = {vt}.FusedMultiplyAdd(x{r}, w{v}, {acc[r][v]});")
     out.append("        }")
     for r in range(R):
-        for p in range(NP):
-            for v in range(per_panel):
-                out.append(f"        {acc[r][p * per_panel + v]}.StoreUnsafe(ref y, {r} * ld + {p * 16 + v * lanes});")
+        for v in range(per_panel):
+            out.append(f"        {acc[r][v]}.StoreUnsafe(ref y, {r} * ld + {v * lanes});")
     out.append("    }")
     out.append("")
     return name, "\n".join(out)
@@ -60,10 +53,10 @@ def kernel(vt, lanes, per_panel, R, NP):
 def main():
     body, table = [], {}
     for key, (vt, lanes, per_panel, variants) in FLAVOURS.items():
-        for R, NP in variants:
-            name, code = kernel(vt, lanes, per_panel, R, NP)
+        for R in variants:
+            name, code = kernel(vt, lanes, per_panel, R)
             body.append(code)
-            table[(key, R, NP)] = name
+            table[(key, R)] = name
     lines = [
         "// <auto-generated> by scripts/gen-packed-kernels.py: do not edit by hand. </auto-generated>",
         "using System.Runtime.CompilerServices;",
@@ -77,13 +70,13 @@ def main():
     ]
     for key in FLAVOURS:
         vt, lanes, per_panel, variants = FLAVOURS[key]
-        lines.append(f"    /// <summary>R rows (1..{max(r for r, _ in variants)}) times NP panels with {vt}; false when no such variant exists.</summary>")
-        lines.append(f"    public static bool Run{key}(int R, int NP, ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)")
+        lines.append(f"    /// <summary>R rows (1..{max(variants)}) times one panel with {vt}; false when R is outside that range.</summary>")
+        lines.append(f"    public static bool Run{key}(int R, ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)")
         lines.append("    {")
-        lines.append("        switch (R * 8 + NP)")
+        lines.append("        switch (R)")
         lines.append("        {")
-        for R, NP in variants:
-            lines.append(f"            case {R * 8 + NP}: {table[(key, R, NP)]}(ref x, K, ref w, panelStride, ref y, ld, acc); return true;")
+        for R in variants:
+            lines.append(f"            case {R}: {table[(key, R)]}(ref x, K, ref w, ref y, ld, acc); return true;")
         lines.append("            default: return false;")
         lines.append("        }")
         lines.append("    }")

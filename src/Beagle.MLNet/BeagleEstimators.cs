@@ -24,8 +24,7 @@ public sealed class BeagleGenerateEstimator : IEstimator<BeagleTransformer>
     {
         ArgumentNullException.ThrowIfNull(input);
         SchemaChecks.CheckPrompt(input.Schema, _options.InputColumnName);
-        var draftPath = _options.DraftPath
-            ?? (_options.UseBundledDraft && Beagle.Runtime.DefaultModels.IsKnownName(_options.TargetPath) ? Beagle.Runtime.DefaultModels.BundledDraft(_options.TargetPath) : null);
+        var draftPath = Beagle.Runtime.DefaultModels.DraftFor(_options.TargetPath, _options.DraftPath, _options.UseBundledDraft);
         var draft = draftPath is null ? new Dictionary<string, byte[]>() : BeagleRuntime.ReadFiles(draftPath);
         return BeaglePipeline.Build(_ml, input, _options, draft, draftPath ?? "", "generate");
     }

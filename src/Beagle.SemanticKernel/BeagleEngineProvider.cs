@@ -81,15 +81,9 @@ public sealed class BeagleEngineProvider : IAsyncDisposable, IDisposable
     {
         var device = DeviceSelector.Resolve(o.Device);
         LoadedTarget target;
-        string targetPath = o.TargetPath;
-        string? tokenizerPath = o.TokenizerPath, draftPath = o.DraftPath;
-        if (DefaultModels.IsKnownName(o.TargetPath))
-        {
-            // A known model: the bundled stories5M or stories260K (cache/download), with its bundled Beagle draft.
-            var known = DefaultModels.Resolve(o.TargetPath);
-            (targetPath, tokenizerPath) = (known.Model, o.TokenizerPath ?? known.Tokenizer);
-            if (o.UseBundledDraft) draftPath ??= DefaultModels.BundledDraft(known.Name, "beagle");
-        }
+        // A known model (the bundled stories5M, or stories260K from the cache) becomes its files and its bundled draft.
+        var (targetPath, tokenizerPath) = DefaultModels.Files(o.TargetPath, o.TokenizerPath);
+        var draftPath = DefaultModels.DraftFor(o.TargetPath, o.DraftPath, o.UseBundledDraft);
         // The loader's messages name the file; prefix the setting that named it (same exception types).
         try { target = TargetLoader.Load(targetPath, tokenizerPath, device); }
         catch (FileNotFoundException e) { throw new FileNotFoundException($"{Setting(o, e.FileName)}: {e.Message}", e.FileName, e); }

@@ -7,565 +7,565 @@ namespace Beagle.Compute;
 /// <summary>The register-blocked kernels behind <see cref="PackedMatrix"/> (see the generator for what each does).</summary>
 static class PackedKernels
 {
-    /// <summary>R rows (1..12) times NP panels with Vector512; false when no such variant exists.</summary>
-    public static bool Run512(int R, int NP, ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    /// <summary>R rows (1..12) times one panel with Vector512; false when R is outside that range.</summary>
+    public static bool Run512(int R, ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        switch (R * 8 + NP)
+        switch (R)
         {
-            case 9: K512_1x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 17: K512_2x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 25: K512_3x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 33: K512_4x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 41: K512_5x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 49: K512_6x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 57: K512_7x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 65: K512_8x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 73: K512_9x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 81: K512_10x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 89: K512_11x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 97: K512_12x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
+            case 1: K512_1(ref x, K, ref w, ref y, ld, acc); return true;
+            case 2: K512_2(ref x, K, ref w, ref y, ld, acc); return true;
+            case 3: K512_3(ref x, K, ref w, ref y, ld, acc); return true;
+            case 4: K512_4(ref x, K, ref w, ref y, ld, acc); return true;
+            case 5: K512_5(ref x, K, ref w, ref y, ld, acc); return true;
+            case 6: K512_6(ref x, K, ref w, ref y, ld, acc); return true;
+            case 7: K512_7(ref x, K, ref w, ref y, ld, acc); return true;
+            case 8: K512_8(ref x, K, ref w, ref y, ld, acc); return true;
+            case 9: K512_9(ref x, K, ref w, ref y, ld, acc); return true;
+            case 10: K512_10(ref x, K, ref w, ref y, ld, acc); return true;
+            case 11: K512_11(ref x, K, ref w, ref y, ld, acc); return true;
+            case 12: K512_12(ref x, K, ref w, ref y, ld, acc); return true;
             default: return false;
         }
     }
 
-    /// <summary>R rows (1..6) times NP panels with Vector256; false when no such variant exists.</summary>
-    public static bool Run256(int R, int NP, ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    /// <summary>R rows (1..6) times one panel with Vector256; false when R is outside that range.</summary>
+    public static bool Run256(int R, ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        switch (R * 8 + NP)
+        switch (R)
         {
-            case 9: K256_1x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 17: K256_2x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 25: K256_3x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 33: K256_4x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 41: K256_5x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
-            case 49: K256_6x1(ref x, K, ref w, panelStride, ref y, ld, acc); return true;
+            case 1: K256_1(ref x, K, ref w, ref y, ld, acc); return true;
+            case 2: K256_2(ref x, K, ref w, ref y, ld, acc); return true;
+            case 3: K256_3(ref x, K, ref w, ref y, ld, acc); return true;
+            case 4: K256_4(ref x, K, ref w, ref y, ld, acc); return true;
+            case 5: K256_5(ref x, K, ref w, ref y, ld, acc); return true;
+            case 6: K256_6(ref x, K, ref w, ref y, ld, acc); return true;
             default: return false;
         }
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K512_1x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K512_1(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector512<float> a0_0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default;
+        Vector512<float> a0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector512.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
+            var w0 = Vector512.LoadUnsafe(ref w, k * 16 + 0);
             var x0 = Vector512.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector512.FusedMultiplyAdd(x0, w0_0, a0_0_0);
+            a0_0 = Vector512.FusedMultiplyAdd(x0, w0, a0_0);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K512_2x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K512_2(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector512<float> a0_0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default;
+        Vector512<float> a0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector512.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
+            var w0 = Vector512.LoadUnsafe(ref w, k * 16 + 0);
             var x0 = Vector512.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector512.FusedMultiplyAdd(x0, w0_0, a0_0_0);
+            a0_0 = Vector512.FusedMultiplyAdd(x0, w0, a0_0);
             var x1 = Vector512.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector512.FusedMultiplyAdd(x1, w0_0, a1_0_0);
+            a1_0 = Vector512.FusedMultiplyAdd(x1, w0, a1_0);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K512_3x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K512_3(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector512<float> a0_0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default;
+        Vector512<float> a0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector512.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
+            var w0 = Vector512.LoadUnsafe(ref w, k * 16 + 0);
             var x0 = Vector512.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector512.FusedMultiplyAdd(x0, w0_0, a0_0_0);
+            a0_0 = Vector512.FusedMultiplyAdd(x0, w0, a0_0);
             var x1 = Vector512.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector512.FusedMultiplyAdd(x1, w0_0, a1_0_0);
+            a1_0 = Vector512.FusedMultiplyAdd(x1, w0, a1_0);
             var x2 = Vector512.Create(Unsafe.Add(ref x, 2 * K + k));
-            a2_0_0 = Vector512.FusedMultiplyAdd(x2, w0_0, a2_0_0);
+            a2_0 = Vector512.FusedMultiplyAdd(x2, w0, a2_0);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
-        a2_0_0.StoreUnsafe(ref y, 2 * ld + 0);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a2_0.StoreUnsafe(ref y, 2 * ld + 0);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K512_4x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K512_4(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector512<float> a0_0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default;
+        Vector512<float> a0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector512.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
+            var w0 = Vector512.LoadUnsafe(ref w, k * 16 + 0);
             var x0 = Vector512.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector512.FusedMultiplyAdd(x0, w0_0, a0_0_0);
+            a0_0 = Vector512.FusedMultiplyAdd(x0, w0, a0_0);
             var x1 = Vector512.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector512.FusedMultiplyAdd(x1, w0_0, a1_0_0);
+            a1_0 = Vector512.FusedMultiplyAdd(x1, w0, a1_0);
             var x2 = Vector512.Create(Unsafe.Add(ref x, 2 * K + k));
-            a2_0_0 = Vector512.FusedMultiplyAdd(x2, w0_0, a2_0_0);
+            a2_0 = Vector512.FusedMultiplyAdd(x2, w0, a2_0);
             var x3 = Vector512.Create(Unsafe.Add(ref x, 3 * K + k));
-            a3_0_0 = Vector512.FusedMultiplyAdd(x3, w0_0, a3_0_0);
+            a3_0 = Vector512.FusedMultiplyAdd(x3, w0, a3_0);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
-        a2_0_0.StoreUnsafe(ref y, 2 * ld + 0);
-        a3_0_0.StoreUnsafe(ref y, 3 * ld + 0);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a2_0.StoreUnsafe(ref y, 2 * ld + 0);
+        a3_0.StoreUnsafe(ref y, 3 * ld + 0);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K512_5x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K512_5(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector512<float> a0_0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default;
+        Vector512<float> a0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector512.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
+            var w0 = Vector512.LoadUnsafe(ref w, k * 16 + 0);
             var x0 = Vector512.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector512.FusedMultiplyAdd(x0, w0_0, a0_0_0);
+            a0_0 = Vector512.FusedMultiplyAdd(x0, w0, a0_0);
             var x1 = Vector512.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector512.FusedMultiplyAdd(x1, w0_0, a1_0_0);
+            a1_0 = Vector512.FusedMultiplyAdd(x1, w0, a1_0);
             var x2 = Vector512.Create(Unsafe.Add(ref x, 2 * K + k));
-            a2_0_0 = Vector512.FusedMultiplyAdd(x2, w0_0, a2_0_0);
+            a2_0 = Vector512.FusedMultiplyAdd(x2, w0, a2_0);
             var x3 = Vector512.Create(Unsafe.Add(ref x, 3 * K + k));
-            a3_0_0 = Vector512.FusedMultiplyAdd(x3, w0_0, a3_0_0);
+            a3_0 = Vector512.FusedMultiplyAdd(x3, w0, a3_0);
             var x4 = Vector512.Create(Unsafe.Add(ref x, 4 * K + k));
-            a4_0_0 = Vector512.FusedMultiplyAdd(x4, w0_0, a4_0_0);
+            a4_0 = Vector512.FusedMultiplyAdd(x4, w0, a4_0);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
-        a2_0_0.StoreUnsafe(ref y, 2 * ld + 0);
-        a3_0_0.StoreUnsafe(ref y, 3 * ld + 0);
-        a4_0_0.StoreUnsafe(ref y, 4 * ld + 0);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a2_0.StoreUnsafe(ref y, 2 * ld + 0);
+        a3_0.StoreUnsafe(ref y, 3 * ld + 0);
+        a4_0.StoreUnsafe(ref y, 4 * ld + 0);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K512_6x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K512_6(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector512<float> a0_0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default, a5_0_0 = acc ? Vector512.LoadUnsafe(ref y, 5 * ld + 0) : default;
+        Vector512<float> a0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default, a5_0 = acc ? Vector512.LoadUnsafe(ref y, 5 * ld + 0) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector512.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
+            var w0 = Vector512.LoadUnsafe(ref w, k * 16 + 0);
             var x0 = Vector512.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector512.FusedMultiplyAdd(x0, w0_0, a0_0_0);
+            a0_0 = Vector512.FusedMultiplyAdd(x0, w0, a0_0);
             var x1 = Vector512.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector512.FusedMultiplyAdd(x1, w0_0, a1_0_0);
+            a1_0 = Vector512.FusedMultiplyAdd(x1, w0, a1_0);
             var x2 = Vector512.Create(Unsafe.Add(ref x, 2 * K + k));
-            a2_0_0 = Vector512.FusedMultiplyAdd(x2, w0_0, a2_0_0);
+            a2_0 = Vector512.FusedMultiplyAdd(x2, w0, a2_0);
             var x3 = Vector512.Create(Unsafe.Add(ref x, 3 * K + k));
-            a3_0_0 = Vector512.FusedMultiplyAdd(x3, w0_0, a3_0_0);
+            a3_0 = Vector512.FusedMultiplyAdd(x3, w0, a3_0);
             var x4 = Vector512.Create(Unsafe.Add(ref x, 4 * K + k));
-            a4_0_0 = Vector512.FusedMultiplyAdd(x4, w0_0, a4_0_0);
+            a4_0 = Vector512.FusedMultiplyAdd(x4, w0, a4_0);
             var x5 = Vector512.Create(Unsafe.Add(ref x, 5 * K + k));
-            a5_0_0 = Vector512.FusedMultiplyAdd(x5, w0_0, a5_0_0);
+            a5_0 = Vector512.FusedMultiplyAdd(x5, w0, a5_0);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
-        a2_0_0.StoreUnsafe(ref y, 2 * ld + 0);
-        a3_0_0.StoreUnsafe(ref y, 3 * ld + 0);
-        a4_0_0.StoreUnsafe(ref y, 4 * ld + 0);
-        a5_0_0.StoreUnsafe(ref y, 5 * ld + 0);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a2_0.StoreUnsafe(ref y, 2 * ld + 0);
+        a3_0.StoreUnsafe(ref y, 3 * ld + 0);
+        a4_0.StoreUnsafe(ref y, 4 * ld + 0);
+        a5_0.StoreUnsafe(ref y, 5 * ld + 0);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K512_7x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K512_7(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector512<float> a0_0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default, a5_0_0 = acc ? Vector512.LoadUnsafe(ref y, 5 * ld + 0) : default, a6_0_0 = acc ? Vector512.LoadUnsafe(ref y, 6 * ld + 0) : default;
+        Vector512<float> a0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default, a5_0 = acc ? Vector512.LoadUnsafe(ref y, 5 * ld + 0) : default, a6_0 = acc ? Vector512.LoadUnsafe(ref y, 6 * ld + 0) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector512.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
+            var w0 = Vector512.LoadUnsafe(ref w, k * 16 + 0);
             var x0 = Vector512.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector512.FusedMultiplyAdd(x0, w0_0, a0_0_0);
+            a0_0 = Vector512.FusedMultiplyAdd(x0, w0, a0_0);
             var x1 = Vector512.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector512.FusedMultiplyAdd(x1, w0_0, a1_0_0);
+            a1_0 = Vector512.FusedMultiplyAdd(x1, w0, a1_0);
             var x2 = Vector512.Create(Unsafe.Add(ref x, 2 * K + k));
-            a2_0_0 = Vector512.FusedMultiplyAdd(x2, w0_0, a2_0_0);
+            a2_0 = Vector512.FusedMultiplyAdd(x2, w0, a2_0);
             var x3 = Vector512.Create(Unsafe.Add(ref x, 3 * K + k));
-            a3_0_0 = Vector512.FusedMultiplyAdd(x3, w0_0, a3_0_0);
+            a3_0 = Vector512.FusedMultiplyAdd(x3, w0, a3_0);
             var x4 = Vector512.Create(Unsafe.Add(ref x, 4 * K + k));
-            a4_0_0 = Vector512.FusedMultiplyAdd(x4, w0_0, a4_0_0);
+            a4_0 = Vector512.FusedMultiplyAdd(x4, w0, a4_0);
             var x5 = Vector512.Create(Unsafe.Add(ref x, 5 * K + k));
-            a5_0_0 = Vector512.FusedMultiplyAdd(x5, w0_0, a5_0_0);
+            a5_0 = Vector512.FusedMultiplyAdd(x5, w0, a5_0);
             var x6 = Vector512.Create(Unsafe.Add(ref x, 6 * K + k));
-            a6_0_0 = Vector512.FusedMultiplyAdd(x6, w0_0, a6_0_0);
+            a6_0 = Vector512.FusedMultiplyAdd(x6, w0, a6_0);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
-        a2_0_0.StoreUnsafe(ref y, 2 * ld + 0);
-        a3_0_0.StoreUnsafe(ref y, 3 * ld + 0);
-        a4_0_0.StoreUnsafe(ref y, 4 * ld + 0);
-        a5_0_0.StoreUnsafe(ref y, 5 * ld + 0);
-        a6_0_0.StoreUnsafe(ref y, 6 * ld + 0);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a2_0.StoreUnsafe(ref y, 2 * ld + 0);
+        a3_0.StoreUnsafe(ref y, 3 * ld + 0);
+        a4_0.StoreUnsafe(ref y, 4 * ld + 0);
+        a5_0.StoreUnsafe(ref y, 5 * ld + 0);
+        a6_0.StoreUnsafe(ref y, 6 * ld + 0);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K512_8x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K512_8(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector512<float> a0_0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default, a5_0_0 = acc ? Vector512.LoadUnsafe(ref y, 5 * ld + 0) : default, a6_0_0 = acc ? Vector512.LoadUnsafe(ref y, 6 * ld + 0) : default, a7_0_0 = acc ? Vector512.LoadUnsafe(ref y, 7 * ld + 0) : default;
+        Vector512<float> a0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default, a5_0 = acc ? Vector512.LoadUnsafe(ref y, 5 * ld + 0) : default, a6_0 = acc ? Vector512.LoadUnsafe(ref y, 6 * ld + 0) : default, a7_0 = acc ? Vector512.LoadUnsafe(ref y, 7 * ld + 0) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector512.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
+            var w0 = Vector512.LoadUnsafe(ref w, k * 16 + 0);
             var x0 = Vector512.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector512.FusedMultiplyAdd(x0, w0_0, a0_0_0);
+            a0_0 = Vector512.FusedMultiplyAdd(x0, w0, a0_0);
             var x1 = Vector512.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector512.FusedMultiplyAdd(x1, w0_0, a1_0_0);
+            a1_0 = Vector512.FusedMultiplyAdd(x1, w0, a1_0);
             var x2 = Vector512.Create(Unsafe.Add(ref x, 2 * K + k));
-            a2_0_0 = Vector512.FusedMultiplyAdd(x2, w0_0, a2_0_0);
+            a2_0 = Vector512.FusedMultiplyAdd(x2, w0, a2_0);
             var x3 = Vector512.Create(Unsafe.Add(ref x, 3 * K + k));
-            a3_0_0 = Vector512.FusedMultiplyAdd(x3, w0_0, a3_0_0);
+            a3_0 = Vector512.FusedMultiplyAdd(x3, w0, a3_0);
             var x4 = Vector512.Create(Unsafe.Add(ref x, 4 * K + k));
-            a4_0_0 = Vector512.FusedMultiplyAdd(x4, w0_0, a4_0_0);
+            a4_0 = Vector512.FusedMultiplyAdd(x4, w0, a4_0);
             var x5 = Vector512.Create(Unsafe.Add(ref x, 5 * K + k));
-            a5_0_0 = Vector512.FusedMultiplyAdd(x5, w0_0, a5_0_0);
+            a5_0 = Vector512.FusedMultiplyAdd(x5, w0, a5_0);
             var x6 = Vector512.Create(Unsafe.Add(ref x, 6 * K + k));
-            a6_0_0 = Vector512.FusedMultiplyAdd(x6, w0_0, a6_0_0);
+            a6_0 = Vector512.FusedMultiplyAdd(x6, w0, a6_0);
             var x7 = Vector512.Create(Unsafe.Add(ref x, 7 * K + k));
-            a7_0_0 = Vector512.FusedMultiplyAdd(x7, w0_0, a7_0_0);
+            a7_0 = Vector512.FusedMultiplyAdd(x7, w0, a7_0);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
-        a2_0_0.StoreUnsafe(ref y, 2 * ld + 0);
-        a3_0_0.StoreUnsafe(ref y, 3 * ld + 0);
-        a4_0_0.StoreUnsafe(ref y, 4 * ld + 0);
-        a5_0_0.StoreUnsafe(ref y, 5 * ld + 0);
-        a6_0_0.StoreUnsafe(ref y, 6 * ld + 0);
-        a7_0_0.StoreUnsafe(ref y, 7 * ld + 0);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a2_0.StoreUnsafe(ref y, 2 * ld + 0);
+        a3_0.StoreUnsafe(ref y, 3 * ld + 0);
+        a4_0.StoreUnsafe(ref y, 4 * ld + 0);
+        a5_0.StoreUnsafe(ref y, 5 * ld + 0);
+        a6_0.StoreUnsafe(ref y, 6 * ld + 0);
+        a7_0.StoreUnsafe(ref y, 7 * ld + 0);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K512_9x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K512_9(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector512<float> a0_0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default, a5_0_0 = acc ? Vector512.LoadUnsafe(ref y, 5 * ld + 0) : default, a6_0_0 = acc ? Vector512.LoadUnsafe(ref y, 6 * ld + 0) : default, a7_0_0 = acc ? Vector512.LoadUnsafe(ref y, 7 * ld + 0) : default, a8_0_0 = acc ? Vector512.LoadUnsafe(ref y, 8 * ld + 0) : default;
+        Vector512<float> a0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default, a5_0 = acc ? Vector512.LoadUnsafe(ref y, 5 * ld + 0) : default, a6_0 = acc ? Vector512.LoadUnsafe(ref y, 6 * ld + 0) : default, a7_0 = acc ? Vector512.LoadUnsafe(ref y, 7 * ld + 0) : default, a8_0 = acc ? Vector512.LoadUnsafe(ref y, 8 * ld + 0) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector512.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
+            var w0 = Vector512.LoadUnsafe(ref w, k * 16 + 0);
             var x0 = Vector512.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector512.FusedMultiplyAdd(x0, w0_0, a0_0_0);
+            a0_0 = Vector512.FusedMultiplyAdd(x0, w0, a0_0);
             var x1 = Vector512.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector512.FusedMultiplyAdd(x1, w0_0, a1_0_0);
+            a1_0 = Vector512.FusedMultiplyAdd(x1, w0, a1_0);
             var x2 = Vector512.Create(Unsafe.Add(ref x, 2 * K + k));
-            a2_0_0 = Vector512.FusedMultiplyAdd(x2, w0_0, a2_0_0);
+            a2_0 = Vector512.FusedMultiplyAdd(x2, w0, a2_0);
             var x3 = Vector512.Create(Unsafe.Add(ref x, 3 * K + k));
-            a3_0_0 = Vector512.FusedMultiplyAdd(x3, w0_0, a3_0_0);
+            a3_0 = Vector512.FusedMultiplyAdd(x3, w0, a3_0);
             var x4 = Vector512.Create(Unsafe.Add(ref x, 4 * K + k));
-            a4_0_0 = Vector512.FusedMultiplyAdd(x4, w0_0, a4_0_0);
+            a4_0 = Vector512.FusedMultiplyAdd(x4, w0, a4_0);
             var x5 = Vector512.Create(Unsafe.Add(ref x, 5 * K + k));
-            a5_0_0 = Vector512.FusedMultiplyAdd(x5, w0_0, a5_0_0);
+            a5_0 = Vector512.FusedMultiplyAdd(x5, w0, a5_0);
             var x6 = Vector512.Create(Unsafe.Add(ref x, 6 * K + k));
-            a6_0_0 = Vector512.FusedMultiplyAdd(x6, w0_0, a6_0_0);
+            a6_0 = Vector512.FusedMultiplyAdd(x6, w0, a6_0);
             var x7 = Vector512.Create(Unsafe.Add(ref x, 7 * K + k));
-            a7_0_0 = Vector512.FusedMultiplyAdd(x7, w0_0, a7_0_0);
+            a7_0 = Vector512.FusedMultiplyAdd(x7, w0, a7_0);
             var x8 = Vector512.Create(Unsafe.Add(ref x, 8 * K + k));
-            a8_0_0 = Vector512.FusedMultiplyAdd(x8, w0_0, a8_0_0);
+            a8_0 = Vector512.FusedMultiplyAdd(x8, w0, a8_0);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
-        a2_0_0.StoreUnsafe(ref y, 2 * ld + 0);
-        a3_0_0.StoreUnsafe(ref y, 3 * ld + 0);
-        a4_0_0.StoreUnsafe(ref y, 4 * ld + 0);
-        a5_0_0.StoreUnsafe(ref y, 5 * ld + 0);
-        a6_0_0.StoreUnsafe(ref y, 6 * ld + 0);
-        a7_0_0.StoreUnsafe(ref y, 7 * ld + 0);
-        a8_0_0.StoreUnsafe(ref y, 8 * ld + 0);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a2_0.StoreUnsafe(ref y, 2 * ld + 0);
+        a3_0.StoreUnsafe(ref y, 3 * ld + 0);
+        a4_0.StoreUnsafe(ref y, 4 * ld + 0);
+        a5_0.StoreUnsafe(ref y, 5 * ld + 0);
+        a6_0.StoreUnsafe(ref y, 6 * ld + 0);
+        a7_0.StoreUnsafe(ref y, 7 * ld + 0);
+        a8_0.StoreUnsafe(ref y, 8 * ld + 0);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K512_10x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K512_10(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector512<float> a0_0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default, a5_0_0 = acc ? Vector512.LoadUnsafe(ref y, 5 * ld + 0) : default, a6_0_0 = acc ? Vector512.LoadUnsafe(ref y, 6 * ld + 0) : default, a7_0_0 = acc ? Vector512.LoadUnsafe(ref y, 7 * ld + 0) : default, a8_0_0 = acc ? Vector512.LoadUnsafe(ref y, 8 * ld + 0) : default, a9_0_0 = acc ? Vector512.LoadUnsafe(ref y, 9 * ld + 0) : default;
+        Vector512<float> a0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default, a5_0 = acc ? Vector512.LoadUnsafe(ref y, 5 * ld + 0) : default, a6_0 = acc ? Vector512.LoadUnsafe(ref y, 6 * ld + 0) : default, a7_0 = acc ? Vector512.LoadUnsafe(ref y, 7 * ld + 0) : default, a8_0 = acc ? Vector512.LoadUnsafe(ref y, 8 * ld + 0) : default, a9_0 = acc ? Vector512.LoadUnsafe(ref y, 9 * ld + 0) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector512.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
+            var w0 = Vector512.LoadUnsafe(ref w, k * 16 + 0);
             var x0 = Vector512.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector512.FusedMultiplyAdd(x0, w0_0, a0_0_0);
+            a0_0 = Vector512.FusedMultiplyAdd(x0, w0, a0_0);
             var x1 = Vector512.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector512.FusedMultiplyAdd(x1, w0_0, a1_0_0);
+            a1_0 = Vector512.FusedMultiplyAdd(x1, w0, a1_0);
             var x2 = Vector512.Create(Unsafe.Add(ref x, 2 * K + k));
-            a2_0_0 = Vector512.FusedMultiplyAdd(x2, w0_0, a2_0_0);
+            a2_0 = Vector512.FusedMultiplyAdd(x2, w0, a2_0);
             var x3 = Vector512.Create(Unsafe.Add(ref x, 3 * K + k));
-            a3_0_0 = Vector512.FusedMultiplyAdd(x3, w0_0, a3_0_0);
+            a3_0 = Vector512.FusedMultiplyAdd(x3, w0, a3_0);
             var x4 = Vector512.Create(Unsafe.Add(ref x, 4 * K + k));
-            a4_0_0 = Vector512.FusedMultiplyAdd(x4, w0_0, a4_0_0);
+            a4_0 = Vector512.FusedMultiplyAdd(x4, w0, a4_0);
             var x5 = Vector512.Create(Unsafe.Add(ref x, 5 * K + k));
-            a5_0_0 = Vector512.FusedMultiplyAdd(x5, w0_0, a5_0_0);
+            a5_0 = Vector512.FusedMultiplyAdd(x5, w0, a5_0);
             var x6 = Vector512.Create(Unsafe.Add(ref x, 6 * K + k));
-            a6_0_0 = Vector512.FusedMultiplyAdd(x6, w0_0, a6_0_0);
+            a6_0 = Vector512.FusedMultiplyAdd(x6, w0, a6_0);
             var x7 = Vector512.Create(Unsafe.Add(ref x, 7 * K + k));
-            a7_0_0 = Vector512.FusedMultiplyAdd(x7, w0_0, a7_0_0);
+            a7_0 = Vector512.FusedMultiplyAdd(x7, w0, a7_0);
             var x8 = Vector512.Create(Unsafe.Add(ref x, 8 * K + k));
-            a8_0_0 = Vector512.FusedMultiplyAdd(x8, w0_0, a8_0_0);
+            a8_0 = Vector512.FusedMultiplyAdd(x8, w0, a8_0);
             var x9 = Vector512.Create(Unsafe.Add(ref x, 9 * K + k));
-            a9_0_0 = Vector512.FusedMultiplyAdd(x9, w0_0, a9_0_0);
+            a9_0 = Vector512.FusedMultiplyAdd(x9, w0, a9_0);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
-        a2_0_0.StoreUnsafe(ref y, 2 * ld + 0);
-        a3_0_0.StoreUnsafe(ref y, 3 * ld + 0);
-        a4_0_0.StoreUnsafe(ref y, 4 * ld + 0);
-        a5_0_0.StoreUnsafe(ref y, 5 * ld + 0);
-        a6_0_0.StoreUnsafe(ref y, 6 * ld + 0);
-        a7_0_0.StoreUnsafe(ref y, 7 * ld + 0);
-        a8_0_0.StoreUnsafe(ref y, 8 * ld + 0);
-        a9_0_0.StoreUnsafe(ref y, 9 * ld + 0);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a2_0.StoreUnsafe(ref y, 2 * ld + 0);
+        a3_0.StoreUnsafe(ref y, 3 * ld + 0);
+        a4_0.StoreUnsafe(ref y, 4 * ld + 0);
+        a5_0.StoreUnsafe(ref y, 5 * ld + 0);
+        a6_0.StoreUnsafe(ref y, 6 * ld + 0);
+        a7_0.StoreUnsafe(ref y, 7 * ld + 0);
+        a8_0.StoreUnsafe(ref y, 8 * ld + 0);
+        a9_0.StoreUnsafe(ref y, 9 * ld + 0);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K512_11x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K512_11(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector512<float> a0_0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default, a5_0_0 = acc ? Vector512.LoadUnsafe(ref y, 5 * ld + 0) : default, a6_0_0 = acc ? Vector512.LoadUnsafe(ref y, 6 * ld + 0) : default, a7_0_0 = acc ? Vector512.LoadUnsafe(ref y, 7 * ld + 0) : default, a8_0_0 = acc ? Vector512.LoadUnsafe(ref y, 8 * ld + 0) : default, a9_0_0 = acc ? Vector512.LoadUnsafe(ref y, 9 * ld + 0) : default, a10_0_0 = acc ? Vector512.LoadUnsafe(ref y, 10 * ld + 0) : default;
+        Vector512<float> a0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default, a5_0 = acc ? Vector512.LoadUnsafe(ref y, 5 * ld + 0) : default, a6_0 = acc ? Vector512.LoadUnsafe(ref y, 6 * ld + 0) : default, a7_0 = acc ? Vector512.LoadUnsafe(ref y, 7 * ld + 0) : default, a8_0 = acc ? Vector512.LoadUnsafe(ref y, 8 * ld + 0) : default, a9_0 = acc ? Vector512.LoadUnsafe(ref y, 9 * ld + 0) : default, a10_0 = acc ? Vector512.LoadUnsafe(ref y, 10 * ld + 0) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector512.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
+            var w0 = Vector512.LoadUnsafe(ref w, k * 16 + 0);
             var x0 = Vector512.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector512.FusedMultiplyAdd(x0, w0_0, a0_0_0);
+            a0_0 = Vector512.FusedMultiplyAdd(x0, w0, a0_0);
             var x1 = Vector512.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector512.FusedMultiplyAdd(x1, w0_0, a1_0_0);
+            a1_0 = Vector512.FusedMultiplyAdd(x1, w0, a1_0);
             var x2 = Vector512.Create(Unsafe.Add(ref x, 2 * K + k));
-            a2_0_0 = Vector512.FusedMultiplyAdd(x2, w0_0, a2_0_0);
+            a2_0 = Vector512.FusedMultiplyAdd(x2, w0, a2_0);
             var x3 = Vector512.Create(Unsafe.Add(ref x, 3 * K + k));
-            a3_0_0 = Vector512.FusedMultiplyAdd(x3, w0_0, a3_0_0);
+            a3_0 = Vector512.FusedMultiplyAdd(x3, w0, a3_0);
             var x4 = Vector512.Create(Unsafe.Add(ref x, 4 * K + k));
-            a4_0_0 = Vector512.FusedMultiplyAdd(x4, w0_0, a4_0_0);
+            a4_0 = Vector512.FusedMultiplyAdd(x4, w0, a4_0);
             var x5 = Vector512.Create(Unsafe.Add(ref x, 5 * K + k));
-            a5_0_0 = Vector512.FusedMultiplyAdd(x5, w0_0, a5_0_0);
+            a5_0 = Vector512.FusedMultiplyAdd(x5, w0, a5_0);
             var x6 = Vector512.Create(Unsafe.Add(ref x, 6 * K + k));
-            a6_0_0 = Vector512.FusedMultiplyAdd(x6, w0_0, a6_0_0);
+            a6_0 = Vector512.FusedMultiplyAdd(x6, w0, a6_0);
             var x7 = Vector512.Create(Unsafe.Add(ref x, 7 * K + k));
-            a7_0_0 = Vector512.FusedMultiplyAdd(x7, w0_0, a7_0_0);
+            a7_0 = Vector512.FusedMultiplyAdd(x7, w0, a7_0);
             var x8 = Vector512.Create(Unsafe.Add(ref x, 8 * K + k));
-            a8_0_0 = Vector512.FusedMultiplyAdd(x8, w0_0, a8_0_0);
+            a8_0 = Vector512.FusedMultiplyAdd(x8, w0, a8_0);
             var x9 = Vector512.Create(Unsafe.Add(ref x, 9 * K + k));
-            a9_0_0 = Vector512.FusedMultiplyAdd(x9, w0_0, a9_0_0);
+            a9_0 = Vector512.FusedMultiplyAdd(x9, w0, a9_0);
             var x10 = Vector512.Create(Unsafe.Add(ref x, 10 * K + k));
-            a10_0_0 = Vector512.FusedMultiplyAdd(x10, w0_0, a10_0_0);
+            a10_0 = Vector512.FusedMultiplyAdd(x10, w0, a10_0);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
-        a2_0_0.StoreUnsafe(ref y, 2 * ld + 0);
-        a3_0_0.StoreUnsafe(ref y, 3 * ld + 0);
-        a4_0_0.StoreUnsafe(ref y, 4 * ld + 0);
-        a5_0_0.StoreUnsafe(ref y, 5 * ld + 0);
-        a6_0_0.StoreUnsafe(ref y, 6 * ld + 0);
-        a7_0_0.StoreUnsafe(ref y, 7 * ld + 0);
-        a8_0_0.StoreUnsafe(ref y, 8 * ld + 0);
-        a9_0_0.StoreUnsafe(ref y, 9 * ld + 0);
-        a10_0_0.StoreUnsafe(ref y, 10 * ld + 0);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a2_0.StoreUnsafe(ref y, 2 * ld + 0);
+        a3_0.StoreUnsafe(ref y, 3 * ld + 0);
+        a4_0.StoreUnsafe(ref y, 4 * ld + 0);
+        a5_0.StoreUnsafe(ref y, 5 * ld + 0);
+        a6_0.StoreUnsafe(ref y, 6 * ld + 0);
+        a7_0.StoreUnsafe(ref y, 7 * ld + 0);
+        a8_0.StoreUnsafe(ref y, 8 * ld + 0);
+        a9_0.StoreUnsafe(ref y, 9 * ld + 0);
+        a10_0.StoreUnsafe(ref y, 10 * ld + 0);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K512_12x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K512_12(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector512<float> a0_0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default, a5_0_0 = acc ? Vector512.LoadUnsafe(ref y, 5 * ld + 0) : default, a6_0_0 = acc ? Vector512.LoadUnsafe(ref y, 6 * ld + 0) : default, a7_0_0 = acc ? Vector512.LoadUnsafe(ref y, 7 * ld + 0) : default, a8_0_0 = acc ? Vector512.LoadUnsafe(ref y, 8 * ld + 0) : default, a9_0_0 = acc ? Vector512.LoadUnsafe(ref y, 9 * ld + 0) : default, a10_0_0 = acc ? Vector512.LoadUnsafe(ref y, 10 * ld + 0) : default, a11_0_0 = acc ? Vector512.LoadUnsafe(ref y, 11 * ld + 0) : default;
+        Vector512<float> a0_0 = acc ? Vector512.LoadUnsafe(ref y, 0 * ld + 0) : default, a1_0 = acc ? Vector512.LoadUnsafe(ref y, 1 * ld + 0) : default, a2_0 = acc ? Vector512.LoadUnsafe(ref y, 2 * ld + 0) : default, a3_0 = acc ? Vector512.LoadUnsafe(ref y, 3 * ld + 0) : default, a4_0 = acc ? Vector512.LoadUnsafe(ref y, 4 * ld + 0) : default, a5_0 = acc ? Vector512.LoadUnsafe(ref y, 5 * ld + 0) : default, a6_0 = acc ? Vector512.LoadUnsafe(ref y, 6 * ld + 0) : default, a7_0 = acc ? Vector512.LoadUnsafe(ref y, 7 * ld + 0) : default, a8_0 = acc ? Vector512.LoadUnsafe(ref y, 8 * ld + 0) : default, a9_0 = acc ? Vector512.LoadUnsafe(ref y, 9 * ld + 0) : default, a10_0 = acc ? Vector512.LoadUnsafe(ref y, 10 * ld + 0) : default, a11_0 = acc ? Vector512.LoadUnsafe(ref y, 11 * ld + 0) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector512.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
+            var w0 = Vector512.LoadUnsafe(ref w, k * 16 + 0);
             var x0 = Vector512.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector512.FusedMultiplyAdd(x0, w0_0, a0_0_0);
+            a0_0 = Vector512.FusedMultiplyAdd(x0, w0, a0_0);
             var x1 = Vector512.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector512.FusedMultiplyAdd(x1, w0_0, a1_0_0);
+            a1_0 = Vector512.FusedMultiplyAdd(x1, w0, a1_0);
             var x2 = Vector512.Create(Unsafe.Add(ref x, 2 * K + k));
-            a2_0_0 = Vector512.FusedMultiplyAdd(x2, w0_0, a2_0_0);
+            a2_0 = Vector512.FusedMultiplyAdd(x2, w0, a2_0);
             var x3 = Vector512.Create(Unsafe.Add(ref x, 3 * K + k));
-            a3_0_0 = Vector512.FusedMultiplyAdd(x3, w0_0, a3_0_0);
+            a3_0 = Vector512.FusedMultiplyAdd(x3, w0, a3_0);
             var x4 = Vector512.Create(Unsafe.Add(ref x, 4 * K + k));
-            a4_0_0 = Vector512.FusedMultiplyAdd(x4, w0_0, a4_0_0);
+            a4_0 = Vector512.FusedMultiplyAdd(x4, w0, a4_0);
             var x5 = Vector512.Create(Unsafe.Add(ref x, 5 * K + k));
-            a5_0_0 = Vector512.FusedMultiplyAdd(x5, w0_0, a5_0_0);
+            a5_0 = Vector512.FusedMultiplyAdd(x5, w0, a5_0);
             var x6 = Vector512.Create(Unsafe.Add(ref x, 6 * K + k));
-            a6_0_0 = Vector512.FusedMultiplyAdd(x6, w0_0, a6_0_0);
+            a6_0 = Vector512.FusedMultiplyAdd(x6, w0, a6_0);
             var x7 = Vector512.Create(Unsafe.Add(ref x, 7 * K + k));
-            a7_0_0 = Vector512.FusedMultiplyAdd(x7, w0_0, a7_0_0);
+            a7_0 = Vector512.FusedMultiplyAdd(x7, w0, a7_0);
             var x8 = Vector512.Create(Unsafe.Add(ref x, 8 * K + k));
-            a8_0_0 = Vector512.FusedMultiplyAdd(x8, w0_0, a8_0_0);
+            a8_0 = Vector512.FusedMultiplyAdd(x8, w0, a8_0);
             var x9 = Vector512.Create(Unsafe.Add(ref x, 9 * K + k));
-            a9_0_0 = Vector512.FusedMultiplyAdd(x9, w0_0, a9_0_0);
+            a9_0 = Vector512.FusedMultiplyAdd(x9, w0, a9_0);
             var x10 = Vector512.Create(Unsafe.Add(ref x, 10 * K + k));
-            a10_0_0 = Vector512.FusedMultiplyAdd(x10, w0_0, a10_0_0);
+            a10_0 = Vector512.FusedMultiplyAdd(x10, w0, a10_0);
             var x11 = Vector512.Create(Unsafe.Add(ref x, 11 * K + k));
-            a11_0_0 = Vector512.FusedMultiplyAdd(x11, w0_0, a11_0_0);
+            a11_0 = Vector512.FusedMultiplyAdd(x11, w0, a11_0);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
-        a2_0_0.StoreUnsafe(ref y, 2 * ld + 0);
-        a3_0_0.StoreUnsafe(ref y, 3 * ld + 0);
-        a4_0_0.StoreUnsafe(ref y, 4 * ld + 0);
-        a5_0_0.StoreUnsafe(ref y, 5 * ld + 0);
-        a6_0_0.StoreUnsafe(ref y, 6 * ld + 0);
-        a7_0_0.StoreUnsafe(ref y, 7 * ld + 0);
-        a8_0_0.StoreUnsafe(ref y, 8 * ld + 0);
-        a9_0_0.StoreUnsafe(ref y, 9 * ld + 0);
-        a10_0_0.StoreUnsafe(ref y, 10 * ld + 0);
-        a11_0_0.StoreUnsafe(ref y, 11 * ld + 0);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a2_0.StoreUnsafe(ref y, 2 * ld + 0);
+        a3_0.StoreUnsafe(ref y, 3 * ld + 0);
+        a4_0.StoreUnsafe(ref y, 4 * ld + 0);
+        a5_0.StoreUnsafe(ref y, 5 * ld + 0);
+        a6_0.StoreUnsafe(ref y, 6 * ld + 0);
+        a7_0.StoreUnsafe(ref y, 7 * ld + 0);
+        a8_0.StoreUnsafe(ref y, 8 * ld + 0);
+        a9_0.StoreUnsafe(ref y, 9 * ld + 0);
+        a10_0.StoreUnsafe(ref y, 10 * ld + 0);
+        a11_0.StoreUnsafe(ref y, 11 * ld + 0);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K256_1x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K256_1(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector256<float> a0_0_0 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 0) : default, a0_0_1 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 8) : default;
+        Vector256<float> a0_0 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 0) : default, a0_1 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 8) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector256.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
-            var w0_1 = Vector256.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 8);
+            var w0 = Vector256.LoadUnsafe(ref w, k * 16 + 0);
+            var w1 = Vector256.LoadUnsafe(ref w, k * 16 + 8);
             var x0 = Vector256.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector256.FusedMultiplyAdd(x0, w0_0, a0_0_0);
-            a0_0_1 = Vector256.FusedMultiplyAdd(x0, w0_1, a0_0_1);
+            a0_0 = Vector256.FusedMultiplyAdd(x0, w0, a0_0);
+            a0_1 = Vector256.FusedMultiplyAdd(x0, w1, a0_1);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a0_0_1.StoreUnsafe(ref y, 0 * ld + 8);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a0_1.StoreUnsafe(ref y, 0 * ld + 8);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K256_2x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K256_2(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector256<float> a0_0_0 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 0) : default, a0_0_1 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 8) : default, a1_0_0 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 0) : default, a1_0_1 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 8) : default;
+        Vector256<float> a0_0 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 0) : default, a0_1 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 8) : default, a1_0 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 0) : default, a1_1 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 8) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector256.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
-            var w0_1 = Vector256.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 8);
+            var w0 = Vector256.LoadUnsafe(ref w, k * 16 + 0);
+            var w1 = Vector256.LoadUnsafe(ref w, k * 16 + 8);
             var x0 = Vector256.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector256.FusedMultiplyAdd(x0, w0_0, a0_0_0);
-            a0_0_1 = Vector256.FusedMultiplyAdd(x0, w0_1, a0_0_1);
+            a0_0 = Vector256.FusedMultiplyAdd(x0, w0, a0_0);
+            a0_1 = Vector256.FusedMultiplyAdd(x0, w1, a0_1);
             var x1 = Vector256.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector256.FusedMultiplyAdd(x1, w0_0, a1_0_0);
-            a1_0_1 = Vector256.FusedMultiplyAdd(x1, w0_1, a1_0_1);
+            a1_0 = Vector256.FusedMultiplyAdd(x1, w0, a1_0);
+            a1_1 = Vector256.FusedMultiplyAdd(x1, w1, a1_1);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a0_0_1.StoreUnsafe(ref y, 0 * ld + 8);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
-        a1_0_1.StoreUnsafe(ref y, 1 * ld + 8);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a0_1.StoreUnsafe(ref y, 0 * ld + 8);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a1_1.StoreUnsafe(ref y, 1 * ld + 8);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K256_3x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K256_3(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector256<float> a0_0_0 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 0) : default, a0_0_1 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 8) : default, a1_0_0 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 0) : default, a1_0_1 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 8) : default, a2_0_0 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 0) : default, a2_0_1 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 8) : default;
+        Vector256<float> a0_0 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 0) : default, a0_1 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 8) : default, a1_0 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 0) : default, a1_1 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 8) : default, a2_0 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 0) : default, a2_1 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 8) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector256.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
-            var w0_1 = Vector256.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 8);
+            var w0 = Vector256.LoadUnsafe(ref w, k * 16 + 0);
+            var w1 = Vector256.LoadUnsafe(ref w, k * 16 + 8);
             var x0 = Vector256.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector256.FusedMultiplyAdd(x0, w0_0, a0_0_0);
-            a0_0_1 = Vector256.FusedMultiplyAdd(x0, w0_1, a0_0_1);
+            a0_0 = Vector256.FusedMultiplyAdd(x0, w0, a0_0);
+            a0_1 = Vector256.FusedMultiplyAdd(x0, w1, a0_1);
             var x1 = Vector256.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector256.FusedMultiplyAdd(x1, w0_0, a1_0_0);
-            a1_0_1 = Vector256.FusedMultiplyAdd(x1, w0_1, a1_0_1);
+            a1_0 = Vector256.FusedMultiplyAdd(x1, w0, a1_0);
+            a1_1 = Vector256.FusedMultiplyAdd(x1, w1, a1_1);
             var x2 = Vector256.Create(Unsafe.Add(ref x, 2 * K + k));
-            a2_0_0 = Vector256.FusedMultiplyAdd(x2, w0_0, a2_0_0);
-            a2_0_1 = Vector256.FusedMultiplyAdd(x2, w0_1, a2_0_1);
+            a2_0 = Vector256.FusedMultiplyAdd(x2, w0, a2_0);
+            a2_1 = Vector256.FusedMultiplyAdd(x2, w1, a2_1);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a0_0_1.StoreUnsafe(ref y, 0 * ld + 8);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
-        a1_0_1.StoreUnsafe(ref y, 1 * ld + 8);
-        a2_0_0.StoreUnsafe(ref y, 2 * ld + 0);
-        a2_0_1.StoreUnsafe(ref y, 2 * ld + 8);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a0_1.StoreUnsafe(ref y, 0 * ld + 8);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a1_1.StoreUnsafe(ref y, 1 * ld + 8);
+        a2_0.StoreUnsafe(ref y, 2 * ld + 0);
+        a2_1.StoreUnsafe(ref y, 2 * ld + 8);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K256_4x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K256_4(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector256<float> a0_0_0 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 0) : default, a0_0_1 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 8) : default, a1_0_0 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 0) : default, a1_0_1 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 8) : default, a2_0_0 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 0) : default, a2_0_1 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 8) : default, a3_0_0 = acc ? Vector256.LoadUnsafe(ref y, 3 * ld + 0) : default, a3_0_1 = acc ? Vector256.LoadUnsafe(ref y, 3 * ld + 8) : default;
+        Vector256<float> a0_0 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 0) : default, a0_1 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 8) : default, a1_0 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 0) : default, a1_1 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 8) : default, a2_0 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 0) : default, a2_1 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 8) : default, a3_0 = acc ? Vector256.LoadUnsafe(ref y, 3 * ld + 0) : default, a3_1 = acc ? Vector256.LoadUnsafe(ref y, 3 * ld + 8) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector256.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
-            var w0_1 = Vector256.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 8);
+            var w0 = Vector256.LoadUnsafe(ref w, k * 16 + 0);
+            var w1 = Vector256.LoadUnsafe(ref w, k * 16 + 8);
             var x0 = Vector256.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector256.FusedMultiplyAdd(x0, w0_0, a0_0_0);
-            a0_0_1 = Vector256.FusedMultiplyAdd(x0, w0_1, a0_0_1);
+            a0_0 = Vector256.FusedMultiplyAdd(x0, w0, a0_0);
+            a0_1 = Vector256.FusedMultiplyAdd(x0, w1, a0_1);
             var x1 = Vector256.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector256.FusedMultiplyAdd(x1, w0_0, a1_0_0);
-            a1_0_1 = Vector256.FusedMultiplyAdd(x1, w0_1, a1_0_1);
+            a1_0 = Vector256.FusedMultiplyAdd(x1, w0, a1_0);
+            a1_1 = Vector256.FusedMultiplyAdd(x1, w1, a1_1);
             var x2 = Vector256.Create(Unsafe.Add(ref x, 2 * K + k));
-            a2_0_0 = Vector256.FusedMultiplyAdd(x2, w0_0, a2_0_0);
-            a2_0_1 = Vector256.FusedMultiplyAdd(x2, w0_1, a2_0_1);
+            a2_0 = Vector256.FusedMultiplyAdd(x2, w0, a2_0);
+            a2_1 = Vector256.FusedMultiplyAdd(x2, w1, a2_1);
             var x3 = Vector256.Create(Unsafe.Add(ref x, 3 * K + k));
-            a3_0_0 = Vector256.FusedMultiplyAdd(x3, w0_0, a3_0_0);
-            a3_0_1 = Vector256.FusedMultiplyAdd(x3, w0_1, a3_0_1);
+            a3_0 = Vector256.FusedMultiplyAdd(x3, w0, a3_0);
+            a3_1 = Vector256.FusedMultiplyAdd(x3, w1, a3_1);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a0_0_1.StoreUnsafe(ref y, 0 * ld + 8);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
-        a1_0_1.StoreUnsafe(ref y, 1 * ld + 8);
-        a2_0_0.StoreUnsafe(ref y, 2 * ld + 0);
-        a2_0_1.StoreUnsafe(ref y, 2 * ld + 8);
-        a3_0_0.StoreUnsafe(ref y, 3 * ld + 0);
-        a3_0_1.StoreUnsafe(ref y, 3 * ld + 8);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a0_1.StoreUnsafe(ref y, 0 * ld + 8);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a1_1.StoreUnsafe(ref y, 1 * ld + 8);
+        a2_0.StoreUnsafe(ref y, 2 * ld + 0);
+        a2_1.StoreUnsafe(ref y, 2 * ld + 8);
+        a3_0.StoreUnsafe(ref y, 3 * ld + 0);
+        a3_1.StoreUnsafe(ref y, 3 * ld + 8);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K256_5x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K256_5(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector256<float> a0_0_0 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 0) : default, a0_0_1 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 8) : default, a1_0_0 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 0) : default, a1_0_1 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 8) : default, a2_0_0 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 0) : default, a2_0_1 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 8) : default, a3_0_0 = acc ? Vector256.LoadUnsafe(ref y, 3 * ld + 0) : default, a3_0_1 = acc ? Vector256.LoadUnsafe(ref y, 3 * ld + 8) : default, a4_0_0 = acc ? Vector256.LoadUnsafe(ref y, 4 * ld + 0) : default, a4_0_1 = acc ? Vector256.LoadUnsafe(ref y, 4 * ld + 8) : default;
+        Vector256<float> a0_0 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 0) : default, a0_1 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 8) : default, a1_0 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 0) : default, a1_1 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 8) : default, a2_0 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 0) : default, a2_1 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 8) : default, a3_0 = acc ? Vector256.LoadUnsafe(ref y, 3 * ld + 0) : default, a3_1 = acc ? Vector256.LoadUnsafe(ref y, 3 * ld + 8) : default, a4_0 = acc ? Vector256.LoadUnsafe(ref y, 4 * ld + 0) : default, a4_1 = acc ? Vector256.LoadUnsafe(ref y, 4 * ld + 8) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector256.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
-            var w0_1 = Vector256.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 8);
+            var w0 = Vector256.LoadUnsafe(ref w, k * 16 + 0);
+            var w1 = Vector256.LoadUnsafe(ref w, k * 16 + 8);
             var x0 = Vector256.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector256.FusedMultiplyAdd(x0, w0_0, a0_0_0);
-            a0_0_1 = Vector256.FusedMultiplyAdd(x0, w0_1, a0_0_1);
+            a0_0 = Vector256.FusedMultiplyAdd(x0, w0, a0_0);
+            a0_1 = Vector256.FusedMultiplyAdd(x0, w1, a0_1);
             var x1 = Vector256.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector256.FusedMultiplyAdd(x1, w0_0, a1_0_0);
-            a1_0_1 = Vector256.FusedMultiplyAdd(x1, w0_1, a1_0_1);
+            a1_0 = Vector256.FusedMultiplyAdd(x1, w0, a1_0);
+            a1_1 = Vector256.FusedMultiplyAdd(x1, w1, a1_1);
             var x2 = Vector256.Create(Unsafe.Add(ref x, 2 * K + k));
-            a2_0_0 = Vector256.FusedMultiplyAdd(x2, w0_0, a2_0_0);
-            a2_0_1 = Vector256.FusedMultiplyAdd(x2, w0_1, a2_0_1);
+            a2_0 = Vector256.FusedMultiplyAdd(x2, w0, a2_0);
+            a2_1 = Vector256.FusedMultiplyAdd(x2, w1, a2_1);
             var x3 = Vector256.Create(Unsafe.Add(ref x, 3 * K + k));
-            a3_0_0 = Vector256.FusedMultiplyAdd(x3, w0_0, a3_0_0);
-            a3_0_1 = Vector256.FusedMultiplyAdd(x3, w0_1, a3_0_1);
+            a3_0 = Vector256.FusedMultiplyAdd(x3, w0, a3_0);
+            a3_1 = Vector256.FusedMultiplyAdd(x3, w1, a3_1);
             var x4 = Vector256.Create(Unsafe.Add(ref x, 4 * K + k));
-            a4_0_0 = Vector256.FusedMultiplyAdd(x4, w0_0, a4_0_0);
-            a4_0_1 = Vector256.FusedMultiplyAdd(x4, w0_1, a4_0_1);
+            a4_0 = Vector256.FusedMultiplyAdd(x4, w0, a4_0);
+            a4_1 = Vector256.FusedMultiplyAdd(x4, w1, a4_1);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a0_0_1.StoreUnsafe(ref y, 0 * ld + 8);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
-        a1_0_1.StoreUnsafe(ref y, 1 * ld + 8);
-        a2_0_0.StoreUnsafe(ref y, 2 * ld + 0);
-        a2_0_1.StoreUnsafe(ref y, 2 * ld + 8);
-        a3_0_0.StoreUnsafe(ref y, 3 * ld + 0);
-        a3_0_1.StoreUnsafe(ref y, 3 * ld + 8);
-        a4_0_0.StoreUnsafe(ref y, 4 * ld + 0);
-        a4_0_1.StoreUnsafe(ref y, 4 * ld + 8);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a0_1.StoreUnsafe(ref y, 0 * ld + 8);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a1_1.StoreUnsafe(ref y, 1 * ld + 8);
+        a2_0.StoreUnsafe(ref y, 2 * ld + 0);
+        a2_1.StoreUnsafe(ref y, 2 * ld + 8);
+        a3_0.StoreUnsafe(ref y, 3 * ld + 0);
+        a3_1.StoreUnsafe(ref y, 3 * ld + 8);
+        a4_0.StoreUnsafe(ref y, 4 * ld + 0);
+        a4_1.StoreUnsafe(ref y, 4 * ld + 8);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    static void K256_6x1(ref float x, nuint K, ref float w, nuint panelStride, ref float y, nuint ld, bool acc)
+    static void K256_6(ref float x, nuint K, ref float w, ref float y, nuint ld, bool acc)
     {
-        Vector256<float> a0_0_0 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 0) : default, a0_0_1 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 8) : default, a1_0_0 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 0) : default, a1_0_1 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 8) : default, a2_0_0 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 0) : default, a2_0_1 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 8) : default, a3_0_0 = acc ? Vector256.LoadUnsafe(ref y, 3 * ld + 0) : default, a3_0_1 = acc ? Vector256.LoadUnsafe(ref y, 3 * ld + 8) : default, a4_0_0 = acc ? Vector256.LoadUnsafe(ref y, 4 * ld + 0) : default, a4_0_1 = acc ? Vector256.LoadUnsafe(ref y, 4 * ld + 8) : default, a5_0_0 = acc ? Vector256.LoadUnsafe(ref y, 5 * ld + 0) : default, a5_0_1 = acc ? Vector256.LoadUnsafe(ref y, 5 * ld + 8) : default;
+        Vector256<float> a0_0 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 0) : default, a0_1 = acc ? Vector256.LoadUnsafe(ref y, 0 * ld + 8) : default, a1_0 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 0) : default, a1_1 = acc ? Vector256.LoadUnsafe(ref y, 1 * ld + 8) : default, a2_0 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 0) : default, a2_1 = acc ? Vector256.LoadUnsafe(ref y, 2 * ld + 8) : default, a3_0 = acc ? Vector256.LoadUnsafe(ref y, 3 * ld + 0) : default, a3_1 = acc ? Vector256.LoadUnsafe(ref y, 3 * ld + 8) : default, a4_0 = acc ? Vector256.LoadUnsafe(ref y, 4 * ld + 0) : default, a4_1 = acc ? Vector256.LoadUnsafe(ref y, 4 * ld + 8) : default, a5_0 = acc ? Vector256.LoadUnsafe(ref y, 5 * ld + 0) : default, a5_1 = acc ? Vector256.LoadUnsafe(ref y, 5 * ld + 8) : default;
         for (nuint k = 0; k < K; k++)
         {
-            var w0_0 = Vector256.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 0);
-            var w0_1 = Vector256.LoadUnsafe(ref w, 0 * panelStride + k * 16 + 8);
+            var w0 = Vector256.LoadUnsafe(ref w, k * 16 + 0);
+            var w1 = Vector256.LoadUnsafe(ref w, k * 16 + 8);
             var x0 = Vector256.Create(Unsafe.Add(ref x, 0 * K + k));
-            a0_0_0 = Vector256.FusedMultiplyAdd(x0, w0_0, a0_0_0);
-            a0_0_1 = Vector256.FusedMultiplyAdd(x0, w0_1, a0_0_1);
+            a0_0 = Vector256.FusedMultiplyAdd(x0, w0, a0_0);
+            a0_1 = Vector256.FusedMultiplyAdd(x0, w1, a0_1);
             var x1 = Vector256.Create(Unsafe.Add(ref x, 1 * K + k));
-            a1_0_0 = Vector256.FusedMultiplyAdd(x1, w0_0, a1_0_0);
-            a1_0_1 = Vector256.FusedMultiplyAdd(x1, w0_1, a1_0_1);
+            a1_0 = Vector256.FusedMultiplyAdd(x1, w0, a1_0);
+            a1_1 = Vector256.FusedMultiplyAdd(x1, w1, a1_1);
             var x2 = Vector256.Create(Unsafe.Add(ref x, 2 * K + k));
-            a2_0_0 = Vector256.FusedMultiplyAdd(x2, w0_0, a2_0_0);
-            a2_0_1 = Vector256.FusedMultiplyAdd(x2, w0_1, a2_0_1);
+            a2_0 = Vector256.FusedMultiplyAdd(x2, w0, a2_0);
+            a2_1 = Vector256.FusedMultiplyAdd(x2, w1, a2_1);
             var x3 = Vector256.Create(Unsafe.Add(ref x, 3 * K + k));
-            a3_0_0 = Vector256.FusedMultiplyAdd(x3, w0_0, a3_0_0);
-            a3_0_1 = Vector256.FusedMultiplyAdd(x3, w0_1, a3_0_1);
+            a3_0 = Vector256.FusedMultiplyAdd(x3, w0, a3_0);
+            a3_1 = Vector256.FusedMultiplyAdd(x3, w1, a3_1);
             var x4 = Vector256.Create(Unsafe.Add(ref x, 4 * K + k));
-            a4_0_0 = Vector256.FusedMultiplyAdd(x4, w0_0, a4_0_0);
-            a4_0_1 = Vector256.FusedMultiplyAdd(x4, w0_1, a4_0_1);
+            a4_0 = Vector256.FusedMultiplyAdd(x4, w0, a4_0);
+            a4_1 = Vector256.FusedMultiplyAdd(x4, w1, a4_1);
             var x5 = Vector256.Create(Unsafe.Add(ref x, 5 * K + k));
-            a5_0_0 = Vector256.FusedMultiplyAdd(x5, w0_0, a5_0_0);
-            a5_0_1 = Vector256.FusedMultiplyAdd(x5, w0_1, a5_0_1);
+            a5_0 = Vector256.FusedMultiplyAdd(x5, w0, a5_0);
+            a5_1 = Vector256.FusedMultiplyAdd(x5, w1, a5_1);
         }
-        a0_0_0.StoreUnsafe(ref y, 0 * ld + 0);
-        a0_0_1.StoreUnsafe(ref y, 0 * ld + 8);
-        a1_0_0.StoreUnsafe(ref y, 1 * ld + 0);
-        a1_0_1.StoreUnsafe(ref y, 1 * ld + 8);
-        a2_0_0.StoreUnsafe(ref y, 2 * ld + 0);
-        a2_0_1.StoreUnsafe(ref y, 2 * ld + 8);
-        a3_0_0.StoreUnsafe(ref y, 3 * ld + 0);
-        a3_0_1.StoreUnsafe(ref y, 3 * ld + 8);
-        a4_0_0.StoreUnsafe(ref y, 4 * ld + 0);
-        a4_0_1.StoreUnsafe(ref y, 4 * ld + 8);
-        a5_0_0.StoreUnsafe(ref y, 5 * ld + 0);
-        a5_0_1.StoreUnsafe(ref y, 5 * ld + 8);
+        a0_0.StoreUnsafe(ref y, 0 * ld + 0);
+        a0_1.StoreUnsafe(ref y, 0 * ld + 8);
+        a1_0.StoreUnsafe(ref y, 1 * ld + 0);
+        a1_1.StoreUnsafe(ref y, 1 * ld + 8);
+        a2_0.StoreUnsafe(ref y, 2 * ld + 0);
+        a2_1.StoreUnsafe(ref y, 2 * ld + 8);
+        a3_0.StoreUnsafe(ref y, 3 * ld + 0);
+        a3_1.StoreUnsafe(ref y, 3 * ld + 8);
+        a4_0.StoreUnsafe(ref y, 4 * ld + 0);
+        a4_1.StoreUnsafe(ref y, 4 * ld + 8);
+        a5_0.StoreUnsafe(ref y, 5 * ld + 0);
+        a5_1.StoreUnsafe(ref y, 5 * ld + 8);
     }
 
 }

@@ -16,7 +16,7 @@ namespace Beagle.Compute;
 /// 2.3-3.3x at M = 6 (docs/benchmarks.md, profiling log). The verification of a draft tree gains most: what speculation needs.
 ///
 /// Layout: panel p holds columns [p·16, p·16 + 16) for every k, as [K][16] contiguous floats (the last panel
-/// zero-padded), so a kernel reads W strictly sequentially and keeps R x (NP·16) outputs in registers for the whole k
+/// zero-padded), so a kernel reads W strictly sequentially and keeps R x 16 outputs in registers for the whole k
 /// loop (<see cref="PackedKernels"/>, generated). With AVX-512 a panel is one vector: up to 12 rows per pass over a
 /// panel (12 accumulators), so a verification's rows share each weight load and the panel stays in L1 between row
 /// blocks: verifying several tokens costs multiply-adds, not memory traffic. One panel per pass, also for one row:
@@ -207,20 +207,19 @@ internal sealed class PackedMatrix
             for (int r = 0; r < m;)
             {
                 int R = RowBlock(m - r);
-                Kernel(R, 1, ref Unsafe.Add(ref x0, r * K), ref _panels[b * K * P], ref Unsafe.Add(ref MemoryMarshal.GetReference(y), r * N + b * P), (nuint)N, accumulate);
+                Kernel(R, ref Unsafe.Add(ref x0, r * K), ref _panels[b * K * P], ref Unsafe.Add(ref MemoryMarshal.GetReference(y), r * N + b * P), (nuint)N, accumulate);
                 r += R;
             }
             b++;
         }
     }
 
-    /// <summary>R rows of x (row stride K) times NP panels from <paramref name="w"/> into y (row stride ld).</summary>
-    void Kernel(int R, int np, ref float x, ref float w, ref float y, nuint ld, bool accumulate)
+    /// <summary>R rows of x (row stride K) times the panel at <paramref name="w"/> into y (row stride ld).</summary>
+    void Kernel(int R, ref float x, ref float w, ref float y, nuint ld, bool accumulate)
     {
-        nuint K = (nuint)Rows, stride = (nuint)(Rows * Panel);
-        bool ran = Wide ? PackedKernels.Run512(R, np, ref x, K, ref w, stride, ref y, ld, accumulate)
-                        : PackedKernels.Run256(R, np, ref x, K, ref w, stride, ref y, ld, accumulate);
-        if (!ran) throw new InvalidOperationException($"no kernel for {R} rows x {np} panels");
+        bool ran = Wide ? PackedKernels.Run512(R, ref x, (nuint)Rows, ref w, ref y, ld, accumulate)
+                        : PackedKernels.Run256(R, ref x, (nuint)Rows, ref w, ref y, ld, accumulate);
+        if (!ran) throw new InvalidOperationException($"no kernel for {R} rows");
     }
 
     /// <summary>
@@ -245,7 +244,7 @@ internal sealed class PackedMatrix
             int R = RowBlock(m - r);
             tail.Clear();
             if (accumulate) for (int i = 0; i < R; i++) y.Slice((r + i) * N + c, width).CopyTo(tail.Slice(i * P, width));
-            Kernel(R, 1, ref Unsafe.Add(ref x0, r * K), ref _panels[b * K * P], ref MemoryMarshal.GetReference(tail), (nuint)P, accumulate);
+            Kernel(R, ref Unsafe.Add(ref x0, r * K), ref _panels[b * K * P], ref MemoryMarshal.GetReference(tail), (nuint)P, accumulate);
             for (int i = 0; i < R; i++) tail.Slice(i * P, width).CopyTo(y.Slice((r + i) * N + c, width));
             r += R;
         }

@@ -171,7 +171,7 @@ public sealed class LlamaModel : IDisposable
         if (managed)
         {
             if (mask is not null) masked = new MaskedSlots(MaskArray(mask), T, S);
-            else if (Config.SlidingWindow is { } w0 && S > w0) masked = new MaskedSlots(CausalAllowed(T, start), T, S);
+            else masked = WindowMask(T, start);
         }
         cache.Advance(T);
         if (managed) return ForwardCpu(cache, tokens, positions, start, masked, lastLogitsOnly);
@@ -259,8 +259,7 @@ public sealed class LlamaModel : IDisposable
         for (int b = 0; b < B; b++)
         {
             positions[b] = caches[b].Length;
-            MaskedSlots? masked = Config.SlidingWindow is { } w0 && positions[b] + 1 > w0 ? new MaskedSlots(CausalAllowed(1, positions[b]), 1, positions[b] + 1) : null;
-            segments[b] = new Segment(caches[b], b, 1, caches[b].Advance(1), masked);
+            segments[b] = new Segment(caches[b], b, 1, caches[b].Advance(1), WindowMask(1, positions[b]));
         }
         return ForwardCpu(segments, tokens, positions, lastLogitsOnly: false);
     }
@@ -372,6 +371,10 @@ public sealed class LlamaModel : IDisposable
         using var wT = LmHeadWeight.t();   // a view; matmul reads it transposed (training only: the CPU decodes through _lmHead)
         return matmul(hidden, wT);
     }
+
+    /// <summary>The hidden slots of T causal rows from <paramref name="start"/> when a sliding window hides any; else null (plain causal).</summary>
+    MaskedSlots? WindowMask(int T, int start) =>
+        Config.SlidingWindow is { } w && start + T > w ? new MaskedSlots(CausalAllowed(T, start), T, start + T) : null;
 
     /// <summary>[T, start+T] bool: row i (slot start+i) sees slots ≤ start+i within the sliding window.</summary>
     bool[] CausalAllowed(int T, int start)

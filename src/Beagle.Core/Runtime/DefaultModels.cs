@@ -93,6 +93,13 @@ public static class DefaultModels
         return (known.Model, tokenizer ?? known.Tokenizer);
     }
 
+    /// <summary>
+    /// The draft a face loads for <paramref name="target"/>: <paramref name="draftPath"/> when given; else, for a known
+    /// model and <paramref name="useBundled"/>, its bundled Beagle draft; else none (plain decoding).
+    /// </summary>
+    public static string? DraftFor(string target, string? draftPath, bool useBundled) =>
+        draftPath ?? (useBundled && IsKnownName(target) ? BundledDraft(target) : null);
+
     /// <summary>The bundled draft of architecture <paramref name="arch"/> for the known model <paramref name="name"/>, or null.</summary>
     public static string? BundledDraft(string name, string arch = "beagle")
     {
