@@ -14,6 +14,17 @@ public sealed class BenchSettings : ModelSettings
     [Description("Draft checkpoint folder; repeat for several drafts. Default with the default model: the bundled Beagle and EAGLE-2 drafts.")]
     public string[] Drafts { get; init; } = [];
 
+    [CommandOption("--draft-model <PATH>")]
+    [Description("Adds the row draft-lm: a smaller language model with the target's tokenizer drafting (a llama2.c .bin file, a Hugging Face folder, or a known name such as stories260K).")]
+    public string? DraftModel { get; init; }
+
+    [CommandOption("--ngram")]
+    [Description("Adds the row ngram: prompt lookup (no model).")]
+    public bool NGram { get; init; }
+
+    [CommandOption("--ngram-max <N>")] [Description("With --ngram: the longest suffix looked up, 1-16 (default 3).")] public int NGramMax { get; init; } = 3;
+    [CommandOption("--ngram-min <N>")] [Description("With --ngram: the shortest suffix looked up (default 1).")] public int NGramMin { get; init; } = 1;
+
     [CommandOption("--prompts <FILE>")]
     [Description("One prompt per line, or Spec-Bench / MT-bench jsonl (first turn). Default: docs/bench/stories-prompts.txt next to the tool.")]
     public string? Prompts { get; init; }
@@ -53,6 +64,9 @@ public sealed class BenchSettings : ModelSettings
         var b = base.Validate();
         if (!b.Successful) return b;
         foreach (var d in Drafts) if (!Directory.Exists(d)) return ValidationResult.Error($"--draft: no folder at '{d}'");
+        if (DraftModel is not null && !DefaultModels.IsKnownName(DraftModel) && !File.Exists(DraftModel) && !Directory.Exists(DraftModel))
+            return ValidationResult.Error($"--draft-model: no file or folder at '{DraftModel}'");
+        if (DraftSettings.NGramOptionsError(NGramMax, NGramMin) is { } ng) return ValidationResult.Error(ng);
         if (Prompts is not null && !File.Exists(Prompts)) return ValidationResult.Error($"--prompts: no file at '{Prompts}'");
         if (MaxTokens < 1) return ValidationResult.Error("--max-tokens must be >= 1");
         if (Runs < 1) return ValidationResult.Error("--runs must be >= 1");
@@ -94,9 +108,8 @@ public sealed class BenchCommand : Command<BenchSettings>
         var drafts = new List<IDraftModel>();
         try
         {
-            foreach (var path in draftPaths)
+            void Add(IDraftModel d, string name, string path)
             {
-                var d = DraftCheckpoint.Load(path, model);
                 drafts.Add(d);
                 SpeculativeOptions spec;
                 if (s.TreeTokens is not null || s.TreeDepth is not null || s.TreeTopK is not null || s.TreeMinProb is not null)
@@ -104,13 +117,23 @@ public sealed class BenchCommand : Command<BenchSettings>
                 else
                 {
                     // Sampled decoding is calibrated with its own setting (acceptance under sampling differs from greedy).
-                    var cal = TreeBudgetCalibrator.GetOrMeasure(model, tokenizer, d, TreeBudgetCalibrator.DraftIdentity(d), log: m => CliConsole.Status($"{d.Architecture}: {m}"),
+                    var cal = TreeBudgetCalibrator.GetOrMeasure(model, tokenizer, d, TreeBudgetCalibrator.DraftIdentity(d), log: m => CliConsole.Status($"{name}: {m}"),
                         sampling: s.Sampling.IsGreedy ? null : s.Sampling);
                     // A benchmark reports the draft at its best measured budget, even where calibration prefers plain decoding.
                     spec = cal.Budget.ToOptions();
                 }
-                methods.Add(new BenchMethod(d.Architecture, DisplayPath(path), d, spec));
+                methods.Add(new BenchMethod(name, path, d, spec));
             }
+            foreach (var path in draftPaths)
+            {
+                var d = DraftCheckpoint.Load(path, model);
+                Add(d, d.Architecture, DisplayPath(path));
+            }
+            if (s.DraftModel is not null)
+                Add(Beagle.Drafting.DraftLm.DraftLmModel.Load(s.DraftModel, model, tokenizer), "draft-lm",
+                    DefaultModels.IsKnownName(s.DraftModel) ? s.DraftModel : DisplayPath(s.DraftModel));
+            if (s.NGram)
+                Add(new Beagle.Drafting.NGram.NGramDraft(model, new() { MaxNgram = s.NGramMax, MinNgram = s.NGramMin }), "ngram", $"n-gram {s.NGramMin}-{s.NGramMax}");
 
             // Progress and truncation notes on stderr; the table below is the product.
             var result = CliConsole.WithStatus("benchmarking", status =>

@@ -20,6 +20,22 @@ public class DraftSettings : ModelSettings
     [Description("Decode plainly, without a draft.")]
     public bool NoDraft { get; init; }
 
+    [CommandOption("--draft-model <PATH>")]
+    [Description("A smaller language model with the target's tokenizer drafts instead (no training): a llama2.c .bin file, a Hugging Face folder, or a known name (stories260K).")]
+    public string? DraftModel { get; init; }
+
+    [CommandOption("--ngram")]
+    [Description("Prompt lookup drafts instead (no model): proposes what followed the latest earlier occurrence of the text's last tokens. Pays where the output copies the prompt.")]
+    public bool NGram { get; init; }
+
+    [CommandOption("--ngram-max <N>")]
+    [Description("With --ngram: the longest suffix looked up, 1-16 (default 3).")]
+    public int NGramMax { get; init; } = 3;
+
+    [CommandOption("--ngram-min <N>")]
+    [Description("With --ngram: the shortest suffix looked up, 1 to --ngram-max (default 1).")]
+    public int NGramMin { get; init; } = 1;
+
     [CommandOption("--tree-tokens <N>")]
     [Description("Tokens verified per round, root included (2-256). Default: measured for this machine (cached).")]
     public int? TreeTokens { get; init; }
@@ -42,11 +58,24 @@ public class DraftSettings : ModelSettings
         if (!b.Successful) return b;
         if (Draft is not null && !Directory.Exists(Draft)) return ValidationResult.Error($"--draft: no folder at '{Draft}'");
         if (Draft is not null && NoDraft) return ValidationResult.Error("--draft and --no-draft exclude each other");
+        int chosen = (Draft is not null ? 1 : 0) + (DraftModel is not null ? 1 : 0) + (NGram ? 1 : 0) + (NoDraft ? 1 : 0);
+        if (chosen > 1) return ValidationResult.Error("choose one of --draft, --draft-model, --ngram and --no-draft");
+        if (DraftModel is not null && !DefaultModels.IsKnownName(DraftModel) && !File.Exists(DraftModel) && !Directory.Exists(DraftModel))
+            return ValidationResult.Error($"--draft-model: no file or folder at '{DraftModel}'");
+        if (NGramOptionsError(NGramMax, NGramMin) is { } ng) return ValidationResult.Error(ng);
         if (TreeTokens is { } n && (n < 2 || n > 256)) return ValidationResult.Error("--tree-tokens must be in [2, 256]");
         if (TreeDepth is { } d && (d < 1 || d > 32)) return ValidationResult.Error("--tree-depth must be in [1, 32]");
         if (TreeTopK is { } k && (k < 1 || k > 64)) return ValidationResult.Error("--tree-topk must be in [1, 64]");
         if (TreeMinProb is { } p && !(p >= 0 && p < 1)) return ValidationResult.Error("--tree-min-prob must be in [0, 1)");
         return ValidationResult.Success();
+    }
+
+    /// <summary>Why --ngram-max / --ngram-min are invalid, or null.</summary>
+    internal static string? NGramOptionsError(int max, int min)
+    {
+        if (max is < 1 or > 16) return "--ngram-max must be in [1, 16]";
+        if (min < 1 || min > max) return "--ngram-min must be in [1, --ngram-max]";
+        return null;
     }
 
     public SpeculativeOptions SpeculativeOptions => new() { TreeTokens = TreeTokens, TreeDepth = TreeDepth, TreeTopK = TreeTopK, TreeMinProb = TreeMinProb };
@@ -78,10 +107,16 @@ internal static class CliDrafts
         return found;
     }
 
-    /// <summary>Loads the draft a command asked for (null when none applies; a missing bundled draft is said once on stderr).</summary>
-    public static (IDraftModel? Draft, string? Path) Load(DraftSettings s, LlamaModel target)
+    /// <summary>
+    /// Loads the draft a command asked for (null when none applies; a missing bundled draft is said once on stderr):
+    /// a trained draft (--draft, or the bundled one), a draft model (--draft-model, checked against the target and its
+    /// <paramref name="tokenizer"/>) or prompt lookup (--ngram).
+    /// </summary>
+    public static (IDraftModel? Draft, string? Path) Load(DraftSettings s, LlamaModel target, ITokenizer tokenizer)
     {
         if (s.NoDraft) return (null, null);
+        if (s.NGram) return (new Beagle.Drafting.NGram.NGramDraft(target, new() { MaxNgram = s.NGramMax, MinNgram = s.NGramMin }), "ngram");
+        if (s.DraftModel is not null) return (Beagle.Drafting.DraftLm.DraftLmModel.Load(s.DraftModel, target, tokenizer), s.DraftModel);
         var path = s.Draft ?? BundledDraftOrNote(s.Target);
         return path is null ? (null, null) : (DraftCheckpoint.Load(path, target), path);
     }

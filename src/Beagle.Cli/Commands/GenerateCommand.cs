@@ -63,7 +63,7 @@ public sealed class GenerateCommand : Command<GenerateSettings>
     {
         var (model, tokenizer) = CliModels.LoadTarget(s, cancellationToken);
         using var _ = model;
-        var (draft, draftPath) = CliDrafts.Load(s, model);
+        var (draft, draftPath) = CliDrafts.Load(s, model, tokenizer);
         using var __ = draft;
         var gen = new Beagle.Decoding.Generator(model, tokenizer, draft);
         var sampling = new SamplingOptions { Temperature = s.Temperature, TopK = s.TopK, TopP = s.TopP, Seed = s.Seed };

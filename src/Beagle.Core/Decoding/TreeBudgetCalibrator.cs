@@ -90,6 +90,7 @@ public static class TreeBudgetCalibrator
     /// </summary>
     public static string DraftIdentity(IDraftModel draft)
     {
+        if (draft is IDraftIdentity named) return named.Identity;
         using var probe = draft.StartSession(1);
         var kernel = probe.GetType().Name;
         if (draft is not TorchSharp.torch.nn.Module m) return $"{draft.Architecture}|{kernel}";

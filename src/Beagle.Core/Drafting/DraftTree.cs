@@ -93,6 +93,7 @@ public sealed class DraftTree
             // Expand the node at depth d-1; session node ids are expansion order, so its parent is node d-2 (root: none).
             Expand(session, [tokens[d - 1]], [rootPosition + d - 1], [d - 2], 1, draftToTarget, out var tok, out var lp);
             draftSteps++;
+            if (float.IsNegativeInfinity(lp[0, 0])) break;   // no proposal here (a point-mass draft with nothing to say)
             score += lp[0, 0];
             if (!(score >= minLogProb)) break;
             tokens.Add(tok[0, 0]);
@@ -121,6 +122,7 @@ public sealed class DraftTree
             draftSteps++;
             int best = 0;
             for (int v = 1; v < row.Length; v++) if (row[v] > row[best]) best = v;
+            if (float.IsNegativeInfinity(row[best])) break;   // no proposal here: the chain ends
             score += row[best];
             if (!(score >= minLogProb)) break;
             chain[n++] = draftToTarget is null ? best : draftToTarget[best];
@@ -144,7 +146,9 @@ public sealed class DraftTree
         var frontier = new List<int>(topK);
         for (int j = 0; j < tok.GetLength(1); j++)
         {
-            if (!(lp[0, j] >= minLogProb)) break;   // best first: the rest are lower
+            // Best first: the rest are lower. A token of probability 0 is never a node, whatever the floor (a draft
+            // whose distribution is a point mass, or that has no proposal, gives -inf to the rest).
+            if (!(lp[0, j] >= minLogProb) || float.IsNegativeInfinity(lp[0, j])) break;
             cands.Add(new Candidate(tok[0, j], -1, 1, lp[0, j], -1));
             frontier.Add(cands.Count - 1);
         }
@@ -172,7 +176,7 @@ public sealed class DraftTree
             {
                 float ps = cands[frontier[i]].Score;
                 for (int j = 0; j < tok.GetLength(1); j++)
-                    if (ps + lp[i, j] >= minLogProb) cands.Add(new Candidate(tok[i, j], frontier[i], d, ps + lp[i, j], -1));
+                    if (ps + lp[i, j] >= minLogProb && !float.IsNegativeInfinity(lp[i, j])) cands.Add(new Candidate(tok[i, j], frontier[i], d, ps + lp[i, j], -1));
             }
             var next = Enumerable.Range(first, cands.Count - first).OrderByDescending(i => cands[i].Score).ThenBy(i => i).Take(topK).ToList();
             if (d < depth) frontier = next;

@@ -89,3 +89,14 @@ internal interface IArrayDraftSession
     /// <summary><see cref="IDraftSession.Commit"/> from a plain array: <paramref name="hidden"/> is [m * D], row-major.</summary>
     void Commit(ReadOnlySpan<int> tokens, ReadOnlySpan<float> hidden);
 }
+
+/// <summary>
+/// A draft that says what it is for the tree-budget cache (TreeBudgetCalibrator.DraftIdentity), where hashing its
+/// parameters does not apply: a draft with no parameters (n-gram lookup, identified by its settings) or one whose
+/// parameters are not a TorchSharp module (a whole language model, identified by its weights' fingerprint).
+/// </summary>
+public interface IDraftIdentity
+{
+    /// <summary>Changes whenever what a budget costs or gains with this draft may change.</summary>
+    string Identity { get; }
+}

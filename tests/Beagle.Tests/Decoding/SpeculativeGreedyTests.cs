@@ -10,6 +10,35 @@ public class SpeculativeGreedyTests
     static readonly Lazy<MarkovDraft> Bigram = new(() => MarkovDraft.Bigram(TestAssets.StoriesTokenizer, TestAssets.TinyStories, 512));
     static readonly Lazy<MarkovDraft> RandomDraft = new(() => MarkovDraft.Random(512, 7));
 
+    /// <summary>The drafts that need no training, as the tests know them (shared with the sampling tests).</summary>
+    internal static Beagle.Drafting.IDraftModel TrainingFree(string kind) => kind switch
+    {
+        "ngram" => NGram.Value,
+        "draft-lm" => DraftLm.Value,
+        "draft-lm-random" => DraftLmRandom.Value,
+        "draft-lm-self" => DraftLmSelf.Value,
+        _ => throw new ArgumentException(kind),
+    };
+    static readonly Lazy<Beagle.Drafting.NGram.NGramDraft> NGram = new(() => new(TestAssets.Stories));
+    /// <summary>A real draft model of the same vocabulary: stories5M drafting for stories260K (they agree on most tokens, not all).</summary>
+    static readonly Lazy<Beagle.Drafting.DraftLm.DraftLmModel> DraftLm = new(() =>
+        new(TestAssets.Stories5M, TestAssets.Stories, ownsModel: false, (TestAssets.StoriesTokenizer, TestAssets.StoriesTokenizer)));
+    /// <summary>The target as its own draft model (cheap; greedy accepts everything, sampling does not).</summary>
+    static readonly Lazy<Beagle.Drafting.DraftLm.DraftLmModel> DraftLmSelf = new(() => new(TestAssets.Stories, TestAssets.Stories, ownsModel: false));
+    /// <summary>A random-weight draft model: nearly every proposal is rejected, so its cache is rolled back every round.</summary>
+    static readonly Lazy<Beagle.Drafting.DraftLm.DraftLmModel> DraftLmRandom = new(() =>
+    {
+        using var w = Beagle.Models.LlamaWeights.Random(TestAssets.Stories.Config with { Layers = 2 }, seed: 3);
+        return new(new Beagle.Models.LlamaModel(w), TestAssets.Stories);
+    });
+
+    static Beagle.Drafting.IDraftModel Draft(string kind) => kind switch
+    {
+        "bigram" => Bigram.Value,
+        "random" => RandomDraft.Value,
+        _ => TrainingFree(kind),
+    };
+
     public static TheoryData<string, int, int, int, double> Shapes => new()
     {
         { "bigram", 2, 1, 1, 0 },       // a 1-token chain
@@ -23,6 +52,17 @@ public class SpeculativeGreedyTests
         { "random", 16, 5, 4, 0 },
         { "random", 48, 6, 8, 0 },
         { "random", 11, 10, 1, 0.99 },  // a floor no random guess clears: plain steps inside the strategy
+        // Prompt lookup: a point-mass draft, often with no proposal at all (the tree then stops growing there).
+        { "ngram", 8, 7, 1, 0 },
+        { "ngram", 16, 5, 4, 0 },       // a tree budget: every node has one proposal at most, so a chain
+        { "ngram", 11, 10, 1, 0.05 },
+        // A draft language model with its own KV cache, kept in step with the accepted tokens.
+        { "draft-lm", 5, 4, 1, 0 },
+        { "draft-lm", 16, 5, 4, 0 },    // a tree: the draft model runs tree-masked scratch slots
+        { "draft-lm", 48, 6, 8, 0 },
+        { "draft-lm", 11, 10, 1, 0.05 },
+        { "draft-lm-random", 5, 4, 1, 0 },
+        { "draft-lm-random", 16, 5, 4, 0 },
     };
 
     static readonly string[] Prompts = ["Once upon a time", "Tom and Lily went to the", "The little dog was sad because", ""];
@@ -31,7 +71,7 @@ public class SpeculativeGreedyTests
     [MemberData(nameof(Shapes))]
     public void Greedy_speculative_output_equals_plain_greedy(string draftKind, int tokens, int depth, int topK, double minProb)
     {
-        var draft = draftKind == "bigram" ? Bigram.Value : RandomDraft.Value;
+        var draft = Draft(draftKind);
         var plain = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer);
         var spec = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer, draft);
         foreach (var prompt in Prompts)

@@ -105,6 +105,30 @@ public class SpeculativeSamplingTests(ITestOutputHelper output)
     }
 
     /// <summary>
+    /// The drafts that need no training: a draft language model (a tree over its top-k; the target itself as the draft
+    /// model, the cheapest one whose proposals sampling still rejects often) and prompt lookup, whose draft distribution
+    /// is a point mass (on a prompt that repeats itself, at a temperature where the target copies it often enough).
+    /// Fewer samples than the trained draft's test: the threshold is the same, only the power to see a small shift is lower.
+    /// </summary>
+    [Theory]
+    [InlineData("draft-lm-self", "One day, a", 1.0f, 2_000)]
+    [InlineData("ngram", "Once upon a time, there was a little girl named Lily. She loved to play outside. Once upon a time, there was a little", 0.6f, 2_000)]
+    public void Training_free_drafts_keep_the_targets_sampling_distribution(string kind, string prompt, float temperature, int n)
+    {
+        var sampling = new SamplingOptions { Temperature = temperature };
+        var budget = new SpeculativeOptions { TreeTokens = 6, TreeDepth = 2, TreeTopK = 3 };
+        var gen = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer, SpeculativeGreedyTests.TrainingFree(kind));
+        var (fit, ran) = Sample(gen, sampling, budget, n, seed: 3_000, prompt);
+        output.WriteLine($"{kind}: {ran}");
+        Assert.True(ran.AcceptedDraftTokens > n / 5, $"the draft must be accepted often enough to exercise verification: {ran}");
+        foreach (var r in fit.Results())
+        {
+            output.WriteLine(r.ToString());
+            Assert.True(r.Chi < r.Critical, $"not the target's distribution: {r}");
+        }
+    }
+
+    /// <summary>
     /// The statistic's power at the sample size used: multinomial samples from a distribution with one token at 10 %
     /// moved to 12 % (the mass taken from the rest in proportion) exceed the threshold in at least 80 % of 20 seeded
     /// trials, and samples from the distribution itself stay below it.
@@ -159,10 +183,10 @@ public class SpeculativeSamplingTests(ITestOutputHelper output)
     /// <paramref name="n"/> seeded generations of <see cref="Tokens"/> tokens, each followed by one target forward over
     /// prompt + output that gives the target's sampling distribution at every generated position.
     /// </summary>
-    static (PositionFit Fit, Ran Ran) Sample(Generator gen, SamplingOptions sampling, SpeculativeOptions budget, int n, int seed)
+    static (PositionFit Fit, Ran Ran) Sample(Generator gen, SamplingOptions sampling, SpeculativeOptions budget, int n, int seed, string? text = null)
     {
         var target = gen.Target;
-        var prompt = TestAssets.StoriesTokenizer.Encode(Prompt, true);
+        var prompt = TestAssets.StoriesTokenizer.Encode(text ?? Prompt, true);
         int vocab = target.Config.VocabSize;
         int eos = target.Config.EosIds.Single();
         var probabilities = new Sampler(sampling);
