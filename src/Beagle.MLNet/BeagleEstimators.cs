@@ -24,7 +24,7 @@ public sealed class BeagleGenerateEstimator : IEstimator<BeagleTransformer>
     {
         ArgumentNullException.ThrowIfNull(input);
         SchemaChecks.CheckPrompt(input.Schema, _options.InputColumnName);
-        var draftPath = Beagle.Runtime.DefaultModels.DraftFor(_options.TargetPath, _options.DraftPath, _options.UseBundledDraft);
+        var draftPath = Beagle.Runtime.DefaultModels.DraftFor(_options.TargetPath, _options.DraftPath, _options.UseBundledDraft && _options.DraftModel is null && !_options.NGram);
         var draft = draftPath is null ? new Dictionary<string, byte[]>() : BeagleRuntime.ReadFiles(draftPath);
         return BeaglePipeline.Build(_ml, input, _options, draft, draftPath ?? "", "generate");
     }
@@ -122,6 +122,12 @@ internal static class BeaglePipeline
             InputColumnName = o.InputColumnName, Device = o.Device, Threads = o.Threads, Generation = o.ToGenerationSettings(),
             HasDraft = draftFiles.Count > 0, DraftArchitecture = draftFiles.Count > 0 ? DraftStore.Architecture(draftFiles) : null,
         };
+        if (o is BeagleGenerateOptions { DraftModel: not null } or BeagleGenerateOptions { NGram: true })
+        {
+            var g = (BeagleGenerateOptions)o;
+            var model = g.DraftModel is null || Beagle.Runtime.DefaultModels.IsKnownName(g.DraftModel) ? g.DraftModel : Path.GetFullPath(g.DraftModel);
+            settings = settings with { HasDraft = true, DraftArchitecture = g.NGram ? "ngram" : "draft-lm", DraftModel = model, NGram = g.NGram };
+        }
         var host = ((IHostEnvironment)ml).Register("Beagle");
         using (var ch = host.Start(kind))
             ch.Info(MessageSensitivity.None, "loading target {0} ({1})", o.TargetPath, settings.HasDraft ? "with draft" : "no draft: plain decoding");

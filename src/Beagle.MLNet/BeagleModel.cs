@@ -67,7 +67,7 @@ public static class BeagleModel
             foreach (var e in zip.Entries.Where(e => e.FullName.StartsWith(DraftPrefix, StringComparison.Ordinal) && e.Length > 0))
                 draft[e.FullName[DraftPrefix.Length..]] = ReadAll(e);
         }
-        if (settings.HasDraft && draft.Count == 0) throw new InvalidDataException($"{path}: the model records a draft but the zip has no {DraftPrefix} entries");
+        if (settings.HasDraft && !settings.TrainingFreeDraft && draft.Count == 0) throw new InvalidDataException($"{path}: the model records a draft but the zip has no {DraftPrefix} entries");
         if (options?.Device is { } device) settings = settings with { Device = device };
 
         string targetPath = options?.TargetPath ?? target.Path;

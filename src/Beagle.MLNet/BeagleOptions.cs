@@ -65,11 +65,20 @@ public sealed class BeagleGenerateOptions : BeagleEstimatorOptions
     public string? DraftPath { get; set; }
     /// <summary>With a known target (stories5M, stories260K) and no <see cref="DraftPath"/>: its bundled Beagle draft (default true).</summary>
     public bool UseBundledDraft { get; set; } = true;
+    /// <summary>
+    /// A smaller language model with the target's tokenizer drafts instead of a trained draft (no training): a llama2.c
+    /// .bin file, a Hugging Face folder or a known name (stories260K). A saved model records its full path, as it does
+    /// the target's. Null = none.
+    /// </summary>
+    public string? DraftModel { get; set; }
+    /// <summary>Prompt lookup drafts instead of a trained draft (no model; pays where outputs copy the prompt).</summary>
+    public bool NGram { get; set; }
 
     internal override void Validate()
     {
         base.Validate();
         if (DraftPath is not null && !Directory.Exists(DraftPath)) throw new ArgumentException($"DraftPath: no draft folder at '{DraftPath}'", nameof(DraftPath));
+        if (Beagle.Drafting.TrainingFreeDrafts.Problem(DraftModel, NGram, DraftPath, checkFiles: true) is { } problem) throw new ArgumentException(problem, DraftModel is not null ? nameof(DraftModel) : nameof(NGram));
     }
 }
 

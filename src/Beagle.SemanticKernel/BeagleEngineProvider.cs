@@ -83,7 +83,7 @@ public sealed class BeagleEngineProvider : IAsyncDisposable, IDisposable
         LoadedTarget target;
         // A known model (the bundled stories5M, or stories260K from the cache) becomes its files and its bundled draft.
         var (targetPath, tokenizerPath) = DefaultModels.Files(o.TargetPath, o.TokenizerPath);
-        var draftPath = DefaultModels.DraftFor(o.TargetPath, o.DraftPath, o.UseBundledDraft);
+        var draftPath = DefaultModels.DraftFor(o.TargetPath, o.DraftPath, o.UseBundledDraft && o.DraftModel is null && !o.NGram);
         // The loader's messages name the file; prefix the setting that named it (same exception types).
         try { target = TargetLoader.Load(targetPath, tokenizerPath, device); }
         catch (FileNotFoundException e) { throw new FileNotFoundException($"{Setting(o, e.FileName)}: {e.Message}", e.FileName, e); }
@@ -91,7 +91,9 @@ public sealed class BeagleEngineProvider : IAsyncDisposable, IDisposable
         try
         {
             IDraftModel? draft = null;
-            if (draftPath is not null)
+            try { draft = TrainingFreeDrafts.Create(o.DraftModel, o.NGram, target.Model, target.Tokenizer); }
+            catch (ArgumentException e) { throw new ArgumentException($"{nameof(BeagleModelOptions.DraftModel)} '{o.DraftModel}': {e.Message}", e); }
+            if (draft is null && draftPath is not null)
                 try { draft = DraftCheckpoint.Load(draftPath, target.Model); }
                 catch (InvalidDataException e) { throw new InvalidDataException($"{nameof(BeagleModelOptions.DraftPath)} '{draftPath}': {e.Message}", e); }
             return new EngineModels(target.Model, target.Tokenizer, draft);

@@ -29,6 +29,13 @@ public sealed class BeagleModelOptions
     /// bundled Beagle draft, so the default registration decodes speculatively (on by default; false = plain decoding).
     /// </summary>
     public bool UseBundledDraft { get; set; } = true;
+    /// <summary>
+    /// A smaller language model with the target's tokenizer that drafts instead of a trained draft (no training): a
+    /// llama2.c .bin file, a Hugging Face folder, or a known model name (stories260K). Null = none.
+    /// </summary>
+    public string? DraftModel { get; set; }
+    /// <summary>Prompt lookup drafts instead of a trained draft (no model; pays where outputs copy the prompt).</summary>
+    public bool NGram { get; set; }
     /// <summary>auto (CUDA when available), cpu or cuda[:N].</summary>
     public string Device { get; set; } = "auto";
     /// <summary>libtorch intra-op threads; null = leave libtorch's default. 1 is fastest for small models.</summary>
@@ -71,6 +78,7 @@ public sealed class BeagleModelOptions
             p.Add($"{prefix}{nameof(TokenizerPath)}: no file at '{TokenizerPath}'");
         if (DraftPath is not null && checkFiles && !Directory.Exists(DraftPath))
             p.Add($"{prefix}{nameof(DraftPath)}: no draft checkpoint folder (draft.json + draft.safetensors) at '{DraftPath}'");
+        if (Drafting.TrainingFreeDrafts.Problem(DraftModel, NGram, DraftPath, checkFiles, prefix) is { } draftProblem) p.Add(draftProblem);
         var device = (Device ?? "").Trim().ToLowerInvariant();
         if (!(device is "auto" or "cpu" || device == "cuda" || (device.StartsWith("cuda:") && int.TryParse(device[5..], out var n) && n >= 0)))
             p.Add($"{prefix}{nameof(Device)} must be auto, cpu or cuda[:N], got '{Device}'");

@@ -19,6 +19,12 @@ internal sealed record SettingsRecord
     /// <summary>Null when there is no draft (plain decoding).</summary>
     public string? DraftArchitecture { get; init; }
     public bool HasDraft { get; init; }
+    /// <summary>A draft language model's path or known name (draft-lm; no files embedded), or null.</summary>
+    public string? DraftModel { get; init; }
+    /// <summary>Prompt lookup drafts (no files).</summary>
+    public bool NGram { get; init; }
+    /// <summary>Whether the draft is one that needs no embedded files.</summary>
+    [JsonIgnore] public bool TrainingFreeDraft => DraftModel is not null || NGram;
 }
 
 /// <summary>
@@ -56,7 +62,12 @@ internal sealed class BeagleRuntime : IDisposable
         var engine = new BeagleEngine(() =>
         {
             var target = TargetSource.Load(targetPath, tokenizerPath, settings.Device);
-            try { return new EngineModels(target.Model, target.Tokenizer, draftFiles.Count == 0 ? null : LoadDraft(draftFiles, target.Model, draftSource)); }
+            try
+            {
+                var draft = settings.TrainingFreeDraft ? Beagle.Drafting.TrainingFreeDrafts.Create(settings.DraftModel, settings.NGram, target.Model, target.Tokenizer)
+                    : draftFiles.Count == 0 ? null : LoadDraft(draftFiles, target.Model, draftSource);
+                return new EngineModels(target.Model, target.Tokenizer, draft);
+            }
             catch { target.Dispose(); throw; }
         }, new EngineOptions { Threads = settings.Threads });
         try

@@ -411,6 +411,47 @@ public class BeagleMLNetDraftTests
         }
     }
 
+    /// <summary>The drafts that need no training: named in the settings (no files in the zip), reloaded the same way.</summary>
+    [Theory]
+    [InlineData("draft-lm")]
+    [InlineData("ngram")]
+    public void A_training_free_draft_decodes_speculatively_is_recorded_by_name_and_reloads_with_the_same_greedy_output(string kind)
+    {
+        using var dir = TestAssets.TempDir();
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(Prompts.Select(p => new PromptInput { Prompt = p }).ToArray());
+        using var model = ml.Beagle().Generate(new BeagleGenerateOptions
+        {
+            TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, MaxNewTokens = MaxTokens,
+            DraftModel = kind == "draft-lm" ? TestAssets.ModelPath : null, NGram = kind == "ngram",
+        }).Fit(data);
+        Assert.True(model.HasDraft);
+        var before = ml.Data.CreateEnumerable<CompletionRow>(model.Transform(data), reuseRowObject: false).ToArray();
+        Assert.Equal(Plain(Prompts), before.Select(r => r.Completion).ToArray());
+        Assert.Contains(before, r => r.Speculative && r.DraftRounds > 0);
+
+        BeagleModel.Save(ml, model, data.Schema, dir.File("m.zip"));
+        using (var zip = ZipFile.OpenRead(dir.File("m.zip")))
+        {
+            Assert.Null(zip.GetEntry("beagle/draft/draft.json"));
+            using var settings = new StreamReader(zip.GetEntry("beagle/settings.json")!.Open());
+            Assert.Contains($"\"{kind}\"", settings.ReadToEnd());
+        }
+        using var reloaded = Assert.IsType<BeagleTransformer>(BeagleModel.Load(new MLContext(), dir.File("m.zip"), out _));
+        Assert.True(reloaded.HasDraft);
+        Assert.Equal(before.Select(r => r.Completion), reloaded.Transform(data).GetColumn<string>("Completion"));
+    }
+
+    [Fact]
+    public void Two_drafts_at_once_are_refused_by_name()
+    {
+        var e = Assert.Throws<ArgumentException>(() => new MLContext().Beagle().Generate(new BeagleGenerateOptions
+        {
+            TargetPath = TestAssets.ModelPath, TokenizerPath = TestAssets.TokenizerPath, DraftModel = TestAssets.ModelPath, NGram = true,
+        }));
+        Assert.Contains("DraftModel and NGram", e.Message);
+    }
+
     /// <summary>Rewrites one entry of a zip.</summary>
     static void ReplaceEntry(string zipPath, string entry, byte[] bytes)
     {

@@ -33,4 +33,33 @@ public sealed class DefaultModelChatTests
         Assert.Empty(new BeagleModelOptions { UseBundledDraft = false }.Problems(checkFiles: true));
         Assert.Contains(new BeagleModelOptions { TargetPath = "no-such-model.bin" }.Problems(checkFiles: true), p => p.Contains("no file or folder"));
     }
+
+    [Theory]
+    [InlineData("draft-lm")]
+    [InlineData("ngram")]
+    public async Task A_training_free_draft_serves_the_same_greedy_output(string kind)
+    {
+        var options = new BeagleModelOptions
+        {
+            TargetPath = TestAssets.ModelPath, Device = "cpu", Threads = 1,
+            DraftModel = kind == "draft-lm" ? TestAssets.ModelPath : null, NGram = kind == "ngram",
+        };
+        Assert.Empty(options.Problems(checkFiles: true));
+        await using var provider = new BeagleEngineProvider(options);
+        var client = new BeagleChatClient(provider);
+        var response = await client.GetResponseAsync([new ChatMessage(ChatRole.User, "Once upon a time")], new ChatOptions { MaxOutputTokens = 48, Temperature = 0 });
+        var engine = await provider.GetReadyEngineAsync();
+        Assert.Equal(kind, engine.Draft?.Architecture);   // not the bundled trained draft
+        var reference = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer).Complete("Once upon a time", new GenerationOptions { MaxNewTokens = 48 });
+        Assert.Equal(reference.Text, response.Text);
+    }
+
+    [Fact]
+    public void Two_drafts_at_once_or_a_missing_draft_model_are_problems_named_by_setting()
+    {
+        Assert.Contains(new BeagleModelOptions { DraftModel = "stories260K", NGram = true }.Problems(checkFiles: false), p => p.Contains("DraftModel and NGram"));
+        Assert.Contains(new BeagleModelOptions { DraftPath = "x", NGram = true }.Problems(checkFiles: false), p => p.Contains("DraftPath and NGram"));
+        Assert.Contains(new BeagleModelOptions { DraftModel = "no-such.bin" }.Problems(checkFiles: true), p => p.Contains("DraftModel: no llama2.c file"));
+        Assert.Empty(new BeagleModelOptions { DraftModel = "no-such.bin" }.Problems(checkFiles: false));
+    }
 }
