@@ -10,7 +10,7 @@ using Xunit;
 namespace Beagle.Tests.Drafting;
 
 /// <summary>The drafts that need no training, session by session: prompt lookup's proposals and a draft model's cache.</summary>
-public class TrainingFreeDraftTests
+public class TrainingFreeDraftTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     static float[] Row(IDraftSession s, int token, int position, int parent) => ((IArrayDraftSession)s).ExpandToBuffer([token], [position], [parent]).ToArray();
 
@@ -107,6 +107,32 @@ public class TrainingFreeDraftTests
             // A round that ends without a Commit is dropped by the next one.
             DraftTree.Build(s, null, text[committed], committed, 8, 4, topK, ref steps);
             s.EndRound();
+        }
+    }
+
+    /// <summary>
+    /// Keeping the accepted nodes' scratch slots and running the accepted tokens again give the same generation (both
+    /// lossless); the draft time of each is printed, the measurement behind keeping the slots (docs/benchmarks.md).
+    /// </summary>
+    [Fact]
+    public void Keeping_accepted_slots_and_rerunning_accepted_tokens_decode_alike()
+    {
+        var target = TestAssets.Stories5M;
+        var budget = new SpeculativeOptions { TreeTokens = 9, TreeDepth = 8, TreeTopK = 1, TreeMinProb = 0.05 };
+        var results = new List<(bool Keep, double DraftMs, int[] Ids, double Tau)>();
+        for (int pass = 0; pass < 4; pass++)
+            foreach (var keep in new[] { true, false })
+            {
+                using var draft = new DraftLmModel(TestAssets.Stories, target, ownsModel: false) { KeepAcceptedSlots = keep };
+                var g = new Generator(target, TestAssets.StoriesTokenizer, draft);
+                var r = g.Complete("Once upon a time", new GenerationOptions { MaxNewTokens = 200, Speculative = budget });
+                results.Add((keep, r.Stats.DraftSeconds * 1000, r.TokenIds, r.Stats.AcceptanceLength));
+            }
+        Assert.All(results, r => Assert.Equal(results[0].Ids, r.Ids));
+        foreach (var keep in new[] { true, false })
+        {
+            var ms = results.Where(r => r.Keep == keep).Select(r => r.DraftMs).Order().ToArray();
+            output.WriteLine($"keep slots {keep}: draft ms per generation {string.Join(", ", ms.Select(x => x.ToString("F2")))}; tau {results.First(r => r.Keep == keep).Tau:F2}");
         }
     }
 

@@ -69,7 +69,10 @@ public sealed class DraftLmModel : IDraftModel, IDraftIdentity
         }
     }
 
-    public IDraftSession StartSession(int capacity) => new DraftLmSession(Model, capacity);
+    public IDraftSession StartSession(int capacity) => new DraftLmSession(Model, capacity) { KeepAcceptedSlots = KeepAcceptedSlots };
+
+    /// <summary>See <see cref="DraftLmSession.KeepAcceptedSlots"/> (tests and measurements).</summary>
+    internal bool KeepAcceptedSlots { get; init; } = true;
 
     /// <summary>
     /// Whether a draft model can draft for a target: the same vocabulary size, BOS and EOS ids, a context at least as
@@ -121,11 +124,17 @@ internal sealed class DraftLmSession : IDraftSession, IArrayDraftSession
     readonly RoundTree _round = new(DraftModelBase.MaxRoundNodes);
     readonly int[] _nodeToken = new int[DraftModelBase.MaxRoundNodes];
     readonly int[] _nodeSlot = new int[DraftModelBase.MaxRoundNodes];
-    readonly float[] _out;           // [MaxRoundNodes * vocab] log-probs of the last Expand
+    float[] _out;                    // [rows * vocab] log-probs of the last Expand: one row, grown to the widest batch a tree asks for
     int _length;                     // committed tokens
     int _cached;                     // committed tokens whose K/V are in the cache, slots [0, _cached)
     bool _roundOpen;                 // between the first Expand of a round and EndRound
     bool _chain = true;              // every scratch node so far is the child of the one before
+
+    /// <summary>
+    /// Keep the accepted nodes' scratch slots at Commit (default). Off: drop them and run the accepted tokens again with
+    /// the next round's root (the alternative measured against it; docs/benchmarks.md).
+    /// </summary>
+    internal bool KeepAcceptedSlots { get; init; } = true;
 
     public DraftLmSession(LlamaModel model, int capacity)
     {
@@ -137,13 +146,14 @@ internal sealed class DraftLmSession : IDraftSession, IArrayDraftSession
         // own size is not bounded by the rotary tables; positions are, and they stay below the capacity).
         _cache = new KvCache(model.Config, capacity + DraftModelBase.MaxRoundNodes, model.Device);
         _tokens = new int[capacity];
-        _out = new float[DraftModelBase.MaxRoundNodes * _vocab];
+        _out = new float[_vocab];
     }
 
     public int Length => _length;
     public int VocabSize => _vocab;
     public bool ConcatDraftStates { get; set; } = true;   // a draft model's nodes always see their ancestors
 
+    /// <summary>The KV cache (capacity plus a round's scratch slots), tokens, bookkeeping and the log-prob buffer as allocated so far (one row at the start; a tree's wider batches grow it).</summary>
     public long StateBytes
     {
         get
@@ -167,7 +177,7 @@ internal sealed class DraftLmSession : IDraftSession, IArrayDraftSession
         // The accepted path, followed through the last round's nodes: node 0 is the root (parent -1, the first token),
         // then each token is the child of the previous node that carries it. Their scratch slots are kept in order.
         int kept = 0;
-        if (_round.Count > 0 && _cached == _length && m > 0)
+        if (KeepAcceptedSlots && _round.Count > 0 && _cached == _length && m > 0)
         {
             Span<long> slots = stackalloc long[Math.Min(m, _round.Count)];
             int cur = -1;
@@ -220,6 +230,7 @@ internal sealed class DraftLmSession : IDraftSession, IArrayDraftSession
             if (_chain && parents[i] != first + i - 1) _chain = false;
         }
 
+        if (_out.Length < n * _vocab) _out = new float[n * _vocab];
         var rows = _out.AsSpan(0, n * _vocab);
         if (rootOnly)
         {

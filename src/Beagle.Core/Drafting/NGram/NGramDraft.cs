@@ -67,7 +67,9 @@ internal sealed class NGramSession : IDraftSession, IArrayDraftSession
     readonly int[] _text;
     readonly int[] _nodeToken = new int[DraftModelBase.MaxRoundNodes];
     readonly RoundTree _round = new(DraftModelBase.MaxRoundNodes);
-    readonly float[] _out;   // [MaxRoundNodes * vocab] log-probs of the last Expand
+    // [rows * vocab] log-probs of the last Expand: one row (a chain's), grown to the widest batch a tree asks for; a
+    // buffer for a full round would be 64 MB at a 32k vocabulary.
+    float[] _out;
     int _length;
 
     public NGramSession(int vocab, int capacity, NGramOptions o)
@@ -75,12 +77,13 @@ internal sealed class NGramSession : IDraftSession, IArrayDraftSession
         if (capacity < 1) throw new ArgumentOutOfRangeException(nameof(capacity), $"capacity must be positive, got {capacity}");
         (_vocab, _capacity, _maxN, _minN) = (vocab, capacity, o.MaxNgram, o.MinNgram);
         _text = new int[capacity + DraftModelBase.MaxRoundNodes];
-        _out = new float[DraftModelBase.MaxRoundNodes * vocab];
+        _out = new float[vocab];
     }
 
     public int Length => _length;
     public int VocabSize => _vocab;
     public bool ConcatDraftStates { get; set; } = true;   // no draft states: nothing to concatenate
+    /// <summary>Tokens, round bookkeeping and the log-prob buffer as allocated so far (one row at the start; a tree's wider batches grow it).</summary>
     public long StateBytes => (long)_text.Length * sizeof(int) + (long)_out.Length * sizeof(float) + _nodeToken.Length * sizeof(int) + _round.Bytes;
 
     public void Commit(ReadOnlySpan<int> tokens, Tensor hidden) => Commit(tokens, ReadOnlySpan<float>.Empty);
@@ -112,6 +115,7 @@ internal sealed class NGramSession : IDraftSession, IArrayDraftSession
                 throw new ArgumentException($"the root sits at position {positions[i]}, but {_length} positions are committed", nameof(positions));
         }
         int first = _round.Add(positions, parents);
+        if (_out.Length < tokens.Length * _vocab) _out = new float[tokens.Length * _vocab];
         var rows = _out.AsSpan(0, tokens.Length * _vocab);
         rows.Fill(float.NegativeInfinity);
         for (int i = 0; i < tokens.Length; i++)
