@@ -49,7 +49,9 @@ public sealed record TargetFingerprint(int VocabSize, int HiddenSize, string Emb
 /// { "format": "beagle-draft", "version": 1, "config": {DraftConfig}, "target": {vocab_size, hidden_size, embedding_sha256},
 ///   "weights_sha256": "…", "training": {free object filled by the trainer} }
 /// </code>
-/// The weights hash makes any corruption (truncation included) a clear <see cref="InvalidDataException"/>.
+/// The weights hash makes any corruption (truncation included) a clear <see cref="InvalidDataException"/>. The two files
+/// load from a folder or from streams (a checkpoint stored inside another file); either way the architecture named in
+/// the config creates the module (<see cref="DraftArchitectures"/>) and its parameters are read from the weights.
 /// </summary>
 public static class DraftCheckpoint
 {
