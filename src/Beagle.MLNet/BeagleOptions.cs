@@ -142,7 +142,8 @@ public sealed class BeagleTrainDraftOptions : BeagleEstimatorOptions
     {
         base.Validate();
         if (string.IsNullOrWhiteSpace(TextColumnName)) throw new ArgumentException("TextColumnName must name the training-text column", nameof(TextColumnName));
-        if (Architecture is not ("beagle" or "eagle2")) throw new ArgumentException($"Architecture must be \"beagle\" or \"eagle2\", got \"{Architecture}\"", nameof(Architecture));
+        if (!Beagle.Drafting.DraftArchitectures.TryGet(Architecture, out var arch) || !arch.IsTrainable)
+            throw new ArgumentException($"Architecture must be one of {string.Join(", ", Beagle.Drafting.DraftArchitectures.Trainable.Select(n => $"\"{n}\""))}, got \"{Architecture}\"", nameof(Architecture));
         if (Epochs < 1) throw new ArgumentOutOfRangeException(nameof(Epochs), Epochs, "epochs must be >= 1");
         if (Stage1Epochs is { } s1 && (s1 < 0 || s1 > Epochs)) throw new ArgumentOutOfRangeException(nameof(Stage1Epochs), s1, "stage-1 epochs must be in [0, Epochs]");
         if (Window < 1) throw new ArgumentOutOfRangeException(nameof(Window), Window, "window must be >= 1");

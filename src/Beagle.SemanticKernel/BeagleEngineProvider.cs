@@ -74,7 +74,7 @@ public sealed class BeagleEngineProvider : IAsyncDisposable, IDisposable
     /// <summary>
     /// Loads target, tokenizer and draft. Runs on the engine thread. The target is a llama2.c file or a Hugging Face
     /// folder (<see cref="TargetLoader"/>); the draft must have been trained for exactly this target (its fingerprint is
-    /// checked by <see cref="DraftCheckpoint.Load"/>). With a draft, requests decode speculatively unless they set
+    /// checked by <see cref="DraftCheckpoint.Load(string, Beagle.Models.LlamaModel)"/>). With a draft, requests decode speculatively unless they set
     /// "speculative": false.
     /// </summary>
     internal static EngineModels Load(BeagleModelOptions o)

@@ -38,7 +38,7 @@ public sealed class BenchCostsSettings : ShapeOrModelSettings
         if (!b.Successful) return b;
         if (Runs < 1 || Context < 1) return ValidationResult.Error("--runs and --context must be >= 1");
         if (Tokens.Split(',').Any(t => !int.TryParse(t, out var n) || n < 2 || n > 64)) return ValidationResult.Error("--tokens must be a list of chain lengths in [2, 64], e.g. 2,4,6");
-        if (DraftArch is not (DraftConfig.Beagle or DraftConfig.Eagle2)) return ValidationResult.Error($"--draft-arch must be {DraftConfig.Beagle} or {DraftConfig.Eagle2}, got '{DraftArch}'");
+        if (!DraftArchitectures.TryGet(DraftArch, out _)) return ValidationResult.Error($"--draft-arch must be one of {string.Join(", ", DraftArchitectures.Names)}, got '{DraftArch}'");
         if (DraftVocab is < 2) return ValidationResult.Error("--draft-vocab must be >= 2");
         if (Draft is not null && DraftVocab is not null) return ValidationResult.Error("--draft-vocab applies to the random draft only; a --draft checkpoint has its own vocabulary");
         if (Draft is not null && !Directory.Exists(Draft)) return ValidationResult.Error($"--draft: no folder at '{Draft}'");

@@ -94,7 +94,7 @@ public sealed record SpeculativeCosts(int Context, double PlainMs, double DraftS
                 long t0 = Stopwatch.GetTimestamp();
                 for (int i = 0; i < reps; i++)
                 {
-                    if (stepSession is IArrayDraftSession fast) fast.ExpandToBuffer([pending], [context], [-1]);
+                    if (stepSession.ArrayPath is { } fast) fast.ExpandToBuffer([pending], [context], [-1]);
                     else stepSession.Expand([pending], [context], [-1]).Dispose();
                     stepSession.EndRound();
                 }
@@ -143,7 +143,7 @@ public sealed record SpeculativeCosts(int Context, double PlainMs, double DraftS
             var (path, _) = Verifier.AcceptGreedy(tree, accept);
             cache.KeepSlots(n, path.Select(p => (long)(n + p)).ToArray());
             var pathTokens = path.Select(p => tree.Tokens[p]).ToArray();
-            if (session is IArrayDraftSession managed)
+            if (session?.ArrayPath is { } managed)
             {
                 using var hidden = HostFloats.Of(o.Hidden);
                 var rows = new float[path.Count * dim];

@@ -35,7 +35,7 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
         _session.ConcatDraftStates = concat;
         stats.AcceptedAtDepth = new long[_depth];
         stats.DraftStateBytes = _session.StateBytes;
-        _acceptedRows = _session is IArrayDraftSession ? new float[(_depth + 1) * target.Config.Dim] : [];   // a path holds at most depth + 1 nodes
+        _acceptedRows = _session.ArrayPath is not null ? new float[(_depth + 1) * target.Config.Dim] : [];   // a path holds at most depth + 1 nodes
     }
 
     public int Start(ForwardOutput prefill, IReadOnlyList<int> prompt)
@@ -90,7 +90,7 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
             pathTokens = new int[path.Count];
             for (int r = 0; r < path.Count; r++) { slots[r] = n + path[r]; pathTokens[r] = tree.Tokens[path[r]]; }
             _cache.KeepSlots(n, slots);
-            if (_session is IArrayDraftSession managed)
+            if (_session.ArrayPath is { } managed)
             {
                 // The managed kernel takes the accepted rows straight from the forward's hidden states.
                 int d = _target.Config.Dim;

@@ -49,7 +49,9 @@ public sealed record TargetFingerprint(int VocabSize, int HiddenSize, string Emb
 /// { "format": "beagle-draft", "version": 1, "config": {DraftConfig}, "target": {vocab_size, hidden_size, embedding_sha256},
 ///   "weights_sha256": "…", "training": {free object filled by the trainer} }
 /// </code>
-/// The weights hash makes any corruption (truncation included) a clear <see cref="InvalidDataException"/>.
+/// The weights hash makes any corruption (truncation included) a clear <see cref="InvalidDataException"/>. The two files
+/// load from a folder or from streams (a checkpoint stored inside another file); either way the architecture named in
+/// the config creates the module (<see cref="DraftArchitectures"/>) and its parameters are read from the weights.
 /// </summary>
 public static class DraftCheckpoint
 {
@@ -59,12 +61,8 @@ public static class DraftCheckpoint
     const int Version = 1;
 
     /// <summary>Creates a freshly initialised draft of the configured architecture for <paramref name="target"/>.</summary>
-    public static DraftModelBase Create(DraftConfig config, LlamaModel target) => config.Validate().Architecture switch
-    {
-        DraftConfig.Beagle => new BeagleDraft(config, target),
-        DraftConfig.Eagle2 => new Eagle2Draft(config, target),
-        var a => throw new InvalidDataException($"unknown draft architecture '{a}'"),
-    };
+    public static DraftModelBase Create(DraftConfig config, LlamaModel target) =>
+        DraftArchitectures.Get(config.Validate().Architecture).Create(config, target);
 
     /// <summary>Writes the checkpoint into <paramref name="dir"/> (created if needed); each file is written to a temporary name then moved into place.</summary>
     public static void Save(IDraftModel draft, string dir, JsonObject? training = null)
@@ -102,36 +100,72 @@ public static class DraftCheckpoint
     public static JsonObject ReadTraining(string dir) => (ReadMeta(dir)["training"] as JsonObject)?.DeepClone().AsObject() ?? new JsonObject();
 
     /// <summary>
-    /// Loads a draft for <paramref name="target"/>. Refuses a draft trained for another target (message names both
+    /// Loads a draft folder for <paramref name="target"/>. Refuses a draft trained for another target (message names both
     /// fingerprints) and a missing or corrupt file (<see cref="InvalidDataException"/>).
     /// </summary>
     public static DraftModelBase Load(string dir, LlamaModel target)
     {
         var meta = ReadMeta(dir);
-        if (meta["format"]?.GetValue<string>() != Format) throw new InvalidDataException($"{MetaFile} in {dir} is not a {Format} file");
-        if (meta["version"]?.GetValue<int>() != Version) throw new InvalidDataException($"{MetaFile} in {dir}: unsupported version {meta["version"]}");
+        string wPath = Path.Combine(dir, WeightsFile);
+        CheckMeta(meta, dir, target);   // before the weights file: another target's draft is named as such even without it
+        if (!File.Exists(wPath)) throw new InvalidDataException($"{WeightsFile} is missing in {dir}");
+        using var weights = File.OpenRead(wPath);
+        return LoadChecked(meta, weights, dir, target);
+    }
+
+    /// <summary>
+    /// Loads a draft from its two files' contents (a checkpoint stored inside another file, such as an ML.NET model zip),
+    /// with the checks of <see cref="Load(string, LlamaModel)"/>. <paramref name="source"/> names where the files come from
+    /// in error messages. The streams are read, not kept or disposed; a weights stream that cannot seek is buffered once
+    /// (it is read twice: hashed, then loaded).
+    /// </summary>
+    public static DraftModelBase Load(Stream meta, Stream weights, LlamaModel target, string source)
+    {
+        JsonObject m;
+        try { m = JsonNode.Parse(meta) as JsonObject ?? throw new InvalidDataException($"{MetaFile} in {source} is not a JSON object"); }
+        catch (JsonException e) { throw new InvalidDataException($"{MetaFile} in {source} is not valid JSON: {e.Message}", e); }
+        CheckMeta(m, source, target);
+        if (!weights.CanSeek)
+        {
+            var buffered = new MemoryStream();
+            weights.CopyTo(buffered);
+            buffered.Position = 0;
+            using (buffered) return LoadChecked(m, buffered, source, target);
+        }
+        return LoadChecked(m, weights, source, target);
+    }
+
+    /// <summary>Format, version and target fingerprint of a checkpoint's metadata; <paramref name="where"/> names it in messages.</summary>
+    static void CheckMeta(JsonObject meta, string where, LlamaModel target)
+    {
+        if (meta["format"]?.GetValue<string>() != Format) throw new InvalidDataException($"{MetaFile} in {where} is not a {Format} file");
+        if (meta["version"]?.GetValue<int>() != Version) throw new InvalidDataException($"{MetaFile} in {where}: unsupported version {meta["version"]}");
         var saved = TargetFingerprint.FromJson(meta["target"]);
         var actual = TargetFingerprint.Of(target);
         if (saved != actual)
-            throw new InvalidDataException($"draft in {dir} was trained for {saved}, target has {actual}");
+            throw new InvalidDataException($"draft in {where} was trained for {saved}, target has {actual}");
+    }
+
+    /// <summary>The config, the weights' hash, then the draft: created by its architecture and filled from <paramref name="weights"/> (seekable).</summary>
+    static DraftModelBase LoadChecked(JsonObject meta, Stream weights, string where, LlamaModel target)
+    {
         DraftConfig config;
         try { config = DraftConfig.FromJson(meta["config"]?.ToJsonString() ?? throw new InvalidDataException($"{MetaFile}: 'config' missing")); }
-        catch (JsonException e) { throw new InvalidDataException($"{MetaFile} in {dir}: bad config: {e.Message}", e); }
+        catch (JsonException e) { throw new InvalidDataException($"{MetaFile} in {where}: bad config: {e.Message}", e); }
 
-        string wPath = Path.Combine(dir, WeightsFile);
-        if (!File.Exists(wPath)) throw new InvalidDataException($"{WeightsFile} is missing in {dir}");
         string expected = meta["weights_sha256"]?.GetValue<string>() ?? throw new InvalidDataException($"{MetaFile}: 'weights_sha256' missing");
-        string hash;
-        using (var fs = File.OpenRead(wPath)) hash = Convert.ToHexStringLower(SHA256.HashData(fs));
+        long start = weights.Position;
+        string hash = Convert.ToHexStringLower(SHA256.HashData(weights));
         if (hash != expected)
-            throw new InvalidDataException($"{WeightsFile} in {dir} is corrupt or truncated (sha256 {hash[..12]}…, expected {expected[..Math.Min(12, expected.Length)]}…)");
+            throw new InvalidDataException($"{WeightsFile} in {where} is corrupt or truncated (sha256 {hash[..12]}…, expected {expected[..Math.Min(12, expected.Length)]}…)");
+        weights.Position = start;
 
         var draft = Create(config, target);
-        try { draft.load_safetensors(wPath, strict: true); }
+        try { draft.load_safetensors(weights, strict: true, leaveOpen: true); }
         catch (Exception e) when (e is not InvalidDataException)
         {
             draft.Dispose();
-            throw new InvalidDataException($"{WeightsFile} in {dir} does not fit a {config.Architecture} draft: {e.Message}", e);
+            throw new InvalidDataException($"{WeightsFile} in {where} does not fit a {config.Architecture} draft: {e.Message}", e);
         }
         return draft;
     }

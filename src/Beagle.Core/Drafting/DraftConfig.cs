@@ -14,7 +14,7 @@ public sealed record DraftConfig
     public const string Beagle = "beagle";
     public const string Eagle2 = "eagle2";
 
-    /// <summary>"beagle" (one cross-attention block) or "eagle2" (fusion linear + one Llama decoder layer).</summary>
+    /// <summary>A registered architecture's name (<see cref="DraftArchitectures"/>): "beagle" (one cross-attention block), "eagle2" (fusion linear + one Llama decoder layer), or one an application registered.</summary>
     public required string Architecture { get; init; }
     /// <summary>d: must equal the target's hidden size (the draft reads its embedding and writes its LM head's input).</summary>
     public required int Dim { get; init; }
@@ -53,7 +53,7 @@ public sealed record DraftConfig
     public DraftConfig Validate()
     {
         static void Check(bool ok, string message) { if (!ok) throw new InvalidDataException("draft config: " + message); }
-        Check(Architecture is Beagle or Eagle2, $"architecture '{Architecture}' is not supported (supported: {Beagle}, {Eagle2})");
+        Check(DraftArchitectures.TryGet(Architecture, out _), $"architecture '{Architecture}' is not supported (supported: {string.Join(", ", DraftArchitectures.Names)})");
         Check(Dim > 0, $"dim must be positive, got {Dim}");
         Check(Heads > 0, $"heads must be positive, got {Heads}");
         Check(KvHeads > 0 && Heads % KvHeads == 0, $"kv_heads ({KvHeads}) must divide heads ({Heads})");

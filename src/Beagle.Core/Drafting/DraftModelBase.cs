@@ -32,8 +32,8 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
     readonly Tensor _pair;        // [hd] int64 rotary partner index
 
     /// <summary>Scalars held for the draft's lifetime (see LlamaModel: implicit Scalars can be finalised mid-call).</summary>
-    protected Scalar EpsScalar { get; }
-    protected Scalar OneScalar { get; }
+    protected internal Scalar EpsScalar { get; }
+    protected internal Scalar OneScalar { get; }
 
     /// <summary>Number of draft states one round may hold (tree nodes expanded per round).</summary>
     public const int MaxRoundNodes = 512;
@@ -85,15 +85,14 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
             if (_target.OwnsLmHead) bytes += TensorBytes(_target.LmHead);
             lock (_sessionWeightsLock)
             {
-                bytes += _sessionWeights?.Bytes ?? 0;
-                if (_packedSession is { } ps) bytes += sizeof(float) * (ps.Matrices.Sum(m => m.PackedFloats) + (ps.Bias?.LongLength ?? 0));
+                bytes += (_sessionWeights?.Bytes ?? 0) + (_packedSession?.Bytes ?? 0);
                 if (_packedLmHead is { } head) bytes += sizeof(float) * head.PackedFloats;
             }
             return bytes;
         }
     }
 
-    Kernels.ManagedWeights? _sessionWeights;
+    Kernels.ISessionWeights? _sessionWeights;
     readonly object _sessionWeightsLock = new();
 
     /// <summary>
@@ -101,35 +100,32 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
     /// <see cref="InvalidateSessionWeights"/>. Sessions started after the weights change must not see a stale copy: the
     /// trainer invalidates after every optimiser step; anything else that writes the weights must do the same.
     /// </summary>
-    internal Kernels.ManagedWeights SessionWeights(Func<Kernels.ManagedWeights> build)
+    internal T SessionWeights<T>(Func<T> build) where T : class, Kernels.ISessionWeights
     {
-        lock (_sessionWeightsLock) return _sessionWeights ??= build();
+        lock (_sessionWeightsLock) return (T)(_sessionWeights ??= build());
     }
 
     /// <summary>Forgets the sessions' copies of the weights (call after changing them); sessions already running keep theirs.</summary>
     public void InvalidateSessionWeights() { lock (_sessionWeightsLock) { _sessionWeights = null; _packedSession = null; } }
 
-    /// <summary>A tensor session's folded matrices packed for the CPU's C# products, and the fusion bias (EAGLE-2) on the host.</summary>
-    internal sealed record PackedSession(PackedMatrix[] Matrices, float[]? Bias = null);
-
-    PackedSession? _packedSession;
+    Kernels.ISessionWeights? _packedSession;
 
     /// <summary>
     /// On the CPU, the tensor session's matrices packed (<see cref="PackedMatrix"/>: MKL re-packs a weight on
     /// every product of more than one row, and its one-row products are slower), built once per draft and shared like
     /// <see cref="SessionWeights"/> (same invalidation); null on other devices.
     /// </summary>
-    internal PackedSession? PackedSessionMatrices(Func<PackedSession> build)
+    internal T? PackedSessionWeights<T>(Func<T> build) where T : class, Kernels.ISessionWeights
     {
         if (Dev.type != DeviceType.CPU) return null;
-        lock (_sessionWeightsLock) return _packedSession ??= build();
+        lock (_sessionWeightsLock) return (T)(_packedSession ??= build());
     }
 
-    /// <summary>Packs a folded, transposed weight W [K, N] for <see cref="PackedSessionMatrices"/>.</summary>
-    private protected static PackedMatrix Pack(Tensor wT) => PackedMatrix.FromTensor(wT);
+    /// <summary>Packs a folded, transposed weight W [K, N] for <see cref="PackedSessionWeights"/>.</summary>
+    internal static PackedMatrix Pack(Tensor wT) => PackedMatrix.FromTensor(wT);
 
-    /// <summary>The parts of <see cref="Kernels.ManagedWeights"/> both architectures share.</summary>
-    private protected Kernels.ManagedWeights HostWeights(Tensor woT, Tensor w13T, Tensor w2T) => new()
+    /// <summary>The parts of the managed kernel's weights every architecture on <see cref="Kernels.ManagedSessionBase"/> shares.</summary>
+    internal Kernels.ManagedWeights HostWeights(Tensor woT, Tensor w13T, Tensor w2T) => new()
     {
         Emb = Kernels.ManagedWeights.Host(Target.Embedding), WoT = Kernels.ManagedWeights.Host(woT), W13T = Kernels.ManagedWeights.Host(w13T),
         W2T = Kernels.ManagedWeights.Host(w2T), Lm = Kernels.ManagedWeights.Host(LmHead), Cos = Kernels.ManagedWeights.Host(Rope.Cos),
@@ -147,7 +143,7 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
     /// Auto), else for a small draft (a step reads at most <see cref="ManagedStepWeights"/> weights, and
     /// <paramref name="smallEnough"/>) on the CPU.
     /// </summary>
-    protected bool UseManagedKernel(bool smallEnough)
+    protected internal bool UseManagedKernel(bool smallEnough)
     {
         var kernel = Kernel;
         if (kernel == Kernels.DraftKernel.Auto)
@@ -188,10 +184,10 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
         if (length + m > capacity) throw new InvalidOperationException($"sequence of {length + m} positions exceeds the session capacity {capacity}");
     }
 
-    protected Device Dev => Target.Device;
-    protected RotaryTables Rope => _rope;
+    protected internal Device Dev => Target.Device;
+    protected internal RotaryTables Rope => _rope;
     /// <summary>[Vd, D] LM-head rows of the draft vocabulary.</summary>
-    protected Tensor LmHead => _target.LmHead;
+    protected internal Tensor LmHead => _target.LmHead;
 
     /// <summary>Target embedding of tokens [...] int64 → [..., D] (frozen: no gradient reaches the target).</summary>
     protected Tensor Embed(Tensor tokens)
@@ -202,7 +198,7 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
     }
 
     /// <summary>Embedding rows [N, D] for token ids (inference path).</summary>
-    protected Tensor Embed(ReadOnlySpan<int> tokens)
+    protected internal Tensor Embed(ReadOnlySpan<int> tokens)
     {
         var ids = new long[tokens.Length];
         int v = (int)_target.Embedding.shape[0];
@@ -242,7 +238,7 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
         x * x.mul(x).mean([-1], keepdim: true).add(EpsScalar, OneScalar).rsqrt() * weight;
 
     /// <summary>RMSNorm without weight (the weight is folded into the next matmul on the inference path).</summary>
-    protected Tensor RmsNormNoWeight(Tensor x) => x * x.mul(x).mean([-1], keepdim: true).add_(EpsScalar, OneScalar).rsqrt_();
+    protected internal Tensor RmsNormNoWeight(Tensor x) => x * x.mul(x).mean([-1], keepdim: true).add_(EpsScalar, OneScalar).rsqrt_();
 
     /// <summary>Rotary at positions: x [..., T, heads, hd], positions [T] int64 → same shape.</summary>
     protected Tensor ApplyRope(Tensor x, Tensor positions)
@@ -287,7 +283,7 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
     }
 
     /// <summary>Inference attention for N query rows: q [N, H, hd]; k, v [S, kvH, hd]; mask [G*N, S] or null (all visible). → [N, H*hd].</summary>
-    protected Tensor AttendRows(Tensor q, Tensor k, Tensor v, Tensor? mask)
+    protected internal Tensor AttendRows(Tensor q, Tensor k, Tensor v, Tensor? mask)
     {
         long N = q.shape[0];
         int kvH = Config.KvHeads, G = Config.GroupSize, hd = Config.HeadDim;

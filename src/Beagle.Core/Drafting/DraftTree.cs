@@ -85,7 +85,7 @@ public sealed class DraftTree
     internal static DraftTree BuildChain(IDraftSession session, IReadOnlyList<int>? draftToTarget, int root, int rootPosition,
         int length, ref int draftSteps, float minLogProb)
     {
-        if (session is IArrayDraftSession fast) return BuildChain(fast, draftToTarget, root, rootPosition, length, ref draftSteps, minLogProb);
+        if (session.ArrayPath is { } fast) return BuildChain(fast, draftToTarget, root, rootPosition, length, ref draftSteps, minLogProb);
         var tokens = new List<int>(length + 1) { root };
         float score = 0;
         for (int d = 1; d <= length; d++)
@@ -209,7 +209,7 @@ public sealed class DraftTree
     static void Expand(IDraftSession session, int[] tokens, int[] positions, int[] parents, int topK,
         IReadOnlyList<int>? map, out int[,] topTokens, out float[,] topLogp)
     {
-        if (session is IArrayDraftSession fast)
+        if (session.ArrayPath is { } fast)
         {
             var lp = fast.ExpandToBuffer(tokens, positions, parents);   // [m * Vd], the session's buffer
             int vd = fast.VocabSize, kk = Math.Min(topK, vd), rows = tokens.Length;

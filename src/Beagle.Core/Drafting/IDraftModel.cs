@@ -3,13 +3,13 @@ using static TorchSharp.torch;
 namespace Beagle.Drafting;
 
 /// <summary>
-/// A draft model (Beagle or EAGLE-2) that proposes tokens for the target to verify. A draft sees the target only
+/// A draft model (any registered architecture, or any other implementation) that proposes tokens for the target to verify. A draft sees the target only
 /// through what it is given here: the target's frozen embedding and LM head (shared, never copied) and the target's
 /// top hidden states of accepted positions.
 /// </summary>
 public interface IDraftModel : IDisposable
 {
-    /// <summary>"beagle" or "eagle2".</summary>
+    /// <summary>The architecture's name: a registered one's (<see cref="DraftArchitectures"/>: "beagle", "eagle2", ...) for a checkpoint draft, any descriptive name otherwise.</summary>
     string Architecture { get; }
 
     /// <summary>Size of the draft's output vocabulary (the target's, or a reduced one; see <see cref="DraftToTarget"/>).</summary>
@@ -72,14 +72,25 @@ public interface IDraftSession : IDisposable
     /// draft's (<see cref="IDraftModel.WeightBytes"/>).
     /// </summary>
     long StateBytes { get; }
+
+    /// <summary>
+    /// The session's plain-array path, or null when it has none. The tree builder and the speculative strategy ask
+    /// here, and only here, whether they can skip the tensors (no tensor op, no allocation per draft step). By default
+    /// a session that implements <see cref="IArrayDraftSession"/> offers itself; a session that wraps another passes
+    /// the inner one's on, and a session can withhold its path by returning null.
+    /// </summary>
+    IArrayDraftSession? ArrayPath => this as IArrayDraftSession;
 }
 
 /// <summary>
-/// A session that computes on the CPU in plain arrays (the managed kernel): the tree builder reads its log-probs
-/// [N * VocabSize] directly and picks the top-k in C#, skipping four tensor ops per draft step.
+/// The plain-array path of a session that computes on the CPU in arrays (the managed kernels), offered through
+/// <see cref="IDraftSession.ArrayPath"/>: the tree builder reads its log-probs [N * VocabSize] directly and picks the
+/// top-k in C#, skipping four tensor ops per draft step; verification hands the accepted rows over without a tensor.
+/// The same protocol as <see cref="IDraftSession"/> (the same round, the same node numbering).
 /// </summary>
-internal interface IArrayDraftSession
+public interface IArrayDraftSession
 {
+    /// <summary>Columns of a log-prob row: the draft vocabulary's size.</summary>
     int VocabSize { get; }
     /// <summary>
     /// <see cref="IDraftSession.Expand"/> into a buffer the session owns and reuses: log-probs [N * VocabSize], valid

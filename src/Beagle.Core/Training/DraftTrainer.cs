@@ -45,12 +45,8 @@ public abstract class DraftTrainer
     }
 
     /// <summary>The trainer for <see cref="TrainingOptions.Architecture"/>.</summary>
-    public static DraftTrainer Create(LlamaModel target, ITokenizer tokenizer, TrainingOptions options) => options.Validate().Architecture switch
-    {
-        DraftConfig.Beagle => new TwoStageTrainer(target, tokenizer, options),
-        DraftConfig.Eagle2 => new Eagle2Trainer(target, tokenizer, options),
-        var a => throw new ArgumentException($"unknown architecture '{a}'"),
-    };
+    public static DraftTrainer Create(LlamaModel target, ITokenizer tokenizer, TrainingOptions options) =>
+        options.Validate().Arch.CreateTrainer(target, tokenizer, options);
 
     /// <summary>Loads the llama2.c target and tokenizer named in the options and trains on a worker thread.</summary>
     public static Task<TrainingResult> TrainAsync(TrainingOptions options, IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
@@ -87,6 +83,13 @@ public abstract class DraftTrainer
     /// them, so that a stop request does not wait for the whole step; the caller then drops the step.
     /// </summary>
     protected abstract StepStats Step(DraftModelBase draft, Tensor tokens, Tensor states, int stage, long globalStep, CancellationToken stopping);
+
+    /// <summary>
+    /// The step <see cref="TrainBench"/> measures: the architecture's unrolled multi-step training with
+    /// <paramref name="simSteps"/> steps (forward and backward, no optimiser); unsupported by default.
+    /// </summary>
+    internal virtual StepStats BenchStep(DraftModelBase draft, Tensor tokens, Tensor states, long globalStep, int simSteps, bool fullBackprop) =>
+        throw new NotSupportedException($"{GetType().Name} has no multi-step training to measure");
 
     /// <summary>One step, for tests and benchmarks (forward and backward only; no optimiser).</summary>
     internal StepStats RunStep(DraftModelBase draft, Tensor tokens, Tensor states, int stage, long globalStep) => Step(draft, tokens, states, stage, globalStep, default);

@@ -66,8 +66,7 @@ public static class TrainBench
             if (i == 1 || s.Steps == 1) sw.Start();   // the first step warms up allocators and kernels
             using var scope = NewDisposeScope();
             opt.zero_grad();
-            if (trainer is TwoStageTrainer b) b.Stage2(draft, tokens, states, i, s.SimSteps, s.FullBackprop);
-            else ((Eagle2Trainer)trainer).Unrolled(draft, tokens, states, i, s.SimSteps);
+            trainer.BenchStep(draft, tokens, states, i, s.SimSteps, s.FullBackprop);
             opt.step();
             if (sw.IsRunning) timed++;
         }

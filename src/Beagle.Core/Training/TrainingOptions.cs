@@ -12,7 +12,7 @@ namespace Beagle.Training;
 /// </summary>
 public sealed record TrainingOptions
 {
-    /// <summary>--arch: "beagle" (two-stage block-attention training) or "eagle2" (the baseline).</summary>
+    /// <summary>--arch: a trainable registered architecture (<see cref="DraftArchitectures.Trainable"/>): "beagle" (two-stage block-attention training) or "eagle2" (the baseline).</summary>
     public string Architecture { get; init; } = DraftConfig.Beagle;
     /// <summary>--target: llama2c .bin checkpoint (used by <see cref="DraftTrainer.TrainAsync(TrainingOptions, IProgress{TrainingProgress}?, CancellationToken)"/>).</summary>
     public string? TargetPath { get; init; }
@@ -117,15 +117,18 @@ public sealed record TrainingOptions
     /// <summary>Sequences per feature-cache shard.</summary>
     public int ShardSize { get; init; } = 256;
 
-    [JsonIgnore] public bool IsBeagle => Architecture == DraftConfig.Beagle;
-    [JsonIgnore] public int EffectiveStage1Epochs => IsBeagle ? Stage1Epochs ?? Epochs / 2 : Epochs;
-    [JsonIgnore] public double EffectiveCeWeight => CeWeight ?? (IsBeagle ? 1.0 : 0.1);
-    [JsonIgnore] public double EffectiveVLossWeight => VLossWeight ?? (IsBeagle ? 10.0 : 1.0);
+    /// <summary>The registered architecture <see cref="Architecture"/> names (InvalidDataException when none).</summary>
+    [JsonIgnore] public DraftArchitecture Arch => DraftArchitectures.Get(Architecture);
+    DraftTrainingDefaults Defaults => DraftArchitectures.TryGet(Architecture, out var a) ? a.TrainingDefaults : DraftTrainingDefaults.Standard;
+    [JsonIgnore] public int EffectiveStage1Epochs => Defaults.TwoStage ? Stage1Epochs ?? Epochs / 2 : Epochs;
+    [JsonIgnore] public double EffectiveCeWeight => CeWeight ?? Defaults.CeWeight;
+    [JsonIgnore] public double EffectiveVLossWeight => VLossWeight ?? Defaults.VLossWeight;
 
     public TrainingOptions Validate()
     {
         static void Check(bool ok, string name, string message) { if (!ok) throw new ArgumentException($"{name}: {message}", name); }
-        Check(Architecture is DraftConfig.Beagle or DraftConfig.Eagle2, "arch", $"must be '{DraftConfig.Beagle}' or '{DraftConfig.Eagle2}', got '{Architecture}'");
+        Check(DraftArchitectures.TryGet(Architecture, out var arch) && arch.IsTrainable, "arch",
+            $"must be one of {string.Join(", ", DraftArchitectures.Trainable.Select(n => $"'{n}'"))}, got '{Architecture}'");
         Check(!string.IsNullOrWhiteSpace(OutputDir), "out", "an output folder is required");
         Check(DataPaths.Count > 0 || Generate > 0, "data", "give at least one --data file or --generate N");
         foreach (var p in DataPaths) Check(File.Exists(p), "data", $"file not found: {p}");

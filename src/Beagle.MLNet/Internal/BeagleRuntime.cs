@@ -86,39 +86,17 @@ internal sealed class BeagleRuntime : IDisposable
 
     static Beagle.Drafting.IDraftModel LoadDraft(IReadOnlyDictionary<string, byte[]> files, Beagle.Models.LlamaModel target, string source)
     {
-        // The draft loader reads a folder; materialise the embedded files for the duration of the load.
-        string dir = Path.Combine(Path.GetTempPath(), "beagle-mlnet-draft-" + Guid.NewGuid().ToString("N")[..12]);
-        try
+        try { return DraftStore.Load(files, target, source); }
+        catch (InvalidDataException e) when (!e.Message.Contains(source, StringComparison.Ordinal))
         {
-            WriteFiles(files, dir);
-            return DraftStore.Load(dir, target);
+            throw new InvalidDataException($"the draft in {source}: {e.Message}", e);
         }
-        catch (Exception e) when (e is not OutOfMemoryException)
-        {
-            // The loader names the temporary folder, which is gone by the time anyone reads the message: name where the
-            // files come from instead. The original exception is not kept as the inner one, since it names that folder too.
-            string message = e.Message.Replace(dir, source, StringComparison.Ordinal);
-            throw new InvalidDataException(message.Contains(source, StringComparison.Ordinal) ? message : $"the draft in {source}: {message}");
-        }
-        finally { try { Directory.Delete(dir, true); } catch (IOException) { } }
     }
 
     /// <summary>Reads every file under <paramref name="dir"/> (relative paths with forward slashes).</summary>
     public static Dictionary<string, byte[]> ReadFiles(string dir) =>
         Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories)
             .ToDictionary(f => Path.GetRelativePath(dir, f).Replace('\\', '/'), File.ReadAllBytes, StringComparer.Ordinal);
-
-    public static void WriteFiles(IReadOnlyDictionary<string, byte[]> files, string dir)
-    {
-        string root = Path.GetFullPath(dir) + Path.DirectorySeparatorChar;
-        foreach (var (rel, bytes) in files)
-        {
-            var path = Path.GetFullPath(Path.Combine(root, rel));
-            if (!path.StartsWith(root, StringComparison.Ordinal)) throw new InvalidDataException($"draft file path '{rel}' escapes its folder");
-            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-            File.WriteAllBytes(path, bytes);
-        }
-    }
 
     /// <summary>
     /// The CustomMapping action: one completion per row, generated on the engine thread. A row the engine refuses (its

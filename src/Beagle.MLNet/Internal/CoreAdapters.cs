@@ -35,11 +35,23 @@ internal static class TargetIdentity
     }
 }
 
-/// <summary>Draft checkpoints on disk (<see cref="DraftCheckpoint"/>).</summary>
+/// <summary>Draft checkpoints (<see cref="DraftCheckpoint"/>): a folder, or its files held in a saved model.</summary>
 internal static class DraftStore
 {
     /// <summary>Loads a draft folder for <paramref name="target"/>; a draft trained for another target is refused. Runs on the engine thread.</summary>
     public static IDraftModel Load(string dir, LlamaModel target) => DraftCheckpoint.Load(dir, target);
+
+    /// <summary>
+    /// Loads a draft from its checkpoint files held in memory (a saved model's zip entries), read in place with no
+    /// temporary copy; <paramref name="source"/> names them in errors. Runs on the engine thread.
+    /// </summary>
+    public static IDraftModel Load(IReadOnlyDictionary<string, byte[]> files, LlamaModel target, string source)
+    {
+        byte[] File(string name) => files.TryGetValue(name, out var bytes) ? bytes : throw new InvalidDataException($"{name} is missing in {source}");
+        using var meta = new MemoryStream(File(DraftCheckpoint.MetaFile), writable: false);
+        using var weights = new MemoryStream(File(DraftCheckpoint.WeightsFile), writable: false);
+        return DraftCheckpoint.Load(meta, weights, target, source);
+    }
 
     /// <summary>The draft's architecture recorded in its draft.json, if readable (for the model description).</summary>
     public static string? Architecture(IReadOnlyDictionary<string, byte[]> files)

@@ -10,6 +10,7 @@ namespace Beagle.Drafting.Kernels;
 /// </summary>
 internal abstract class ManagedSessionBase : IDraftSession, IArrayDraftSession
 {
+
     // Sizes from the draft config: dim, kv-heads, head dim, group size, q dim, kv dim.
     protected readonly int _d, _kvh, _hd, _g, _q, _k, _maxPositions;
     protected readonly float _eps, _scale;

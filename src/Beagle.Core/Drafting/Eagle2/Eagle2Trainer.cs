@@ -22,6 +22,9 @@ public sealed class Eagle2Trainer(LlamaModel target, ITokenizer tokenizer, Train
     protected override StepStats Step(DraftModelBase draft, Tensor tokens, Tensor states, int stage, long globalStep, CancellationToken stopping)
         => Unrolled(draft, tokens, states, globalStep, Options.EagleTttSteps, stopping);
 
+    internal override StepStats BenchStep(DraftModelBase draft, Tensor tokens, Tensor states, long globalStep, int simSteps, bool fullBackprop) =>
+        Unrolled(draft, tokens, states, globalStep, simSteps);
+
     /// <summary>Training-time-test mask for unrolled step u: [n, (u+1)n]: causal over step 0, diagonal over steps 1..u.</summary>
     public static Tensor TttMask(int n, int u, Device? device = null)
     {

@@ -1,8 +1,8 @@
 using Beagle.Compute;
+using Beagle.Drafting.Kernels;
 using System.Runtime.CompilerServices;
-using static TorchSharp.torch;
 
-namespace Beagle.Drafting.Kernels;
+namespace Beagle.Drafting;
 
 /// <summary>
 /// The Beagle draft session as a plain C# kernel (SIMD float math, no tensor ops) for small drafts on the CPU.
@@ -24,10 +24,9 @@ internal sealed class ManagedBeagleSession : ManagedSessionBase
 
     protected override long OwnBytes => (long)_states.Length * sizeof(float);
 
-    public ManagedBeagleSession(DraftConfig c, int capacity, ManagedWeights w) : base(c, capacity, w)
+    public ManagedBeagleSession(DraftConfig c, int capacity, ManagedBeagleWeights w) : base(c, capacity, w.Common)
     {
-        _qTable = w.QTable ?? throw new ArgumentException("Beagle weights need the query table", nameof(w));
-        _wkvT = w.WkvT ?? throw new ArgumentException("Beagle weights need WkvT", nameof(w));
+        (_qTable, _wkvT) = (w.QTable, w.WkvT);
         _states = new float[DraftModelBase.MaxRoundNodes * _d];
     }
 

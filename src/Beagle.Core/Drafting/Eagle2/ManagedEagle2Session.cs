@@ -1,8 +1,8 @@
 using Beagle.Compute;
+using Beagle.Drafting.Kernels;
 using System.Runtime.CompilerServices;
-using static TorchSharp.torch;
 
-namespace Beagle.Drafting.Kernels;
+namespace Beagle.Drafting;
 
 /// <summary>
 /// The EAGLE-2 draft session as a plain C# kernel, the twin of <see cref="ManagedBeagleSession"/>, so that the two
@@ -27,10 +27,9 @@ internal sealed class ManagedEagle2Session : ManagedSessionBase
 
     protected override long OwnBytes => ((long)_features.Length + _outs.Length) * sizeof(float) + (long)_tokens.Length * sizeof(int);
 
-    public ManagedEagle2Session(DraftConfig c, int capacity, ManagedWeights w) : base(c, capacity, w)
+    public ManagedEagle2Session(DraftConfig c, int capacity, ManagedEagle2Weights w) : base(c, capacity, w.Common)
     {
-        (_wfcT, _bfc, _wqkvT) = (w.WfcT ?? throw new ArgumentException("EAGLE-2 weights need WfcT", nameof(w)),
-            w.Bfc ?? throw new ArgumentException("EAGLE-2 weights need Bfc", nameof(w)), w.WqkvT ?? throw new ArgumentException("EAGLE-2 weights need WqkvT", nameof(w)));
+        (_wfcT, _bfc, _wqkvT) = (w.WfcT, w.Bfc, w.WqkvT);
         _features = new float[capacity * _d];
         _outs = new float[DraftModelBase.MaxRoundNodes * _d];
         _tokens = new int[capacity];

@@ -21,6 +21,9 @@ public sealed class TwoStageTrainer(LlamaModel target, ITokenizer tokenizer, Tra
     protected override StepStats Step(DraftModelBase draft, Tensor tokens, Tensor states, int stage, long globalStep, CancellationToken stopping)
         => stage == 1 ? Stage1(draft, tokens, states, globalStep, stopping) : Stage2(draft, tokens, states, globalStep, Options.SimSteps, Options.FullBackprop, stopping);
 
+    internal override StepStats BenchStep(DraftModelBase draft, Tensor tokens, Tensor states, long globalStep, int simSteps, bool fullBackprop) =>
+        Stage2(draft, tokens, states, globalStep, simSteps, fullBackprop);
+
     static BeagleDraft AsBeagle(DraftModelBase d) => d as BeagleDraft ?? throw new ArgumentException($"expected a Beagle draft, got {d.GetType().Name}");
 
     StepStats Stage1(DraftModelBase model, Tensor tokens, Tensor states, long globalStep, CancellationToken stopping = default)
