@@ -95,7 +95,13 @@ catch (Microsoft.Extensions.Options.OptionsValidationException e)
     Console.Error.WriteLine($"error: configuration: {e.Message} (pass --target PATH, or set Beagle:TargetPath)");
     return 2;
 }
-catch (Exception e) when (e is not OperationCanceledException)
+catch (OperationCanceledException)
+{
+    // Stopped (Ctrl+C, SIGTERM) while the host was still starting, e.g. loading the model: nothing ran yet, nothing to lose.
+    Console.Error.WriteLine("stopped before the worker started");
+    return 0;
+}
+catch (Exception e)
 {
     return SampleModels.Fail(e);
 }

@@ -13,6 +13,15 @@ Console.CancelKeyPress += (_, e) =>
     cts.Cancel();
 };
 
+// SIGTERM (a service manager, `kill`, a container stop) is the same request as a first Ctrl+C: cancel, let the command
+// finish cleanly (training checkpoints); a second SIGTERM terminates at once.
+using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c =>
+{
+    if (cts.IsCancellationRequested) return;
+    c.Cancel = true;
+    cts.Cancel();
+});
+
 // Standard output is the product (text, JSON, tables); status goes to standard error (CliConsole).
 AnsiConsole.Console = CliConsole.Out;
 var app = new CommandApp();

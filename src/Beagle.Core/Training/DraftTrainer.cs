@@ -197,6 +197,10 @@ public abstract class DraftTrainer
 
         long step = 0;
         var epochs = new List<EpochMetrics>();
+        JsonNode? epochSoFar = null;
+        // A stop during an epoch's evaluation leaves the epoch "ending": its figures and evaluation are done on resume,
+        // so that a resumed run records what the uninterrupted one records.
+        bool epochEndPending = false;
         if (resumeFrom is not null)
         {
             var state = JsonNode.Parse(File.ReadAllText(Path.Combine(CheckpointDir, "state.json")))!.AsObject();
@@ -207,6 +211,8 @@ public abstract class DraftTrainer
             optimizer.load_state_dict(Path.Combine(CheckpointDir, "optimizer.bin"));
             step = (long)state["step"]!;
             epochs = state["epochs"].Deserialize<List<EpochMetrics>>(MetricsJson) ?? [];
+            epochSoFar = state["epoch_so_far"];
+            epochEndPending = (bool?)state["epoch_end_pending"] ?? false;
             progress?.Report(TrainingProgress.Note($"resuming from step {step} of {totalSteps} (checkpoint in {CheckpointDir})") with { CheckpointStep = step });
         }
         else if (File.Exists(metricsPath)) File.Delete(metricsPath);
@@ -214,17 +220,32 @@ public abstract class DraftTrainer
         var sw = Stopwatch.StartNew();
         long stepsThisRun = 0, savedAt = step;
         long? checkpointStep = resumeFrom is null ? null : step;
+        var window = new Accum(Depths); var epochAcc = Accum.FromJson(epochSoFar, Depths);
         void Checkpoint(int epoch)
         {
-            SaveCheckpoint(draft, optimizer, step, epoch, cache, epochs);
+            SaveCheckpoint(draft, optimizer, step, epoch, cache, epochs, step % nb == 0 && !epochEndPending ? new Accum(Depths) : epochAcc, epochEndPending);
             savedAt = step; checkpointStep = step;
             progress?.Report(TrainingProgress.Note($"checkpoint saved at step {step}") with { Step = step, TotalSteps = totalSteps, CheckpointStep = step });
         }
         double lastLoss = double.NaN;
-        var window = new Accum(Depths); var epochAcc = new Accum(Depths);
         int tokensPerStep = o.BatchSize * o.SeqLen;
 
         bool Stop() => cancellationToken.IsCancellationRequested || (o.StopAfterSteps is { } s && step >= s);
+
+        void EndEpoch(int epoch, int stage)
+        {
+            var em = EndOfEpoch(draft, epoch, stage, step, totalSteps, epochAcc, heldOut, progress, cancellationToken);
+            epochEndPending = em.EvalError == EvalCancelled && cancellationToken.IsCancellationRequested;
+            if (epochEndPending) return;
+            epochs.Add(em);
+            AppendMetrics(metricsPath, JsonSerializer.SerializeToNode(em, MetricsJson)!.AsObject().Also(j => j["type"] = "epoch"));
+            if (o.Plots) TrainingPlots.TryWrite(Path.Combine(o.OutputDir, "plots"), epochs, progress);
+        }
+        if (epochEndPending)
+        {
+            int ended = (int)(step / nb) - 1;
+            EndEpoch(ended, StageOf(ended));
+        }
 
         while (step < totalSteps)
         {
@@ -274,20 +295,14 @@ public abstract class DraftTrainer
                 }
 
                 bool epochEnd = b == nb - 1;
-                if (epochEnd)
-                {
-                    var em = EndOfEpoch(draft, epoch, stage, step, totalSteps, epochAcc, heldOut, progress, cancellationToken);
-                    epochs.Add(em);
-                    AppendMetrics(metricsPath, JsonSerializer.SerializeToNode(em, MetricsJson)!.AsObject().Also(j => j["type"] = "epoch"));
-                    if (o.Plots) TrainingPlots.TryWrite(Path.Combine(o.OutputDir, "plots"), epochs, progress);
-                }
+                if (epochEnd) EndEpoch(epoch, stage);
                 if (epochEnd || step % o.CheckpointEverySteps == 0 || Stop()) Checkpoint(epoch);
                 if (Stop()) break;
             }
             if (Stop()) break;
         }
 
-        bool completed = step >= totalSteps;
+        bool completed = step >= totalSteps && !epochEndPending;
         string? draftDir = null;
         if (completed)
         {
@@ -397,6 +412,8 @@ public abstract class DraftTrainer
         return Enumerable.Range(0, vocab).OrderByDescending(i => counts[i]).ThenBy(i => i).Take(n).Order().ToArray();
     }
 
+    const string EvalCancelled = "cancelled";
+
     EpochMetrics EndOfEpoch(DraftModelBase draft, int epoch, int stage, long step, long totalSteps, Accum acc, List<int[]> heldOut,
         IProgress<TrainingProgress>? progress, CancellationToken ct)
     {
@@ -404,7 +421,7 @@ public abstract class DraftTrainer
         if (heldOut.Count > 0 && Options.EvalPrompts > 0)
         {
             try { (tau, byDepth) = Evaluate(draft, heldOut, ct); }
-            catch (OperationCanceledException) { error = "cancelled"; }
+            catch (OperationCanceledException) { error = EvalCancelled; }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
                 // Evaluation must never end a training run: the speculative decoder may not be available yet (it
@@ -449,7 +466,7 @@ public abstract class DraftTrainer
         return (forwards == 0 ? 0 : (double)roundTokens / forwards, accepted.Select(a => rounds == 0 ? 0 : (double)a / rounds).ToArray());
     }
 
-    void SaveCheckpoint(DraftModelBase draft, OptimizerHelper optimizer, long step, int epoch, FeatureCache cache, List<EpochMetrics> epochs)
+    void SaveCheckpoint(DraftModelBase draft, OptimizerHelper optimizer, long step, int epoch, FeatureCache cache, List<EpochMetrics> epochs, Accum epochSoFar, bool epochEndPending)
     {
         var state = new JsonObject
         {
@@ -464,6 +481,8 @@ public abstract class DraftTrainer
             ["feature_cache"] = cache.Key.Id,
             ["options"] = Options.ToJson(),
             ["epochs"] = JsonSerializer.SerializeToNode(epochs, MetricsJson),
+            ["epoch_so_far"] = epochSoFar.ToJson(),
+            ["epoch_end_pending"] = epochEndPending,
         };
         AtomicFile.ReplaceDirectory(CheckpointDir, dir =>
         {
@@ -489,6 +508,23 @@ public abstract class DraftTrainer
         public double Ce => _n == 0 ? double.NaN : _ce / _n;
         public double VLoss => _n == 0 ? double.NaN : _vl / _n;
         public double[] Acceptance => _agree.Zip(_count, (a, c) => c == 0 ? double.NaN : a / c).ToArray();
+
+        /// <summary>The running sums, so that a run resumed mid-epoch reports the whole epoch (doubles round-trip exactly in JSON).</summary>
+        public JsonObject ToJson() => new()
+        {
+            ["n"] = _n, ["loss"] = _loss, ["ce"] = _ce, ["vloss"] = _vl,
+            ["agree"] = new JsonArray(_agree.Select(a => (JsonNode?)a).ToArray()), ["count"] = new JsonArray(_count.Select(c => (JsonNode?)c).ToArray()),
+        };
+
+        public static Accum FromJson(JsonNode? j, int depths)
+        {
+            var a = new Accum(depths);
+            if (j is null) return a;   // a checkpoint written before epoch sums were kept: the epoch's figures cover the resumed part
+            a._n = (int)j["n"]!; a._loss = (double)j["loss"]!; a._ce = (double)j["ce"]!; a._vl = (double)j["vloss"]!;
+            var agree = j["agree"]!.AsArray(); var count = j["count"]!.AsArray();
+            for (int d = 0; d < Math.Min(depths, agree.Count); d++) { a._agree[d] = (double)agree[d]!; a._count[d] = (double)count[d]!; }
+            return a;
+        }
     }
 }
 

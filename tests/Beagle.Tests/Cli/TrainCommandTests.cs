@@ -71,4 +71,36 @@ public class TrainCommandTests
         Assert.Contains("checkpoint saved at step 1", r.Stdout);   // the interval's (the epoch ends at step 2)
         Assert.Contains("checkpoint saved at step 2", r.Stdout);
     }
+    [Fact]
+    public async Task Sigterm_checkpoints_exits_130_and_the_resumed_run_ends_with_the_uninterrupted_draft()
+    {
+        using var tmp = TestAssets.TempDir();
+        string data = Data(tmp), stopped = tmp.File("stopped"), whole = tmp.File("whole");
+        string[] Long(string outDir) => [.. Args(data, outDir), "--epochs", "20", "--checkpoint-every", "1"];   // 40 steps
+
+        // SIGTERM (what systemd and `docker stop` send) once the run is training: the first checkpoint says so.
+        using (var p = ChildProcess.StartDotnet(Path.Combine(AppContext.BaseDirectory, "beagle.dll"), Long(stopped)))
+        {
+            p.StandardInput.Close();
+            var stderr = p.StandardError.ReadToEndAsync();
+            var stdout = new System.Text.StringBuilder();
+            while (await p.StandardOutput.ReadLineAsync() is { } line)
+            {
+                stdout.AppendLine(line);
+                if (line.Contains("checkpoint saved at step 1", StringComparison.Ordinal)) ChildProcess.Terminate(p);
+            }
+            Assert.True(p.WaitForExit(60_000), "beagle train did not stop after SIGTERM");
+            var output = $"{stdout}\n{await stderr}";
+            Assert.True(p.ExitCode == 130, $"exit {p.ExitCode}\n{output}");
+            Assert.Contains("stopped at step", output);
+            Assert.True(File.Exists(Path.Combine(stopped, "checkpoint", "draft.safetensors")), output);
+            Assert.False(Directory.Exists(Path.Combine(stopped, "draft")), "a stopped run wrote a final draft");
+        }
+
+        var resumed = ChildProcess.Beagle([.. Long(stopped), "--resume"]);
+        Assert.True(resumed.ExitCode == 0, resumed.ToString());
+        var uninterrupted = ChildProcess.Beagle(Long(whole));
+        Assert.True(uninterrupted.ExitCode == 0, uninterrupted.ToString());
+        Assert.Equal(File.ReadAllBytes(Path.Combine(whole, "draft", "draft.safetensors")), File.ReadAllBytes(Path.Combine(stopped, "draft", "draft.safetensors")));
+    }
 }

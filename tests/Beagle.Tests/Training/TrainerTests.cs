@@ -274,6 +274,35 @@ public class TrainerTests
     }
 
     /// <summary>Progress&lt;T&gt; posts to the thread pool; tests need the callback inline.</summary>
+    [Fact]
+    public void A_stop_during_an_epochs_evaluation_ends_that_epoch_on_resume_so_the_record_is_the_uninterrupted_runs()
+    {
+        using var tmp = TestAssets.TempDir();
+        var data = DataFile(tmp);
+        TrainingOptions Opts(string dir) => SmallRun(tmp, dir, data) with { EvalPrompts = 2, EvalMaxNewTokens = 8 };
+        var full = DraftTrainer.Create(TestAssets.Stories, TestAssets.StoriesTokenizer, Opts("full")).Train();
+        Assert.True(full.Completed);
+
+        // Stop as the first epoch's last step is reported: the epoch's evaluation then starts with the stop requested.
+        using var cts = new CancellationTokenSource();
+        var stopped = DraftTrainer.Create(TestAssets.Stories, TestAssets.StoriesTokenizer, Opts("run"))
+            .Train(new SyncProgress(p => { if (p.Message is null && p.Step == 3) cts.Cancel(); }), cts.Token);
+        Assert.False(stopped.Completed);
+        Assert.Equal(3, stopped.Steps);
+        Assert.Empty(stopped.Epochs);   // the epoch is not recorded with a cancelled evaluation
+
+        var resumed = DraftTrainer.Create(TestAssets.Stories, TestAssets.StoriesTokenizer, Opts("run") with { Resume = true }).Train();
+        Assert.True(resumed.Completed);
+        Assert.Equal(full.Epochs.Count, resumed.Epochs.Count);
+        for (int e = 0; e < full.Epochs.Count; e++)
+        {
+            Assert.Null(resumed.Epochs[e].EvalError);
+            Assert.Equal(full.Epochs[e].Loss, resumed.Epochs[e].Loss);
+            Assert.Equal(full.Epochs[e].EvalAcceptanceLength, resumed.Epochs[e].EvalAcceptanceLength);
+        }
+        Assert.Equal(File.ReadAllBytes(Path.Combine(full.DraftDir!, DraftCheckpoint.WeightsFile)), File.ReadAllBytes(Path.Combine(resumed.DraftDir!, DraftCheckpoint.WeightsFile)));
+    }
+
     sealed class SyncProgress(Action<TrainingProgress> f) : IProgress<TrainingProgress>
     {
         public void Report(TrainingProgress value) => f(value);
