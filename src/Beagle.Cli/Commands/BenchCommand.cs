@@ -22,8 +22,8 @@ public sealed class BenchSettings : ModelSettings
     [Description("Adds the row ngram: prompt lookup (no model).")]
     public bool NGram { get; init; }
 
-    [CommandOption("--ngram-max <N>")] [Description("With --ngram: the longest suffix looked up, 1-16 (default 3).")] public int NGramMax { get; init; } = 3;
-    [CommandOption("--ngram-min <N>")] [Description("With --ngram: the shortest suffix looked up (default 1).")] public int NGramMin { get; init; } = 1;
+    [CommandOption("--ngram-max <N>")] [Description("With --ngram: the longest suffix looked up, 1-16 (default 3).")] public int? NGramMax { get; init; }
+    [CommandOption("--ngram-min <N>")] [Description("With --ngram: the shortest suffix looked up (default 1).")] public int? NGramMin { get; init; }
 
     [CommandOption("--prompts <FILE>")]
     [Description("One prompt per line, or Spec-Bench / MT-bench jsonl (first turn). Default: docs/bench/stories-prompts.txt next to the tool.")]
@@ -66,7 +66,7 @@ public sealed class BenchSettings : ModelSettings
         foreach (var d in Drafts) if (!Directory.Exists(d)) return ValidationResult.Error($"--draft: no folder at '{d}'");
         if (DraftModel is not null && !DefaultModels.IsKnownName(DraftModel) && !File.Exists(DraftModel) && !Directory.Exists(DraftModel))
             return ValidationResult.Error($"--draft-model: no file or folder at '{DraftModel}'");
-        if (DraftSettings.NGramOptionsError(NGramMax, NGramMin) is { } ng) return ValidationResult.Error(ng);
+        if (DraftSettings.NGramOptionsError(NGram, NGramMax, NGramMin) is { } ng) return ValidationResult.Error(ng);
         if (Prompts is not null && !File.Exists(Prompts)) return ValidationResult.Error($"--prompts: no file at '{Prompts}'");
         if (MaxTokens < 1) return ValidationResult.Error("--max-tokens must be >= 1");
         if (Runs < 1) return ValidationResult.Error("--runs must be >= 1");
@@ -133,7 +133,7 @@ public sealed class BenchCommand : Command<BenchSettings>
                 Add(Beagle.Drafting.DraftLm.DraftLmModel.Load(s.DraftModel, model, tokenizer), "draft-lm",
                     DefaultModels.IsKnownName(s.DraftModel) ? s.DraftModel : DisplayPath(s.DraftModel));
             if (s.NGram)
-                Add(new Beagle.Drafting.NGram.NGramDraft(model, new() { MaxNgram = s.NGramMax, MinNgram = s.NGramMin }), "ngram", $"n-gram {s.NGramMin}-{s.NGramMax}");
+                Add(new Beagle.Drafting.NGram.NGramDraft(model, CliDrafts.NGramOptions(s.NGramMax, s.NGramMin)), "ngram", $"n-gram {CliDrafts.NGramOptions(s.NGramMax, s.NGramMin).MinNgram}-{CliDrafts.NGramOptions(s.NGramMax, s.NGramMin).MaxNgram}");
 
             // Progress and truncation notes on stderr; the table below is the product.
             var result = CliConsole.WithStatus("benchmarking", status =>

@@ -30,11 +30,11 @@ public class DraftSettings : ModelSettings
 
     [CommandOption("--ngram-max <N>")]
     [Description("With --ngram: the longest suffix looked up, 1-16 (default 3).")]
-    public int NGramMax { get; init; } = 3;
+    public int? NGramMax { get; init; }
 
     [CommandOption("--ngram-min <N>")]
     [Description("With --ngram: the shortest suffix looked up, 1 to --ngram-max (default 1).")]
-    public int NGramMin { get; init; } = 1;
+    public int? NGramMin { get; init; }
 
     [CommandOption("--tree-tokens <N>")]
     [Description("Tokens verified per round, root included (2-256). Default: measured for this machine (cached).")]
@@ -62,7 +62,7 @@ public class DraftSettings : ModelSettings
         if (chosen > 1) return ValidationResult.Error("choose one of --draft, --draft-model, --ngram and --no-draft");
         if (DraftModel is not null && !DefaultModels.IsKnownName(DraftModel) && !File.Exists(DraftModel) && !Directory.Exists(DraftModel))
             return ValidationResult.Error($"--draft-model: no file or folder at '{DraftModel}'");
-        if (NGramOptionsError(NGramMax, NGramMin) is { } ng) return ValidationResult.Error(ng);
+        if (NGramOptionsError(NGram, NGramMax, NGramMin) is { } ng) return ValidationResult.Error(ng);
         if (TreeTokens is { } n && (n < 2 || n > 256)) return ValidationResult.Error("--tree-tokens must be in [2, 256]");
         if (TreeDepth is { } d && (d < 1 || d > 32)) return ValidationResult.Error("--tree-depth must be in [1, 32]");
         if (TreeTopK is { } k && (k < 1 || k > 64)) return ValidationResult.Error("--tree-topk must be in [1, 64]");
@@ -70,11 +70,13 @@ public class DraftSettings : ModelSettings
         return ValidationResult.Success();
     }
 
-    /// <summary>Why --ngram-max / --ngram-min are invalid, or null.</summary>
-    internal static string? NGramOptionsError(int max, int min)
+    /// <summary>Why --ngram-max / --ngram-min are invalid, or null. They are settings of --ngram: alone they would do nothing.</summary>
+    internal static string? NGramOptionsError(bool ngram, int? max, int? min)
     {
-        if (max is < 1 or > 16) return "--ngram-max must be in [1, 16]";
-        if (min < 1 || min > max) return "--ngram-min must be in [1, --ngram-max]";
+        if (!ngram && (max is not null || min is not null)) return $"{(max is not null ? "--ngram-max" : "--ngram-min")} sets up prompt lookup: add --ngram";
+        var o = CliDrafts.NGramOptions(max, min);
+        if (o.MaxNgram is < 1 or > 16) return "--ngram-max must be in [1, 16]";
+        if (o.MinNgram < 1 || o.MinNgram > o.MaxNgram) return "--ngram-min must be in [1, --ngram-max]";
         return null;
     }
 
@@ -112,10 +114,17 @@ internal static class CliDrafts
     /// a trained draft (--draft, or the bundled one), a draft model (--draft-model, checked against the target and its
     /// <paramref name="tokenizer"/>) or prompt lookup (--ngram).
     /// </summary>
+    /// <summary>The prompt-lookup settings: what the options name, the library's defaults for the rest.</summary>
+    internal static Beagle.Drafting.NGram.NGramOptions NGramOptions(int? max, int? min)
+    {
+        var o = new Beagle.Drafting.NGram.NGramOptions();
+        return o with { MaxNgram = max ?? o.MaxNgram, MinNgram = min ?? o.MinNgram };
+    }
+
     public static (IDraftModel? Draft, string? Path) Load(DraftSettings s, LlamaModel target, ITokenizer tokenizer)
     {
         if (s.NoDraft) return (null, null);
-        if (s.NGram) return (new Beagle.Drafting.NGram.NGramDraft(target, new() { MaxNgram = s.NGramMax, MinNgram = s.NGramMin }), "ngram");
+        if (s.NGram) return (new Beagle.Drafting.NGram.NGramDraft(target, CliDrafts.NGramOptions(s.NGramMax, s.NGramMin)), "ngram");
         if (s.DraftModel is not null) return (Beagle.Drafting.DraftLm.DraftLmModel.Load(s.DraftModel, target, tokenizer), s.DraftModel);
         var path = s.Draft ?? BundledDraftOrNote(s.Target);
         return path is null ? (null, null) : (DraftCheckpoint.Load(path, target), path);

@@ -79,3 +79,23 @@ public class CliErrorsTests
         Assert.Equal("TargetPath 'x.bin': unreadable (bad header)", CliErrors.OneLine(wrapped));
     }
 }
+
+/// <summary>Prompt-lookup settings without --ngram would do nothing: they are refused, naming the missing option.</summary>
+public class NGramSettingsTests
+{
+    [Fact]
+    public void Ngram_settings_without_ngram_are_refused_and_with_it_validated()
+    {
+        var alone = new Beagle.Cli.Commands.GenerateSettings { NGramMax = 4 }.Validate();
+        Assert.False(alone.Successful);
+        Assert.Contains("add --ngram", alone.Message);
+        var benchAlone = new Beagle.Cli.Commands.BenchSettings { NGramMin = 2 }.Validate();
+        Assert.False(benchAlone.Successful);
+        Assert.Contains("--ngram-min", benchAlone.Message);
+
+        Assert.True(new Beagle.Cli.Commands.GenerateSettings { NGram = true, NGramMax = 4, NGramMin = 2 }.Validate().Successful);
+        var inverted = new Beagle.Cli.Commands.GenerateSettings { NGram = true, NGramMax = 2, NGramMin = 3 }.Validate();
+        Assert.False(inverted.Successful);
+        Assert.Contains("--ngram-min", inverted.Message);
+    }
+}
