@@ -24,7 +24,10 @@ public sealed class BeagleGenerateEstimator : IEstimator<BeagleTransformer>
     {
         ArgumentNullException.ThrowIfNull(input);
         SchemaChecks.CheckPrompt(input.Schema, _options.InputColumnName);
-        var draftPath = Beagle.Runtime.DefaultModels.DraftFor(_options.TargetPath, _options.DraftPath, _options.UseBundledDraft);
+        var draftPath = Beagle.Runtime.ModelLoader.Resolve(new Beagle.Runtime.ModelSpec
+        {
+            Target = _options.TargetPath, Tokenizer = _options.TokenizerPath, Draft = _options.DraftPath, UseBundledDraft = _options.UseBundledDraft,
+        }).Draft;
         var draft = draftPath is null ? new Dictionary<string, byte[]>() : BeagleRuntime.ReadFiles(draftPath);
         return BeaglePipeline.Build(_ml, input, _options, draft, draftPath ?? "", "generate");
     }

@@ -71,8 +71,7 @@ public sealed class BeagleModelOptions
             p.Add($"{prefix}{nameof(TokenizerPath)}: no file at '{TokenizerPath}'");
         if (DraftPath is not null && checkFiles && !Directory.Exists(DraftPath))
             p.Add($"{prefix}{nameof(DraftPath)}: no draft checkpoint folder (draft.json + draft.safetensors) at '{DraftPath}'");
-        var device = (Device ?? "").Trim().ToLowerInvariant();
-        if (!(device is "auto" or "cpu" || device == "cuda" || (device.StartsWith("cuda:") && int.TryParse(device[5..], out var n) && n >= 0)))
+        if (!Runtime.ModelSpec.IsDeviceName(Device))
             p.Add($"{prefix}{nameof(Device)} must be auto, cpu or cuda[:N], got '{Device}'");
         if (Threads is { } t && t < 1) p.Add($"{prefix}{nameof(Threads)} must be >= 1 (or unset), got {t}");
         if (QueueCapacity < 1) p.Add($"{prefix}{nameof(QueueCapacity)} must be >= 1, got {QueueCapacity}");
@@ -92,6 +91,13 @@ public sealed class BeagleModelOptions
         if (problems.Count > 0) throw new ArgumentException("invalid Beagle model options: " + string.Join("; ", problems));
         return this;
     }
+
+    /// <summary>What the composition root (<see cref="Runtime.ModelLoader"/>) loads for these options.</summary>
+    public Runtime.ModelSpec ToModelSpec() => new()
+    {
+        Target = TargetPath, Tokenizer = TokenizerPath, Draft = DraftPath, UseBundledDraft = UseBundledDraft, Device = Device, Threads = Threads,
+        Calibrate = CalibrateTreeBudget,
+    };
 
     /// <summary>A copy, so a registration is not changed by later edits of the caller's instance.</summary>
     public BeagleModelOptions Clone() => (BeagleModelOptions)MemberwiseClone();

@@ -42,15 +42,14 @@ public class DraftSettings : ModelSettings
         if (!b.Successful) return b;
         if (Draft is not null && !Directory.Exists(Draft)) return ValidationResult.Error($"--draft: no folder at '{Draft}'");
         if (Draft is not null && NoDraft) return ValidationResult.Error("--draft and --no-draft exclude each other");
-        if (TreeTokens is { } n && (n < 2 || n > 256)) return ValidationResult.Error("--tree-tokens must be in [2, 256]");
-        if (TreeDepth is { } d && (d < 1 || d > 32)) return ValidationResult.Error("--tree-depth must be in [1, 32]");
-        if (TreeTopK is { } k && (k < 1 || k > 64)) return ValidationResult.Error("--tree-topk must be in [1, 64]");
-        if (TreeMinProb is { } p && !(p >= 0 && p < 1)) return ValidationResult.Error("--tree-min-prob must be in [0, 1)");
+        try { TreeBudget.Validate(CliModels.BudgetNames); }
+        catch (ArgumentException e) { return ValidationResult.Error(CliErrors.ProductMessage(e)); }
         return ValidationResult.Success();
     }
 
-    public SpeculativeOptions SpeculativeOptions => new() { TreeTokens = TreeTokens, TreeDepth = TreeDepth, TreeTopK = TreeTopK, TreeMinProb = TreeMinProb };
-    public bool ExplicitBudget => TreeTokens is not null || TreeDepth is not null || TreeTopK is not null || TreeMinProb is not null;
+    /// <summary>The --tree-* options as one budget: what they name overrides the calibrated budget, the rest is measured.</summary>
+    public TreeBudgetOptions TreeBudget => new() { Tokens = TreeTokens, Depth = TreeDepth, TopK = TreeTopK, MinProb = TreeMinProb };
+    public bool ExplicitBudget => !TreeBudget.IsEmpty;
 }
 
 internal static class CliDrafts
@@ -66,39 +65,21 @@ internal static class CliDrafts
     }
 
     /// <summary>
-    /// The bundled draft of <paramref name="arch"/> for a known target, or null after one note on stderr saying that
-    /// decoding is plain (a program built before the model's drafts were trained ships without them).
-    /// </summary>
-    public static string? BundledDraftOrNote(string? target, string arch = "beagle")
-    {
-        if (target is not null && !DefaultModels.IsKnownName(target)) return null;
-        var found = BundledDraft(target, arch);
-        if (found is null)
-            CliConsole.Note($"{target ?? DefaultModels.Default} has no bundled {arch} draft (models/{target ?? DefaultModels.Default}/{arch} next to the program): decoding plainly; pass --draft DIR to speculate");
-        return found;
-    }
-
-    /// <summary>Loads the draft a command asked for (null when none applies; a missing bundled draft is said once on stderr).</summary>
-    public static (IDraftModel? Draft, string? Path) Load(DraftSettings s, LlamaModel target)
-    {
-        if (s.NoDraft) return (null, null);
-        var path = s.Draft ?? BundledDraftOrNote(s.Target);
-        return path is null ? (null, null) : (DraftCheckpoint.Load(path, target), path);
-    }
-
-    /// <summary>
-    /// Applies the measured tree budget unless the user gave one (calibration runs once per machine/model/draft); its
-    /// messages go to stderr.
+    /// Target, tokenizer and draft of a decoding command, and a generator with the tree budget applied (calibrated for
+    /// what the --tree-* options leave open; its messages go to stderr). The caller owns the models.
     /// </summary>
     /// <param name="sampling">The request's sampling settings: sampled decoding is calibrated with exactly these (acceptance
     /// under sampling depends on them), greedy decoding once per machine/model/draft.</param>
-    public static void Calibrate(Generator gen, DraftSettings s, ITokenizer tokenizer, SamplingOptions? sampling = null)
+    public static (EngineModels Models, Generator Generator, string? DraftPath) Load(DraftSettings s, SamplingOptions? sampling = null, CancellationToken cancellationToken = default)
     {
-        if (gen.Draft is null || s.ExplicitBudget) return;
-        var id = TreeBudgetCalibrator.DraftIdentity(gen.Draft);
-        Action<string> log = CliConsole.Status;
-        if (sampling is null || sampling.IsGreedy) gen.Use(TreeBudgetCalibrator.GetOrMeasure(gen.Target, tokenizer, gen.Draft, id, log: log));
-        else gen.UseForSampling(TreeBudgetCalibrator.GetOrMeasure(gen.Target, tokenizer, gen.Draft, id, log: log, sampling: sampling with { Seed = 1 }));
+        var spec = CliModels.DraftSpec(s);
+        var files = CliModels.Resolve(spec, cancellationToken);
+        var target = ModelLoader.LoadTarget(spec, files);
+        EngineModels models;
+        try { models = new EngineModels(target.Model, target.Tokenizer, files.Draft is null ? null : ModelLoader.LoadDraft(files.Draft, target.Model)); }
+        catch { target.Dispose(); throw; }
+        try { return (models, ModelLoader.CreateGenerator(models, spec, sampling, CliConsole.Status, CliModels.BudgetNames), files.Draft); }
+        catch { models.Dispose(); throw; }
     }
 
     /// <summary>

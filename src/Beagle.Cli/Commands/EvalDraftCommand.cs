@@ -50,6 +50,8 @@ public sealed class EvalDraftSettings : ModelSettings
         if (!File.Exists(Data)) return ValidationResult.Error($"--data: no file at '{Data}'");
         if (Prompts < 1) return ValidationResult.Error("--prompts must be >= 1");
         if (PromptTokens < 1) return ValidationResult.Error("--prompt-tokens must be >= 1");
+        try { new Beagle.Decoding.TreeBudgetOptions { Tokens = TreeTokens, Depth = TreeDepth, TopK = TreeTopK }.Validate(CliModels.BudgetNames); }
+        catch (ArgumentException e) { return ValidationResult.Error(CliErrors.ProductMessage(e)); }
         if (MaxTokens < 1) return ValidationResult.Error("--max-tokens must be >= 1");
         return ValidationResult.Success();
     }

@@ -12,14 +12,14 @@ namespace Beagle.MLNet.Internal;
 // The ML.NET face's calls into the core, in one place: target loading, target identity, draft checkpoints and the
 // draft trainer. Everything else in Beagle.MLNet goes through these.
 
-/// <summary>Loads a target (llama2.c file or Hugging Face folder) and its tokenizer. Runs on the engine thread.</summary>
+/// <summary>The composition root's spec for the target (a known name, a llama2.c file or a Hugging Face folder); drafts come from the saved files.</summary>
 internal static class TargetSource
 {
-    public static LoadedTarget Load(string targetPath, string? tokenizerPath, string device)
-    {
-        var (model, tokenizer) = Beagle.Runtime.DefaultModels.Files(targetPath, tokenizerPath);   // a known name: its files
-        return TargetLoader.Load(model, tokenizer, DeviceSelector.Resolve(device));
-    }
+    public static ModelSpec Spec(string targetPath, string? tokenizerPath, string device) =>
+        new() { Target = targetPath, Tokenizer = tokenizerPath, Device = device, NoDraft = true };
+
+    /// <summary>Loads the target and its tokenizer. Runs on the engine thread.</summary>
+    public static LoadedTarget Load(string targetPath, string? tokenizerPath, string device) => ModelLoader.LoadTarget(Spec(targetPath, tokenizerPath, device));
 }
 
 /// <summary>
@@ -39,7 +39,7 @@ internal static class TargetIdentity
 internal static class DraftStore
 {
     /// <summary>Loads a draft folder for <paramref name="target"/>; a draft trained for another target is refused. Runs on the engine thread.</summary>
-    public static IDraftModel Load(string dir, LlamaModel target) => DraftCheckpoint.Load(dir, target);
+    public static IDraftModel Load(string dir, LlamaModel target) => ModelLoader.LoadDraft(dir, target);
 
     /// <summary>The draft's architecture recorded in its draft.json, if readable (for the model description).</summary>
     public static string? Architecture(IReadOnlyDictionary<string, byte[]> files)
@@ -67,8 +67,7 @@ internal static class DraftTrainerAdapter
         {
             try
             {
-                // TargetLoader rather than DraftTrainer.TrainAsync(options): that one reads llama2.c files only.
-                using var target = TargetLoader.Load(options.TargetPath!, options.TokenizerPath, DeviceSelector.Resolve(device));
+                using var target = TargetSource.Load(options.TargetPath!, options.TokenizerPath, device);
                 return DraftTrainer.Create(target.Model, target.Tokenizer, options).Train(progress, cancellationToken);
             }
             finally { lines.CompleteAdding(); }
