@@ -50,36 +50,42 @@ internal static class DraftStore
     }
 }
 
-/// <summary>The core trainer, run on its own thread with its own copy of the target.</summary>
-internal static class DraftTrainerAdapter
+/// <summary>
+/// The core trainer, run on the transformer's engine thread with the target it loaded (<see cref="Train"/> is the
+/// runtime's draft source), its progress relayed to the fitting thread (<see cref="Relay"/>).
+/// </summary>
+internal sealed class DraftTrainerAdapter(TrainingOptions options, CancellationToken cancellationToken)
 {
+    readonly BlockingCollection<string> _lines = new();
+
+    /// <summary>The finished run (set by <see cref="Train"/>).</summary>
+    public TrainingResult? Result { get; private set; }
+
     /// <summary>
-    /// Trains a draft (see <see cref="DraftTrainer"/>) and returns when it is done. Progress lines are handed to
-    /// <paramref name="report"/> on the calling thread (ML.NET channels are used from the thread that opened them).
-    /// Cancellation: the trainer stops at the next step and saves a checkpoint; this then throws OperationCanceledException.
+    /// Trains a draft for <paramref name="target"/> (see <see cref="DraftTrainer"/>) and returns its files. Cancellation:
+    /// the trainer stops at the next step and saves a checkpoint; this then throws OperationCanceledException.
     /// </summary>
-    public static TrainingResult Train(TrainingOptions options, string device, Action<string> report, CancellationToken cancellationToken)
+    public DraftFiles Train(LoadedTarget target)
     {
         options.Validate();
-        var lines = new BlockingCollection<string>();
-        var progress = new SyncProgress(p => lines.Add(Describe(p)));
-        var training = Task.Factory.StartNew(() =>
-        {
-            try
-            {
-                using var target = TargetSource.Load(options.TargetPath!, options.TokenizerPath, device);
-                return DraftTrainer.Create(target.Model, target.Tokenizer, options).Train(progress, cancellationToken);
-            }
-            finally { lines.CompleteAdding(); }
-        }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-        foreach (var line in lines.GetConsumingEnumerable()) report(line);
-        var result = training.GetAwaiter().GetResult();
+        var result = DraftTrainer.Create(target.Model, target.Tokenizer, options).Train(new SyncProgress(p => _lines.Add(Describe(p))), cancellationToken);
         if (!result.Completed)
         {
             cancellationToken.ThrowIfCancellationRequested();
             throw new InvalidOperationException($"draft training stopped at step {result.Steps} of its run without finishing; its checkpoint is in {result.OutputDir}");
         }
-        return result;
+        Result = result;
+        return new DraftFiles(BeagleRuntime.ReadFiles(result.DraftDir!), result.DraftDir!);
+    }
+
+    /// <summary>
+    /// Hands progress lines to <paramref name="report"/> on the calling thread (ML.NET channels are used from the thread
+    /// that opened them) until <paramref name="ready"/> completes: every line is added before the engine is ready.
+    /// </summary>
+    public void Relay(Task ready, Action<string> report)
+    {
+        ready.ContinueWith(_ => _lines.CompleteAdding(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        foreach (var line in _lines.GetConsumingEnumerable()) report(line);
     }
 
     /// <summary>One log line per progress report.</summary>
