@@ -82,6 +82,7 @@ public static class ModelLoader
     public static ResolvedModel Resolve(ModelSpec spec, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(spec);
+        spec.Validate();
         string target = spec.Target; string? tokenizer = spec.Tokenizer; string? known = null;
         if (DefaultModels.IsKnownName(spec.Target))
         {
