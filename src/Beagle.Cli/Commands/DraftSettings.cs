@@ -74,10 +74,7 @@ internal static class CliDrafts
     {
         var spec = CliModels.DraftSpec(s);
         var files = CliModels.Resolve(spec, cancellationToken);
-        var target = ModelLoader.LoadTarget(spec, files);
-        EngineModels models;
-        try { models = new EngineModels(target.Model, target.Tokenizer, files.Draft is null ? null : ModelLoader.LoadDraft(files.Draft, target.Model)); }
-        catch { target.Dispose(); throw; }
+        var models = ModelLoader.Load(spec, files);
         try { return (models, ModelLoader.CreateGenerator(models, spec, sampling, CliConsole.Status, CliModels.BudgetNames), files.Draft); }
         catch { models.Dispose(); throw; }
     }

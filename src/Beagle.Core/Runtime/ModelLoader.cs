@@ -68,7 +68,7 @@ public sealed record ResolvedModel(string Target, string? Tokenizer, string? Dra
 
 /// <summary>
 /// The composition root: the one place a target, its tokenizer, a draft, the device and the tree-budget policy are put
-/// together. Faces translate their options into a <see cref="ModelSpec"/> and call <see cref="Load"/> (or its parts:
+/// together. Faces translate their options into a <see cref="ModelSpec"/> and call <c>Load</c> (or its parts:
 /// <see cref="Resolve"/>, <c>LoadTarget</c>, <see cref="LoadDraft"/>, <see cref="ApplyTreeBudget"/>).
 /// Loading runs on the calling thread, which then owns the TorchSharp state (see architecture.md, "Threading").
 /// </summary>
@@ -117,9 +117,11 @@ public static class ModelLoader
     public static IDraftModel LoadDraft(string draftDir, LlamaModel target) => DraftCheckpoint.Load(draftDir, target);
 
     /// <summary>Target, tokenizer and draft (if any) of <paramref name="spec"/>, ready for a <see cref="Generator"/> or <see cref="BeagleEngine"/>.</summary>
-    public static EngineModels Load(ModelSpec spec, CancellationToken cancellationToken = default)
+    public static EngineModels Load(ModelSpec spec, CancellationToken cancellationToken = default) => Load(spec, Resolve(spec, cancellationToken));
+
+    /// <summary>Target, tokenizer and draft of an already resolved spec (<see cref="Resolve"/>).</summary>
+    public static EngineModels Load(ModelSpec spec, ResolvedModel files)
     {
-        var files = Resolve(spec, cancellationToken);
         var target = LoadTarget(spec, files);
         try { return new EngineModels(target.Model, target.Tokenizer, files.Draft is null ? null : LoadDraft(files.Draft, target.Model)); }
         catch { target.Dispose(); throw; }
