@@ -106,9 +106,16 @@ public static class ModelLoader
     public static LoadedTarget LoadTarget(ModelSpec spec, CancellationToken cancellationToken = default) =>
         LoadTarget(spec, Resolve(spec, cancellationToken));
 
+    /// <summary>
+    /// Test hook: called with the target's path at every target load in this execution context (it flows into threads
+    /// started from it, such as an engine's worker), so a test can count the loads its own calls cause.
+    /// </summary>
+    internal static readonly AsyncLocal<Action<string>?> OnTargetLoad = new();
+
     /// <summary>Loads the target of an already resolved spec (<see cref="Resolve"/>). The caller owns the result.</summary>
     public static LoadedTarget LoadTarget(ModelSpec spec, ResolvedModel files)
     {
+        OnTargetLoad.Value?.Invoke(files.Target);
         if (spec.Threads is { } t) TorchSharp.torch.set_num_threads(t);
         return TargetLoader.Load(files.Target, files.Tokenizer, DeviceSelector.Resolve(spec.Device));
     }
