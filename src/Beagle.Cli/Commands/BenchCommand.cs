@@ -100,7 +100,7 @@ public sealed class BenchCommand : Command<BenchSettings>
         {
             foreach (var path in draftPaths)
             {
-                var d = DraftCheckpoint.Load(path, model);
+                var d = ModelLoader.LoadDraft(path, model);
                 drafts.Add(d);
                 // What --tree-* names is used as given; the rest is measured per draft (sampled decoding with its own
                 // setting: acceptance under sampling differs from greedy). A benchmark reports the draft at that budget,

@@ -1,6 +1,7 @@
 using System.ComponentModel;
 using System.Text.Json;
 using Beagle.Drafting;
+using Beagle.Runtime;
 using Beagle.Training;
 using Spectre.Console;
 using Spectre.Console.Cli;
@@ -70,7 +71,7 @@ public sealed class EvalDraftCommand : Command<EvalDraftSettings>
         using var _ = model;
         var draftPath = s.Draft ?? CliDrafts.BundledDraft(s.Target)!;   // Validate checked that one exists
         if (s.Draft is null) CliConsole.Status($"draft: {draftPath} (bundled)");
-        using var draft = DraftCheckpoint.Load(draftPath, model);
+        using var draft = ModelLoader.LoadDraft(draftPath, model);
         var prompts = SequencePacker.Tokenize(TextSources.ReadDocuments(s.Data!), tokenizer)
             .Where(d => d.Length > s.PromptTokens).Take(s.Prompts).Select(d => d[..s.PromptTokens]).ToList();
         var options = new TrainingOptions
