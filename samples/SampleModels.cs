@@ -20,14 +20,11 @@ internal static class SampleModels
     /// <exception cref="ModelNotAvailableException">A known model's files are missing (the message says what to do).</exception>
     public static SampleModel Resolve(string? target, string? tokenizer, string? draft, bool noDraft)
     {
-        if (target is not null && !DefaultModels.IsKnownName(target)) return new(target, tokenizer, noDraft ? null : draft);
-        var known = DefaultModels.Resolve(target);
-        if (draft is null && !noDraft)
-        {
-            draft = DefaultModels.BundledDraft(known.Name, "beagle");
-            if (draft is null) Console.Error.WriteLine($"note: {known.Name} has no bundled Beagle draft next to the program yet: decoding plainly (pass --draft DIR to speculate)");
-        }
-        return new(known.Model, tokenizer ?? known.Tokenizer, noDraft ? null : draft);
+        // The product's composition root resolves names, files and the bundled draft, as for every other face.
+        var files = ModelLoader.Resolve(new ModelSpec { Target = target ?? DefaultModels.Default, Tokenizer = tokenizer, Draft = draft, NoDraft = noDraft });
+        if (files.BundledDraftMissing)
+            Console.Error.WriteLine($"note: {files.KnownName} has no bundled Beagle draft next to the program yet: decoding plainly (pass --draft DIR to speculate)");
+        return new(files.Target, files.Tokenizer, files.Draft);
     }
 
     /// <summary>

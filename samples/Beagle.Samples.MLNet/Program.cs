@@ -27,11 +27,9 @@ try
     }
     if (dataPath is not null && !File.Exists(dataPath)) throw new ArgumentException($"--data: no file at '{dataPath}'");
     if (target is not null && !DefaultModels.IsKnownName(target) && !File.Exists(target) && !Directory.Exists(target)) throw new ArgumentException($"--target: no file or folder at '{target}'");
-    if (target is null || DefaultModels.IsKnownName(target))
-    {
-        var known = DefaultModels.Resolve(target);
-        (target, tokenizer) = (known.Model, tokenizer ?? known.Tokenizer);
-    }
+    // The product's composition root turns a known name (or none: the default) into its files.
+    var files = ModelLoader.Resolve(new ModelSpec { Target = target ?? DefaultModels.Default, Tokenizer = tokenizer, NoDraft = true });
+    (target, tokenizer) = (files.Target, files.Tokenizer);
 }
 catch (Exception e) when (e is ArgumentException or ModelNotAvailableException) { Console.Error.WriteLine($"error: {e.Message}"); return 2; }
 

@@ -24,7 +24,11 @@ public sealed class BeagleGenerateEstimator : IEstimator<BeagleTransformer>
     {
         ArgumentNullException.ThrowIfNull(input);
         SchemaChecks.CheckPrompt(input.Schema, _options.InputColumnName);
-        var draftPath = Beagle.Runtime.DefaultModels.DraftFor(_options.TargetPath, _options.DraftPath, _options.UseBundledDraft && _options.DraftModel is null && !_options.NGram);
+        var draftPath = Beagle.Runtime.ModelLoader.Resolve(new Beagle.Runtime.ModelSpec
+        {
+            Target = _options.TargetPath, Tokenizer = _options.TokenizerPath, Draft = _options.DraftPath,
+            UseBundledDraft = _options.UseBundledDraft && _options.DraftModel is null && !_options.NGram,
+        }).Draft;
         var draft = draftPath is null ? new Dictionary<string, byte[]>() : BeagleRuntime.ReadFiles(draftPath);
         return BeaglePipeline.Build(_ml, input, _options, draft, draftPath ?? "", "generate");
     }
@@ -83,10 +87,14 @@ public sealed class BeagleTrainDraftEstimator : IEstimator<BeagleTransformer>
         var training = o.ToTrainingOptions(outDir, dataPath);
         ch.Info(MessageSensitivity.None, "training a {0} draft for {1} on {2} texts ({3} epochs, {4} in stage 1) into {5}",
             training.Architecture, o.TargetPath, texts.Count, training.Epochs, training.EffectiveStage1Epochs, outDir);
-        var result = DraftTrainerAdapter.Train(training, o.Device, line => ch.Info(MessageSensitivity.None, "{0}", line), ct);
+        // The draft is trained on the transformer's own engine thread with the target it then decodes with: one target
+        // load per Fit. Progress lines are relayed to this thread's channel while the engine loads.
+        var trainer = new DraftTrainerAdapter(training, ct);
+        var transformer = BeaglePipeline.Build(_ml, input, o, trainer.Train, "train-draft", checkPrompt: false,
+            whileLoading: ready => trainer.Relay(ready, line => ch.Info(MessageSensitivity.None, "{0}", line)));
+        var result = trainer.Result!;
         ch.Info(MessageSensitivity.None, "draft written to {0} ({1} steps, final loss {2:F4})", result.DraftDir, result.Steps, result.LastLoss);
-
-        return BeaglePipeline.Build(_ml, input, o, BeagleRuntime.ReadFiles(result.DraftDir!), result.DraftDir!, "train-draft", checkPrompt: false);
+        return transformer;
     }
 
     public SchemaShape GetOutputSchema(SchemaShape inputSchema)
@@ -117,21 +125,29 @@ internal static class BeaglePipeline
     public static BeagleTransformer Build(MLContext ml, IDataView input, BeagleEstimatorOptions o, IReadOnlyDictionary<string, byte[]> draftFiles,
         string draftSource, string kind, bool checkPrompt = true)
     {
-        var settings = new SettingsRecord
-        {
-            InputColumnName = o.InputColumnName, Device = o.Device, Threads = o.Threads, Generation = o.ToGenerationSettings(),
-            HasDraft = draftFiles.Count > 0, DraftArchitecture = draftFiles.Count > 0 ? DraftStore.Architecture(draftFiles) : null,
-        };
+        var host = ((IHostEnvironment)ml).Register("Beagle");
+        using (var ch = host.Start(kind))
+            ch.Info(MessageSensitivity.None, "loading target {0} ({1})", o.TargetPath, draftFiles.Count > 0 ? "with draft" : "no draft: plain decoding");
+        return Build(ml, input, o, _ => new DraftFiles(draftFiles, draftSource), kind, checkPrompt);
+    }
+
+    /// <summary>
+    /// The transformer over a runtime whose draft comes from <paramref name="draftFor"/>, called on the engine thread
+    /// with the loaded target (see <see cref="BeagleRuntime.Start(string, string?, SettingsRecord, Func{Beagle.Checkpoints.LoadedTarget, DraftFiles}, Action{Task}?, string?, string?)"/>).
+    /// </summary>
+    public static BeagleTransformer Build(MLContext ml, IDataView input, BeagleEstimatorOptions o, Func<Beagle.Checkpoints.LoadedTarget, DraftFiles> draftFor,
+        string kind, bool checkPrompt = true, Action<Task>? whileLoading = null)
+    {
+        // HasDraft and DraftArchitecture are filled in once the draft's files are known.
+        var settings = new SettingsRecord { InputColumnName = o.InputColumnName, Device = o.Device, Threads = o.Threads, Generation = o.ToGenerationSettings() };
         if (o is BeagleGenerateOptions { DraftModel: not null } or BeagleGenerateOptions { NGram: true })
         {
+            // A draft that needs no training has no files to embed: the saved model names it.
             var g = (BeagleGenerateOptions)o;
             var model = g.DraftModel is null || Beagle.Runtime.DefaultModels.IsKnownName(g.DraftModel) ? g.DraftModel : Path.GetFullPath(g.DraftModel);
             settings = settings with { HasDraft = true, DraftArchitecture = g.NGram ? "ngram" : "draft-lm", DraftModel = model, NGram = g.NGram };
         }
-        var host = ((IHostEnvironment)ml).Register("Beagle");
-        using (var ch = host.Start(kind))
-            ch.Info(MessageSensitivity.None, "loading target {0} ({1})", o.TargetPath, settings.HasDraft ? "with draft" : "no draft: plain decoding");
-        var runtime = BeagleRuntime.Start(o.TargetPath, o.TokenizerPath, settings, draftFiles, draftSource);
+        var runtime = BeagleRuntime.Start(o.TargetPath, o.TokenizerPath, settings, draftFor, whileLoading);
         try
         {
             var inner = Inner(ml, o.InputColumnName, runtime.Map);

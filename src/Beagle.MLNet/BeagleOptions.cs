@@ -48,8 +48,15 @@ public abstract class BeagleEstimatorOptions
         if (TokenizerPath is not null && !File.Exists(TokenizerPath) && !Directory.Exists(TokenizerPath)) throw new ArgumentException($"TokenizerPath: no file at '{TokenizerPath}'", nameof(TokenizerPath));
         if (string.IsNullOrWhiteSpace(InputColumnName)) throw new ArgumentException("InputColumnName must name the prompt column", nameof(InputColumnName));
         if (Threads < 1) throw new ArgumentOutOfRangeException(nameof(Threads), Threads, "threads must be >= 1");
-        ToGenerationSettings().ToGenerationOptions(hasDraft: true);   // throws on bad sampling or tree values
+        TreeBudget.Validate(BudgetNames);
+        ToGenerationSettings().ToGenerationOptions(hasDraft: true);   // throws on bad sampling values
     }
+
+    /// <summary>The Tree* properties as one budget: what they name overrides the default budget.</summary>
+    public TreeBudgetOptions TreeBudget => new() { Tokens = TreeTokens, Depth = TreeDepth, TopK = TreeTopK, MinProb = TreeMinProb };
+
+    /// <summary>The budget settings by this face's property names, for error messages.</summary>
+    internal static readonly TreeBudgetSettingNames BudgetNames = new(nameof(TreeTokens), nameof(TreeDepth), nameof(TreeTopK), nameof(TreeMinProb));
 
     internal GenerationSettings ToGenerationSettings() => new()
     {
@@ -161,9 +168,9 @@ public sealed class BeagleTrainDraftOptions : BeagleEstimatorOptions
     /// <summary>The core trainer's options for a run in <paramref name="outputDir"/> on the texts in <paramref name="dataPath"/>.</summary>
     internal Beagle.Training.TrainingOptions ToTrainingOptions(string outputDir, string dataPath, bool checkData = true)
     {
-        // The trainer reads files: a known model name becomes its files (the bundled stories5M, or stories260K's).
-        var (target, tokenizer) = Beagle.Runtime.DefaultModels.Files(TargetPath, TokenizerPath);
-        return ToTrainingOptions(outputDir, dataPath, checkData, target, tokenizer);
+        // A known model name is recorded as its files (the bundled stories5M, or stories260K's), like every face does.
+        var files = Beagle.Runtime.ModelLoader.Resolve(new Beagle.Runtime.ModelSpec { Target = TargetPath, Tokenizer = TokenizerPath, NoDraft = true });
+        return ToTrainingOptions(outputDir, dataPath, checkData, files.Target, files.Tokenizer);
     }
 
     Beagle.Training.TrainingOptions ToTrainingOptions(string outputDir, string dataPath, bool checkData, string target, string? tokenizer) => new()
@@ -198,6 +205,8 @@ internal sealed record GenerationSettings
         MaxNewTokens = MaxNewTokens,
         Sampling = new SamplingOptions { Temperature = Temperature, TopK = TopK, TopP = TopP, Seed = Seed },
         StopStrings = StopStrings,
-        Speculative = hasDraft && UseDraft ? new SpeculativeOptions { TreeTokens = TreeTokens, TreeDepth = TreeDepth, TreeTopK = TreeTopK, TreeMinProb = TreeMinProb } : null,
+        Speculative = hasDraft && UseDraft
+            ? new SpeculativeOptions { Tree = new TreeBudgetOptions { Tokens = TreeTokens, Depth = TreeDepth, TopK = TreeTopK, MinProb = TreeMinProb }.Validate(BeagleEstimatorOptions.BudgetNames) }
+            : null,
     }.Validate();
 }

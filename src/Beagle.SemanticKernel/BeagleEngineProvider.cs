@@ -73,29 +73,29 @@ public sealed class BeagleEngineProvider : IAsyncDisposable, IDisposable
 
     /// <summary>
     /// Loads target, tokenizer and draft. Runs on the engine thread. The target is a llama2.c file or a Hugging Face
-    /// folder (<see cref="TargetLoader"/>); the draft must have been trained for exactly this target (its fingerprint is
-    /// checked by <see cref="DraftCheckpoint.Load(string, Beagle.Models.LlamaModel)"/>). With a draft, requests decode speculatively unless they set
+    /// folder (<see cref="ModelLoader"/>); the draft must have been trained for exactly this target (its fingerprint is
+    /// checked on load). With a draft, requests decode speculatively unless they set
     /// "speculative": false.
     /// </summary>
     internal static EngineModels Load(BeagleModelOptions o)
     {
-        var device = DeviceSelector.Resolve(o.Device);
+        // The composition root resolves a known model (the bundled stories5M, or stories260K from the cache) into its
+        // files and its bundled draft; this face only names the setting at fault in the loader's messages.
+        var spec = o.ToModelSpec();
+        var files = ModelLoader.Resolve(spec);
         LoadedTarget target;
-        // A known model (the bundled stories5M, or stories260K from the cache) becomes its files and its bundled draft.
-        var (targetPath, tokenizerPath) = DefaultModels.Files(o.TargetPath, o.TokenizerPath);
-        var draftPath = DefaultModels.DraftFor(o.TargetPath, o.DraftPath, o.UseBundledDraft && o.DraftModel is null && !o.NGram);
-        // The loader's messages name the file; prefix the setting that named it (same exception types).
-        try { target = TargetLoader.Load(targetPath, tokenizerPath, device); }
+        try { target = ModelLoader.LoadTarget(spec, files); }
         catch (FileNotFoundException e) { throw new FileNotFoundException($"{Setting(o, e.FileName)}: {e.Message}", e.FileName, e); }
         catch (InvalidDataException e) { throw new InvalidDataException($"{Setting(o, null)}: {e.Message}", e); }
         try
         {
             IDraftModel? draft = null;
-            try { draft = TrainingFreeDrafts.Create(o.DraftModel, o.NGram, target.Model, target.Tokenizer); }
-            catch (ArgumentException e) { throw new ArgumentException($"{nameof(BeagleModelOptions.DraftModel)} '{o.DraftModel}': {e.Message}", e); }
-            if (draft is null && draftPath is not null)
-                try { draft = DraftCheckpoint.Load(draftPath, target.Model); }
-                catch (InvalidDataException e) { throw new InvalidDataException($"{nameof(BeagleModelOptions.DraftPath)} '{draftPath}': {e.Message}", e); }
+            if (files.Draft is not null)
+                try { draft = ModelLoader.LoadDraft(files.Draft, target.Model); }
+                catch (InvalidDataException e) { throw new InvalidDataException($"{nameof(BeagleModelOptions.DraftPath)} '{files.Draft}': {e.Message}", e); }
+            else
+                try { draft = TrainingFreeDrafts.Create(spec.DraftModel, spec.NGram is not null, target.Model, target.Tokenizer, spec.NGram); }
+                catch (ArgumentException e) { throw new ArgumentException($"{nameof(BeagleModelOptions.DraftModel)} '{o.DraftModel}': {e.Message}", e); }
             return new EngineModels(target.Model, target.Tokenizer, draft);
         }
         catch { target.Dispose(); throw; }

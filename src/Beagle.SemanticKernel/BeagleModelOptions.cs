@@ -79,8 +79,7 @@ public sealed class BeagleModelOptions
         if (DraftPath is not null && checkFiles && !Directory.Exists(DraftPath))
             p.Add($"{prefix}{nameof(DraftPath)}: no draft checkpoint folder (draft.json + draft.safetensors) at '{DraftPath}'");
         if (Drafting.TrainingFreeDrafts.Problem(DraftModel, NGram, DraftPath, checkFiles, prefix) is { } draftProblem) p.Add(draftProblem);
-        var device = (Device ?? "").Trim().ToLowerInvariant();
-        if (!(device is "auto" or "cpu" || device == "cuda" || (device.StartsWith("cuda:") && int.TryParse(device[5..], out var n) && n >= 0)))
+        if (!Runtime.ModelSpec.IsDeviceName(Device))
             p.Add($"{prefix}{nameof(Device)} must be auto, cpu or cuda[:N], got '{Device}'");
         if (Threads is { } t && t < 1) p.Add($"{prefix}{nameof(Threads)} must be >= 1 (or unset), got {t}");
         if (QueueCapacity < 1) p.Add($"{prefix}{nameof(QueueCapacity)} must be >= 1, got {QueueCapacity}");
@@ -100,6 +99,13 @@ public sealed class BeagleModelOptions
         if (problems.Count > 0) throw new ArgumentException("invalid Beagle model options: " + string.Join("; ", problems));
         return this;
     }
+
+    /// <summary>What the composition root (<see cref="Runtime.ModelLoader"/>) loads for these options.</summary>
+    public Runtime.ModelSpec ToModelSpec() => new()
+    {
+        Target = TargetPath, Tokenizer = TokenizerPath, Draft = DraftPath, UseBundledDraft = UseBundledDraft, Device = Device, Threads = Threads,
+        Calibrate = CalibrateTreeBudget, DraftModel = DraftModel, NGram = NGram ? new Drafting.NGram.NGramOptions() : null,
+    };
 
     /// <summary>A copy, so a registration is not changed by later edits of the caller's instance.</summary>
     public BeagleModelOptions Clone() => (BeagleModelOptions)MemberwiseClone();

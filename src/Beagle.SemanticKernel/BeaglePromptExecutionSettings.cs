@@ -30,6 +30,8 @@ public sealed class BeaglePromptExecutionSettings : PromptExecutionSettings
     [JsonPropertyName("tree_topk")] public int? TreeTopK { get => _treeTopK; set { ThrowIfFrozen(); _treeTopK = value; } }
     /// <summary>Confidence floor in [0, 1) for draft nodes (0 = off; null = the measured or default budget's).</summary>
     [JsonPropertyName("tree_min_prob")] public double? TreeMinProb { get => _treeMinProb; set { ThrowIfFrozen(); _treeMinProb = value; } }
+    /// <summary>The tree_* settings as one budget (what they name overrides the served model's budget).</summary>
+    [JsonIgnore] public Beagle.Decoding.TreeBudgetOptions TreeBudget => new() { Tokens = TreeTokens, Depth = TreeDepth, TopK = TreeTopK, MinProb = TreeMinProb };
 
     /// <summary>
     /// Converts any settings to Beagle settings: null gives defaults, Beagle settings are returned as they are, other
@@ -61,10 +63,7 @@ public sealed class BeaglePromptExecutionSettings : PromptExecutionSettings
         if (TopK is { } k && k < 0) throw new ArgumentOutOfRangeException("top_k", k, "top_k must be >= 0 (0 = off)");
         if (Seed is { } s && (s < int.MinValue || s > int.MaxValue)) throw new ArgumentOutOfRangeException("seed", s, "seed must fit in 32 bits");
         if (StopSequences?.Any(string.IsNullOrEmpty) == true) throw new ArgumentException("stop_sequences must not contain empty strings", "stop_sequences");
-        if (TreeTokens is { } n && (n < 2 || n > 256)) throw new ArgumentOutOfRangeException("tree_tokens", n, "tree_tokens must be in [2, 256]");
-        if (TreeDepth is { } d && (d < 1 || d > 32)) throw new ArgumentOutOfRangeException("tree_depth", d, "tree_depth must be in [1, 32]");
-        if (TreeTopK is { } tk && (tk < 1 || tk > 64)) throw new ArgumentOutOfRangeException("tree_topk", tk, "tree_topk must be in [1, 64]");
-        if (TreeMinProb is { } mp && !(mp >= 0 && mp < 1)) throw new ArgumentOutOfRangeException("tree_min_prob", mp, "tree_min_prob must be in [0, 1)");
+        TreeBudget.Validate(ChatRequestMapper.BudgetNames);
         if (FunctionChoiceBehavior is not null)
             throw new NotSupportedException("function calling is not supported by Beagle: remove FunctionChoiceBehavior from the execution settings");
         // Settings of other connectors that arrive in ExtensionData (response_format, penalties, tools) are refused

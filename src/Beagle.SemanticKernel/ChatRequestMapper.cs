@@ -14,6 +14,8 @@ internal static class ChatRequestMapper
 {
     /// <summary>Keys read from <see cref="ChatOptions.AdditionalProperties"/> (same names as the SK settings).</summary>
     public const string SpeculativeKey = "speculative", TreeTokensKey = "tree_tokens", TreeDepthKey = "tree_depth", TreeTopKKey = "tree_topk", TreeMinProbKey = "tree_min_prob";
+    /// <summary>The tree budget's settings by the names requests use, for error messages.</summary>
+    public static readonly TreeBudgetSettingNames BudgetNames = new(TreeTokensKey, TreeDepthKey, TreeTopKKey, TreeMinProbKey);
 
     /// <summary>
     /// Refuses what the engine cannot honour rather than ignore it: tools (function calling), a JSON response format
@@ -95,12 +97,12 @@ internal static class ChatRequestMapper
             throw new InvalidOperationException("speculative decoding was requested (\"speculative\": true) but no draft is loaded; set BeagleModelOptions.DraftPath or leave \"speculative\" unset");
         var spec = new SpeculativeOptions
         {
-            TreeTokens = GetInt(props, TreeTokensKey),
-            TreeDepth = GetInt(props, TreeDepthKey),
-            TreeTopK = GetInt(props, TreeTopKKey),
-            TreeMinProb = GetDouble(props, TreeMinProbKey),
+            Tree = new TreeBudgetOptions
+            {
+                Tokens = GetInt(props, TreeTokensKey), Depth = GetInt(props, TreeDepthKey), TopK = GetInt(props, TreeTopKKey), MinProb = GetDouble(props, TreeMinProbKey),
+            }.Validate(BudgetNames),
             Disabled = speculative == false,
-        }.Validate();
+        };
 
         return new GenerationOptions
         {

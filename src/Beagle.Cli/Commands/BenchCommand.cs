@@ -41,10 +41,13 @@ public sealed class BenchSettings : ModelSettings
     [Description("Untimed decoding by every method before the measured runs (default 2): .NET optimises hot code only after it has run a while.")]
     public double WarmUp { get; init; } = 2;
 
-    [CommandOption("--tree-tokens <N>")] [Description("Fixed tree budget for every draft (default: measured per draft).")] public int? TreeTokens { get; init; }
-    [CommandOption("--tree-depth <D>")] [Description("Fixed tree depth (default: measured).")] public int? TreeDepth { get; init; }
-    [CommandOption("--tree-topk <K>")] [Description("Fixed tree top-k (default: measured).")] public int? TreeTopK { get; init; }
-    [CommandOption("--tree-min-prob <P>")] [Description("Fixed confidence floor, 0 <= P < 1 (default: measured; 0 = off).")] public double? TreeMinProb { get; init; }
+    [CommandOption("--tree-tokens <N>")] [Description("Tokens verified per round for every draft, root included (2-256). Default: measured per draft; each --tree-* option named overrides only its part of the measured budget.")] public int? TreeTokens { get; init; }
+    [CommandOption("--tree-depth <D>")] [Description("Tree depth (1-32). Default: measured.")] public int? TreeDepth { get; init; }
+    [CommandOption("--tree-topk <K>")] [Description("Tree top-k (1-64). Default: measured.")] public int? TreeTopK { get; init; }
+    [CommandOption("--tree-min-prob <P>")] [Description("Confidence floor, 0 <= P < 1 (0 = off). Default: measured.")] public double? TreeMinProb { get; init; }
+
+    /// <summary>The --tree-* options as one budget (named fields override the measured budget).</summary>
+    public TreeBudgetOptions TreeBudget => new() { Tokens = TreeTokens, Depth = TreeDepth, TopK = TreeTopK, MinProb = TreeMinProb };
 
     [CommandOption("-t|--temperature <T>")] [Description("0 = greedy (default); > 0 benchmarks sampled decoding (outputs then differ by chance, not compared).")] public float Temperature { get; init; }
     [CommandOption("--top-k <K>")] [Description("Sample among the K most likely tokens (default 0: off).")] public int TopK { get; init; }
@@ -71,7 +74,8 @@ public sealed class BenchSettings : ModelSettings
         if (MaxTokens < 1) return ValidationResult.Error("--max-tokens must be >= 1");
         if (Runs < 1) return ValidationResult.Error("--runs must be >= 1");
         if (!(WarmUp >= 0 && WarmUp <= 3600)) return ValidationResult.Error("--warmup must be between 0 and 3600 seconds");
-        if (TreeMinProb is { } p && !(p >= 0 && p < 1)) return ValidationResult.Error("--tree-min-prob must be in [0, 1)");
+        try { TreeBudget.Validate(CliModels.BudgetNames); }
+        catch (ArgumentException e) { return ValidationResult.Error(CliErrors.ProductMessage(e)); }
         try { Sampling.Validate(); } catch (ArgumentException e) { return ValidationResult.Error(e.Message); }
         return ValidationResult.Success();
     }
@@ -111,29 +115,23 @@ public sealed class BenchCommand : Command<BenchSettings>
             void Add(IDraftModel d, string name, string path)
             {
                 drafts.Add(d);
-                SpeculativeOptions spec;
-                if (s.TreeTokens is not null || s.TreeDepth is not null || s.TreeTopK is not null || s.TreeMinProb is not null)
-                    spec = new SpeculativeOptions { TreeTokens = s.TreeTokens, TreeDepth = s.TreeDepth, TreeTopK = s.TreeTopK, TreeMinProb = s.TreeMinProb ?? 0 };
-                else
-                {
-                    // Sampled decoding is calibrated with its own setting (acceptance under sampling differs from greedy).
-                    var cal = TreeBudgetCalibrator.GetOrMeasure(model, tokenizer, d, TreeBudgetCalibrator.DraftIdentity(d), log: m => CliConsole.Status($"{name}: {m}"),
-                        sampling: s.Sampling.IsGreedy ? null : s.Sampling);
-                    // A benchmark reports the draft at its best measured budget, even where calibration prefers plain decoding.
-                    spec = cal.Budget.ToOptions();
-                }
-                methods.Add(new BenchMethod(name, path, d, spec));
+                // What --tree-* names is used as given; the rest is measured per draft (sampled decoding with its own
+                // setting: acceptance under sampling differs from greedy). A benchmark reports the draft at that budget,
+                // even where calibration prefers plain decoding.
+                var (budget, _) = ModelLoader.TreeBudgetFor(model, tokenizer, d, s.TreeBudget, calibrate: true, sampling: s.Sampling,
+                    log: m => CliConsole.Status($"{name}: {m}"), budgetNames: CliModels.BudgetNames);
+                methods.Add(new BenchMethod(name, path, d, budget.ToOptions()));
             }
             foreach (var path in draftPaths)
             {
-                var d = DraftCheckpoint.Load(path, model);
+                var d = ModelLoader.LoadDraft(path, model);
                 Add(d, d.Architecture, DisplayPath(path));
             }
             if (s.DraftModel is not null)
                 Add(Beagle.Drafting.DraftLm.DraftLmModel.Load(s.DraftModel, model, tokenizer), "draft-lm",
                     DefaultModels.IsKnownName(s.DraftModel) ? s.DraftModel : DisplayPath(s.DraftModel));
             if (s.NGram)
-                Add(new Beagle.Drafting.NGram.NGramDraft(model, CliDrafts.NGramOptions(s.NGramMax, s.NGramMin)), "ngram", $"n-gram {CliDrafts.NGramOptions(s.NGramMax, s.NGramMin).MinNgram}-{CliDrafts.NGramOptions(s.NGramMax, s.NGramMin).MaxNgram}");
+                Add(new Beagle.Drafting.NGram.NGramDraft(model, CliDrafts.NGramOptions(s.NGramMax, s.NGramMin)), "ngram", NGramLabel(CliDrafts.NGramOptions(s.NGramMax, s.NGramMin)));
 
             // Progress and truncation notes on stderr; the table below is the product.
             var result = CliConsole.WithStatus("benchmarking", status =>
@@ -162,6 +160,8 @@ public sealed class BenchCommand : Command<BenchSettings>
     static string Truncated(BenchResult r) => r.TruncatedPrompts == 0 ? "" : $" ({r.TruncatedPrompts} prompt{(r.TruncatedPrompts == 1 ? "" : "s")} cut from the left to fit the context)";
 
     /// <summary>A path as a reader of the report wants it: the bundled drafts by their repository name, others relative when below the working folder.</summary>
+    static string NGramLabel(Beagle.Drafting.NGram.NGramOptions o) => $"n-gram {o.MinNgram}-{o.MaxNgram}";
+
     static string DisplayPath(string path)
     {
         var full = Path.GetFullPath(path);

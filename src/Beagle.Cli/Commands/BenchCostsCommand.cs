@@ -1,6 +1,7 @@
 using System.ComponentModel;
 using Beagle.Decoding;
 using Beagle.Drafting;
+using Beagle.Runtime;
 using Spectre.Console;
 using Spectre.Console.Cli;
 
@@ -61,7 +62,7 @@ public sealed class BenchCostsCommand : Command<BenchCostsSettings>
         int vocab = model.Config.VocabSize;
         if (s.DraftVocab > vocab) throw new ArgumentException($"--draft-vocab {s.DraftVocab} exceeds the target's vocabulary ({vocab})");
         using var draft = s.Draft is not null
-            ? DraftCheckpoint.Load(s.Draft, model)
+            ? ModelLoader.LoadDraft(s.Draft, model)
             : DraftCheckpoint.Create(DraftConfig.ForTarget(model.Config, s.DraftArch, s.DraftVocab is int n ? Enumerable.Range(0, n).ToArray() : null), model);
         var tokens = s.Tokens.Split(',').Select(int.Parse).ToArray();
         var costs = CliConsole.WithStatus("timing...", status =>

@@ -1,4 +1,5 @@
 using Beagle.Checkpoints;
+using Beagle.Decoding;
 using Beagle.Models;
 using Beagle.Runtime;
 using Beagle.Tokenization;
@@ -6,18 +7,37 @@ using Spectre.Console;
 
 namespace Beagle.Cli.Commands;
 
-/// <summary>Loads the target (and tokenizer) a command asked for: --target (file or HF folder), else the default model.</summary>
+/// <summary>
+/// The CLI's side of the composition root: command settings become a <see cref="ModelSpec"/>, and
+/// <see cref="ModelLoader"/> loads it (--target: a file, a Hugging Face folder or a known model; default stories5M).
+/// </summary>
 internal static class CliModels
 {
+    /// <summary>The names the CLI gives the tree-budget settings, for error messages.</summary>
+    public static readonly TreeBudgetSettingNames BudgetNames = new("--tree-tokens", "--tree-depth", "--tree-topk", "--tree-min-prob");
+
+    /// <summary>The spec of a command's target (no draft: commands with draft options use <see cref="DraftSpec"/>).</summary>
+    public static ModelSpec Spec(ModelSettings s) => new()
+    {
+        Target = s.Target ?? DefaultModels.Default, Tokenizer = s.Tokenizer, Device = s.Device, Threads = s.Threads, NoDraft = true,
+    };
+
+    /// <summary>
+    /// The spec of a command that decodes with a draft: --draft, --draft-model or --ngram, else the known model's bundled
+    /// Beagle draft; --no-draft none. The tree budget is calibrated for whatever the --tree-* options leave open.
+    /// </summary>
+    public static ModelSpec DraftSpec(DraftSettings s) => Spec(s) with
+    {
+        NoDraft = s.NoDraft, Draft = s.Draft, UseBundledDraft = true, TreeBudget = s.TreeBudget, Calibrate = true,
+        DraftModel = s.DraftModel, NGram = s.NGram ? CliDrafts.NGramOptions(s.NGramMax, s.NGramMin) : null,
+    };
+
     /// <summary>The target named by <paramref name="s"/>; the caller owns (disposes) the result.</summary>
     /// <exception cref="ModelNotAvailableException">No --target and the default model cannot be found or downloaded.</exception>
     public static LoadedTarget Load(ModelSettings s, CancellationToken cancellationToken = default)
     {
-        TorchSharp.torch.set_num_threads(s.Threads);
-        var device = DeviceSelector.Resolve(s.Device);
-        if (s.Target is not null && !DefaultModels.IsKnownName(s.Target)) return TargetLoader.Load(s.Target, s.Tokenizer, device);
-        var (model, tokenizer) = KnownModel(s.Target, cancellationToken);
-        return TargetLoader.Load(model, s.Tokenizer ?? tokenizer, device);
+        var spec = Spec(s);
+        return ModelLoader.LoadTarget(spec, Resolve(spec, cancellationToken));
     }
 
     /// <summary><see cref="Load"/> as a (model, tokenizer) pair; the caller owns the model.</summary>
@@ -44,12 +64,12 @@ internal static class CliModels
     }
 
     /// <summary>
-    /// A model known by name (<see cref="DefaultModels"/>; null = the default, the bundled stories5M). stories260K comes
-    /// from $BEAGLE_MODELS or the user cache, downloaded into the cache once if needed.
+    /// <see cref="ModelLoader.Resolve"/> with the CLI's notes on stderr: stories260K about to be downloaded, a known model
+    /// without its bundled draft (decoding is then plain).
     /// </summary>
-    static (string Model, string Tokenizer) KnownModel(string? name, CancellationToken ct)
+    public static ResolvedModel Resolve(ModelSpec spec, CancellationToken cancellationToken = default)
     {
-        if (string.Equals(name, DefaultModels.Stories260K, StringComparison.OrdinalIgnoreCase))
+        if (string.Equals(spec.Target, DefaultModels.Stories260K, StringComparison.OrdinalIgnoreCase))
         {
             var store = new ModelStore();
             var env = Environment.GetEnvironmentVariable(ModelStore.EnvironmentVariable);
@@ -57,24 +77,19 @@ internal static class CliModels
             if (string.IsNullOrEmpty(env) && !cached)
                 CliErrors.Stderr.MarkupLine($"[grey]stories260K not in {Markup.Escape(store.CacheDir)}: downloading it once (see `beagle download`)[/]");
         }
-        var m = DefaultModels.ResolveAsync(name, cancellationToken: ct).GetAwaiter().GetResult();
-        return (m.Model, m.Tokenizer);
+        var files = ModelLoader.Resolve(spec, cancellationToken);
+        if (files.BundledDraftMissing)
+            CliConsole.Note($"{files.KnownName} has no bundled beagle draft (models/{files.KnownName}/beagle next to the program): decoding plainly; pass --draft DIR to speculate");
+        return files;
     }
 
     /// <summary>
-    /// The target and tokenizer paths: --target (tokenizer: --tokenizer, else found next to it by the loader), or the
-    /// model known by name (<see cref="DefaultModels"/>: the bundled stories5M by default).
+    /// The target and tokenizer paths: --target (tokenizer: --tokenizer, else null: found next to it by the loader), or
+    /// the model known by name (<see cref="DefaultModels"/>: the bundled stories5M by default).
     /// </summary>
-    public static (string Target, string Tokenizer) ResolvePaths(ModelSettings s, CancellationToken cancellationToken = default)
+    public static (string Target, string? Tokenizer) ResolvePaths(ModelSettings s, CancellationToken cancellationToken = default)
     {
-        if (s.Target is not null && !DefaultModels.IsKnownName(s.Target))
-        {
-            if (s.Tokenizer is not null) return (s.Target, s.Tokenizer);
-            var dir = Directory.Exists(s.Target) ? s.Target : Path.GetDirectoryName(Path.GetFullPath(s.Target))!;
-            var found = new[] { "tokenizer.bin", "tok512.bin", "tokenizer.json", "tokenizer.model" }.Select(n => Path.Combine(dir, n)).FirstOrDefault(File.Exists);
-            return (s.Target, found ?? throw new ArgumentException($"no tokenizer next to {s.Target}: pass --tokenizer PATH"));
-        }
-        var (model, tokenizer) = KnownModel(s.Target, cancellationToken);
-        return (model, s.Tokenizer ?? tokenizer);
+        var files = Resolve(Spec(s), cancellationToken);
+        return (files.Target, files.Tokenizer);
     }
 }

@@ -63,10 +63,8 @@ public class DraftSettings : ModelSettings
         if (DraftModel is not null && !DefaultModels.IsKnownName(DraftModel) && !File.Exists(DraftModel) && !Directory.Exists(DraftModel))
             return ValidationResult.Error($"--draft-model: no file or folder at '{DraftModel}'");
         if (NGramOptionsError(NGram, NGramMax, NGramMin) is { } ng) return ValidationResult.Error(ng);
-        if (TreeTokens is { } n && (n < 2 || n > 256)) return ValidationResult.Error("--tree-tokens must be in [2, 256]");
-        if (TreeDepth is { } d && (d < 1 || d > 32)) return ValidationResult.Error("--tree-depth must be in [1, 32]");
-        if (TreeTopK is { } k && (k < 1 || k > 64)) return ValidationResult.Error("--tree-topk must be in [1, 64]");
-        if (TreeMinProb is { } p && !(p >= 0 && p < 1)) return ValidationResult.Error("--tree-min-prob must be in [0, 1)");
+        try { TreeBudget.Validate(CliModels.BudgetNames); }
+        catch (ArgumentException e) { return ValidationResult.Error(CliErrors.ProductMessage(e)); }
         return ValidationResult.Success();
     }
 
@@ -80,12 +78,20 @@ public class DraftSettings : ModelSettings
         return null;
     }
 
-    public SpeculativeOptions SpeculativeOptions => new() { TreeTokens = TreeTokens, TreeDepth = TreeDepth, TreeTopK = TreeTopK, TreeMinProb = TreeMinProb };
-    public bool ExplicitBudget => TreeTokens is not null || TreeDepth is not null || TreeTopK is not null || TreeMinProb is not null;
+    /// <summary>The --tree-* options as one budget: what they name overrides the calibrated budget, the rest is measured.</summary>
+    public TreeBudgetOptions TreeBudget => new() { Tokens = TreeTokens, Depth = TreeDepth, TopK = TreeTopK, MinProb = TreeMinProb };
+    public bool ExplicitBudget => !TreeBudget.IsEmpty;
 }
 
 internal static class CliDrafts
 {
+    /// <summary>The prompt-lookup settings: what the options name, the library's defaults for the rest.</summary>
+    internal static Beagle.Drafting.NGram.NGramOptions NGramOptions(int? max, int? min)
+    {
+        var o = new Beagle.Drafting.NGram.NGramOptions();
+        return o with { MaxNgram = max ?? o.MaxNgram, MinNgram = min ?? o.MinNgram };
+    }
+
     /// <summary>
     /// The draft bundled for the target the user named: the default model's (no --target) or a known model's
     /// (--target stories5M / stories260K); none for a target given by path.
@@ -97,52 +103,18 @@ internal static class CliDrafts
     }
 
     /// <summary>
-    /// The bundled draft of <paramref name="arch"/> for a known target, or null after one note on stderr saying that
-    /// decoding is plain (a program built before the model's drafts were trained ships without them).
-    /// </summary>
-    public static string? BundledDraftOrNote(string? target, string arch = "beagle")
-    {
-        if (target is not null && !DefaultModels.IsKnownName(target)) return null;
-        var found = BundledDraft(target, arch);
-        if (found is null)
-            CliConsole.Note($"{target ?? DefaultModels.Default} has no bundled {arch} draft (models/{target ?? DefaultModels.Default}/{arch} next to the program): decoding plainly; pass --draft DIR to speculate");
-        return found;
-    }
-
-    /// <summary>
-    /// Loads the draft a command asked for (null when none applies; a missing bundled draft is said once on stderr):
-    /// a trained draft (--draft, or the bundled one), a draft model (--draft-model, checked against the target and its
-    /// <paramref name="tokenizer"/>) or prompt lookup (--ngram).
-    /// </summary>
-    /// <summary>The prompt-lookup settings: what the options name, the library's defaults for the rest.</summary>
-    internal static Beagle.Drafting.NGram.NGramOptions NGramOptions(int? max, int? min)
-    {
-        var o = new Beagle.Drafting.NGram.NGramOptions();
-        return o with { MaxNgram = max ?? o.MaxNgram, MinNgram = min ?? o.MinNgram };
-    }
-
-    public static (IDraftModel? Draft, string? Path) Load(DraftSettings s, LlamaModel target, ITokenizer tokenizer)
-    {
-        if (s.NoDraft) return (null, null);
-        if (s.NGram) return (new Beagle.Drafting.NGram.NGramDraft(target, CliDrafts.NGramOptions(s.NGramMax, s.NGramMin)), "ngram");
-        if (s.DraftModel is not null) return (Beagle.Drafting.DraftLm.DraftLmModel.Load(s.DraftModel, target, tokenizer), s.DraftModel);
-        var path = s.Draft ?? BundledDraftOrNote(s.Target);
-        return path is null ? (null, null) : (DraftCheckpoint.Load(path, target), path);
-    }
-
-    /// <summary>
-    /// Applies the measured tree budget unless the user gave one (calibration runs once per machine/model/draft); its
-    /// messages go to stderr.
+    /// Target, tokenizer and draft of a decoding command, and a generator with the tree budget applied (calibrated for
+    /// what the --tree-* options leave open; its messages go to stderr). The caller owns the models.
     /// </summary>
     /// <param name="sampling">The request's sampling settings: sampled decoding is calibrated with exactly these (acceptance
     /// under sampling depends on them), greedy decoding once per machine/model/draft.</param>
-    public static void Calibrate(Generator gen, DraftSettings s, ITokenizer tokenizer, SamplingOptions? sampling = null)
+    public static (EngineModels Models, Generator Generator, string? DraftPath) Load(DraftSettings s, SamplingOptions? sampling = null, CancellationToken cancellationToken = default)
     {
-        if (gen.Draft is null || s.ExplicitBudget) return;
-        var id = TreeBudgetCalibrator.DraftIdentity(gen.Draft);
-        Action<string> log = CliConsole.Status;
-        if (sampling is null || sampling.IsGreedy) gen.Use(TreeBudgetCalibrator.GetOrMeasure(gen.Target, tokenizer, gen.Draft, id, log: log));
-        else gen.UseForSampling(TreeBudgetCalibrator.GetOrMeasure(gen.Target, tokenizer, gen.Draft, id, log: log, sampling: sampling with { Seed = 1 }));
+        var spec = CliModels.DraftSpec(s);
+        var files = CliModels.Resolve(spec, cancellationToken);
+        var models = ModelLoader.Load(spec, files);
+        try { return (models, ModelLoader.CreateGenerator(models, spec, sampling, CliConsole.Status, CliModels.BudgetNames), files.Draft ?? s.DraftModel ?? (s.NGram ? "ngram" : null)); }
+        catch { models.Dispose(); throw; }
     }
 
     /// <summary>

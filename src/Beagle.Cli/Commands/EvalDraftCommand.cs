@@ -1,6 +1,7 @@
 using System.ComponentModel;
 using System.Text.Json;
 using Beagle.Drafting;
+using Beagle.Runtime;
 using Beagle.Training;
 using Spectre.Console;
 using Spectre.Console.Cli;
@@ -50,6 +51,8 @@ public sealed class EvalDraftSettings : ModelSettings
         if (!File.Exists(Data)) return ValidationResult.Error($"--data: no file at '{Data}'");
         if (Prompts < 1) return ValidationResult.Error("--prompts must be >= 1");
         if (PromptTokens < 1) return ValidationResult.Error("--prompt-tokens must be >= 1");
+        try { new Beagle.Decoding.TreeBudgetOptions { Tokens = TreeTokens, Depth = TreeDepth, TopK = TreeTopK }.Validate(CliModels.BudgetNames); }
+        catch (ArgumentException e) { return ValidationResult.Error(CliErrors.ProductMessage(e)); }
         if (MaxTokens < 1) return ValidationResult.Error("--max-tokens must be >= 1");
         return ValidationResult.Success();
     }
@@ -68,7 +71,7 @@ public sealed class EvalDraftCommand : Command<EvalDraftSettings>
         using var _ = model;
         var draftPath = s.Draft ?? CliDrafts.BundledDraft(s.Target)!;   // Validate checked that one exists
         if (s.Draft is null) CliConsole.Status($"draft: {draftPath} (bundled)");
-        using var draft = DraftCheckpoint.Load(draftPath, model);
+        using var draft = ModelLoader.LoadDraft(draftPath, model);
         var prompts = SequencePacker.Tokenize(TextSources.ReadDocuments(s.Data!), tokenizer)
             .Where(d => d.Length > s.PromptTokens).Take(s.Prompts).Select(d => d[..s.PromptTokens]).ToList();
         var options = new TrainingOptions

@@ -61,19 +61,17 @@ public sealed class GenerateCommand : Command<GenerateSettings>
 {
     public override int Execute(CommandContext context, GenerateSettings s, CancellationToken cancellationToken)
     {
-        var (model, tokenizer) = CliModels.LoadTarget(s, cancellationToken);
-        using var _ = model;
-        var (draft, draftPath) = CliDrafts.Load(s, model, tokenizer);
-        using var __ = draft;
-        var gen = new Beagle.Decoding.Generator(model, tokenizer, draft);
         var sampling = new SamplingOptions { Temperature = s.Temperature, TopK = s.TopK, TopP = s.TopP, Seed = s.Seed };
-        CliDrafts.Calibrate(gen, s, tokenizer, sampling);
+        // The --tree-* options are the generator's budget (over the calibrated one); the request leaves it open.
+        var (models, gen, draftPath) = CliDrafts.Load(s, sampling, cancellationToken);
+        using var _ = models;
+        var draft = models.Draft;
         var options = new GenerationOptions
         {
             MaxNewTokens = s.MaxTokens,
             Sampling = sampling,
             StopStrings = s.Stop,
-            Speculative = draft is null ? null : s.SpeculativeOptions,
+            Speculative = draft is null ? null : new SpeculativeOptions(),
         };
         var stats = new GenerationStats();
         var ids = new List<int>();

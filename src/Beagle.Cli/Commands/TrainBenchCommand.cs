@@ -84,11 +84,12 @@ public sealed class TrainBenchCommand : Command<TrainBenchSettings>
                 AnsiConsole.MarkupLineInterpolated($"[grey]{name} s={steps}: running in a fresh process...[/]");
                 var args = new List<string>
                 {
-                    "train-bench-worker", "--target", target, "--tokenizer", tokenizer, "--threads", s.Threads.ToString(CultureInfo.InvariantCulture),
+                    "train-bench-worker", "--target", target, "--threads", s.Threads.ToString(CultureInfo.InvariantCulture),
                     "--device", s.Device, "--arch", arch, "--sim-steps", steps.ToString(CultureInfo.InvariantCulture),
                     "--batch", s.Batch.ToString(CultureInfo.InvariantCulture), "--seq-len", s.SeqLen.ToString(CultureInfo.InvariantCulture),
                     "--steps", s.Steps.ToString(CultureInfo.InvariantCulture),
                 };
+                if (tokenizer is not null) args.AddRange(["--tokenizer", tokenizer]);
                 if (s.FullBackprop) args.Add("--full-backprop");
                 var r = RunWorker(args, s.AllocatorDefaults ? null : FixedMmapThreshold, cancellationToken);
                 var o = new JsonObject

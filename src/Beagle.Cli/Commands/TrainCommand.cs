@@ -117,7 +117,7 @@ public sealed class TrainSettings : ModelSettings
     public int Seed { get; init; }
 
     /// <summary>The trainer's options; their own validation names the option at fault.</summary>
-    public TrainingOptions ToOptions(string target, string tokenizer) => new()
+    public TrainingOptions ToOptions(string target, string? tokenizer) => new()
     {
         Architecture = Arch, TargetPath = target, TokenizerPath = tokenizer, DataPaths = Data, Generate = Generate,
         GenerateMaxTokens = GenerateTokens, GenerateTemperature = GenerateTemperature, GeneratePromptTokens = GeneratePromptTokens, GeneratePromptStride = GeneratePromptStride, FeatureCacheDir = FeatureCache, OutputDir = Out ?? "", Epochs = Epochs, Stage1Epochs = Stage1Epochs, WindowK = Window,
@@ -147,9 +147,12 @@ public sealed class TrainCommand : AsyncCommand<TrainSettings>
 {
     public override async Task<int> ExecuteAsync(CommandContext context, TrainSettings s, CancellationToken cancellationToken)
     {
-        TorchSharp.torch.set_num_threads(s.Threads);
-        var (target, tokenizer) = CliModels.ResolvePaths(s);
-        var options = s.ToOptions(target, tokenizer);
+        // The target is loaded through the composition root (a known model, a llama2.c file or a Hugging Face folder,
+        // on --device, with --threads) on the training thread.
+        var spec = CliModels.Spec(s);
+        var files = CliModels.Resolve(spec, cancellationToken);
+        spec = spec with { Target = files.Target, Tokenizer = files.Tokenizer };
+        var options = s.ToOptions(files.Target, files.Tokenizer);
 
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         // Cancel first and write nothing here: the handler runs on another thread, and writing to the console while
@@ -172,7 +175,7 @@ public sealed class TrainCommand : AsyncCommand<TrainSettings>
                     .StartAsync(async ctx =>
                     {
                         var task = ctx.AddTask($"{s.Arch}: preparing data and features", maxValue: 1);
-                        var run = DraftTrainer.TrainAsync(options, progress, cts.Token);
+                        var run = DraftTrainer.TrainAsync(spec, options, progress, cts.Token);
                         while (!run.IsCompleted)
                         {
                             await Task.WhenAny(run, Task.Delay(250, CancellationToken.None));
@@ -195,7 +198,7 @@ public sealed class TrainCommand : AsyncCommand<TrainSettings>
                 progress.Echo = line => Console.WriteLine(line);
                 progress.Describe = p => Describe(s.Arch, p);
                 using var announce = cts.Token.Register(() => Console.Error.WriteLine("stopping: saving a checkpoint..."));
-                result = await DraftTrainer.TrainAsync(options, progress, cts.Token);
+                result = await DraftTrainer.TrainAsync(spec, options, progress, cts.Token);
             }
 
             if (result.Completed)

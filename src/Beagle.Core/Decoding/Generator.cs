@@ -17,8 +17,9 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
     public IDraftModel? Draft { get; } = draft;
 
     /// <summary>
-    /// Tree budget used for any field a request's <see cref="SpeculativeOptions"/> leaves null. Set it from
-    /// <see cref="TreeBudgetCalibrator"/> (the CLI and engine do) — the built-in default is only a starting point.
+    /// Tree budget used for any field a request's <see cref="SpeculativeOptions"/> leaves null (combined as
+    /// <see cref="TreeBudgetOptions.Over"/> says). Set it from <see cref="TreeBudgetCalibrator"/> (ModelLoader.Calibrate
+    /// does, for every face that calibrates) — the built-in default is only a starting point.
     /// </summary>
     public TreeBudget DefaultTreeBudget { get; set; } = TreeBudget.Default;
 
@@ -136,11 +137,11 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
     IDecodeStrategy CreateStrategy(KvCache cache, Sampler sampler, GenerationStats stats, GenerationOptions o)
     {
         var s = o.Speculative;
-        bool budgetLeftToDefault = s is { TreeTokens: null, TreeDepth: null, TreeTopK: null, TreeMinProb: null };
+        bool budgetLeftToDefault = s is { Tree.IsEmpty: true };
         bool greedy = o.Sampling.IsGreedy;
         bool pays = greedy ? SpeculationPays : SamplingSpeculationPays;
         if (Draft is null || s is null || s.Disabled || (budgetLeftToDefault && !pays)) return new PlainStrategy(Target, cache, sampler, stats);
         var fallback = greedy ? DefaultTreeBudget : DefaultSamplingTreeBudget ?? DefaultTreeBudget;
-        return new SpeculativeStrategy(Target, Draft, cache, sampler, stats, TreeBudget.Resolve(s, fallback), s.ConcatDraftStates, AcceptanceMutation);
+        return new SpeculativeStrategy(Target, Draft, cache, sampler, stats, s.Tree.Over(fallback, basisName: "this generator's budget (calibrated or default)"), s.ConcatDraftStates, AcceptanceMutation);
     }
 }

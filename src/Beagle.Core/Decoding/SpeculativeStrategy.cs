@@ -121,31 +121,3 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
 
     public void Dispose() => _session.Dispose();
 }
-
-/// <summary>A resolved tree budget: at most <paramref name="Tokens"/> verified per round (root included), at most
-/// <paramref name="Depth"/> draft steps, <paramref name="TopK"/> children per expanded node, and nodes below the
-/// confidence floor <paramref name="MinProb"/> (path probability under the draft; 0 = no floor) dropped.</summary>
-public readonly record struct TreeBudget(int Tokens, int Depth, int TopK, double MinProb = 0)
-{
-    /// <summary>Options that ask for exactly this budget.</summary>
-    public SpeculativeOptions ToOptions() => new() { TreeTokens = Tokens, TreeDepth = Depth, TreeTopK = TopK, TreeMinProb = MinProb };
-
-    public override string ToString() => MinProb > 0 ? FormattableString.Invariant($"{Tokens}/{Depth}/{TopK} p>={MinProb}") : $"{Tokens}/{Depth}/{TopK}";
-
-    /// <summary>
-    /// Used when neither the caller nor a calibration chose one: a chain of 3 draft tokens. For stories5M and its bundled
-    /// drafts on a 2-core CPU chains of 3 to 7 measured alike (Beagle 1.64x at 4/3/1 and 6/5/1, 1.62x at 8/7/1, 1.55x at
-    /// 10/9/1; a 16/5/4 tree 0.81x: each verified token costs a quarter of a target step on a CPU, docs/benchmarks.md),
-    /// and a short chain also suits weaker drafts. GPUs, where verification is cheap next to decoding, want deeper or
-    /// wider trees: calibrate (TreeBudgetCalibrator) or pass a budget.
-    /// </summary>
-    public static TreeBudget Default { get; } = new(4, 3, 1);
-
-    public static TreeBudget Resolve(SpeculativeOptions o, TreeBudget fallback)
-    {
-        var b = new TreeBudget(o.TreeTokens ?? fallback.Tokens, o.TreeDepth ?? fallback.Depth, o.TreeTopK ?? fallback.TopK, o.TreeMinProb ?? fallback.MinProb);
-        if (b.Tokens - 1 > b.Depth * b.TopK)
-            b = b with { Tokens = Math.Max(2, Math.Min(b.Tokens, b.Depth * b.TopK + 1)) };   // cannot keep more nodes than were drafted
-        return b;
-    }
-}

@@ -65,13 +65,15 @@ public static class TreeBudgetCalibrator
 
     /// <summary>
     /// Returns the cached result for these inputs, or measures (a few seconds at stories260K size) and caches it.
-    /// <paramref name="sampling"/>: calibrate for sampled decoding with these settings (null = greedy).
+    /// <paramref name="cacheFile"/>: the JSON file results are kept in (the runtime's is
+    /// <see cref="Runtime.BeaglePaths.TreeBudgetCacheFile"/>). <paramref name="sampling"/>: calibrate for sampled decoding
+    /// with these settings (null = greedy).
     /// </summary>
     public static CalibratedBudget GetOrMeasure(LlamaModel target, ITokenizer tokenizer, IDraftModel draft, string draftId,
-        string? cacheFile = null, Action<string>? log = null, bool force = false, int maxNewTokens = 48, int repeats = 3,
+        string cacheFile, Action<string>? log = null, bool force = false, int maxNewTokens = 48, int repeats = 3,
         SamplingOptions? sampling = null)
     {
-        cacheFile ??= Path.GetFullPath(Path.Combine(Runtime.ModelStore.DefaultCacheDir(), "..", "..", "tree-budgets.json"));   // ~/.cache/beagle/
+        ArgumentException.ThrowIfNullOrEmpty(cacheFile);
         string machine = Machine();
         string key = Key(target, draftId, machine, sampling);
         var cache = Load(cacheFile);
@@ -174,6 +176,9 @@ public static class TreeBudgetCalibrator
     internal static bool DecodesPlainly(double medianRatioToPlain, double acceptanceLength) =>
         !(medianRatioToPlain >= 1.05) || acceptanceLength < MinAcceptance;
 
+
+    /// <summary>The cache key of these inputs on this machine (tests seed a cache file with it).</summary>
+    internal static string KeyFor(LlamaModel target, string draftId, SamplingOptions? sampling = null) => Key(target, draftId, Machine(), sampling);
 
     static string Machine() => $"{SpeculativeBenchmark.MachineName()}; {TorchSharp.torch.get_num_threads()} threads";
 

@@ -19,7 +19,7 @@ public sealed record EngineOptions
     /// deterministic): the built-in default budget; the CLI calibrates on its own.
     /// </summary>
     public bool CalibrateTreeBudget { get; init; }
-    /// <summary>Where calibrated budgets are cached; null = the user cache (~/.cache/beagle/tree-budgets.json).</summary>
+    /// <summary>Where calibrated budgets are cached; null = <see cref="BeaglePaths.TreeBudgetCacheFile"/>.</summary>
     public string? TreeBudgetCacheFile { get; init; }
     /// <summary>Intra-op threads for libtorch; null = leave as is. 1 is fastest for small models (docs/benchmarks.md).</summary>
     public int? Threads { get; init; }
@@ -99,12 +99,10 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
             if (_options.Threads is { } t) TorchSharp.torch.set_num_threads(t);
             _models = load();
             _generator = new Generator(_models.Target, _models.Tokenizer, _models.Draft);
-            if (_models.Draft is { } draft && _options.CalibrateTreeBudget)
+            if (_models.Draft is not null && _options.CalibrateTreeBudget)
             {
-                var id = TreeBudgetCalibrator.DraftIdentity(draft);
-                _generator.Use(TreeBudgetCalibrator.GetOrMeasure(_models.Target, _models.Tokenizer, draft, id, _options.TreeBudgetCacheFile));
-                _generator.UseForSampling(TreeBudgetCalibrator.GetOrMeasure(_models.Target, _models.Tokenizer, draft, id, _options.TreeBudgetCacheFile,
-                    sampling: TreeBudgetCalibrator.ChatSampling));
+                ModelLoader.ApplyTreeBudget(_generator, TreeBudgetOptions.None, calibrate: true, _options.TreeBudgetCacheFile);
+                ModelLoader.ApplyTreeBudget(_generator, TreeBudgetOptions.None, calibrate: true, _options.TreeBudgetCacheFile, TreeBudgetCalibrator.ChatSampling);
             }
             _ready.SetResult();
         }

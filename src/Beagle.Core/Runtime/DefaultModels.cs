@@ -82,24 +82,6 @@ public static class DefaultModels
     /// <summary>Synchronous form of <see cref="ResolveAsync"/>.</summary>
     public static KnownModel Resolve(string? name = null, ModelStore? store = null) => ResolveAsync(name, store).GetAwaiter().GetResult();
 
-    /// <summary>
-    /// The files behind a target setting: a known model name becomes its checkpoint and tokenizer (an explicit
-    /// <paramref name="tokenizer"/> still wins); a path is returned as it is. For loaders and trainers, which read files.
-    /// </summary>
-    public static (string Model, string? Tokenizer) Files(string target, string? tokenizer)
-    {
-        if (!IsKnownName(target)) return (target, tokenizer);
-        var known = Resolve(target);
-        return (known.Model, tokenizer ?? known.Tokenizer);
-    }
-
-    /// <summary>
-    /// The draft a face loads for <paramref name="target"/>: <paramref name="draftPath"/> when given; else, for a known
-    /// model and <paramref name="useBundled"/>, its bundled Beagle draft; else none (plain decoding).
-    /// </summary>
-    public static string? DraftFor(string target, string? draftPath, bool useBundled) =>
-        draftPath ?? (useBundled && IsKnownName(target) ? BundledDraft(target) : null);
-
     /// <summary>The bundled draft of architecture <paramref name="arch"/> for the known model <paramref name="name"/>, or null.</summary>
     public static string? BundledDraft(string name, string arch = "beagle")
     {

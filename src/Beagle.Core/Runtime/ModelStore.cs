@@ -55,13 +55,8 @@ public sealed class ModelStore
         _timeout = timeout ?? TimeSpan.FromSeconds(20);
     }
 
-    /// <summary>$XDG_CACHE_HOME/beagle/models/stories260K, or ~/.cache/beagle/models/stories260K.</summary>
-    public static string DefaultCacheDir()
-    {
-        var xdg = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
-        var root = !string.IsNullOrEmpty(xdg) ? xdg : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache");
-        return Path.Combine(root, "beagle", "models", "stories260K");
-    }
+    /// <summary>$XDG_CACHE_HOME/beagle/models/stories260K, or ~/.cache/beagle/models/stories260K (<see cref="BeaglePaths"/>).</summary>
+    public static string DefaultCacheDir() => BeaglePaths.ModelCacheDir("stories260K");
 
     /// <summary>Paths of stories260K.bin and tok512.bin, downloading them when needed.</summary>
     public async Task<(string Model, string Tokenizer)> GetDefaultModelAsync(CancellationToken cancellationToken = default)

@@ -6,6 +6,7 @@ using Beagle.Checkpoints;
 using Beagle.Decoding;
 using Beagle.Drafting;
 using Beagle.Models;
+using Beagle.Runtime;
 using Beagle.Tokenization;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -48,17 +49,30 @@ public abstract class DraftTrainer
     public static DraftTrainer Create(LlamaModel target, ITokenizer tokenizer, TrainingOptions options) =>
         options.Validate().Arch.CreateTrainer(target, tokenizer, options);
 
-    /// <summary>Loads the llama2.c target and tokenizer named in the options and trains on a worker thread.</summary>
+    /// <summary>
+    /// Loads the target and tokenizer named in the options (<see cref="TrainingOptions.TargetPath"/>: a known model name,
+    /// a llama2.c file or a Hugging Face folder) on the CPU and trains on a worker thread.
+    /// </summary>
     public static Task<TrainingResult> TrainAsync(TrainingOptions options, IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
+        if (options.TargetPath is null) throw new ArgumentException("TargetPath is required (or pass a ModelSpec)", nameof(options));
+        return TrainAsync(new ModelSpec { Target = options.TargetPath, Tokenizer = options.TokenizerPath, Device = "cpu", NoDraft = true }, options, progress, cancellationToken);
+    }
+
+    /// <summary>
+    /// Loads <paramref name="target"/> through the composition root (<see cref="ModelLoader"/>: every target the runtime
+    /// loads, on its device) on a worker thread and trains there; the target is freed when training ends. The spec's
+    /// draft settings are ignored (training makes the draft).
+    /// </summary>
+    public static Task<TrainingResult> TrainAsync(ModelSpec target, TrainingOptions options, IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
         options.Validate();
-        if (options.TargetPath is null || options.TokenizerPath is null) throw new ArgumentException("target and tokenizer paths are required", nameof(options));
+        target = target with { NoDraft = true };
+        target.Validate();
         return Task.Factory.StartNew(() =>
         {
-            using var w = Llama2cCheckpoint.Load(options.TargetPath);
-            using var target = new LlamaModel(w);
-            var tok = Llama2cTokenizer.Load(options.TokenizerPath, target.Config.VocabSize);
-            return Create(target, tok, options).Train(progress, cancellationToken);
+            using var loaded = ModelLoader.LoadTarget(target, cancellationToken);
+            return Create(loaded.Model, loaded.Tokenizer, options).Train(progress, cancellationToken);
         }, cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
     }
 

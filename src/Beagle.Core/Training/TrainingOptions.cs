@@ -14,9 +14,9 @@ public sealed record TrainingOptions
 {
     /// <summary>--arch: a trainable registered architecture (<see cref="DraftArchitectures.Trainable"/>): "beagle" (two-stage block-attention training) or "eagle2" (the baseline).</summary>
     public string Architecture { get; init; } = DraftConfig.Beagle;
-    /// <summary>--target: llama2c .bin checkpoint (used by <see cref="DraftTrainer.TrainAsync(TrainingOptions, IProgress{TrainingProgress}?, CancellationToken)"/>).</summary>
+    /// <summary>--target: a known model name, llama2.c .bin checkpoint or Hugging Face folder (used by <see cref="DraftTrainer.TrainAsync(TrainingOptions, IProgress{TrainingProgress}?, CancellationToken)"/>).</summary>
     public string? TargetPath { get; init; }
-    /// <summary>--tokenizer: llama2c tokenizer .bin.</summary>
+    /// <summary>--tokenizer: tokenizer file (default: the target's, see ModelLoader).</summary>
     public string? TokenizerPath { get; init; }
     /// <summary>--data (repeatable): text, jsonl or chat jsonl files.</summary>
     public IReadOnlyList<string> DataPaths { get; init; } = [];

@@ -65,9 +65,10 @@ public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueu
         };
         if (string.IsNullOrWhiteSpace(o.TargetPath))
             throw new ArgumentException("TargetPath: the target to train a draft for is required (or register the served model with AddBeagle)", nameof(options));
-        // The trainer reads files: a known model (e.g. the default stories5M) becomes its files.
-        var (model, tokenizer) = Beagle.Runtime.DefaultModels.Files(o.TargetPath, o.TokenizerPath);
-        o = o with { TargetPath = model, TokenizerPath = tokenizer };
+        // A known model (e.g. the default stories5M) is recorded as its files, so that a job resumed later trains on
+        // exactly what it started on.
+        var files = ModelLoader.Resolve(new ModelSpec { Target = o.TargetPath, Tokenizer = o.TokenizerPath, NoDraft = true });
+        o = o with { TargetPath = files.Target, TokenizerPath = files.Tokenizer };
         o.Validate();
         lock (_gate)
         {
@@ -198,7 +199,7 @@ public sealed class DraftTrainingService : BackgroundService, IDraftTrainingQueu
         LoadedTarget? target = null;
         try
         {
-            target = TargetLoader.Load(options.TargetPath!, options.TokenizerPath, DeviceSelector.Resolve(device));
+            target = ModelLoader.LoadTarget(new ModelSpec { Target = options.TargetPath!, Tokenizer = options.TokenizerPath, Device = device, NoDraft = true });
             var result = DraftTrainer.Create(target.Model, target.Tokenizer, options).Train(progress, ct);
             lock (_gate)
             {

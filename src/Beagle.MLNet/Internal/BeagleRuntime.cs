@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Beagle.Checkpoints;
 using Beagle.Decoding;
 using Beagle.Runtime;
 
@@ -7,6 +8,9 @@ namespace Beagle.MLNet.Internal;
 
 /// <summary>beagle/target.json in a saved model: which target the pipeline was fitted for.</summary>
 internal sealed record TargetRecord(string Path, string? TokenizerPath, string Fingerprint);
+
+/// <summary>A draft checkpoint's files by relative path (empty: no draft) and where they come from, for messages.</summary>
+internal sealed record DraftFiles(IReadOnlyDictionary<string, byte[]> Files, string Source);
 
 /// <summary>beagle/settings.json in a saved model: everything else needed to decode as the fitted pipeline did.</summary>
 internal sealed record SettingsRecord
@@ -57,29 +61,49 @@ internal sealed class BeagleRuntime : IDisposable
     /// </summary>
     /// <param name="draftSource">Where the draft files come from (a folder, or "model.zip:beagle/draft"), for error messages.</param>
     public static BeagleRuntime Start(string targetPath, string? tokenizerPath, SettingsRecord settings,
-        IReadOnlyDictionary<string, byte[]> draftFiles, string draftSource, string? expectedFingerprint = null, string? modelDescription = null)
+        IReadOnlyDictionary<string, byte[]> draftFiles, string draftSource, string? expectedFingerprint = null, string? modelDescription = null) =>
+        Start(targetPath, tokenizerPath, settings, _ => new DraftFiles(draftFiles, draftSource), null, expectedFingerprint, modelDescription);
+
+    /// <summary>
+    /// Loads the target on a new engine thread, then asks <paramref name="draftFor"/> for the draft's files on that
+    /// thread with the loaded target (fitting TrainDraft trains the draft there: the target is loaded once per Fit),
+    /// and loads the draft. <paramref name="whileLoading"/> runs on the calling thread until the engine is ready (it is
+    /// handed the readiness task), e.g. to relay training progress to ML.NET's channel, which belongs to this thread.
+    /// Errors of <paramref name="draftFor"/> are thrown as they are (cancellation included).
+    /// </summary>
+    public static BeagleRuntime Start(string targetPath, string? tokenizerPath, SettingsRecord settings, Func<LoadedTarget, DraftFiles> draftFor,
+        Action<Task>? whileLoading, string? expectedFingerprint = null, string? modelDescription = null)
     {
+        DraftFiles? draft = null;
+        Exception? draftError = null;
         var engine = new BeagleEngine(() =>
         {
             var target = TargetSource.Load(targetPath, tokenizerPath, settings.Device);
             try
             {
-                var draft = settings.TrainingFreeDraft ? Beagle.Drafting.TrainingFreeDrafts.Create(settings.DraftModel, settings.NGram, target.Model, target.Tokenizer)
-                    : draftFiles.Count == 0 ? null : LoadDraft(draftFiles, target.Model, draftSource);
-                return new EngineModels(target.Model, target.Tokenizer, draft);
+                try { draft = draftFor(target); }
+                catch (Exception e) { draftError = e; throw; }
+                var model = settings.TrainingFreeDraft ? Beagle.Drafting.TrainingFreeDrafts.Create(settings.DraftModel, settings.NGram, target.Model, target.Tokenizer)
+                    : draft.Files.Count == 0 ? null : LoadDraft(draft.Files, target.Model, draft.Source);
+                return new EngineModels(target.Model, target.Tokenizer, model);
             }
             catch { target.Dispose(); throw; }
         }, new EngineOptions { Threads = settings.Threads });
         try
         {
+            whileLoading?.Invoke(engine.Ready);
             try { engine.Ready.GetAwaiter().GetResult(); }
-            catch (Exception e) { throw new InvalidOperationException($"Beagle could not load the target '{targetPath}'{(draftFiles.Count > 0 ? " and its draft" : "")}: {e.Message}", e); }
+            catch (Exception) when (draftError is not null) { System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(draftError).Throw(); throw; }
+            catch (Exception e) { throw new InvalidOperationException($"Beagle could not load the target '{targetPath}'{(draft is { Files.Count: > 0 } ? " and its draft" : "")}: {e.Message}", e); }
             string fingerprint = engine.RunAsync((g, _) => TargetIdentity.Fingerprint(g.Target)).GetAwaiter().GetResult();
             if (expectedFingerprint is not null && fingerprint != expectedFingerprint)
                 throw new InvalidDataException(
                     $"{modelDescription ?? "the Beagle model"} was fitted for a different target: it expects fingerprint {expectedFingerprint}, " +
                     $"but '{targetPath}' has {fingerprint}. Its draft and outputs only hold for the original target; load it with that target (BeagleLoadOptions.TargetPath).");
-            return new BeagleRuntime(engine, new TargetRecord(Path.GetFullPath(targetPath), tokenizerPath is null ? null : Path.GetFullPath(tokenizerPath), fingerprint), settings, draftFiles);
+            var files = draft!.Files;
+            if (!settings.TrainingFreeDraft)   // a training-free draft has no files: its settings already name it
+                settings = settings with { HasDraft = files.Count > 0, DraftArchitecture = files.Count > 0 ? DraftStore.Architecture(files) : null };
+            return new BeagleRuntime(engine, new TargetRecord(Path.GetFullPath(targetPath), tokenizerPath is null ? null : Path.GetFullPath(tokenizerPath), fingerprint), settings, files);
         }
         catch { engine.Dispose(); throw; }
     }

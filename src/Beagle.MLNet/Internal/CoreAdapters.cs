@@ -12,14 +12,14 @@ namespace Beagle.MLNet.Internal;
 // The ML.NET face's calls into the core, in one place: target loading, target identity, draft checkpoints and the
 // draft trainer. Everything else in Beagle.MLNet goes through these.
 
-/// <summary>Loads a target (llama2.c file or Hugging Face folder) and its tokenizer. Runs on the engine thread.</summary>
+/// <summary>The composition root's spec for the target (a known name, a llama2.c file or a Hugging Face folder); drafts come from the saved files.</summary>
 internal static class TargetSource
 {
-    public static LoadedTarget Load(string targetPath, string? tokenizerPath, string device)
-    {
-        var (model, tokenizer) = Beagle.Runtime.DefaultModels.Files(targetPath, tokenizerPath);   // a known name: its files
-        return TargetLoader.Load(model, tokenizer, DeviceSelector.Resolve(device));
-    }
+    public static ModelSpec Spec(string targetPath, string? tokenizerPath, string device) =>
+        new() { Target = targetPath, Tokenizer = tokenizerPath, Device = device, NoDraft = true };
+
+    /// <summary>Loads the target and its tokenizer. Runs on the engine thread.</summary>
+    public static LoadedTarget Load(string targetPath, string? tokenizerPath, string device) => ModelLoader.LoadTarget(Spec(targetPath, tokenizerPath, device));
 }
 
 /// <summary>
@@ -39,7 +39,7 @@ internal static class TargetIdentity
 internal static class DraftStore
 {
     /// <summary>Loads a draft folder for <paramref name="target"/>; a draft trained for another target is refused. Runs on the engine thread.</summary>
-    public static IDraftModel Load(string dir, LlamaModel target) => DraftCheckpoint.Load(dir, target);
+    public static IDraftModel Load(string dir, LlamaModel target) => ModelLoader.LoadDraft(dir, target);
 
     /// <summary>
     /// Loads a draft from its checkpoint files held in memory (a saved model's zip entries), read in place with no
@@ -62,37 +62,42 @@ internal static class DraftStore
     }
 }
 
-/// <summary>The core trainer, run on its own thread with its own copy of the target.</summary>
-internal static class DraftTrainerAdapter
+/// <summary>
+/// The core trainer, run on the transformer's engine thread with the target it loaded (<see cref="Train"/> is the
+/// runtime's draft source), its progress relayed to the fitting thread (<see cref="Relay"/>).
+/// </summary>
+internal sealed class DraftTrainerAdapter(TrainingOptions options, CancellationToken cancellationToken)
 {
+    readonly BlockingCollection<string> _lines = new();
+
+    /// <summary>The finished run (set by <see cref="Train"/>).</summary>
+    public TrainingResult? Result { get; private set; }
+
     /// <summary>
-    /// Trains a draft (see <see cref="DraftTrainer"/>) and returns when it is done. Progress lines are handed to
-    /// <paramref name="report"/> on the calling thread (ML.NET channels are used from the thread that opened them).
-    /// Cancellation: the trainer stops at the next step and saves a checkpoint; this then throws OperationCanceledException.
+    /// Trains a draft for <paramref name="target"/> (see <see cref="DraftTrainer"/>) and returns its files. Cancellation:
+    /// the trainer stops at the next step and saves a checkpoint; this then throws OperationCanceledException.
     /// </summary>
-    public static TrainingResult Train(TrainingOptions options, string device, Action<string> report, CancellationToken cancellationToken)
+    public DraftFiles Train(LoadedTarget target)
     {
         options.Validate();
-        var lines = new BlockingCollection<string>();
-        var progress = new SyncProgress(p => lines.Add(Describe(p)));
-        var training = Task.Factory.StartNew(() =>
-        {
-            try
-            {
-                // TargetLoader rather than DraftTrainer.TrainAsync(options): that one reads llama2.c files only.
-                using var target = TargetLoader.Load(options.TargetPath!, options.TokenizerPath, DeviceSelector.Resolve(device));
-                return DraftTrainer.Create(target.Model, target.Tokenizer, options).Train(progress, cancellationToken);
-            }
-            finally { lines.CompleteAdding(); }
-        }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-        foreach (var line in lines.GetConsumingEnumerable()) report(line);
-        var result = training.GetAwaiter().GetResult();
+        var result = DraftTrainer.Create(target.Model, target.Tokenizer, options).Train(new SyncProgress(p => _lines.Add(Describe(p))), cancellationToken);
         if (!result.Completed)
         {
             cancellationToken.ThrowIfCancellationRequested();
             throw new InvalidOperationException($"draft training stopped at step {result.Steps} of its run without finishing; its checkpoint is in {result.OutputDir}");
         }
-        return result;
+        Result = result;
+        return new DraftFiles(BeagleRuntime.ReadFiles(result.DraftDir!), result.DraftDir!);
+    }
+
+    /// <summary>
+    /// Hands progress lines to <paramref name="report"/> on the calling thread (ML.NET channels are used from the thread
+    /// that opened them) until <paramref name="ready"/> completes: every line is added before the engine is ready.
+    /// </summary>
+    public void Relay(Task ready, Action<string> report)
+    {
+        ready.ContinueWith(_ => _lines.CompleteAdding(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        foreach (var line in _lines.GetConsumingEnumerable()) report(line);
     }
 
     /// <summary>One log line per progress report.</summary>

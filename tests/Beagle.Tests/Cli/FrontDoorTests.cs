@@ -91,4 +91,16 @@ public class FrontDoorTests
         Assert.Equal("", r.Stdout);
         Assert.Contains("--draft DIR is required", r.Stderr);
     }
+
+    [Fact]
+    public void A_tree_budget_that_cannot_hold_its_tokens_is_refused_with_exit_2_naming_the_options()
+    {
+        // Once silently clamped to a 4-token chain; now a usage error before any model is loaded.
+        var r = ChildProcess.Beagle(["generate", .. Stories260K, "--prompt", "Tom", "--tree-tokens", "16", "--tree-depth", "3", "--tree-topk", "1"]);
+
+        Assert.Equal(2, r.ExitCode);
+        Assert.Equal("", r.Stdout);
+        Assert.Contains("--tree-tokens 16", r.Stderr);
+        Assert.Contains("at most 4 tokens", r.Stderr);
+    }
 }

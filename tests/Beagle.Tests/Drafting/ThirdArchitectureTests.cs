@@ -92,26 +92,29 @@ public class ThirdArchitectureTests
         {
             Assert.IsType<LinearToyDraft>(written);
             DraftCheckpoint.Save(written, draftDir);
-            // What the CLI's loader reads back is the module that was written.
-            var settings = new DraftSettings { Target = TestAssets.ModelPath, Tokenizer = TestAssets.TokenizerPath, Draft = draftDir };
-            var (model, tokenizer) = CliModels.LoadTarget(settings);
-            using var __ = model;
-            var (loaded, path) = CliDrafts.Load(settings, model);
-            using var ___ = loaded;
+            // What the CLI's loader reads back is the module that was written. The whole budget is named, so the CLI
+            // decodes with it as given (no calibration).
+            var settings = new GenerateSettings
+            {
+                Target = TestAssets.ModelPath, Tokenizer = TestAssets.TokenizerPath, Draft = draftDir,
+                TreeTokens = 8, TreeDepth = 4, TreeTopK = 2, TreeMinProb = 0,
+            };
+            var (models, spec, path) = CliDrafts.Load(settings);
+            using var __ = models;
             Assert.Equal(draftDir, path);
-            var toy = Assert.IsType<LinearToyDraft>(loaded);
+            var toy = Assert.IsType<LinearToyDraft>(models.Draft);
             Assert.Equal(LinearToyArchitecture.ArchName, toy.Architecture);
             foreach (var ((_, a), (_, b)) in written.named_parameters().Zip(toy.named_parameters()))
                 Assert.Equal(a.data<float>().ToArray(), b.data<float>().ToArray());
 
             // Greedy speculative decoding with it equals plain greedy decoding, and speculation did run.
-            var plain = new Beagle.Decoding.Generator(model, tokenizer);
-            var spec = new Beagle.Decoding.Generator(model, tokenizer, loaded);
+            var plain = new Beagle.Decoding.Generator(models.Target, models.Tokenizer);
+            Assert.Equal(new TreeBudget(8, 4, 2), spec.DefaultTreeBudget);
             foreach (var prompt in new[] { "Once upon a time", "The little dog" })
             {
                 var o = new GenerationOptions { MaxNewTokens = 48 };
                 var expected = plain.Complete(prompt, o);
-                var actual = spec.Complete(prompt, o with { Speculative = new SpeculativeOptions { TreeTokens = 8, TreeDepth = 4, TreeTopK = 2 } });
+                var actual = spec.Complete(prompt, o with { Speculative = new SpeculativeOptions() });
                 Assert.Equal(expected.TokenIds, actual.TokenIds);
                 Assert.True(actual.Stats.DraftRounds > 0, "no draft round ran");
             }

@@ -40,8 +40,8 @@ public sealed class DraftLmModel : IDraftModel, IDraftIdentity
     /// </summary>
     public static DraftLmModel Load(string path, LlamaModel target, ITokenizer targetTokenizer, string? tokenizerPath = null)
     {
-        var (file, tokenizer) = Runtime.DefaultModels.Files(path, tokenizerPath);
-        var loaded = TargetLoader.Load(file, tokenizer, target.Device);
+        var files = Runtime.ModelLoader.Resolve(new Runtime.ModelSpec { Target = path, Tokenizer = tokenizerPath, NoDraft = true });
+        var loaded = TargetLoader.Load(files.Target, files.Tokenizer, target.Device);
         try { return new DraftLmModel(loaded.Model, target, ownsModel: true, (loaded.Tokenizer, targetTokenizer), name: path); }
         catch { loaded.Dispose(); throw; }
     }
