@@ -57,6 +57,8 @@ public class ServerFixture : IAsyncLifetime
         Http = new HttpClient { BaseAddress = BaseAddress };
         var reference = new BeagleModelOptions();
         Configure(reference);
+        // Its own id: the queue-depth gauge is per model id, and this engine's depth must not mask the server's.
+        reference.ModelId = ModelId + "-in-process";
         ReferenceProvider = new BeagleEngineProvider(reference);
         InProcess = new BeagleChatClient(ReferenceProvider);
         await ReferenceProvider.GetReadyEngineAsync();
