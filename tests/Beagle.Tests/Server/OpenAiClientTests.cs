@@ -172,9 +172,35 @@ public sealed class OpenAiClientTests(ServerFixture fx) : IClassFixture<ServerFi
         Assert.True(beagle.GetProperty("accepted_draft_tokens").GetInt64() > 0);
 
         var streamed = new StringBuilder();
+        System.Text.Json.JsonElement? final = null;
         await foreach (var data in Sse(new { model = fx.ModelId, prompt, max_tokens = 60, temperature = 0, stream = true }, "v1/completions"))
-            if (data.GetProperty("choices").GetArrayLength() > 0) streamed.Append(data.GetProperty("choices")[0].GetProperty("text").GetString());
+        {
+            streamed.Append(data.GetProperty("choices")[0].GetProperty("text").GetString());
+            if (data.GetProperty("choices")[0].GetProperty("finish_reason").ValueKind != System.Text.Json.JsonValueKind.Null) final = data;
+        }
         Assert.Equal(plain.Text, streamed.ToString());
+        Assert.Equal("length", final!.Value.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+        Assert.True(final.Value.GetProperty("beagle").GetProperty("speculative").GetBoolean());
+    }
+
+    [Fact]
+    public async Task Metrics_are_prometheus_text_with_speed_acceptance_requests_and_queue_depth()
+    {
+        var (status, body) = await fx.Post("v1/completions", new { model = fx.ModelId, prompt = "Tom and Lily", max_tokens = 30 });
+        Assert.Equal(200, status);
+        var text = await fx.Http.GetStringAsync("metrics");
+
+        Assert.Contains("# TYPE beagle_generation_acceptance_length histogram", text);
+        Assert.Contains("# TYPE beagle_generated_tokens_total counter", text);
+        Assert.Contains("# TYPE beagle_engine_queue_depth gauge", text);
+        Assert.True(await fx.Metric("beagle_generation_acceptance_length_count") >= 1);
+        // Speculative requests: tokens per target forward above 1 on average.
+        Assert.True(await fx.Metric("beagle_generation_acceptance_length_sum") / await fx.Metric("beagle_generation_acceptance_length_count") > 1);
+        Assert.True(await fx.Metric("beagle_generation_tokens_per_second_count") >= 1);
+        Assert.True(await fx.Metric("beagle_generated_tokens_total") >= 30);
+        Assert.True(await fx.Metric("beagle_server_requests_total", "endpoint=\"/v1/completions\",status=\"200\"") >= 1);
+        Assert.Contains($"beagle_engine_queue_depth{{beagle_model=\"{fx.ModelId}\"}} 0", text);
+        Assert.Contains("process_resident_memory_bytes ", text);
     }
 
     [Fact]
