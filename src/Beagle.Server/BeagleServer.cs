@@ -25,6 +25,13 @@ public static class BeagleServer
     /// <summary>Routes that answer without the API key: orchestrators probe them and they reveal nothing about requests.</summary>
     static readonly string[] OpenPaths = ["/health/live", "/health/ready"];
 
+    /// <summary>The fixed routes and their method (for 405 answers).</summary>
+    static readonly Dictionary<string, string> Routes = new(StringComparer.Ordinal)
+    {
+        ["/v1/chat/completions"] = "POST", ["/v1/completions"] = "POST", ["/v1/models"] = "GET",
+        ["/health"] = "GET", ["/health/live"] = "GET", ["/health/ready"] = "GET", ["/metrics"] = "GET",
+    };
+
     /// <summary>Builds (does not start) the server. Start it with RunAsync or StartAsync; <see cref="BaseAddress"/> then says where it listens.</summary>
     public static WebApplication Create(Action<BeagleModelOptions> configureModel, BeagleServerOptions server, Action<ILoggingBuilder>? logging = null)
     {
@@ -75,8 +82,10 @@ public static class BeagleServer
         app.MapGet("/health", Ready);
         app.MapGet("/metrics", (HttpContext ctx, PrometheusExporter exporter) =>
             Results.Text(exporter.Scrape(), "text/plain; version=0.0.4; charset=utf-8"));
-        app.MapFallback((HttpContext ctx) => OpenAiEndpoints.WriteError(ctx,
-            new OpenAiError(404, $"no route {ctx.Request.Method} {ctx.Request.Path}: the server serves POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics",
+        // Anything else: 405 for a known path with another method, else 404, both in OpenAI's shape.
+        app.MapFallback((HttpContext ctx) => OpenAiEndpoints.WriteError(ctx, Routes.TryGetValue(ctx.Request.Path.Value ?? "", out var method)
+            ? new OpenAiError(405, $"method {ctx.Request.Method} is not allowed on {ctx.Request.Path}: use {method}", OpenAiError.InvalidRequest, null, "method_not_allowed")
+            : new OpenAiError(404, $"no route {ctx.Request.Method} {ctx.Request.Path}: the server serves POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics",
                 OpenAiError.NotFound, null, "unknown_route")));
         return app;
     }

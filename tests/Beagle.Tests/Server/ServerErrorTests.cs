@@ -164,6 +164,38 @@ public sealed class ServerErrorTests(LimitedServerFixture fx) : IClassFixture<Li
     }
 
     [Fact]
+    public async Task A_client_that_gives_up_while_its_request_waits_in_the_queue_leaves_the_queue_at_once()
+    {
+        var engine = fx.Provider.Engine;
+        using var gate = new ManualResetEventSlim();
+        var blocker = engine.RunAsync((_, _) => { gate.Wait(TimeSpan.FromSeconds(60)); return 0; });
+        try
+        {
+            Assert.Equal(1, await fx.WaitForQueueDepth(1));
+            using var cts = new CancellationTokenSource();
+            var body = JsonSerializer.Serialize(new { model = fx.ModelId, prompt = "Lily", max_tokens = 8, stream = true });
+            var waiting = fx.Http.PostAsync("v1/completions", new StringContent(body, Encoding.UTF8, "application/json"), cts.Token);
+            Assert.Equal(2, await fx.WaitForQueueDepth(2));
+            cts.Cancel();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => waiting);
+            // Its place is free while the engine is still busy: the queue holds only the running work.
+            Assert.Equal(1, await fx.WaitForQueueDepth(1));
+        }
+        finally { gate.Set(); }
+        await blocker;
+        Assert.Equal(0, await fx.WaitForQueueDepth(0));
+        await AssertServing();
+    }
+
+    [Fact]
+    public async Task A_wrong_method_is_405_in_OpenAI_shape()
+    {
+        using var r = await fx.Http.GetAsync("v1/chat/completions");
+        using var d = JsonDocument.Parse(await r.Content.ReadAsStringAsync());
+        AssertError((int)r.StatusCode, d.RootElement, 405, null, "method_not_allowed", "method GET is not allowed");
+    }
+
+    [Fact]
     public async Task A_client_that_disconnects_mid_stream_cancels_its_generation_and_frees_its_place()
     {
         double cancelled = await fx.Metric("beagle_server_cancelled_total"), generated = await fx.Metric("beagle_generated_tokens_total");
