@@ -97,11 +97,26 @@ internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServe
             engine.TargetConfig.MaxSeqLen, engine.Draft is not null);
     }
 
+    /// <summary>Characters of a prompt encoded to decide that it cannot fit, per context token (tokens rarely exceed 16 characters).</summary>
+    const int ProbeCharsPerToken = 16;
+
     /// <summary>The prompt's token ids exactly as the engine would encode the text (BOS as the options say); too long is a 400 saying by how much.</summary>
     static int[] Encode(BeagleEngine engine, string text, GenerationOptions gen, string param)
     {
-        var ids = engine.Tokenizer.Encode(text, gen.AddBos && engine.Tokenizer.BosId >= 0);
         int ctx = engine.TargetConfig.MaxSeqLen;
+        bool bos = gen.AddBos && engine.Tokenizer.BosId >= 0;
+        // BPE merging (llama2.c's) costs time quadratic in the text: a text whose head alone fills the context is
+        // refused on that head, so a megabyte of prompt costs what a few thousand characters do.
+        int probe = ctx * ProbeCharsPerToken;
+        if (text.Length > probe)
+        {
+            if (char.IsHighSurrogate(text[probe - 1])) probe--;
+            int head = engine.Tokenizer.Encode(text[..probe], bos).Length;
+            if (head >= ctx)
+                throw OpenAiError.BadRequest($"the prompt has more than {head} tokens (its first {probe} of {text.Length} characters have {head}) but the model's context is {ctx} tokens " +
+                    $"and leaves room for at most {ctx - 1}: shorten it by more than {head - (ctx - 1)} tokens", param, "context_length_exceeded");
+        }
+        var ids = engine.Tokenizer.Encode(text, bos);
         if (ids.Length == 0) throw OpenAiError.BadRequest("the prompt is empty and this model's tokenizer adds no BOS token: give some text", param);
         if (ids.Length >= ctx)
             throw OpenAiError.BadRequest($"the prompt has {ids.Length} tokens but the model's context is {ctx} tokens and leaves room for at most {ctx - 1}: " +

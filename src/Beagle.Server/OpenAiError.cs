@@ -47,6 +47,10 @@ public sealed class OpenAiError(int status, string message, string type = OpenAi
         // The mapper's "speculative: true without a draft": the request asks for something this server cannot do.
         InvalidOperationException when e.Message.Contains("speculative", StringComparison.Ordinal) => BadRequest(e.Message, "speculative"),
         JsonException => BadRequest($"the request body is not valid JSON: {e.Message}", null, "invalid_json"),
+        // Not the client's cancellation (that one is never answered): the engine is stopping with the host.
+        OperationCanceledException or ObjectDisposedException => new(503, "the server is shutting down", Unavailable, null, "shutting_down"),
+        // A stream whose client stopped reading for the engine's StreamIdleTimeout: the engine gave its place away.
+        TimeoutException => new(504, e.Message, Server, null, "timeout"),
         _ => new(500, $"internal server error ({e.GetType().Name}); see the server log", Server),
     };
 

@@ -17,6 +17,12 @@ public sealed class LimitedServerFixture : ServerFixture
     protected override BeagleServerOptions Server => new() { Port = 0, MaxRequestBytes = 8192, MaxTokensLimit = 100 };
 }
 
+/// <summary>A server over stories5M, whose plain decoding of a story takes long enough for a client to leave mid-way.</summary>
+public sealed class Stories5MServerFixture : ServerFixture
+{
+    protected override bool Stories5M => true;
+}
+
 /// <summary>A server that requires an API key.</summary>
 public sealed class KeyedServerFixture : ServerFixture
 {
@@ -195,27 +201,6 @@ public sealed class ServerErrorTests(LimitedServerFixture fx) : IClassFixture<Li
         AssertError((int)r.StatusCode, d.RootElement, 405, null, "method_not_allowed", "method GET is not allowed");
     }
 
-    [Fact]
-    public async Task A_client_that_disconnects_mid_stream_cancels_its_generation_and_frees_its_place()
-    {
-        double cancelled = await fx.Metric("beagle_server_cancelled_total"), generated = await fx.Metric("beagle_generated_tokens_total");
-        // No draining: disposing the response closes the connection, as a client process that goes away does.
-        using var http = new HttpClient(new SocketsHttpHandler { MaxResponseDrainSize = 0 }) { BaseAddress = fx.BaseAddress };
-        var body = JsonSerializer.Serialize(new { model = fx.ModelId, prompt = "Once upon a time", max_tokens = 100, stream = true, speculative = false });
-        using (var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = new StringContent(body, Encoding.UTF8, "application/json") })
-        using (var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead))
-        {
-            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-            using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
-            var first = await reader.ReadLineAsync();
-            Assert.StartsWith("data: {", first);
-        }
-        Assert.Equal(0, await fx.WaitForQueueDepth(0));
-        Assert.Equal(cancelled + 1, await fx.Metric("beagle_server_cancelled_total"));
-        Assert.True(await fx.Metric("beagle_generated_tokens_total") - generated < 100, "the generation ran to its end although its client had left");
-        await AssertServing();
-    }
-
     async Task AssertServing()
     {
         var (status, body) = await fx.Post("v1/completions", new { model = fx.ModelId, prompt = "Lily", max_tokens = 4 });
@@ -261,5 +246,54 @@ public sealed class ServerAuthTests(KeyedServerFixture fx) : IClassFixture<Keyed
         var bad = new ChatClient(fx.ModelId, new ApiKeyCredential("nope"), new OpenAIClientOptions { Endpoint = fx.V1 });
         var ex = await Assert.ThrowsAsync<ClientResultException>(() => bad.CompleteChatAsync([new UserChatMessage("Lily")]));
         Assert.Equal(401, ex.Status);
+    }
+}
+
+/// <summary>A server with the default limits (a 1 MiB body).</summary>
+public sealed class ServerLongPromptTests(ServerFixture fx) : IClassFixture<ServerFixture>
+{
+    [Fact]
+    public async Task A_prompt_of_nearly_a_megabyte_is_refused_on_its_head_and_the_server_serves_on()
+    {
+        var prompt = string.Concat(Enumerable.Repeat("Lily and Tom play in the park. ", 30_000));   // 930,000 characters
+        var (status, error) = await fx.Post("v1/completions", new { model = fx.ModelId, prompt });
+        ServerErrorTests.AssertError(status, error, 400, "prompt", "context_length_exceeded", "the prompt has more than");
+        Assert.Contains($"of {prompt.Length} characters", error.GetProperty("error").GetProperty("message").GetString());
+
+        var (ok, body) = await fx.Post("v1/completions", new { model = fx.ModelId, prompt = "Lily", max_tokens = 4 });
+        Assert.Equal(200, ok);
+        Assert.Equal(4, body.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+    }
+}
+
+/// <summary>A client that leaves mid-stream: its generation stops and its place is free.</summary>
+public sealed class ServerDisconnectTests(Stories5MServerFixture fx) : IClassFixture<Stories5MServerFixture>
+{
+    [Fact]
+    public async Task A_client_that_disconnects_mid_stream_cancels_its_generation_and_frees_its_place()
+    {
+        double cancelled = await fx.Metric("beagle_server_cancelled_total"), generated = await fx.Metric("beagle_generated_tokens_total");
+        // No draining: disposing the response closes the connection, as a client process that goes away does.
+        using var http = new HttpClient(new SocketsHttpHandler { MaxResponseDrainSize = 0 }) { BaseAddress = fx.BaseAddress };
+        var body = JsonSerializer.Serialize(new { model = fx.ModelId, prompt = "Once upon a time", max_tokens = 500, stream = true, speculative = false });
+        using (var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = new StringContent(body, Encoding.UTF8, "application/json") })
+        using (var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead))
+        {
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+            var first = await reader.ReadLineAsync();
+            Assert.StartsWith("data: {", first);
+        }
+        Assert.Equal(0, await fx.WaitForQueueDepth(0));
+        Assert.Equal(cancelled + 1, await fx.Metric("beagle_server_cancelled_total"));
+        Assert.True(await fx.Metric("beagle_generated_tokens_total") - generated < 500, "the generation ran to its end although its client had left");
+        await AssertServing();
+    }
+
+    async Task AssertServing()
+    {
+        var (status, body) = await fx.Post("v1/completions", new { model = fx.ModelId, prompt = "Lily", max_tokens = 4 });
+        Assert.Equal(200, status);
+        Assert.Equal(4, body.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
     }
 }

@@ -17,7 +17,7 @@ namespace Beagle.Tests.Server;
 /// </summary>
 public class ServerFixture : IAsyncLifetime
 {
-    public string ModelId { get; } = "stories260K-" + Guid.NewGuid().ToString("N")[..8];
+    public string ModelId { get; } = "stories-" + Guid.NewGuid().ToString("N")[..8];
     public WebApplication App { get; private set; } = null!;
     public Uri BaseAddress { get; private set; } = null!;
     /// <summary>The OpenAI base address clients are given (…/v1).</summary>
@@ -30,6 +30,8 @@ public class ServerFixture : IAsyncLifetime
     public BeagleChatClient InProcess { get; private set; } = null!;
 
     protected virtual int QueueCapacity => 16;
+    /// <summary>Serve the bundled stories5M (12 layers: long enough generations for disconnect tests) instead of stories260K.</summary>
+    protected virtual bool Stories5M => false;
     protected virtual BeagleServerOptions Server => new() { Port = 0 };
 
     public static string Draft => DefaultModels.BundledDraft(DefaultModels.Stories260K)
@@ -37,9 +39,9 @@ public class ServerFixture : IAsyncLifetime
 
     public void Configure(BeagleModelOptions o)
     {
-        o.TargetPath = TestAssets.ModelPath;
-        o.TokenizerPath = TestAssets.TokenizerPath;
-        o.DraftPath = Draft;
+        o.TargetPath = Stories5M ? DefaultModels.Stories5M : TestAssets.ModelPath;
+        o.TokenizerPath = Stories5M ? null : TestAssets.TokenizerPath;
+        o.DraftPath = Stories5M ? null : Draft;   // stories5M: its bundled draft (UseBundledDraft)
         o.Device = "cpu";
         o.Threads = 1;
         o.QueueCapacity = QueueCapacity;
