@@ -56,6 +56,12 @@ app.Configure(c =>
     c.AddCommand<TrainBenchCommand>("train-bench").WithDescription("Training step time and memory by simulated steps: Beagle stage 2 vs EAGLE-2 training-time test.")
         .WithExample("train-bench", "--sim-steps", "1,2,3,4", "--json", "train-bench.json");
     c.AddCommand<TrainBenchWorkerCommand>("train-bench-worker").IsHidden();
+    c.AddCommand<ServeCommand>("serve").WithDescription("Serve the model over an OpenAI-compatible HTTP API (chat and text completions, streaming, health, Prometheus metrics); loopback by default.")
+        .WithExample("serve")
+        .WithExample("serve", "--target", "stories260K", "--port", "8000", "--api-key", "secret");
+    c.AddCommand<LoadTestCommand>("load-test").WithDescription("Bounded load test of the server over loopback: latency percentiles, tokens/s, errors and memory at several concurrency levels.")
+        .WithExample("load-test", "--requests", "400", "--concurrency", "1,4,8")
+        .WithExample("load-test", "--url", "http://127.0.0.1:8080", "--requests", "100", "--json");
     c.AddCommand<EvalDraftCommand>("eval-draft").WithDescription("Acceptance length of a trained draft with the real tree decoder on held-out text.")
         .WithExample("eval-draft", "--draft", "models/stories260K/beagle", "--data", "heldout.txt");
 });

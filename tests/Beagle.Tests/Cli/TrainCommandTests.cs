@@ -76,7 +76,8 @@ public class TrainCommandTests
     {
         using var tmp = TestAssets.TempDir();
         string data = Data(tmp), stopped = tmp.File("stopped"), whole = tmp.File("whole");
-        string[] Long(string outDir) => [.. Args(data, outDir), "--epochs", "20", "--checkpoint-every", "1"];   // 40 steps
+        // 120 steps: long enough (seconds) that the signal, sent at step 1, lands mid-run even on a quiet machine.
+        string[] Long(string outDir) => [.. Args(data, outDir), "--epochs", "60", "--checkpoint-every", "1"];
 
         // SIGTERM (what systemd and `docker stop` send) once the run is training: the first checkpoint says so.
         using (var p = ChildProcess.StartDotnet(Path.Combine(AppContext.BaseDirectory, "beagle.dll"), Long(stopped)))

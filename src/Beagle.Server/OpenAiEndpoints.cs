@@ -1,0 +1,343 @@
+using System.Buffers;
+using System.Diagnostics;
+using System.Text.Json;
+using Beagle.Decoding;
+using Beagle.Runtime;
+using Beagle.SemanticKernel;
+using Beagle.Tokenization;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Logging;
+
+namespace Beagle.Server;
+
+/// <summary>
+/// The OpenAI-compatible endpoints. Each request is validated completely before it reaches the engine (bad input is a
+/// 400 with OpenAI's error shape, never a 500), then runs as one concurrent <see cref="BeagleEngine.GenerateAsync(IReadOnlyList{int}, GenerationOptions, GenerationStats?, CancellationToken)"/>
+/// call whose cancellation token is the HTTP request's: a client that disconnects cancels its generation and frees its
+/// place in the engine. The chat prompt is built by the in-process chat client's own mapping (ChatRequestMapper and
+/// ChatTemplates), so that a server answer equals the in-process one token for token.
+/// </summary>
+internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServerOptions options, ILogger<OpenAiEndpoints> logger)
+{
+    const string ChatPath = "/v1/chat/completions", CompletionsPath = "/v1/completions";
+    public string ModelId => provider.ModelId;
+
+    public async Task Chat(HttpContext ctx)
+    {
+        await Handle(ctx, ChatPath, async root =>
+        {
+            var req = OpenAiRequests.ParseChat(root);
+            var engine = ReadyEngine(req.Model);
+            var prompt = ChatTemplates.Render(provider.ChatTemplate, ChatRequestMapper.ToTurns(req.Messages, req.Options));
+            var gen = Generation(req.Options, prompt.StopStrings, engine);
+            var ids = Encode(engine, prompt.Text, gen, "messages");
+            await Run(ctx, ChatPath, engine, ids, gen, req.Stream, req.IncludeUsage, chat: true, echo: null);
+        });
+    }
+
+    public async Task Completions(HttpContext ctx)
+    {
+        await Handle(ctx, CompletionsPath, async root =>
+        {
+            var req = OpenAiRequests.ParseCompletion(root);
+            var engine = ReadyEngine(req.Model);
+            ChatRequestMapper.RefuseUnsupported(req.Options);
+            var gen = Generation(req.Options, [], engine);
+            var ids = Encode(engine, req.Prompt, gen, "prompt");
+            await Run(ctx, CompletionsPath, engine, ids, gen, req.Stream, req.IncludeUsage, chat: false, echo: req.Echo ? req.Prompt : null);
+        });
+    }
+
+    public Task Models(HttpContext ctx) => WriteJson(ctx, 200, w =>
+    {
+        w.WriteStartObject();
+        w.WriteString("object", "list");
+        w.WriteStartArray("data");
+        WriteModel(w);
+        w.WriteEndArray();
+        w.WriteEndObject();
+    });
+
+    public Task Model(HttpContext ctx, string id) => id == ModelId
+        ? WriteJson(ctx, 200, WriteModel)
+        : WriteError(ctx, UnknownModel(id));
+
+    void WriteModel(Utf8JsonWriter w)
+    {
+        w.WriteStartObject();
+        w.WriteString("id", ModelId);
+        w.WriteString("object", "model");
+        w.WriteNumber("created", Started);
+        w.WriteString("owned_by", "beagle");
+        w.WriteEndObject();
+    }
+
+    static readonly long Started = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+    OpenAiError UnknownModel(string id) =>
+        new(404, $"the model '{id}' does not exist on this server; it serves '{ModelId}' (GET /v1/models)", OpenAiError.NotFound, "model", "model_not_found");
+
+    /// <summary>The engine, once the model is loaded; 503 while it loads or when loading failed; 404 for another model's name.</summary>
+    BeagleEngine ReadyEngine(string? model)
+    {
+        if (model is not null && model != ModelId) throw UnknownModel(model);
+        var engine = provider.Engine;
+        var ready = engine.Ready;
+        if (ready.IsFaulted)
+            throw new OpenAiError(503, $"the model failed to load: {ready.Exception!.InnerException!.Message}", OpenAiError.Unavailable, null, "model_load_failed");
+        if (!ready.IsCompleted) throw new OpenAiError(503, "the model is still loading; retry in a moment (GET /health/ready says when it is ready)", OpenAiError.Unavailable, null, "model_loading");
+        return engine;
+    }
+
+    GenerationOptions Generation(Microsoft.Extensions.AI.ChatOptions o, IReadOnlyList<string> templateStops, BeagleEngine engine)
+    {
+        if (o.MaxOutputTokens is { } max && max > options.MaxTokensLimit)
+            throw OpenAiError.BadRequest($"max_tokens {max} is above this server's limit of {options.MaxTokensLimit} (MaxTokensLimit, `beagle serve --max-tokens-limit`)", "max_tokens", "max_tokens_limit");
+        return ChatRequestMapper.ToGeneration(o, templateStops, Math.Min(provider.Options.DefaultMaxTokens, options.MaxTokensLimit),
+            engine.TargetConfig.MaxSeqLen, engine.Draft is not null);
+    }
+
+    /// <summary>Characters of a prompt encoded to decide that it cannot fit, per context token (tokens rarely exceed 16 characters).</summary>
+    const int ProbeCharsPerToken = 16;
+
+    /// <summary>The prompt's token ids exactly as the engine would encode the text (BOS as the options say); too long is a 400 saying by how much.</summary>
+    static int[] Encode(BeagleEngine engine, string text, GenerationOptions gen, string param)
+    {
+        int ctx = engine.TargetConfig.MaxSeqLen;
+        bool bos = gen.AddBos && engine.Tokenizer.BosId >= 0;
+        // BPE merging (llama2.c's) costs time quadratic in the text: a text whose head alone fills the context is
+        // refused on that head, so a megabyte of prompt costs what a few thousand characters do.
+        int probe = ctx * ProbeCharsPerToken;
+        if (text.Length > probe)
+        {
+            if (char.IsHighSurrogate(text[probe - 1])) probe--;
+            int head = engine.Tokenizer.Encode(text[..probe], bos).Length;
+            if (head >= ctx)
+                throw OpenAiError.BadRequest($"the prompt has more than {head} tokens (its first {probe} of {text.Length} characters have {head}) but the model's context is {ctx} tokens " +
+                    $"and leaves room for at most {ctx - 1}: shorten it by more than {head - (ctx - 1)} tokens", param, "context_length_exceeded");
+        }
+        var ids = engine.Tokenizer.Encode(text, bos);
+        if (ids.Length == 0) throw OpenAiError.BadRequest("the prompt is empty and this model's tokenizer adds no BOS token: give some text", param);
+        if (ids.Length >= ctx)
+            throw OpenAiError.BadRequest($"the prompt has {ids.Length} tokens but the model's context is {ctx} tokens and leaves room for at most {ctx - 1}: " +
+                $"shorten it by {ids.Length - (ctx - 1)} tokens or more", param, "context_length_exceeded");
+        return ids;
+    }
+
+    /// <summary>Reads the body (size-limited), runs <paramref name="body"/>, and turns refusals into OpenAI errors.</summary>
+    async Task Handle(HttpContext ctx, string endpoint, Func<JsonElement, Task> body)
+    {
+        try
+        {
+            if (ctx.Request.ContentLength is { } length && length > options.MaxRequestBytes) throw TooLarge(length);
+            JsonDocument doc;
+            try { doc = await JsonDocument.ParseAsync(ctx.Request.Body, default, ctx.RequestAborted); }
+            catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge) { throw TooLarge(null); }
+            catch (JsonException e) { throw OpenAiError.BadRequest($"the request body is not valid JSON: {e.Message}", null, "invalid_json"); }
+            using (doc) await body(doc.RootElement);
+        }
+        catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested) { /* the client left; nothing to answer */ }
+        catch (Exception e)
+        {
+            var error = OpenAiError.From(e, OpenAiRequests.ParamName);
+            if (error.Status >= 500 && e is not OpenAiError) logger.LogError(e, "{Endpoint}: request failed", endpoint);
+            if (ctx.Response.HasStarted) { logger.LogWarning("{Endpoint}: failed after the response started: {Message}", endpoint, e.Message); return; }
+            if (error.Status == 429) ctx.Response.Headers.RetryAfter = "1";
+            await WriteError(ctx, error);
+        }
+        finally
+        {
+            ServerMetrics.Requests.Add(1, new("endpoint", endpoint), new("status", ctx.RequestAborted.IsCancellationRequested && !ctx.Response.HasStarted ? 499 : ctx.Response.StatusCode), ServerMetrics.Model(ModelId));
+        }
+    }
+
+    OpenAiError TooLarge(long? length) => new(413, $"the request body {(length is { } l ? $"of {l} bytes " : "")}is larger than this server's limit of {options.MaxRequestBytes} bytes (MaxRequestBytes, `beagle serve --max-request-bytes`)",
+        OpenAiError.InvalidRequest, null, "request_too_large");
+
+    /// <summary>
+    /// Runs one generation. The response starts only with the first generated text (or the end), so that everything the
+    /// engine refuses up to then (a full queue, a prompt it rejects) still gets its own status code.
+    /// </summary>
+    async Task Run(HttpContext ctx, string endpoint, BeagleEngine engine, int[] ids, GenerationOptions gen, bool stream, bool includeUsage, bool chat, string? echo)
+    {
+        var ct = ctx.RequestAborted;
+        var stats = new GenerationStats();
+        string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
+        long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        var text = new System.Text.StringBuilder(echo);
+        var model = ServerMetrics.Model(ModelId);
+        long t0 = Stopwatch.GetTimestamp();
+        bool completed = false, firstText = true;
+        ServerMetrics.ActiveGenerations.Add(1, model);
+        try
+        {
+            await foreach (var chunk in engine.GenerateAsync(ids, gen, stats, ct))
+            {
+                if (chunk.Text.Length == 0) continue;
+                if (firstText)
+                {
+                    ServerMetrics.FirstTokenSeconds.Record(Stopwatch.GetElapsedTime(t0).TotalSeconds, model);
+                    firstText = false;
+                    if (stream) await StartStream(ctx, id, created, chat, echo);
+                }
+                if (stream) await WriteEvent(ctx, w => Chunk(w, id, created, chat, chunk.Text, finish: null, stats: null));
+                else text.Append(chunk.Text);
+            }
+            completed = true;
+        }
+        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        {
+            ServerMetrics.Cancelled.Add(1, model);
+            throw;
+        }
+        catch (Exception e) when (stream && ctx.Response.HasStarted)
+        {
+            // Mid-stream the status is sent: say what happened in the stream itself, then end it.
+            logger.LogWarning(e, "{Endpoint}: generation failed mid-stream", endpoint);
+            var error = OpenAiError.From(e, OpenAiRequests.ParamName);
+            await WriteEvent(ctx, error.WriteTo);
+            return;
+        }
+        finally
+        {
+            ServerMetrics.ActiveGenerations.Add(-1, model);
+            ServerMetrics.RequestSeconds.Record(Stopwatch.GetElapsedTime(t0).TotalSeconds, model);
+            BeagleMetrics.Record(ModelId, stats, completed);
+        }
+
+        string finish = stats.FinishReason is FinishReason.Length or FinishReason.ContextFull ? "length" : "stop";
+        if (stream)
+        {
+            if (firstText) await StartStream(ctx, id, created, chat, echo);
+            await WriteEvent(ctx, w => Chunk(w, id, created, chat, "", finish, stats));
+            if (includeUsage) await WriteEvent(ctx, w => UsageChunk(w, id, created, chat, stats));
+            await ctx.Response.WriteAsync("data: [DONE]\n\n", ct);
+            await ctx.Response.Body.FlushAsync(ct);
+            return;
+        }
+        await WriteJson(ctx, 200, w =>
+        {
+            w.WriteStartObject();
+            Header(w, id, chat ? "chat.completion" : "text_completion", created);
+            w.WriteStartArray("choices");
+            w.WriteStartObject();
+            w.WriteNumber("index", 0);
+            if (chat)
+            {
+                w.WriteStartObject("message");
+                w.WriteString("role", "assistant");
+                w.WriteString("content", text.ToString());
+                w.WriteNull("refusal");
+                w.WriteEndObject();
+            }
+            else w.WriteString("text", text.ToString());
+            w.WriteNull("logprobs");
+            w.WriteString("finish_reason", finish);
+            w.WriteEndObject();
+            w.WriteEndArray();
+            Usage(w, stats);
+            Beagle(w, stats);
+            w.WriteEndObject();
+        });
+    }
+
+    async Task StartStream(HttpContext ctx, string id, long created, bool chat, string? echo)
+    {
+        ctx.Response.StatusCode = 200;
+        ctx.Response.ContentType = "text/event-stream; charset=utf-8";
+        ctx.Response.Headers.CacheControl = "no-cache";
+        ctx.Response.Headers["X-Accel-Buffering"] = "no";
+        // Chat streams open with the assistant's role (OpenAI's first delta); an echoed completion prompt comes first.
+        if (chat) await WriteEvent(ctx, w => Chunk(w, id, created, chat, "", finish: null, stats: null, role: true));
+        else if (!string.IsNullOrEmpty(echo)) await WriteEvent(ctx, w => Chunk(w, id, created, chat, echo, finish: null, stats: null));
+    }
+
+    void Header(Utf8JsonWriter w, string id, string obj, long created)
+    {
+        w.WriteString("id", id);
+        w.WriteString("object", obj);
+        w.WriteNumber("created", created);
+        w.WriteString("model", ModelId);
+    }
+
+    void Chunk(Utf8JsonWriter w, string id, long created, bool chat, string text, string? finish, GenerationStats? stats, bool role = false)
+    {
+        w.WriteStartObject();
+        Header(w, id, chat ? "chat.completion.chunk" : "text_completion", created);
+        w.WriteStartArray("choices");
+        w.WriteStartObject();
+        w.WriteNumber("index", 0);
+        if (chat)
+        {
+            w.WriteStartObject("delta");
+            if (role) w.WriteString("role", "assistant");
+            if (role || text.Length > 0) w.WriteString("content", text);
+            w.WriteEndObject();
+        }
+        else w.WriteString("text", text);
+        w.WriteNull("logprobs");
+        if (finish is null) w.WriteNull("finish_reason"); else w.WriteString("finish_reason", finish);
+        w.WriteEndObject();
+        w.WriteEndArray();
+        if (stats is not null) Beagle(w, stats);
+        w.WriteEndObject();
+    }
+
+    void UsageChunk(Utf8JsonWriter w, string id, long created, bool chat, GenerationStats stats)
+    {
+        w.WriteStartObject();
+        Header(w, id, chat ? "chat.completion.chunk" : "text_completion", created);
+        w.WriteStartArray("choices");
+        w.WriteEndArray();
+        Usage(w, stats);
+        w.WriteEndObject();
+    }
+
+    static void Usage(Utf8JsonWriter w, GenerationStats s)
+    {
+        w.WriteStartObject("usage");
+        w.WriteNumber("prompt_tokens", s.PromptTokens);
+        w.WriteNumber("completion_tokens", s.NewTokens);
+        w.WriteNumber("total_tokens", s.PromptTokens + s.NewTokens);
+        w.WriteEndObject();
+    }
+
+    /// <summary>
+    /// The "beagle" extension: what the engine did for this request. <c>speculative</c> says whether a draft round ran
+    /// (not whether one was allowed); <c>acceptance_length</c> is tokens per target forward (1 for plain decoding).
+    /// </summary>
+    static void Beagle(Utf8JsonWriter w, GenerationStats s)
+    {
+        w.WriteStartObject("beagle");
+        w.WriteBoolean("speculative", s.Speculative);
+        w.WriteNumber("draft_rounds", s.DraftRounds);
+        w.WriteNumber("accepted_draft_tokens", s.AcceptedDraftTokens);
+        w.WriteNumber("target_forwards", s.TargetForwards);
+        w.WriteNumber("acceptance_length", Math.Round(s.AcceptanceLength, 4));
+        w.WriteNumber("tokens_per_second", Math.Round(s.TokensPerSecond, 1));
+        w.WriteString("finish_reason", s.FinishReason.ToString());
+        w.WriteEndObject();
+    }
+
+    static async Task WriteEvent(HttpContext ctx, Action<Utf8JsonWriter> write)
+    {
+        var buffer = new ArrayBufferWriter<byte>(256);
+        buffer.Write("data: "u8);
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping })) write(w);
+        buffer.Write("\n\n"u8);
+        await ctx.Response.Body.WriteAsync(buffer.WrittenMemory, ctx.RequestAborted);
+        await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
+    }
+
+    internal static async Task WriteJson(HttpContext ctx, int status, Action<Utf8JsonWriter> write)
+    {
+        var buffer = new ArrayBufferWriter<byte>(512);
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping })) write(w);
+        ctx.Response.StatusCode = status;
+        ctx.Response.ContentType = "application/json; charset=utf-8";
+        ctx.Response.ContentLength = buffer.WrittenCount;
+        await ctx.Response.Body.WriteAsync(buffer.WrittenMemory, ctx.RequestAborted);
+    }
+
+    internal static Task WriteError(HttpContext ctx, OpenAiError error) => WriteJson(ctx, error.Status, error.WriteTo);
+}
