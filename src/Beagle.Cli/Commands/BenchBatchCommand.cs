@@ -1,0 +1,123 @@
+using System.ComponentModel;
+using System.Diagnostics;
+using Beagle.Decoding;
+using Beagle.Runtime;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace Beagle.Cli.Commands;
+
+public sealed class BenchBatchSettings : DraftSettings
+{
+    [CommandOption("--concurrency <LIST>")]
+    [Description("Comma-separated numbers of concurrent requests to compare with the same requests one at a time (default 2,4,8).")]
+    public string Concurrency { get; init; } = "2,4,8";
+
+    [CommandOption("--prompts <FILE>")]
+    [Description("One prompt per line (reused in turn when there are fewer than the largest concurrency). Default: docs/bench/stories-prompts.txt next to the tool.")]
+    public string? Prompts { get; init; }
+
+    [CommandOption("-n|--max-tokens <N>")]
+    [Description("New tokens per request (default 128).")]
+    public int MaxTokens { get; init; } = 128;
+
+    [CommandOption("--runs <R>")]
+    [Description("Repetitions, interleaved; medians are reported (default 3).")]
+    public int Runs { get; init; } = 3;
+
+    public override ValidationResult Validate()
+    {
+        var b = base.Validate();
+        if (!b.Successful) return b;
+        if (MaxTokens < 1 || Runs < 1) return ValidationResult.Error("--max-tokens and --runs must be >= 1");
+        if (Concurrency.Split(',').Any(t => !int.TryParse(t, out var n) || n < 1 || n > 64)) return ValidationResult.Error("--concurrency must be a list of integers in [1, 64], e.g. 2,4,8");
+        if (Prompts is not null && !File.Exists(Prompts)) return ValidationResult.Error($"--prompts: no file at '{Prompts}'");
+        return ValidationResult.Success();
+    }
+}
+
+/// <summary>
+/// <c>beagle bench-batch</c>: aggregate tokens/s of N concurrent greedy requests through one <see cref="BeagleEngine"/>
+/// (continuous batching) against the same N requests sent one at a time through the same engine, interleaved run by
+/// run in one process; also checks that every batched output equals its one-at-a-time output.
+/// </summary>
+public sealed class BenchBatchCommand : Command<BenchBatchSettings>
+{
+    public override int Execute(CommandContext context, BenchBatchSettings s, CancellationToken cancellationToken)
+    {
+        var (model, tokenizer) = CliModels.LoadTarget(s, cancellationToken);
+        var (draft, draftPath) = CliDrafts.Load(s, model);
+        var levels = s.Concurrency.Split(',').Select(int.Parse).Distinct().Order().ToArray();
+        int most = levels[^1];
+        var all = SpeculativeBenchmark.LoadPrompts(s.Prompts ?? Path.Combine(AppContext.BaseDirectory, "bench", "stories-prompts.txt"));
+        var prompts = Enumerable.Range(0, most).Select(i => all[i % all.Count]).ToArray();
+        // The engine's own default budget (a chain of 3 unless given): no calibration, so that runs are comparable.
+        var options = new GenerationOptions { MaxNewTokens = s.MaxTokens, Speculative = draft is null ? null : s.SpeculativeOptions };
+        using var engine = new BeagleEngine(() => new EngineModels(model, tokenizer, draft),
+            new EngineOptions { Threads = s.Threads, MaxBatchSize = most, QueueCapacity = most });
+        engine.Ready.GetAwaiter().GetResult();
+
+        // One request after another: each prompt's tokens and seconds (its own wall time through the engine).
+        (int[][] Ids, double[] Seconds) OneAtATime()
+        {
+            var ids = new int[most][]; var secs = new double[most];
+            for (int i = 0; i < most; i++)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                long t0 = Stopwatch.GetTimestamp();
+                ids[i] = engine.CompleteAsync(prompts[i], options, cancellationToken).GetAwaiter().GetResult().TokenIds;
+                secs[i] = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            }
+            return (ids, secs);
+        }
+        (int[][] Ids, double Seconds) Together(int n)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            long t0 = Stopwatch.GetTimestamp();
+            var tasks = prompts.Take(n).Select(p => engine.CompleteAsync(p, options, cancellationToken)).ToArray();
+            var results = Task.WhenAll(tasks).GetAwaiter().GetResult();
+            return (results.Select(r => r.TokenIds).ToArray(), Stopwatch.GetElapsedTime(t0).TotalSeconds);
+        }
+
+        // Warm-up, untimed: .NET optimises hot code only after it has run a while.
+        var warm = Stopwatch.StartNew();
+        do { OneAtATime(); Together(most); } while (warm.Elapsed < SpeculativeBenchmark.DefaultWarmUp);
+
+        var single = levels.ToDictionary(n => n, _ => new List<double>());
+        var batched = levels.ToDictionary(n => n, _ => new List<double>());
+        var ratios = levels.ToDictionary(n => n, _ => new List<double>());
+        bool identical = true;
+        CliConsole.WithStatus("benchmarking", status =>
+        {
+            for (int r = 0; r < s.Runs; r++)
+            {
+                status($"run {r + 1}/{s.Runs}");
+                var alone = OneAtATime();
+                foreach (var n in levels)
+                {
+                    var together = Together(n);
+                    for (int i = 0; i < n; i++) identical &= together.Ids[i].AsSpan().SequenceEqual(alone.Ids[i]);
+                    int tokens = together.Ids.Sum(x => x.Length);
+                    double one = tokens / alone.Seconds.Take(n).Sum(), many = tokens / together.Seconds;
+                    single[n].Add(one); batched[n].Add(many); ratios[n].Add(many / one);
+                }
+            }
+            return 0;
+        });
+
+        var table = new Table().AddColumns("concurrent requests", "one at a time (tokens/s)", "batched (aggregate tokens/s)", "ratio", "runs (ratio)");
+        foreach (var n in levels)
+            table.AddRow(n.ToString(), $"{Median(single[n]):F0}", $"{Median(batched[n]):F0}",
+                $"{Median(ratios[n]):F2}x", string.Join(" ", ratios[n].Select(x => x.ToString("F2"))));
+        AnsiConsole.Write(table);
+        var method = draft is null ? "plain decoding" : $"draft {draft.Architecture} ({Markup.Escape(draftPath ?? "")})";
+        AnsiConsole.MarkupLine($"[grey]{method}; {s.Threads} thread(s); {s.MaxTokens} new tokens per request; greedy; {s.Runs} runs; batched outputs identical to one at a time: {identical}[/]");
+        return identical ? 0 : 1;
+    }
+
+    static double Median(List<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+    }
+}
