@@ -7,8 +7,9 @@ namespace Beagle.Decoding;
 
 /// <summary>
 /// The decode loop (the only one in the project): prefill, then rounds of the chosen strategy (plain or speculative),
-/// with EOS, stop strings, token limits, UTF-8-safe streaming and cancellation handled here once.
-/// Not thread-safe: TorchSharp state is per thread; run one generation at a time per Generator (see BeagleEngine).
+/// with EOS, stop strings, token limits, UTF-8-safe streaming and cancellation handled here once. A round can serve
+/// several generations with one target forward (<see cref="Round"/>; BeagleEngine batches concurrent requests so).
+/// Not thread-safe: TorchSharp state is per thread; use a Generator from one thread at a time (see BeagleEngine).
 /// </summary>
 public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftModel? draft = null)
 {
