@@ -95,12 +95,14 @@ public sealed class BenchBatchCommand : Command<BenchBatchSettings>
         var ratios = levels.ToDictionary(n => n, _ => new List<double>());
         var cpuRatios = levels.ToDictionary(n => n, _ => new List<double>());
         bool identical = true;
+        int[] lengths = [];
         CliConsole.WithStatus("benchmarking", status =>
         {
             for (int r = 0; r < s.Runs; r++)
             {
                 status($"run {r + 1}/{s.Runs}");
                 var alone = OneAtATime();
+                lengths = alone.Ids.Select(x => x.Length).ToArray();
                 foreach (var n in levels)
                 {
                     var together = Together(n);
@@ -120,7 +122,7 @@ public sealed class BenchBatchCommand : Command<BenchBatchSettings>
                 $"{Median(ratios[n]):F2}x", string.Join(" ", ratios[n].Select(x => x.ToString("F2"))), $"{Median(cpuRatios[n]):F2}x");
         AnsiConsole.Write(table);
         var method = draft is null ? "plain decoding" : $"draft {draft.Architecture} ({Markup.Escape(draftPath ?? "")})";
-        AnsiConsole.MarkupLine($"[grey]{method}; {s.Threads} thread(s); {s.MaxTokens} new tokens per request; greedy; {s.Runs} runs; batched outputs identical to one at a time: {identical}[/]");
+        AnsiConsole.MarkupLine($"[grey]{method}; {s.Threads} thread(s); at most {s.MaxTokens} new tokens per request (got {lengths.Min()}-{lengths.Max()}, mean {lengths.Average():F0}{(lengths.Min() < s.MaxTokens ? ": EOS ended some early" : "")}); greedy; {s.Runs} runs; batched outputs identical to one at a time: {identical}[/]");
         return identical ? 0 : 1;
     }
 
