@@ -178,7 +178,6 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
             }
             if (r.Unwritten is null && r.Sequence is null) { End(r, null); active.RemoveAt(i); }   // finished and delivered
         }
-        UpdateBatchSize(active);
     }
 
     /// <summary>
@@ -200,12 +199,12 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
                 if (run.Ct.IsCancellationRequested) { End(run, new OperationCanceledException(run.Ct)); continue; }
                 try { run.Sequence = run.Start(_generator!); }
                 catch (Exception e) { End(run, e); continue; }
+                Interlocked.Increment(ref _batchSize);
                 active.Add(run);
                 Deliver(run);
             }
             finally { item.Dispose(); }
         }
-        UpdateBatchSize(active);
         return !reader.Completion.IsCompleted;
     }
 
@@ -218,27 +217,37 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
         {
             for (int i = active.Count - 1; i >= 0; i--)
                 if (active[i].Sequence is { } s && runnable.Contains(s)) { End(active[i], e); active.RemoveAt(i); }
-            UpdateBatchSize(active);
             return;
         }
         foreach (var r in active) if (r.Sequence is { } s && runnable.Contains(s)) Deliver(r);
     }
 
     /// <summary>Writes the generation's new chunk, or holds it (pausing the generation) while the reader's buffer is full.</summary>
-    static void Deliver(StreamRun r)
+    void Deliver(StreamRun r)
     {
         var s = r.Sequence!;
         if (s.TakeChunk() is { } chunk && !r.Writer.TryWrite(chunk)) { r.Unwritten = chunk; r.BlockedSince = System.Diagnostics.Stopwatch.GetTimestamp(); }
-        if (s.Done) { s.Dispose(); r.Sequence = null; }   // its cache and draft session are freed now; a held chunk still waits for its reader
+        if (s.Done) Free(r);   // its cache and draft session are freed now; a held chunk still waits for its reader
     }
 
-    /// <summary>Ends a stream: frees its generation and completes its channel (with <paramref name="error"/> if any).</summary>
+    /// <summary>
+    /// Ends a stream: frees its generation and completes its channel (with <paramref name="error"/> if any). The counts
+    /// drop first (running, then the batch), so that a caller who sees the stream end, or the batch shrink, sees them lowered.
+    /// </summary>
     void End(StreamRun r, Exception? error)
     {
-        r.Sequence?.Dispose();
-        r.Sequence = null;
-        r.Writer.TryComplete(error);
         Interlocked.Decrement(ref _running);
+        Free(r);
+        r.Writer.TryComplete(error);
+    }
+
+    /// <summary>Leaves the batch: the generation's cache and draft session are freed.</summary>
+    void Free(StreamRun r)
+    {
+        if (r.Sequence is not { } s) return;
+        r.Sequence = null;
+        s.Dispose();
+        Interlocked.Decrement(ref _batchSize);
     }
 
     /// <summary>
@@ -270,8 +279,6 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
         foreach (var r in active) if (r.Sequence is not null) n++;
         return n;
     }
-
-    void UpdateBatchSize(List<StreamRun> active) => Volatile.Write(ref _batchSize, Decoding(active));
 
     /// <summary>Runs arbitrary work on the engine thread (e.g. a measurement) and returns its result. It runs alone, between two rounds of the batch.</summary>
     public async Task<T> RunAsync<T>(Func<Generator, CancellationToken, T> work, CancellationToken cancellationToken = default)

@@ -54,11 +54,12 @@ public sealed class BatchingTests
     {
         await using var engine = Start(draftArch: arch);
         await engine.Ready;
-        var spec = arch is null ? null : new SpeculativeOptions();
+        // Chains (the default budget) and trees (tree-masked rows in the shared forward) side by side.
+        SpeculativeOptions? Spec(int i) => arch is null ? null : i % 2 == 0 ? new SpeculativeOptions() : new SpeculativeOptions { TreeTokens = 8, TreeDepth = 4, TreeTopK = 2 };
         // Different lengths, limits and a stop string, so that generations leave the batch at different rounds.
         var requests = Prompts.Select((p, i) => (p, new GenerationOptions
         {
-            MaxNewTokens = 20 + 37 * i, Speculative = spec, StopStrings = i == 2 ? ["park."] : [],
+            MaxNewTokens = 20 + 37 * i, Speculative = Spec(i), StopStrings = i == 2 ? ["park."] : [],
         })).ToArray();
         var batched = await Together(engine, requests);
 
