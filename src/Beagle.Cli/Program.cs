@@ -51,6 +51,8 @@ app.Configure(c =>
         .WithExample("bench-costs", "--random-shape", "llama-110m", "--draft-vocab", "8000");
     c.AddCommand<BenchCommand>("bench").WithDescription("Benchmark plain decoding against drafts on the same prompts (tokens/s, speedup, acceptance length, memory).")
         .WithExample("bench", "--draft", "models/stories260K/beagle", "--draft", "models/stories260K/eagle2", "--runs", "3", "--report", "docs/bench");
+    c.AddCommand<BenchBatchCommand>("bench-batch").WithDescription("Aggregate tokens/s of concurrent requests batched through one engine against the same requests one at a time (and their outputs compared).")
+        .WithExample("bench-batch", "--concurrency", "2,4,8", "--runs", "3");
     c.AddCommand<TrainCommand>("train").WithDescription("Train a Beagle or EAGLE-2 draft for a target (Ctrl+C checkpoints; --resume continues).")
         .WithExample("train", "--data", "stories.txt", "--arch", "beagle", "--out", "runs/beagle", "--epochs", "10");
     c.AddCommand<TrainBenchCommand>("train-bench").WithDescription("Training step time and memory by simulated steps: Beagle stage 2 vs EAGLE-2 training-time test.")

@@ -15,13 +15,14 @@ internal sealed class BeagleHealthCheck(BeagleEngineProvider provider) : IHealth
         if (ready.IsFaulted)
             return Task.FromResult(HealthCheckResult.Unhealthy($"the model failed to load: {ready.Exception!.InnerException!.Message}", ready.Exception.InnerException, data));
         if (!ready.IsCompleted) return Task.FromResult(HealthCheckResult.Degraded("the model is loading", data: data));
-        int depth = engine.QueueDepth;
+        int depth = engine.QueueDepth, waiting = engine.WaitingRequests;
         data["queue_depth"] = depth;
         data["queue_capacity"] = provider.Options.QueueCapacity;
+        data["batch_size"] = engine.BatchSize;
         data["draft"] = engine.Draft?.Architecture ?? "none";
-        // QueueDepth counts the running request too, so capacity + 1 means the queue is full.
-        return Task.FromResult(depth > provider.Options.QueueCapacity
-            ? HealthCheckResult.Degraded($"loaded; the request queue is full ({depth} requests)", data: data)
+        // QueueDepth counts the running requests too (up to a batch); only those waiting can fill the queue.
+        return Task.FromResult(waiting >= provider.Options.QueueCapacity
+            ? HealthCheckResult.Degraded($"loaded; the request queue is full ({waiting} waiting, {depth - waiting} running)", data: data)
             : HealthCheckResult.Healthy($"loaded; {depth} request(s) queued or running", data));
     }
 }

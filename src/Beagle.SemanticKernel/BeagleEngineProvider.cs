@@ -60,7 +60,7 @@ public sealed class BeagleEngineProvider : IAsyncDisposable, IDisposable
         var engine = new BeagleEngine(() => Load(Options), new EngineOptions
         {
             QueueCapacity = Options.QueueCapacity, Threads = Options.Threads, CalibrateTreeBudget = Options.CalibrateTreeBudget,
-            StreamIdleTimeout = Options.StreamIdleTimeout,
+            StreamIdleTimeout = Options.StreamIdleTimeout, MaxBatchSize = Options.MaxBatchSize,
         });
         BeagleMetrics.Track(engine, ModelId);
         engine.Ready.ContinueWith(t =>

@@ -7,7 +7,7 @@ namespace Beagle.SemanticKernel;
 
 /// <summary>
 /// The "Beagle" meter (System.Diagnostics.Metrics): per-generation speed and acceptance, tokens generated and the
-/// queue depth of every live engine. Every measurement carries the tag <c>beagle.model</c>.
+/// queue depth and batch size of every live engine. Every measurement carries the tag <c>beagle.model</c>.
 /// </summary>
 public static class BeagleMetrics
 {
@@ -45,6 +45,9 @@ public static class BeagleMetrics
         Meter.CreateObservableGauge("beagle.engine.queue_depth",
             () => Engines.Select(e => new Measurement<int>(e.Key.QueueDepth, new KeyValuePair<string, object?>("beagle.model", e.Value))),
             "{request}", "Requests waiting or running in an engine");
+        Meter.CreateObservableGauge("beagle.engine.batch_size",
+            () => Engines.Select(e => new Measurement<int>(e.Key.BatchSize, new KeyValuePair<string, object?>("beagle.model", e.Value))),
+            "{request}", "Generations decoded together in an engine's running batch");
     }
 
     internal static void Track(BeagleEngine engine, string modelId) => Engines[engine] = modelId;

@@ -46,8 +46,13 @@ public sealed class BeagleModelOptions
     /// loading is fast and deterministic; the built-in default budget is used then.
     /// </summary>
     public bool CalibrateTreeBudget { get; set; }
-    /// <summary>Requests that may wait while one runs; more are rejected at once with EngineBusyException.</summary>
+    /// <summary>Requests that may wait for a place in the running batch; more are rejected at once with EngineBusyException.</summary>
     public int QueueCapacity { get; set; } = 16;
+    /// <summary>
+    /// The most requests decoded together (continuous batching: one target forward per round serves all of them, each
+    /// getting the output it would get alone; EngineOptions.MaxBatchSize). 1 = one at a time.
+    /// </summary>
+    public int MaxBatchSize { get; set; } = 8;
     /// <summary>
     /// A streamed response whose reader stops reading without disposing or cancelling it is abandoned after this long:
     /// its generation stops so that the requests behind it run (EngineOptions.StreamIdleTimeout). Configuration: "00:00:30".
@@ -83,6 +88,7 @@ public sealed class BeagleModelOptions
             p.Add($"{prefix}{nameof(Device)} must be auto, cpu or cuda[:N], got '{Device}'");
         if (Threads is { } t && t < 1) p.Add($"{prefix}{nameof(Threads)} must be >= 1 (or unset), got {t}");
         if (QueueCapacity < 1) p.Add($"{prefix}{nameof(QueueCapacity)} must be >= 1, got {QueueCapacity}");
+        if (MaxBatchSize < 1) p.Add($"{prefix}{nameof(MaxBatchSize)} must be >= 1 (1 = one request at a time), got {MaxBatchSize}");
         if (StreamIdleTimeout <= TimeSpan.Zero && StreamIdleTimeout != Timeout.InfiniteTimeSpan)
             p.Add($"{prefix}{nameof(StreamIdleTimeout)} must be positive (e.g. 00:00:30), got {StreamIdleTimeout}");
         if (DefaultMaxTokens < 1) p.Add($"{prefix}{nameof(DefaultMaxTokens)} must be >= 1, got {DefaultMaxTokens}");

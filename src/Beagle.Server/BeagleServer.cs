@@ -61,7 +61,6 @@ public static class BeagleServer
         services.AddSingleton(server.Clone().Validate());
         services.AddSingleton<OpenAiEndpoints>();
         services.AddSingleton<PrometheusExporter>();
-        services.AddHostedService<EngineTracker>();
         return services;
     }
 
@@ -133,20 +132,4 @@ public static class BeagleServer
             header.Length == 0 ? "missing API key: send 'Authorization: Bearer KEY' (the server was started with an API key)" : "incorrect API key provided",
             OpenAiError.Authentication, null, "invalid_api_key"));
     };
-
-    /// <summary>Lets the server's batch-size gauge see the engine once it exists (it is created at host start).</summary>
-    sealed class EngineTracker(BeagleEngineProvider provider) : IHostedService
-    {
-        public Task StartAsync(CancellationToken cancellationToken)
-        {
-            ServerMetrics.Track(provider.Engine, provider.ModelId);
-            return Task.CompletedTask;
-        }
-
-        public Task StopAsync(CancellationToken cancellationToken)
-        {
-            if (provider.IsCreated) ServerMetrics.Untrack(provider.Engine);
-            return Task.CompletedTask;
-        }
-    }
 }

@@ -7,8 +7,9 @@ namespace Beagle.Decoding;
 
 /// <summary>
 /// The decode loop (the only one in the project): prefill, then rounds of the chosen strategy (plain or speculative),
-/// with EOS, stop strings, token limits, UTF-8-safe streaming and cancellation handled here once.
-/// Not thread-safe: TorchSharp state is per thread; run one generation at a time per Generator (see BeagleEngine).
+/// with EOS, stop strings, token limits, UTF-8-safe streaming and cancellation handled here once. A round can serve
+/// several generations with one target forward (<see cref="Round"/>; BeagleEngine batches concurrent requests so).
+/// Not thread-safe: TorchSharp state is per thread; use a Generator from one thread at a time (see BeagleEngine).
 /// </summary>
 public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftModel? draft = null)
 {
@@ -54,14 +55,8 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
     /// <summary>Streams the completion of <paramref name="promptIds"/>. Throws OperationCanceledException when cancelled.</summary>
     public IEnumerable<GenerationChunk> Generate(IReadOnlyList<int> promptIds, GenerationOptions options, GenerationStats? stats = null, CancellationToken cancellationToken = default)
     {
-        options.Validate();
-        if (promptIds.Count == 0) throw new ArgumentException("the prompt is empty: give at least one token (e.g. BOS)", nameof(promptIds));
-        int ctx = Target.Config.MaxSeqLen;
-        if (promptIds.Count >= ctx)
-            throw new ArgumentException($"the prompt has {promptIds.Count} tokens but the model's context is {ctx}; shorten it to at most {ctx - 1} tokens", nameof(promptIds));
-        foreach (var id in promptIds)
-            if ((uint)id >= (uint)Target.Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(promptIds), $"token id {id} is outside the vocabulary (size {Target.Config.VocabSize})");
-        return Run(promptIds.ToArray(), options, stats ?? new GenerationStats(), cancellationToken);
+        var prompt = Validate(promptIds, options);
+        return Run(prompt, options, stats ?? new GenerationStats(), cancellationToken);
     }
 
     /// <summary>Runs to the end and returns the whole completion.</summary>
@@ -73,65 +68,67 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
         return new GenerationResult(text.ToString(), ids.ToArray(), stats);
     }
 
+    int[] Validate(IReadOnlyList<int> promptIds, GenerationOptions options)
+    {
+        options.Validate();
+        if (promptIds.Count == 0) throw new ArgumentException("the prompt is empty: give at least one token (e.g. BOS)", nameof(promptIds));
+        int ctx = Target.Config.MaxSeqLen;
+        if (promptIds.Count >= ctx)
+            throw new ArgumentException($"the prompt has {promptIds.Count} tokens but the model's context is {ctx}; shorten it to at most {ctx - 1} tokens", nameof(promptIds));
+        foreach (var id in promptIds)
+            if ((uint)id >= (uint)Target.Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(promptIds), $"token id {id} is outside the vocabulary (size {Target.Config.VocabSize})");
+        return promptIds.ToArray();
+    }
+
+    /// <summary>One generation alone: a batch of one through <see cref="Round"/>.</summary>
     IEnumerable<GenerationChunk> Run(int[] prompt, GenerationOptions o, GenerationStats stats, CancellationToken ct)
     {
         ct.ThrowIfCancellationRequested();
-        stats.PromptTokens = prompt.Length;
-        if (o.MaxNewTokens == 0) { stats.FinishReason = FinishReason.Length; yield break; }
-        var eos = Target.Config.EosIds;
-        var sampler = new Sampler(o.Sampling);
-        // The clock starts before the cache and the draft session are set up: they are part of what a request costs,
-        // and a draft session's buffers are part of what speculation costs (GenerationStats.TokensPerSecond).
-        long t0 = Stopwatch.GetTimestamp();
-        using var cache = Target.NewCache();
-        using var strategy = CreateStrategy(cache, sampler, stats, o);
-        var decoder = new StreamingDecoder(Tokenizer, prompt[^1]);
-        var stops = new StopStringMatcher(o.StopStrings);
-
-        int pending;
-        using (var pre = Target.Forward(cache, prompt, Enumerable.Range(0, prompt.Length).ToArray(), lastLogitsOnly: true))
-            pending = strategy.Start(pre, prompt);
-        stats.PrefillSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-        long tDecode = Stopwatch.GetTimestamp();
-
-        int[] batch = [pending];
-        bool first = true;
+        using var sequence = new DecodeSequence(this, prompt, o, stats);
+        DecodeSequence[] batch = [sequence];
         while (true)
         {
-            var emitted = new List<int>(batch.Length);
-            string text = "";
-            bool done = false;
-            int consumed = 0;   // tokens of this batch the output reached: the emitted ones, and the EOS that ended it
-            foreach (var tok in batch)
-            {
-                consumed++;
-                if (eos.Contains(tok)) { stats.FinishReason = FinishReason.EndOfSequence; done = true; break; }
-                emitted.Add(tok);
-                stats.NewTokens++;
-                text += stops.Push(decoder.Append(tok));
-                if (stops.Stopped) { stats.FinishReason = FinishReason.StopString; done = true; break; }
-                if (stats.NewTokens >= o.MaxNewTokens) { stats.FinishReason = FinishReason.Length; done = true; break; }
-            }
-            // A round cut by the token limit, EOS or a stop string verified tokens nobody receives: they do not count
-            // towards the acceptance length (a plain step that produces EOS still counts its one token).
-            if (!first) stats.RoundTokens += consumed;
-            first = false;
-            if (done && stats.FinishReason != FinishReason.StopString) text += stops.Push(decoder.Flush()) + stops.Flush();
-            stats.DecodeSeconds = Stopwatch.GetElapsedTime(tDecode).TotalSeconds;
-            if (emitted.Count > 0 || text.Length > 0) yield return new GenerationChunk(emitted.ToArray(), text);
-            if (done) yield break;
-
+            if (sequence.TakeChunk() is { } chunk) yield return chunk;
+            if (sequence.Done) yield break;
             ct.ThrowIfCancellationRequested();
-            batch = strategy.Step(batch[^1]);
-            if (batch.Length == 0)
-            {
-                stats.FinishReason = FinishReason.ContextFull;
-                var tail = stops.Push(decoder.Flush()) + stops.Flush();
-                stats.DecodeSeconds = Stopwatch.GetElapsedTime(tDecode).TotalSeconds;
-                if (tail.Length > 0) yield return new GenerationChunk([], tail);
-                yield break;
-            }
+            Round(batch);
         }
+    }
+
+    /// <summary>
+    /// Starts a generation of <paramref name="prompt"/> (validated like <see cref="Generate(string, GenerationOptions, GenerationStats?, CancellationToken)"/>)
+    /// and runs its prefill: the returned sequence holds its first chunk and then advances with <see cref="Round"/>.
+    /// The caller owns it (Dispose frees its cache and draft session).
+    /// </summary>
+    internal DecodeSequence Start(string prompt, GenerationOptions options, GenerationStats stats)
+        => Start(Tokenizer.Encode(prompt, options.AddBos && Tokenizer.BosId >= 0), options, stats);
+
+    internal DecodeSequence Start(IReadOnlyList<int> promptIds, GenerationOptions options, GenerationStats stats)
+        => new(this, Validate(promptIds, options), options, stats);
+
+    /// <summary>
+    /// One decoding round for every sequence given (none of them done): each proposes its rows (a plain step's one
+    /// token, a speculative round's draft tree), one target forward runs them all (<see cref="LlamaModel.ForwardBatch(IReadOnlyList{SequenceRows})"/>:
+    /// the weights are read once for every sequence, and each sequence's logits are bit-identical to running it alone),
+    /// then each accepts from its own rows and stores its chunk. A sequence alone is a batch of one, so batched and
+    /// single generations run the same code and give the same tokens (with a seed, the same samples: each sequence
+    /// has its own sampler).
+    /// </summary>
+    internal void Round(IReadOnlyList<DecodeSequence> sequences)
+    {
+        var running = new List<DecodeSequence>(sequences.Count);
+        var rows = new List<SequenceRows>(sequences.Count);
+        foreach (var s in sequences)
+        {
+            if (s.Done) throw new InvalidOperationException("a finished sequence cannot run another round");
+            if (s.Propose() is { } r) { running.Add(s); rows.Add(r); }
+        }
+        if (rows.Count == 0) return;
+        long t0 = Stopwatch.GetTimestamp();
+        using var output = Target.ForwardBatch(rows);                        // logits [N, V], hidden [N, D]: the sequences' rows in order
+        double forward = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        for (int i = 0, row = 0; i < running.Count; row += rows[i].Tokens.Length, i++)
+            running[i].Finish(output, row, forward);
     }
 
     IDecodeStrategy CreateStrategy(KvCache cache, Sampler sampler, GenerationStats stats, GenerationOptions o)
@@ -143,5 +140,105 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
         if (Draft is null || s is null || s.Disabled || (budgetLeftToDefault && !pays)) return new PlainStrategy(Target, cache, sampler, stats);
         var fallback = greedy ? DefaultTreeBudget : DefaultSamplingTreeBudget ?? DefaultTreeBudget;
         return new SpeculativeStrategy(Target, Draft, cache, sampler, stats, s.Tree.Over(fallback, basisName: "this generator's budget (calibrated or default)"), s.ConcatDraftStates, AcceptanceMutation);
+    }
+
+    /// <summary>
+    /// One generation's decoding state between rounds: its own KV cache, strategy (draft session), sampler (random
+    /// source), streaming text decoder, stop strings and statistics. Created with its prefill done; each
+    /// <see cref="Round"/> adds one chunk; EOS, stop strings, the token limit and a full context end it.
+    /// Single-threaded: the thread that runs the rounds owns it.
+    /// </summary>
+    internal sealed class DecodeSequence : IDisposable
+    {
+        readonly GenerationOptions _o;
+        readonly GenerationStats _stats;
+        readonly KvCache? _cache;
+        readonly IDecodeStrategy? _strategy;
+        readonly StreamingDecoder? _decoder;
+        readonly StopStringMatcher? _stops;
+        readonly IReadOnlyList<int> _eos;
+        readonly long _tDecode;
+        int _pending;               // the last emitted token, not yet in the cache
+        bool _first = true;
+        GenerationChunk? _chunk;    // what the last step produced, until taken
+
+        public bool Done { get; private set; }
+        public GenerationStats Stats => _stats;
+
+        internal DecodeSequence(Generator g, int[] prompt, GenerationOptions o, GenerationStats stats)
+        {
+            (_o, _stats, _eos) = (o, stats, g.Target.Config.EosIds);
+            stats.PromptTokens = prompt.Length;
+            if (o.MaxNewTokens == 0) { stats.FinishReason = FinishReason.Length; Done = true; return; }
+            var sampler = new Sampler(o.Sampling);
+            // The clock starts before the cache and the draft session are set up: they are part of what a request costs,
+            // and a draft session's buffers are part of what speculation costs (GenerationStats.TokensPerSecond).
+            long t0 = Stopwatch.GetTimestamp();
+            try
+            {
+                _cache = g.Target.NewCache();
+                _strategy = g.CreateStrategy(_cache, sampler, stats, o);
+                _decoder = new StreamingDecoder(g.Tokenizer, prompt[^1]);
+                _stops = new StopStringMatcher(o.StopStrings);
+                int first;
+                using (var pre = g.Target.Forward(_cache, prompt, Enumerable.Range(0, prompt.Length).ToArray(), lastLogitsOnly: true))
+                    first = _strategy.Start(pre, prompt);
+                stats.PrefillSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+                _tDecode = Stopwatch.GetTimestamp();
+                Emit([first]);
+            }
+            catch { Dispose(); throw; }
+        }
+
+        /// <summary>The chunk of the last step (prefill or round), once; null when it produced neither tokens nor text.</summary>
+        public GenerationChunk? TakeChunk() { var c = _chunk; _chunk = null; return c; }
+
+        internal SequenceRows? Propose()
+        {
+            var rows = _strategy!.Propose(_pending);
+            if (rows is null)
+            {
+                _stats.FinishReason = FinishReason.ContextFull;
+                var tail = _stops!.Push(_decoder!.Flush()) + _stops.Flush();
+                _stats.DecodeSeconds = Stopwatch.GetElapsedTime(_tDecode).TotalSeconds;
+                _chunk = tail.Length > 0 ? new GenerationChunk([], tail) : null;
+                Done = true;
+            }
+            return rows;
+        }
+
+        internal void Finish(ForwardOutput output, int row, double forwardSeconds)
+        {
+            _stats.VerifySeconds += forwardSeconds;
+            Emit(_strategy!.Finish(output, row));
+        }
+
+        /// <summary>Takes a step's tokens up to EOS, a stop string or the token limit, and makes their chunk.</summary>
+        void Emit(int[] tokens)
+        {
+            var emitted = new List<int>(tokens.Length);
+            string text = "";
+            int consumed = 0;   // tokens of this step the output reached: the emitted ones, and the EOS that ended it
+            foreach (var tok in tokens)
+            {
+                consumed++;
+                if (_eos.Contains(tok)) { _stats.FinishReason = FinishReason.EndOfSequence; Done = true; break; }
+                emitted.Add(tok);
+                _stats.NewTokens++;
+                text += _stops!.Push(_decoder!.Append(tok));
+                if (_stops.Stopped) { _stats.FinishReason = FinishReason.StopString; Done = true; break; }
+                if (_stats.NewTokens >= _o.MaxNewTokens) { _stats.FinishReason = FinishReason.Length; Done = true; break; }
+            }
+            // A round cut by the token limit, EOS or a stop string verified tokens nobody receives: they do not count
+            // towards the acceptance length (a plain step that produces EOS still counts its one token).
+            if (!_first) _stats.RoundTokens += consumed;
+            _first = false;
+            if (Done && _stats.FinishReason != FinishReason.StopString) text += _stops!.Push(_decoder!.Flush()) + _stops.Flush();
+            _stats.DecodeSeconds = Stopwatch.GetElapsedTime(_tDecode).TotalSeconds;
+            _chunk = emitted.Count > 0 || text.Length > 0 ? new GenerationChunk(emitted.ToArray(), text) : null;
+            _pending = tokens[^1];
+        }
+
+        public void Dispose() { _strategy?.Dispose(); _cache?.Dispose(); }
     }
 }

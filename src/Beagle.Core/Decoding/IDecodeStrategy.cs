@@ -4,8 +4,10 @@ namespace Beagle.Decoding;
 
 /// <summary>
 /// How tokens are produced round by round: plainly (one target forward per token) or speculatively (draft, then
-/// one verifying target forward per round). The <see cref="Generator"/> owns everything else (prefill, stopping,
-/// streaming text, statistics), so the decode loop exists once.
+/// one verifying target forward per round). A round is split in two around the target forward so that one forward
+/// can serve several sequences (<see cref="Generator.Round"/>): <see cref="Propose"/> says which rows this sequence
+/// verifies, <see cref="Finish"/> reads its rows of the forward's output. The <see cref="Generator"/> owns everything
+/// else (prefill, the forward, stopping, streaming text, statistics), so the decode loop exists once.
 /// </summary>
 internal interface IDecodeStrategy : IDisposable
 {
@@ -16,10 +18,18 @@ internal interface IDecodeStrategy : IDisposable
     int Start(ForwardOutput prefill, IReadOnlyList<int> prompt);
 
     /// <summary>
-    /// One round. <paramref name="pending"/> is the last emitted token, not yet in the target's cache. Returns at least
-    /// one new token; the last one becomes the next pending token. Returns an empty array when the context is full.
+    /// The first half of a round. <paramref name="pending"/> is the last emitted token, not yet in the target's cache.
+    /// Returns the rows to run through the target this round (the pending token first), or null when the context is
+    /// full. Exactly one <see cref="Finish"/> follows each non-null proposal, after the forward.
     /// </summary>
-    int[] Step(int pending);
+    SequenceRows? Propose(int pending);
+
+    /// <summary>
+    /// The second half: <paramref name="output"/> holds this sequence's rows (as proposed) at rows
+    /// [<paramref name="row"/>, row + T) of its logits [N, V] and hidden states [N, D] (other sequences' rows around them;
+    /// the caller owns the output). Returns at least one new token; the last one becomes the next pending token.
+    /// </summary>
+    int[] Finish(ForwardOutput output, int row);
 }
 
 /// <summary>Plain decoding: one target forward per token.</summary>
@@ -27,15 +37,12 @@ internal sealed class PlainStrategy(LlamaModel target, KvCache cache, Sampler sa
 {
     public int Start(ForwardOutput prefill, IReadOnlyList<int> prompt) => LogitsRow.Choose(prefill.Logits, 0, target.Config.VocabSize, sampler);
 
-    public int[] Step(int pending)
+    public SequenceRows? Propose(int pending) => cache.Length + 1 > cache.Capacity ? null : new SequenceRows(cache, [pending], [cache.Length]);
+
+    public int[] Finish(ForwardOutput output, int row)
     {
-        if (cache.Length + 1 > cache.Capacity) return [];
-        var t0 = System.Diagnostics.Stopwatch.GetTimestamp();
-        using var o = target.Forward(cache, [pending], [cache.Length]);
         stats.TargetForwards++;
-        int next = LogitsRow.Choose(o.Logits, 0, target.Config.VocabSize, sampler);
-        stats.VerifySeconds += System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds;
-        return [next];
+        return [LogitsRow.Choose(output.Logits, row, target.Config.VocabSize, sampler)];
     }
 
     public void Dispose() { }

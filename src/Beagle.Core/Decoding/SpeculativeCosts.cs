@@ -110,7 +110,7 @@ public sealed record SpeculativeCosts(int Context, double PlainMs, double DraftS
     static double Ms(long ticks) => ticks * 1000.0 / Stopwatch.Frequency;
 
     /// <summary>
-    /// <paramref name="reps"/> rounds over a chain of <paramref name="tokens"/> tokens, each as <see cref="SpeculativeStrategy.Step"/>
+    /// <paramref name="reps"/> rounds over a chain of <paramref name="tokens"/> tokens, each as a speculative round (<see cref="SpeculativeStrategy.Propose"/>, <see cref="SpeculativeStrategy.Finish"/>)
     /// runs it with the whole chain accepted; returns the mean ms of its drafting, verifying forward and bookkeeping.
     /// Each round starts from the same state (cache at the context, a draft session with the prompt committed), set up untimed.
     /// </summary>

@@ -13,6 +13,14 @@ public sealed record ForwardOutput(Tensor Logits, Tensor Hidden) : IDisposable
     public void Dispose() { Logits.Dispose(); Hidden.Dispose(); }
 }
 
+/// <summary>One sequence's new rows in a batched forward (<see cref="LlamaModel.ForwardBatch(IReadOnlyList{SequenceRows})"/>).</summary>
+/// <param name="Cache">The sequence's own cache; its rows go to slots [Cache.Length, Cache.Length + T).</param>
+/// <param name="Tokens">T token ids.</param>
+/// <param name="Positions">T rotary positions (a chain: Length..Length+T-1; a tree: Length + depth).</param>
+/// <param name="Parents">null: the rows are a chain (causal). Else T parent rows of a tree (-1 for row 0, every other
+/// row's parent an earlier row): a row sees the cached slots, its ancestors and itself.</param>
+public readonly record struct SequenceRows(KvCache Cache, int[] Tokens, int[] Positions, int[]? Parents = null);
+
 /// <summary>
 /// A Llama-family decoder (llama2.c, Llama 2/3, Qwen2, Mistral) for inference, in fp32.
 ///
@@ -235,9 +243,7 @@ public sealed class LlamaModel : IDisposable
     readonly record struct Segment(KvCache Cache, int Row, int Count, int Start, MaskedSlots? Masked);
 
     /// <summary>
-    /// One new token for each of several sequences in one forward (CPU): the products run over all B rows at once (a
-    /// pass over the weights serves every sequence), attention runs per sequence over its own cache. Each row's results
-    /// are bit-identical to decoding that sequence alone (the kernels sum in one order whatever the row count).
+    /// One new token for each of several sequences in one forward (see <see cref="ForwardBatch(IReadOnlyList{SequenceRows})"/>).
     /// Used to generate training data in batches; the caches' slots advance by one each.
     /// </summary>
     /// <param name="caches">B caches, one per sequence (distinct).</param>
@@ -247,21 +253,103 @@ public sealed class LlamaModel : IDisposable
     {
         int B = tokens.Length;
         if (B == 0 || caches.Count != B) throw new ArgumentException($"{caches.Count} caches for {B} tokens", nameof(caches));
-        if (Device.type != DeviceType.CPU) throw new NotSupportedException("batched forwards run on the CPU only");
-        var positions = new int[B];
-        var segments = new Segment[B];
+        var rows = new SequenceRows[B];
+        for (int b = 0; b < B; b++) rows[b] = new SequenceRows(caches[b], [tokens[b]], [caches[b].Length]);
+        return ForwardBatch(rows);
+    }
+
+    /// <summary>
+    /// New rows of several sequences in one forward: sequence b's T_b tokens are written into its own cache at slots
+    /// [Length_b, Length_b + T_b) (each Length advances by T_b), and attend to that cache only. On the CPU the products
+    /// run over all rows stacked (a pass over the weights serves every sequence: a memory-bound step costs little more
+    /// for several sequences than for one), attention runs per sequence over its own cache. Each row's results are
+    /// bit-identical to running its sequence alone through <see cref="Forward"/> (the packed kernels sum every output
+    /// in one order whatever the row count; BatchInvarianceTests), which is what makes batched greedy decoding give
+    /// exactly the output of decoding alone. Sequences with more rows than the C# attention takes, and other devices,
+    /// run one <see cref="Forward"/> each (same results, no shared weight pass).
+    /// </summary>
+    /// <param name="sequences">B sequences with distinct caches; a sequence's rows are a chain (causal) or a tree (parents).</param>
+    /// <returns>Logits [ΣT_b, V] and hidden states [ΣT_b, D], sequence b's rows after those of sequences 0..b-1; owned by the caller.</returns>
+    public ForwardOutput ForwardBatch(IReadOnlyList<SequenceRows> sequences)
+    {
+        int B = sequences.Count;
+        if (B == 0) throw new ArgumentException("no sequences to run", nameof(sequences));
+        int total = 0;
+        bool managed = UseManagedAttention && Device.type == DeviceType.CPU;
         for (int b = 0; b < B; b++)
         {
-            if ((uint)tokens[b] >= (uint)Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[b]} is outside the vocabulary (size {Config.VocabSize})");
-            for (int c = 0; c < b; c++) if (ReferenceEquals(caches[c], caches[b])) throw new ArgumentException($"caches {c} and {b} are the same cache", nameof(caches));
-            if (caches[b].Length >= caches[b].Capacity) throw new InvalidOperationException($"sequence {b} is at its cache's capacity ({caches[b].Capacity})");
+            var sq = sequences[b];
+            int T = sq.Tokens.Length;
+            if (T == 0) throw new ArgumentException($"sequence {b} has no tokens to run", nameof(sequences));
+            if (sq.Positions.Length != T) throw new ArgumentException($"sequence {b}: {sq.Positions.Length} positions for {T} tokens", nameof(sequences));
+            if (sq.Parents is { } parents)
+            {
+                if (parents.Length != T) throw new ArgumentException($"sequence {b}: {parents.Length} parents for {T} tokens", nameof(sequences));
+                for (int i = 0; i < T; i++)
+                    if (i == 0 ? parents[i] != -1 : parents[i] < 0 || parents[i] >= i)
+                        throw new ArgumentException($"sequence {b}, row {i}: parent {parents[i]}; row 0 is the root (-1), every other row's parent is an earlier row", nameof(sequences));
+            }
+            for (int i = 0; i < T; i++)
+            {
+                if ((uint)sq.Tokens[i] >= (uint)Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(sequences), $"sequence {b}: token id {sq.Tokens[i]} is outside the vocabulary (size {Config.VocabSize})");
+                if ((uint)sq.Positions[i] >= (uint)_rope.MaxPositions) throw new ArgumentOutOfRangeException(nameof(sequences), $"sequence {b}: position {sq.Positions[i]} is beyond the context length {_rope.MaxPositions}");
+            }
+            for (int c = 0; c < b; c++) if (ReferenceEquals(sequences[c].Cache, sq.Cache)) throw new ArgumentException($"sequences {c} and {b} share one cache", nameof(sequences));
+            if (sq.Cache.Length + T > sq.Cache.Capacity)
+                throw new InvalidOperationException($"sequence {b}: {sq.Cache.Length + T} positions exceed its cache's capacity ({sq.Cache.Capacity})");
+            if (T > ManagedAttention.MaxTokens) managed = false;
+            total += T;
         }
-        for (int b = 0; b < B; b++)
+        if (!managed)
         {
-            positions[b] = caches[b].Length;
-            segments[b] = new Segment(caches[b], b, 1, caches[b].Advance(1), WindowMask(1, positions[b]));
+            if (B == 1) return ForwardRows(sequences[0]);
+            var parts = new ForwardOutput[B];
+            try
+            {
+                for (int b = 0; b < B; b++) parts[b] = ForwardRows(sequences[b]);
+                using var scope = NewDisposeScope();
+                return new ForwardOutput(cat(parts.Select(p => p.Logits).ToArray(), 0).MoveToOuterDisposeScope(),
+                    cat(parts.Select(p => p.Hidden).ToArray(), 0).MoveToOuterDisposeScope());
+            }
+            finally { foreach (var p in parts) p?.Dispose(); }
+        }
+        var tokens = new int[total]; var positions = new int[total];
+        var segments = new Segment[B];
+        for (int b = 0, row = 0; b < B; b++)
+        {
+            var sq = sequences[b];
+            int T = sq.Tokens.Length, start = sq.Cache.Length;
+            sq.Tokens.CopyTo(tokens, row); sq.Positions.CopyTo(positions, row);
+            var masked = sq.Parents is { } parents ? new MaskedSlots(TreeAllowed(parents, start), T, start + T) : WindowMask(T, start);
+            segments[b] = new Segment(sq.Cache, row, T, sq.Cache.Advance(T), masked);
+            row += T;
         }
         return ForwardCpu(segments, tokens, positions, lastLogitsOnly: false);
+    }
+
+    /// <summary>One sequence's rows through <see cref="Forward"/> (the tree mask built from its parents).</summary>
+    ForwardOutput ForwardRows(SequenceRows sq)
+    {
+        if (sq.Parents is null) return Forward(sq.Cache, sq.Tokens, sq.Positions);
+        int start = sq.Cache.Length, T = sq.Tokens.Length;
+        using var mask = tensor(TreeAllowed(sq.Parents, start), [T, start + T], device: Device);
+        return Forward(sq.Cache, sq.Tokens, sq.Positions, mask);
+    }
+
+    /// <summary>
+    /// [T, start+T] bool for a tree of T new rows: every row sees the committed slots [0, start) and the slots of its
+    /// ancestors and itself (the tree attention mask; DraftTree.Mask builds the same).
+    /// </summary>
+    static bool[] TreeAllowed(int[] parents, int start)
+    {
+        int T = parents.Length, S = start + T;
+        var data = new bool[T * S];
+        for (int i = 0; i < T; i++)
+        {
+            Array.Fill(data, true, i * S, start);
+            for (int a = i; a >= 0; a = parents[a]) data[i * S + start + a] = true;
+        }
+        return data;
     }
 
     ForwardOutput ForwardCpu(Segment[] segments, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, bool lastLogitsOnly)

@@ -146,4 +146,92 @@ public class BatchInvarianceTests
             }
         }
     }
+
+    /// <summary>
+    /// Several sequences in one forward (continuous batching): different context lengths, one-token steps, chains and
+    /// trees, each with its own cache. Every row's logits and hidden state must equal those of the sequence run alone
+    /// through Forward (tree mask as a tensor), bit for bit, and the caches must hold the same keys and values after.
+    /// </summary>
+    [Theory]
+    [InlineData("stories260K")]
+    [InlineData("stories5M")]
+    public void Sequences_verified_in_one_forward_give_the_logits_of_each_sequence_alone_bit_for_bit(string name)
+    {
+        var model = Beagle.Tests.Infrastructure.TestAssets.Target(name);
+        int V = model.Config.VocabSize;
+        var rng = new Random(21);
+        int[] contexts = [3, 17, 40, 8, 25];
+        // Per sequence: null = a chain of that many rows, else a tree's parents (row 0 the root).
+        int[]?[] shapes = [null, [-1, 0, 0, 1, 1, 2, 3], null, [-1, 0, 1, 0, 3, 3], null];
+        int[] chainRows = [1, 0, 6, 0, 4];
+        int B = contexts.Length;
+        var batched = new Beagle.Models.KvCache[B]; var alone = new Beagle.Models.KvCache[B];
+        var rows = new Beagle.Models.SequenceRows[B];
+        try
+        {
+            for (int b = 0; b < B; b++)
+            {
+                batched[b] = model.NewCache(); alone[b] = model.NewCache();
+                var prompt = Enumerable.Range(0, contexts[b]).Select(_ => rng.Next(1, V)).ToArray();
+                var pos = Enumerable.Range(0, prompt.Length).ToArray();
+                using (model.Forward(batched[b], prompt, pos)) { }
+                using (model.Forward(alone[b], prompt, pos)) { }
+                var parents = shapes[b];
+                int T = parents?.Length ?? chainRows[b];
+                var depths = new int[T];
+                if (parents is not null) for (int i = 1; i < T; i++) depths[i] = depths[parents[i]] + 1;
+                else for (int i = 0; i < T; i++) depths[i] = i;
+                rows[b] = new Beagle.Models.SequenceRows(batched[b], Enumerable.Range(0, T).Select(_ => rng.Next(1, V)).ToArray(),
+                    depths.Select(d => contexts[b] + d).ToArray(), parents);
+            }
+            using var all = model.ForwardBatch(rows);
+            var logits = all.Logits.data<float>().ToArray(); var hidden = all.Hidden.data<float>().ToArray();
+            int D = model.Config.Dim, at = 0;
+            for (int b = 0; b < B; b++)
+            {
+                var r = rows[b]; int T = r.Tokens.Length, S = contexts[b] + T;
+                Tensor? mask = null;
+                if (r.Parents is { } parents)
+                {
+                    var allowed = new bool[T * S];
+                    for (int i = 0; i < T; i++)
+                    {
+                        for (int j = 0; j < contexts[b]; j++) allowed[i * S + j] = true;
+                        for (int a = i; a >= 0; a = parents[a]) allowed[i * S + contexts[b] + a] = true;
+                    }
+                    mask = tensor(allowed, [T, S]);
+                }
+                using var one = model.Forward(alone[b], r.Tokens, r.Positions, mask);
+                mask?.Dispose();
+                var l1 = one.Logits.data<float>().ToArray(); var h1 = one.Hidden.data<float>().ToArray();
+                for (int j = 0; j < T * V; j++)
+                    Assert.True(logits[at * V + j] == l1[j], $"{name}, sequence {b}, row {j / V}, logit {j % V}: {logits[at * V + j]} batched vs {l1[j]} alone");
+                for (int j = 0; j < T * D; j++)
+                    Assert.True(hidden[at * D + j] == h1[j], $"{name}, sequence {b}, row {j / D}: hidden differs");
+                Assert.Equal(alone[b].Length, batched[b].Length);
+                for (int l = 0; l < model.Config.Layers; l++)
+                {
+                    Assert.Equal(alone[b].K[l].narrow(2, 0, S).data<float>().ToArray(), batched[b].K[l].narrow(2, 0, S).data<float>().ToArray());
+                    Assert.Equal(alone[b].V[l].narrow(2, 0, S).data<float>().ToArray(), batched[b].V[l].narrow(2, 0, S).data<float>().ToArray());
+                }
+                at += T;
+            }
+        }
+        finally
+        {
+            foreach (var c in batched) c?.Dispose();
+            foreach (var c in alone) c?.Dispose();
+        }
+    }
+
+    [Fact]
+    public void A_batched_forward_rejects_a_shared_cache_and_a_bad_tree_before_touching_any_cache()
+    {
+        var model = Beagle.Tests.Infrastructure.TestAssets.Stories;
+        using var a = model.NewCache(); using var b = model.NewCache();
+        Assert.Throws<ArgumentException>(() => model.ForwardBatch([new Beagle.Models.SequenceRows(a, [5], [0]), new Beagle.Models.SequenceRows(a, [6], [0])]));
+        Assert.Throws<ArgumentException>(() => model.ForwardBatch([new Beagle.Models.SequenceRows(a, [5], [0]), new Beagle.Models.SequenceRows(b, [6, 7], [0, 1], [-1, 1])]));
+        Assert.Equal(0, a.Length);
+        Assert.Equal(0, b.Length);
+    }
 }

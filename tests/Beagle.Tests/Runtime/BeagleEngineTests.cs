@@ -9,11 +9,11 @@ namespace Beagle.Tests.Runtime;
 
 public sealed class BeagleEngineTests
 {
-    static BeagleEngine Start(int queueCapacity = 16, TimeSpan? streamIdleTimeout = null) => new(() =>
+    static BeagleEngine Start(int queueCapacity = 16, TimeSpan? streamIdleTimeout = null, int maxBatchSize = 8) => new(() =>
     {
         var t = TargetLoader.Load(TestAssets.ModelPath, TestAssets.TokenizerPath);
         return new EngineModels(t.Model, t.Tokenizer);
-    }, new EngineOptions { Threads = 1, QueueCapacity = queueCapacity, StreamIdleTimeout = streamIdleTimeout ?? TimeSpan.FromSeconds(30) });
+    }, new EngineOptions { Threads = 1, QueueCapacity = queueCapacity, StreamIdleTimeout = streamIdleTimeout ?? TimeSpan.FromSeconds(30), MaxBatchSize = maxBatchSize });
 
     static readonly GenerationOptions Greedy = new() { MaxNewTokens = 48 };
 
@@ -69,7 +69,8 @@ public sealed class BeagleEngineTests
     [Fact]
     public async Task An_abandoned_stream_read_once_then_neither_read_nor_disposed_releases_the_worker_after_the_idle_timeout()
     {
-        await using var engine = Start(streamIdleTimeout: TimeSpan.FromMilliseconds(300));
+        // One generation at a time: the next request needs the abandoned one's place (BatchingTests covers larger batches).
+        await using var engine = Start(streamIdleTimeout: TimeSpan.FromMilliseconds(300), maxBatchSize: 1);
         await engine.Ready;
         var abandoned = engine.GenerateAsync("Once upon a time", new GenerationOptions { MaxNewTokens = 400 }).GetAsyncEnumerator();
         Assert.True(await abandoned.MoveNextAsync());   // read once, then left alone (kept reachable: no finaliser helps)

@@ -49,6 +49,7 @@ public sealed class HostingTests
     [InlineData("Beagle:TargetPath", "", "Beagle:TargetPath is required")]
     [InlineData("Beagle:TargetPath", "/nonexistent/stories.bin", "Beagle:TargetPath: no file or folder")]
     [InlineData("Beagle:QueueCapacity", "0", "Beagle:QueueCapacity must be >= 1")]
+    [InlineData("Beagle:MaxBatchSize", "0", "Beagle:MaxBatchSize must be >= 1")]
     [InlineData("Beagle:Device", "tpu", "Beagle:Device must be auto, cpu or cuda")]
     [InlineData("Beagle:ChatTemplate", "jinja", "Beagle:ChatTemplate: unknown template")]
     [InlineData("Beagle:StreamIdleTimeout", "00:00:00", "Beagle:StreamIdleTimeout must be positive")]

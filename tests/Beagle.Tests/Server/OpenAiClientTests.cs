@@ -184,7 +184,7 @@ public sealed class OpenAiClientTests(ServerFixture fx) : IClassFixture<ServerFi
     }
 
     [Fact]
-    public async Task Metrics_are_prometheus_text_with_speed_acceptance_requests_and_queue_depth()
+    public async Task Metrics_are_prometheus_text_with_speed_acceptance_requests_queue_depth_and_batch_size()
     {
         var (status, body) = await fx.Post("v1/completions", new { model = fx.ModelId, prompt = "Tom and Lily", max_tokens = 30 });
         Assert.Equal(200, status);
@@ -200,6 +200,7 @@ public sealed class OpenAiClientTests(ServerFixture fx) : IClassFixture<ServerFi
         Assert.True(await fx.Metric("beagle_generated_tokens_total") >= 30);
         Assert.True(await fx.Metric("beagle_server_requests_total", "endpoint=\"/v1/completions\",status=\"200\"") >= 1);
         Assert.Contains($"beagle_engine_queue_depth{{beagle_model=\"{fx.ModelId}\"}} 0", text);
+        Assert.Contains($"beagle_engine_batch_size{{beagle_model=\"{fx.ModelId}\"}} 0", text);   // nothing decoding now
         Assert.Contains("process_resident_memory_bytes ", text);
     }
 
