@@ -44,8 +44,12 @@ public class ServeSettings : ModelSettings
     [Description("plain, llama2, llama3, chatml or mistral. Default: detected from the model (plain for llama2.c story models).")]
     public string? ChatTemplate { get; init; }
 
+    [CommandOption("--max-batch <N>")]
+    [Description("Requests decoded together, one verifying forward per round for all of them (default 8; 1 = one at a time). Each gets exactly the output it would get alone.")]
+    public int MaxBatch { get; init; } = 8;
+
     [CommandOption("--queue-capacity <N>")]
-    [Description("Requests that may wait while the engine is busy (default 64); more get 429 at once.")]
+    [Description("Requests that may wait for a place in the batch (default 64); more get 429 at once.")]
     public int QueueCapacity { get; init; } = 64;
 
     [CommandOption("--default-max-tokens <N>")]
@@ -69,6 +73,7 @@ public class ServeSettings : ModelSettings
         var problems = ServerOptions().Problems();
         if (problems.Count > 0) return Spectre.Console.ValidationResult.Error(string.Join("; ", problems));
         if (QueueCapacity < 1) return Spectre.Console.ValidationResult.Error("--queue-capacity must be >= 1");
+        if (MaxBatch < 1) return Spectre.Console.ValidationResult.Error("--max-batch must be >= 1 (1 = one request at a time)");
         if (DefaultMaxTokens < 1) return Spectre.Console.ValidationResult.Error("--default-max-tokens must be >= 1");
         return Spectre.Console.ValidationResult.Success();
     }
@@ -95,6 +100,7 @@ public class ServeSettings : ModelSettings
         o.Threads = Threads;
         o.CalibrateTreeBudget = Calibrate;
         o.QueueCapacity = QueueCapacity;
+        o.MaxBatchSize = MaxBatch;
         o.DefaultMaxTokens = DefaultMaxTokens;
         o.ModelId = ModelId;
         o.ChatTemplate = ChatTemplate;
