@@ -24,10 +24,18 @@ public sealed class LlamaModel : IDisposable
     /// <summary>[D] final RMSNorm weight.</summary>
     public Tensor FinalNormWeight { get; }
 
-    public LlamaModel(LlamaWeights w, Device? device = null)
+    public LlamaModel(LlamaWeights w, Device? device = null) : this(w, device ?? CPU, torchForward: false) { }
+
+    /// <summary>
+    /// A model on the CPU that runs the libtorch forward of other devices (<see cref="TorchTargetForward"/>), so the two
+    /// backends can be held to each other on a machine without a GPU.
+    /// </summary>
+    internal static LlamaModel WithTorchForward(LlamaWeights w) => new(w, CPU, torchForward: true);
+
+    LlamaModel(LlamaWeights w, Device device, bool torchForward)
     {
         Config = w.Config.Validate();
-        Device = device ?? CPU;
+        Device = device;
         using (NewDisposeScope())
         using (no_grad())
         {
@@ -36,7 +44,7 @@ public sealed class LlamaModel : IDisposable
             LmHeadWeight = w.LmHead is null ? Embedding : Keep(w.LmHead);
             FinalNormWeight = Keep(w.FinalNorm);
         }
-        _forward = Device.type == DeviceType.CPU ? new CpuTargetForward(this, w) : new TorchTargetForward(this, w);
+        _forward = Device.type == DeviceType.CPU && !torchForward ? new CpuTargetForward(this, w) : new TorchTargetForward(this, w);
     }
 
     /// <summary>Rotary and attention of short forwards in C# on the CPU (<see cref="ManagedAttention"/>); off = libtorch's ops (tests compare the two).</summary>
