@@ -131,7 +131,7 @@ public sealed record SpeculativeCosts(int Context, double PlainMs, double DraftS
             var tree = chain ?? Build(session!, draft!, pending, n, tokens);
             long t1 = Stopwatch.GetTimestamp();
             using var scope = NewDisposeScope();
-            var o = target.Forward(cache, tree.Tokens, tree.Positions(n), tree.IsChain ? null : tree.Mask(n, target.Device));   // logits [T, V], hidden [T, D]
+            var o = target.ForwardBatch([new SequenceRows(cache, tree.Tokens, tree.Positions(n), tree.IsChain ? null : tree.Parents)]);   // logits [T, V], hidden [T, D]
             long t2 = Stopwatch.GetTimestamp();
             // The target's choice after every node (read in place, as the strategy does); acceptance then takes the whole
             // chain (the chain's own tokens stand in for those choices), so the KV compaction and the draft's commit do

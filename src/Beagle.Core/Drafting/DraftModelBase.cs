@@ -31,7 +31,7 @@ public abstract class DraftModelBase : nn.Module, IDraftModel
     readonly RotaryTables _rope;
     readonly Tensor _pair;        // [hd] int64 rotary partner index
 
-    /// <summary>Scalars held for the draft's lifetime (see LlamaModel: implicit Scalars can be finalised mid-call).</summary>
+    /// <summary>Scalars held for the draft's lifetime (see TensorTargetForward: implicit Scalars can be finalised mid-call).</summary>
     protected internal Scalar EpsScalar { get; }
     protected internal Scalar OneScalar { get; }
 

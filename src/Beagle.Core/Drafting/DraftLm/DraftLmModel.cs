@@ -248,10 +248,7 @@ internal sealed class DraftLmSession : IDraftSession, IArrayDraftSession
 
         int start = _cache.Length;
         for (int i = 0; i < n; i++) _nodeSlot[first + i] = start + i;
-        Tensor? mask = null;
-        if (!_chain) mask = TreeMask(first, n, start);
-        using (mask)
-        using (var o = _model.Forward(_cache, tokens, positions, mask))
+        using (var o = _chain ? _model.Forward(_cache, tokens, positions) : _model.Forward(_cache, tokens, positions, TreeAllowed(first, n, start)))
             LogSoftmaxRows(o.Logits, rows, n);
         return rows;
     }
@@ -268,8 +265,8 @@ internal sealed class DraftLmSession : IDraftSession, IArrayDraftSession
         _cached = _length;
     }
 
-    /// <summary>[n, start + n] bool: each new node sees the committed slots and the scratch slots of its ancestors and itself.</summary>
-    Tensor TreeMask(int first, int n, int start)
+    /// <summary>[n, start + n] bool, row-major: each new node sees the committed slots and the scratch slots of its ancestors and itself.</summary>
+    bool[] TreeAllowed(int first, int n, int start)
     {
         int s = start + n;
         var data = new bool[n * s];
@@ -278,7 +275,7 @@ internal sealed class DraftLmSession : IDraftSession, IArrayDraftSession
             Array.Fill(data, true, i * s, _cached);
             for (int a = first + i; a >= 0; a = _round.Parent(a)) data[i * s + _nodeSlot[a]] = true;
         }
-        return tensor(data, [n, s], device: _model.Device);
+        return data;
     }
 
     /// <summary>Log-softmax of the first <paramref name="n"/> rows of logits [n, V] into <paramref name="rows"/>.</summary>
