@@ -129,9 +129,13 @@ internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServe
     {
         try
         {
-            if (ctx.Request.ContentLength is { } length && length > options.MaxRequestBytes) throw TooLarge(length);
+            if (ctx.Request.ContentLength is { } length && length > options.MaxRequestBytes)
+            {
+                await DrainModestExcess(ctx, length);
+                throw TooLarge(length);
+            }
             JsonDocument doc;
-            try { doc = await JsonDocument.ParseAsync(ctx.Request.Body, default, ctx.RequestAborted); }
+            try { doc = JsonDocument.Parse(await ReadBody(ctx)); }
             catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge) { throw TooLarge(null); }
             catch (JsonException e) { throw OpenAiError.BadRequest($"the request body is not valid JSON: {e.Message}", null, "invalid_json"); }
             using (doc) await body(doc.RootElement);
@@ -149,6 +153,52 @@ internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServe
         {
             ServerMetrics.Requests.Add(1, new("endpoint", endpoint), new("status", ctx.RequestAborted.IsCancellationRequested && !ctx.Response.HasStarted ? 499 : ctx.Response.StatusCode), ServerMetrics.Model(ModelId));
         }
+    }
+
+    /// <summary>
+    /// The body, at most MaxRequestBytes. A body without a length (chunked) that turns out larger is read on to twice the
+    /// limit and discarded before the 413 (as <see cref="DrainModestExcess"/> does for a declared length); beyond that,
+    /// the server's own limit ends the connection.
+    /// </summary>
+    async Task<ReadOnlyMemory<byte>> ReadBody(HttpContext ctx)
+    {
+        long limit = options.MaxRequestBytes;
+        if (ctx.Request.ContentLength is null && ctx.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size)
+            size.MaxRequestBodySize = 2 * limit;
+        var body = new ArrayBufferWriter<byte>();
+        long total = 0;
+        while (true)
+        {
+            var span = body.GetMemory(16 * 1024);
+            int n = await ctx.Request.Body.ReadAsync(span, ctx.RequestAborted);
+            if (n == 0) break;
+            total += n;
+            if (total <= limit) body.Advance(n);   // past the limit the bytes are read only to be discarded
+        }
+        if (total > limit) throw TooLarge(null);
+        return body.WrittenMemory;
+    }
+
+    /// <summary>
+    /// Reads and discards a body at most twice the limit before the 413 is written. A client writes its whole body before
+    /// it reads the answer; answering first and closing the connection under it makes the client's write fail (a broken
+    /// pipe or a reset) before it ever sees the 413. A larger body is not read: the connection is closed instead.
+    /// </summary>
+    async Task DrainModestExcess(HttpContext ctx, long length)
+    {
+        if (length > 2 * (long)options.MaxRequestBytes) return;
+        var size = ctx.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>();
+        if (size is null || size.IsReadOnly) return;
+        size.MaxRequestBodySize = length;
+        var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(16 * 1024);
+        try
+        {
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
+            timeout.CancelAfter(TimeSpan.FromSeconds(5));
+            while (await ctx.Request.Body.ReadAsync(buffer, timeout.Token) > 0) { }
+        }
+        catch (Exception e) when (e is IOException or OperationCanceledException or BadHttpRequestException) { /* the 413 goes out regardless */ }
+        finally { System.Buffers.ArrayPool<byte>.Shared.Return(buffer); }
     }
 
     OpenAiError TooLarge(long? length) => new(413, $"the request body {(length is { } l ? $"of {l} bytes " : "")}is larger than this server's limit of {options.MaxRequestBytes} bytes (MaxRequestBytes, `beagle serve --max-request-bytes`)",

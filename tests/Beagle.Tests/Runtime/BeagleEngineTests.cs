@@ -70,7 +70,9 @@ public sealed class BeagleEngineTests
     public async Task An_abandoned_stream_read_once_then_neither_read_nor_disposed_releases_the_worker_after_the_idle_timeout()
     {
         // One generation at a time: the next request needs the abandoned one's place (BatchingTests covers larger batches).
-        await using var engine = Start(streamIdleTimeout: TimeSpan.FromMilliseconds(300), maxBatchSize: 1);
+        // The idle timeout is short for a test but long next to a scheduling delay: the next request's reader, busy on a
+        // loaded machine, must not be taken for an abandoned one.
+        await using var engine = Start(streamIdleTimeout: TimeSpan.FromSeconds(2), maxBatchSize: 1);
         await engine.Ready;
         var abandoned = engine.GenerateAsync("Once upon a time", new GenerationOptions { MaxNewTokens = 400 }).GetAsyncEnumerator();
         Assert.True(await abandoned.MoveNextAsync());   // read once, then left alone (kept reachable: no finaliser helps)

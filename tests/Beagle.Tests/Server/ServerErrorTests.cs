@@ -285,7 +285,7 @@ public sealed class ServerDisconnectTests(Stories5MServerFixture fx) : IClassFix
             Assert.StartsWith("data: {", first);
         }
         Assert.Equal(0, await fx.WaitForQueueDepth(0));
-        Assert.Equal(cancelled + 1, await fx.Metric("beagle_server_cancelled_total"));
+        Assert.Equal(cancelled + 1, await fx.WaitForMetric("beagle_server_cancelled_total", c => c >= cancelled + 1));
         Assert.True(await fx.Metric("beagle_generated_tokens_total") - generated < 500, "the generation ran to its end although its client had left");
         await AssertServing();
     }

@@ -99,11 +99,19 @@ public class ServerFixture : IAsyncLifetime
     }
 
     /// <summary>Waits (bounded) until the engine's queue depth, as /metrics reports it, is <paramref name="depth"/>.</summary>
-    public async Task<double> WaitForQueueDepth(double depth, TimeSpan? timeout = null)
+    public async Task<double> WaitForQueueDepth(double depth, TimeSpan? timeout = null) =>
+        await WaitForMetric("beagle_engine_queue_depth", d => d == depth, timeout);
+
+    /// <summary>
+    /// Waits (bounded) until <paramref name="name"/> satisfies <paramref name="done"/>, and returns its last value: the
+    /// server records some measurements just after the response ends (a cancelled stream's counter, for one), so a
+    /// client that reads them at once can be a few milliseconds early.
+    /// </summary>
+    public async Task<double> WaitForMetric(string name, Func<double, bool> done, TimeSpan? timeout = null)
     {
         var until = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(20));
         double d;
-        while ((d = await Metric("beagle_engine_queue_depth")) != depth && DateTime.UtcNow < until) await Task.Delay(20);
+        while (!done(d = await Metric(name)) && DateTime.UtcNow < until) await Task.Delay(20);
         return d;
     }
 }
