@@ -252,10 +252,11 @@ public sealed class DraftTree
     }
 
     /// <summary>
-    /// Tree attention mask for verification: [N, contextLength + N] bool; every node sees the whole committed
-    /// context and its own ancestors (itself included).
+    /// Tree attention mask for verification, on the host: [N, contextLength + N] row-major; every node sees the whole
+    /// committed context and its own ancestors (itself included). What <c>LlamaModel.Forward(cache, tokens, positions,
+    /// allowed)</c> takes; the engine itself passes <see cref="Parents"/> to the batched forward instead.
     /// </summary>
-    public Tensor Mask(int contextLength, Device device)
+    public bool[] Mask(int contextLength)
     {
         int n = Count, s = contextLength + n;
         var data = new bool[n * s];
@@ -264,7 +265,7 @@ public sealed class DraftTree
             Array.Fill(data, true, i * s, contextLength);
             for (int a = i; a >= 0; a = Parents[a]) data[i * s + contextLength + a] = true;
         }
-        return tensor(data, [n, s], device: device);
+        return data;
     }
 
     /// <summary>Rotary positions of the nodes: contextLength + depth.</summary>
