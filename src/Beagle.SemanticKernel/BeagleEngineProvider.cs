@@ -89,13 +89,10 @@ public sealed class BeagleEngineProvider : IAsyncDisposable, IDisposable
         catch (InvalidDataException e) { throw new InvalidDataException($"{Setting(o, null)}: {e.Message}", e); }
         try
         {
-            IDraftModel? draft = null;
-            if (files.Draft is not null)
-                try { draft = ModelLoader.LoadDraft(files.Draft, target.Model); }
-                catch (InvalidDataException e) { throw new InvalidDataException($"{nameof(BeagleModelOptions.DraftPath)} '{files.Draft}': {e.Message}", e); }
-            else
-                try { draft = TrainingFreeDrafts.Create(spec.DraftModel, spec.NGram is not null, target.Model, target.Tokenizer, spec.NGram); }
-                catch (ArgumentException e) { throw new ArgumentException($"{nameof(BeagleModelOptions.DraftModel)} '{o.DraftModel}': {e.Message}", e); }
+            IDraftModel? draft;
+            try { draft = ModelLoader.LoadDraft(spec, files, target); }
+            catch (InvalidDataException e) when (files.Draft is not null) { throw new InvalidDataException($"{nameof(BeagleModelOptions.DraftPath)} '{files.Draft}': {e.Message}", e); }
+            catch (ArgumentException e) when (files.Draft is null) { throw new ArgumentException($"{nameof(BeagleModelOptions.DraftModel)} '{o.DraftModel}': {e.Message}", e); }
             return new EngineModels(target.Model, target.Tokenizer, draft);
         }
         catch { target.Dispose(); throw; }

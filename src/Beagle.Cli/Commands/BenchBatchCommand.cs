@@ -50,7 +50,7 @@ public sealed class BenchBatchCommand : Command<BenchBatchSettings>
         var files = CliModels.Resolve(spec, cancellationToken);
         var models = ModelLoader.Load(spec, files);
         var draft = models.Draft;
-        var draftPath = files.Draft ?? s.DraftModel ?? (s.NGram ? "ngram" : null);
+        var draftPath = CliDrafts.DraftLabel(s, files);
         var levels = s.Concurrency.Split(',').Select(int.Parse).Distinct().Order().ToArray();
         int most = levels[^1];
         var all = SpeculativeBenchmark.LoadPrompts(s.Prompts ?? Path.Combine(AppContext.BaseDirectory, "bench", "stories-prompts.txt"));

@@ -127,11 +127,15 @@ public sealed class BenchCommand : Command<BenchSettings>
                 var d = ModelLoader.LoadDraft(path, model);
                 Add(d, d.Architecture, DisplayPath(path));
             }
+            // The drafts that need no training, each its own row, built by the rule every face uses.
             if (s.DraftModel is not null)
-                Add(Beagle.Drafting.DraftLm.DraftLmModel.Load(s.DraftModel, model, tokenizer), "draft-lm",
+                Add(TrainingFreeDrafts.Create(s.DraftModel, ngram: false, model, tokenizer)!, "draft-lm",
                     DefaultModels.IsKnownName(s.DraftModel) ? s.DraftModel : DisplayPath(s.DraftModel));
             if (s.NGram)
-                Add(new Beagle.Drafting.NGram.NGramDraft(model, CliDrafts.NGramOptions(s.NGramMax, s.NGramMin)), "ngram", NGramLabel(CliDrafts.NGramOptions(s.NGramMax, s.NGramMin)));
+            {
+                var ngram = CliDrafts.NGramOptions(s.NGramMax, s.NGramMin);
+                Add(TrainingFreeDrafts.Create(null, ngram: true, model, tokenizer, ngram)!, "ngram", NGramLabel(ngram));
+            }
 
             // Progress and truncation notes on stderr; the table below is the product.
             var result = CliConsole.WithStatus("benchmarking", status =>

@@ -113,9 +113,12 @@ internal static class CliDrafts
         var spec = CliModels.DraftSpec(s);
         var files = CliModels.Resolve(spec, cancellationToken);
         var models = ModelLoader.Load(spec, files);
-        try { return (models, ModelLoader.CreateGenerator(models, spec, sampling, CliConsole.Status, CliModels.BudgetNames), files.Draft ?? s.DraftModel ?? (s.NGram ? "ngram" : null)); }
+        try { return (models, ModelLoader.CreateGenerator(models, spec, sampling, CliConsole.Status, CliModels.BudgetNames), DraftLabel(s, files)); }
         catch { models.Dispose(); throw; }
     }
+
+    /// <summary>What drafts for a command, for its messages: the draft folder, the draft model, "ngram", or null (plain).</summary>
+    public static string? DraftLabel(DraftSettings s, ResolvedModel files) => files.Draft ?? s.DraftModel ?? (s.NGram ? "ngram" : null);
 
     /// <summary>
     /// How a finished generation was decoded, for the summary line: plainly (no draft, or calibration found that the

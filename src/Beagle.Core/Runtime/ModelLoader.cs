@@ -78,7 +78,7 @@ public sealed record ResolvedModel(string Target, string? Tokenizer, string? Dra
 /// <summary>
 /// The composition root: the one place a target, its tokenizer, a draft, the device and the tree-budget policy are put
 /// together. Faces translate their options into a <see cref="ModelSpec"/> and call <c>Load</c> (or its parts:
-/// <see cref="Resolve"/>, <c>LoadTarget</c>, <see cref="LoadDraft"/>, <see cref="ApplyTreeBudget"/>).
+/// <see cref="Resolve"/>, <c>LoadTarget</c>, <c>LoadDraft</c>, <see cref="ApplyTreeBudget"/>).
 /// Loading runs on the calling thread, which then owns the TorchSharp state (see architecture.md, "Threading").
 /// </summary>
 public static class ModelLoader
@@ -139,15 +139,19 @@ public static class ModelLoader
     public static EngineModels Load(ModelSpec spec, ResolvedModel files)
     {
         var target = LoadTarget(spec, files);
-        try
-        {
-            var draft = files.Draft is not null ? LoadDraft(files.Draft, target.Model)
-                : spec.NoDraft ? null
-                : TrainingFreeDrafts.Create(spec.DraftModel, spec.NGram is not null, target.Model, target.Tokenizer, spec.NGram);
-            return new EngineModels(target.Model, target.Tokenizer, draft);
-        }
+        try { return new EngineModels(target.Model, target.Tokenizer, LoadDraft(spec, files, target)); }
         catch { target.Dispose(); throw; }
     }
+
+    /// <summary>
+    /// The draft <paramref name="spec"/> asks for, for its loaded <paramref name="target"/>: the resolved draft folder
+    /// (<see cref="InvalidDataException"/> when it does not fit the target), else a draft that needs no training
+    /// (<see cref="ArgumentException"/> when the draft model does not fit), else none. The caller owns the result.
+    /// </summary>
+    public static IDraftModel? LoadDraft(ModelSpec spec, ResolvedModel files, LoadedTarget target) =>
+        files.Draft is not null ? LoadDraft(files.Draft, target.Model)
+        : spec.NoDraft ? null
+        : TrainingFreeDrafts.Create(spec.DraftModel, spec.NGram is not null, target.Model, target.Tokenizer, spec.NGram);
 
     /// <summary>
     /// A generator over <paramref name="models"/> with the spec's tree budget applied for greedy requests (and, when
