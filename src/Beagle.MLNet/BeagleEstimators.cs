@@ -26,8 +26,9 @@ public sealed class BeagleGenerateEstimator : IEstimator<BeagleTransformer>
         SchemaChecks.CheckPrompt(input.Schema, _options.InputColumnName);
         var draftPath = Beagle.Runtime.ModelLoader.Resolve(new Beagle.Runtime.ModelSpec
         {
-            Target = _options.TargetPath, Tokenizer = _options.TokenizerPath, Draft = _options.DraftPath,
-            UseBundledDraft = _options.UseBundledDraft && _options.DraftModel is null && !_options.NGram,
+            // A draft that needs no training replaces the bundled one (ModelLoader.Resolve's rule); it has no files to embed.
+            Target = _options.TargetPath, Tokenizer = _options.TokenizerPath, Draft = _options.DraftPath, UseBundledDraft = _options.UseBundledDraft,
+            DraftModel = _options.DraftModel, NGram = _options.NGram ? new Beagle.Drafting.NGram.NGramOptions() : null,
         }).Draft;
         var draft = draftPath is null ? new Dictionary<string, byte[]>() : BeagleRuntime.ReadFiles(draftPath);
         return BeaglePipeline.Build(_ml, input, _options, draft, draftPath ?? "", "generate");
