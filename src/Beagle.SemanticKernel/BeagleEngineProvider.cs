@@ -60,7 +60,7 @@ public sealed class BeagleEngineProvider : IAsyncDisposable, IDisposable
         var engine = new BeagleEngine(() => Load(Options), new EngineOptions
         {
             QueueCapacity = Options.QueueCapacity, Threads = Options.Threads, CalibrateTreeBudget = Options.CalibrateTreeBudget,
-            StreamIdleTimeout = Options.StreamIdleTimeout, MaxBatchSize = Options.MaxBatchSize,
+            StreamIdleTimeout = Options.StreamIdleTimeout, MaxBatchSize = Options.MaxBatchSize, Workers = Options.Workers,
         });
         BeagleMetrics.Track(engine, ModelId);
         engine.Ready.ContinueWith(t =>

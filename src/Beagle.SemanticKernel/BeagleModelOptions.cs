@@ -54,6 +54,12 @@ public sealed class BeagleModelOptions
     /// </summary>
     public int MaxBatchSize { get; set; } = 8;
     /// <summary>
+    /// Decoding threads, each running its own batch; a new request joins the least loaded (EngineOptions.Workers).
+    /// 1 (default) suits a large model whose rounds are memory-bound; a small model on a multi-core CPU, whose
+    /// verification is compute-bound, serves concurrent requests faster with one per core. At most MaxBatchSize.
+    /// </summary>
+    public int Workers { get; set; } = 1;
+    /// <summary>
     /// A streamed response whose reader stops reading without disposing or cancelling it is abandoned after this long:
     /// its generation stops so that the requests behind it run (EngineOptions.StreamIdleTimeout). Configuration: "00:00:30".
     /// </summary>
@@ -88,6 +94,7 @@ public sealed class BeagleModelOptions
             p.Add($"{prefix}{nameof(Device)} must be auto, cpu or cuda[:N], got '{Device}'");
         if (Threads is { } t && t < 1) p.Add($"{prefix}{nameof(Threads)} must be >= 1 (or unset), got {t}");
         if (QueueCapacity < 1) p.Add($"{prefix}{nameof(QueueCapacity)} must be >= 1, got {QueueCapacity}");
+        if (Workers < 1 || Workers > Math.Max(MaxBatchSize, 1)) p.Add($"{prefix}{nameof(Workers)} must be between 1 and {nameof(MaxBatchSize)} ({MaxBatchSize}), got {Workers}");
         if (MaxBatchSize < 1) p.Add($"{prefix}{nameof(MaxBatchSize)} must be >= 1 (1 = one request at a time), got {MaxBatchSize}");
         if (StreamIdleTimeout <= TimeSpan.Zero && StreamIdleTimeout != Timeout.InfiniteTimeSpan)
             p.Add($"{prefix}{nameof(StreamIdleTimeout)} must be positive (e.g. 00:00:30), got {StreamIdleTimeout}");

@@ -21,6 +21,10 @@ public sealed class BenchBatchSettings : DraftSettings
     [Description("New tokens per request (default 128).")]
     public int MaxTokens { get; init; } = 128;
 
+    [CommandOption("--workers <N>")]
+    [Description("Decoding threads of the engine, each running its own batch (default 1). Both columns use them: one request at a time runs on one worker.")]
+    public int Workers { get; init; } = 1;
+
     [CommandOption("--runs <R>")]
     [Description("Repetitions, interleaved; medians are reported (default 3).")]
     public int Runs { get; init; } = 3;
@@ -30,6 +34,7 @@ public sealed class BenchBatchSettings : DraftSettings
         var b = base.Validate();
         if (!b.Successful) return b;
         if (MaxTokens < 1 || Runs < 1) return ValidationResult.Error("--max-tokens and --runs must be >= 1");
+        if (Workers < 1 || Workers > 64) return ValidationResult.Error("--workers must be between 1 and 64");
         if (Concurrency.Split(',').Any(t => !int.TryParse(t, out var n) || n < 1 || n > 64)) return ValidationResult.Error("--concurrency must be a list of integers in [1, 64], e.g. 2,4,8");
         if (Prompts is not null && !File.Exists(Prompts)) return ValidationResult.Error($"--prompts: no file at '{Prompts}'");
         return ValidationResult.Success();
@@ -60,7 +65,7 @@ public sealed class BenchBatchCommand : Command<BenchBatchSettings>
             MaxNewTokens = s.MaxTokens, Speculative = draft is null ? null : s.TreeBudget.Over(TreeBudget.Default, CliModels.BudgetNames).ToOptions(),
         };
         using var engine = new BeagleEngine(() => models,
-            new EngineOptions { Threads = s.Threads, MaxBatchSize = most, QueueCapacity = most });
+            new EngineOptions { Threads = s.Threads, MaxBatchSize = Math.Max(most, s.Workers), QueueCapacity = most, Workers = s.Workers });
         engine.Ready.GetAwaiter().GetResult();
 
         // Wall time, and the process's CPU time: on a shared machine other processes take the core away for a while, which
@@ -128,7 +133,7 @@ public sealed class BenchBatchCommand : Command<BenchBatchSettings>
                 $"{Median(ratios[n]):F2}x", string.Join(" ", ratios[n].Select(x => x.ToString("F2"))), $"{Median(cpuRatios[n]):F2}x");
         AnsiConsole.Write(table);
         var method = draft is null ? "plain decoding" : $"draft {draft.Architecture} ({Markup.Escape(draftPath ?? "")})";
-        AnsiConsole.MarkupLine($"[grey]{method}; {s.Threads} thread(s); at most {s.MaxTokens} new tokens per request (got {lengths.Min()}-{lengths.Max()}, mean {lengths.Average():F0}{(lengths.Min() < s.MaxTokens ? ": EOS ended some early" : "")}); greedy; {s.Runs} runs; batched outputs identical to one at a time: {identical}[/]");
+        AnsiConsole.MarkupLine($"[grey]{method}; {s.Workers} worker(s) of {s.Threads} thread(s); at most {s.MaxTokens} new tokens per request (got {lengths.Min()}-{lengths.Max()}, mean {lengths.Average():F0}{(lengths.Min() < s.MaxTokens ? ": EOS ended some early" : "")}); greedy; {s.Runs} runs; batched outputs identical to one at a time: {identical}[/]");
         return identical ? 0 : 1;
     }
 

@@ -48,6 +48,10 @@ public class ServeSettings : ModelSettings
     [Description("Requests decoded together, one verifying forward per round for all of them (default 8; 1 = one at a time). Each gets exactly the output it would get alone.")]
     public int MaxBatch { get; init; } = 8;
 
+    [CommandOption("--workers <N>")]
+    [Description("Decoding threads, each running its own batch; a request joins the least loaded (default 1). With a small model on a CPU, one per core serves concurrent requests fastest. At most --max-batch.")]
+    public int Workers { get; init; } = 1;
+
     [CommandOption("--queue-capacity <N>")]
     [Description("Requests that may wait for a place in the batch (default 64); more get 429 at once.")]
     public int QueueCapacity { get; init; } = 64;
@@ -74,6 +78,7 @@ public class ServeSettings : ModelSettings
         if (problems.Count > 0) return Spectre.Console.ValidationResult.Error(string.Join("; ", problems));
         if (QueueCapacity < 1) return Spectre.Console.ValidationResult.Error("--queue-capacity must be >= 1");
         if (MaxBatch < 1) return Spectre.Console.ValidationResult.Error("--max-batch must be >= 1 (1 = one request at a time)");
+        if (Workers < 1 || Workers > MaxBatch) return Spectre.Console.ValidationResult.Error($"--workers must be between 1 and --max-batch ({MaxBatch})");
         if (DefaultMaxTokens < 1) return Spectre.Console.ValidationResult.Error("--default-max-tokens must be >= 1");
         return Spectre.Console.ValidationResult.Success();
     }
@@ -101,6 +106,7 @@ public class ServeSettings : ModelSettings
         o.CalibrateTreeBudget = Calibrate;
         o.QueueCapacity = QueueCapacity;
         o.MaxBatchSize = MaxBatch;
+        o.Workers = Workers;
         o.DefaultMaxTokens = DefaultMaxTokens;
         o.ModelId = ModelId;
         o.ChatTemplate = ChatTemplate;

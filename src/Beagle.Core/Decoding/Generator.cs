@@ -42,6 +42,17 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
     /// <summary>A deliberately broken sampling acceptance rule for speculative rounds (tests of the tests; never set otherwise).</summary>
     internal AcceptanceMutation AcceptanceMutation { get; init; }
 
+    /// <summary>
+    /// A generator over the same models with the same settings, for another thread: a generator is used from one thread
+    /// at a time, while the models it reads can serve several (BeagleEngine's workers each hold a twin).
+    /// </summary>
+    internal Generator Twin() => new(Target, Tokenizer, Draft)
+    {
+        DefaultTreeBudget = DefaultTreeBudget, SpeculationPays = SpeculationPays,
+        DefaultSamplingTreeBudget = DefaultSamplingTreeBudget, SamplingSpeculationPays = SamplingSpeculationPays,
+        AcceptanceMutation = AcceptanceMutation,
+    };
+
     /// <summary>Applies a calibration result for greedy requests.</summary>
     public void Use(CalibratedBudget budget) { DefaultTreeBudget = budget.Budget; SpeculationPays = !budget.UsePlain; }
 

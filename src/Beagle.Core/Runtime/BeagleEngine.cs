@@ -20,6 +20,15 @@ public sealed record EngineOptions
     /// </summary>
     public int MaxBatchSize { get; init; } = 8;
     /// <summary>
+    /// Decoding threads, each running its own batch (continuous batching within it); a new request joins the least
+    /// loaded one, and <see cref="MaxBatchSize"/> bounds the generations of all of them together. One is right when a
+    /// round is memory-bound (the weights read once serve every row). When verification is compute-bound — a small
+    /// model on a CPU, where each verified row costs its own multiply-adds — a second core adds what batching on one
+    /// cannot (docs/benchmarks.md, "Continuous batching"). The workers share the loaded weights (read-only); each
+    /// generation still gives exactly the output it gives alone. At most <see cref="MaxBatchSize"/>.
+    /// </summary>
+    public int Workers { get; init; } = 1;
+    /// <summary>
     /// With a draft: pick the tree budget by measurement at load (seconds, once per machine/model/draft; cached in the
     /// user cache), for greedy and for sampled requests separately (sampling measured at TreeBudgetCalibrator.ChatSampling),
     /// falling back to plain decoding where drafting does not pay. Off (default, so that loading stays fast and
@@ -47,6 +56,8 @@ public sealed record EngineOptions
         if (StreamIdleTimeout <= TimeSpan.Zero && StreamIdleTimeout != Timeout.InfiniteTimeSpan)
             throw new ArgumentOutOfRangeException(nameof(StreamIdleTimeout), StreamIdleTimeout, "the stream idle timeout must be positive (or Timeout.InfiniteTimeSpan)");
         if (Threads is { } t && t < 1) throw new ArgumentOutOfRangeException(nameof(Threads), t, "threads must be >= 1");
+        if (Workers < 1 || Workers > MaxBatchSize)
+            throw new ArgumentOutOfRangeException(nameof(Workers), Workers, $"workers must be between 1 and the batch size ({MaxBatchSize}): a worker decodes at least one generation");
         return this;
     }
 }
@@ -62,35 +73,45 @@ public sealed class EngineBusyException(int capacity)
     : InvalidOperationException($"the Beagle engine's request queue is full ({capacity} waiting); retry later or raise EngineOptions.QueueCapacity");
 
 /// <summary>
-/// One worker thread that owns a loaded model and runs generation requests from a bounded queue, several at once:
-/// continuous batching. Between rounds the worker admits waiting requests (up to <see cref="EngineOptions.MaxBatchSize"/>,
-/// each prefilled on joining) and drops finished, cancelled and abandoned ones (freeing their caches and draft
-/// sessions); each round, <see cref="Generator.Round"/> verifies every running generation's rows in one target forward.
-/// Each generation keeps its own cache, draft session and random source, so its output is the one it would get alone.
-/// TorchSharp dispose scopes and no_grad are per thread, so every tensor operation happens on that thread; callers
-/// only await results (architecture.md, "Threading"). Faces (chat client, SK service, ML.NET, hosting, CLI) all
-/// generate through <see cref="Generator"/>, which they reach through this engine or directly on one thread.
+/// Worker threads (<see cref="EngineOptions.Workers"/>, one by default) that share a loaded model and run generation
+/// requests from one bounded queue, several at once: continuous batching. Each worker runs its own batch: between
+/// rounds it admits waiting requests (while the engine holds fewer than <see cref="EngineOptions.MaxBatchSize"/>
+/// generations and no other worker holds fewer than it does; each is prefilled on joining) and drops finished,
+/// cancelled and abandoned ones (freeing their caches and draft sessions); each round, <see cref="Generator.Round"/>
+/// verifies all of its generations' rows in one target forward. Each generation keeps its own cache, draft session and
+/// random source, so its output is the one it would get alone, whichever worker runs it and whoever shares its rounds.
+/// TorchSharp dispose scopes and no_grad are per thread, so a generation's tensor operations all happen on its worker;
+/// the weights are only read. Callers only await results (architecture.md, "Threading"). Faces (chat client, SK
+/// service, ML.NET, hosting, CLI) all generate through <see cref="Generator"/>, which they reach through this engine or
+/// directly on one thread.
 /// </summary>
 public sealed class BeagleEngine : IAsyncDisposable, IDisposable
 {
     readonly Channel<WorkItem> _queue;
-    readonly Thread _worker;
+    readonly Worker[] _workers;
     readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
     readonly EngineOptions _options;
     readonly CancellationTokenSource _shutdown = new();
     EngineModels? _models;
-    Generator? _generator;
     int _queued, _running, _batchSize, _largestBatch;
+    // Completed (and replaced) whenever a generation leaves a batch: a worker that may not admit (the engine is full,
+    // or another worker holds fewer) waits on it as well, since the place may be its to fill.
+    TaskCompletionSource _placeFreed = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    /// <summary>Starts the worker and loads the models on it (<paramref name="load"/> runs on the worker thread).</summary>
+    /// <summary>Starts the workers; the first loads the models (<paramref name="load"/> runs on it), the others then share them.</summary>
     public BeagleEngine(Func<EngineModels> load, EngineOptions? options = null)
     {
         _options = (options ?? new EngineOptions()).Validate();
         // Unbounded channel, bounded by count: a request cancelled while queued gives its place back at once (the channel
         // would keep a slot until the worker skipped the item).
-        _queue = Channel.CreateUnbounded<WorkItem>(new UnboundedChannelOptions { SingleReader = true });
-        _worker = new Thread(() => WorkerLoop(load)) { IsBackground = true, Name = "beagle-engine" };
-        _worker.Start();
+        _queue = Channel.CreateUnbounded<WorkItem>(new UnboundedChannelOptions { SingleReader = _options.Workers == 1 });
+        _workers = new Worker[_options.Workers];
+        for (int i = 0; i < _workers.Length; i++)
+        {
+            var w = _workers[i] = new Worker();
+            w.Thread = new Thread(i == 0 ? () => LeadLoop(w, load) : () => FollowLoop(w)) { IsBackground = true, Name = $"beagle-engine-{i}" };
+        }
+        foreach (var w in _workers) w.Thread.Start();
     }
 
     /// <summary>Completes when the models are loaded; faults with the loading error.</summary>
@@ -104,159 +125,247 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
     public int QueueDepth => Volatile.Read(ref _queued) + Volatile.Read(ref _running);
     /// <summary>Requests waiting for a place (at most <see cref="EngineOptions.QueueCapacity"/>; more are rejected).</summary>
     public int WaitingRequests => Volatile.Read(ref _queued);
-    /// <summary>Generations in the running batch now (decoding, or paused for a slow reader); at most <see cref="MaxBatchSize"/>.</summary>
+    /// <summary>Generations in the running batches now (decoding, or paused for a slow reader); at most <see cref="MaxBatchSize"/>.</summary>
     public int BatchSize => Volatile.Read(ref _batchSize);
-    /// <summary>The most generations decoded together (<see cref="EngineOptions.MaxBatchSize"/>).</summary>
+    /// <summary>The most generations decoded together (<see cref="EngineOptions.MaxBatchSize"/>), over all workers.</summary>
     public int MaxBatchSize => _options.MaxBatchSize;
+    /// <summary>Decoding threads (<see cref="EngineOptions.Workers"/>).</summary>
+    public int Workers => _workers.Length;
     /// <summary>The most generations that shared one round so far (tests: proof that requests were batched).</summary>
     internal int LargestBatch => Volatile.Read(ref _largestBatch);
+    /// <summary>The generations each worker has admitted so far (tests: proof that the workers shared the requests).</summary>
+    internal int[] WorkerAdmissions => Array.ConvertAll(_workers, w => Volatile.Read(ref w.Admitted));
 
     EngineModels Loaded => _models ?? throw new InvalidOperationException(Ready.IsFaulted ? $"the engine failed to load its model: {Ready.Exception!.InnerException!.Message}" : "the engine is still loading its model; await Ready first");
 
-    void WorkerLoop(Func<EngineModels> load)
+    /// <summary>One decoding thread: its generator (settings copied from the first worker's) and the streams it runs.</summary>
+    sealed class Worker
+    {
+        public Thread Thread = null!;
+        public Generator? Generator;
+        /// <summary>Admitted streams: decoding, paused for their reader, or delivering their last chunk.</summary>
+        public readonly List<StreamRun> Active = [];
+        /// <summary>Generations this worker holds (written by it, read by the others when they choose who admits).</summary>
+        public int Decoding;
+        /// <summary>Generations this worker has admitted so far.</summary>
+        public int Admitted;
+    }
+
+    /// <summary>The first worker: loads (and calibrates) the models, serves, and disposes them once every worker has stopped.</summary>
+    void LeadLoop(Worker self, Func<EngineModels> load)
     {
         try
         {
             if (_options.Threads is { } t) TorchSharp.torch.set_num_threads(t);
             _models = load();
-            _generator = new Generator(_models.Target, _models.Tokenizer, _models.Draft);
+            var generator = self.Generator = new Generator(_models.Target, _models.Tokenizer, _models.Draft);
             if (_models.Draft is not null && _options.CalibrateTreeBudget)
             {
-                ModelLoader.ApplyTreeBudget(_generator, TreeBudgetOptions.None, calibrate: true, _options.TreeBudgetCacheFile);
-                ModelLoader.ApplyTreeBudget(_generator, TreeBudgetOptions.None, calibrate: true, _options.TreeBudgetCacheFile, TreeBudgetCalibrator.ChatSampling);
+                ModelLoader.ApplyTreeBudget(generator, TreeBudgetOptions.None, calibrate: true, _options.TreeBudgetCacheFile);
+                ModelLoader.ApplyTreeBudget(generator, TreeBudgetOptions.None, calibrate: true, _options.TreeBudgetCacheFile, TreeBudgetCalibrator.ChatSampling);
             }
+            foreach (var w in _workers) w.Generator ??= generator.Twin();
             _ready.SetResult();
         }
         catch (Exception e) { _ready.SetException(e); return; }
-
-        var reader = _queue.Reader;
-        var active = new List<StreamRun>();   // admitted streams: decoding, paused for their reader, or delivering their last chunk
-        try
-        {
-            while (true)
-            {
-                Service(active);
-                bool open = Admit(reader, active);
-                var runnable = new List<Generator.DecodeSequence>(active.Count);
-                foreach (var r in active) if (r.Sequence is { } s && r.Unwritten is null) runnable.Add(s);
-                if (runnable.Count > 0) { RunRound(active, runnable); continue; }
-                if (active.Count == 0)
-                {
-                    if (!open) break;
-                    reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult();
-                    continue;
-                }
-                WaitForProgress(active, reader, open);
-            }
-        }
+        try { Serve(self); }
         finally
         {
-            foreach (var r in active) End(r, new ObjectDisposedException(nameof(BeagleEngine)));
+            foreach (var w in _workers) if (w != self) w.Thread.Join();
             _models.Dispose();
         }
     }
 
-    /// <summary>Delivers held chunks whose reader made room; ends streams that were cancelled, disposed or left unread too long.</summary>
-    void Service(List<StreamRun> active)
+    /// <summary>Every other worker: waits for the first to load the models, then serves.</summary>
+    void FollowLoop(Worker self)
     {
+        try { _ready.Task.GetAwaiter().GetResult(); }
+        catch { return; }   // the first worker reports the loading error
+        if (_options.Threads is { } t) TorchSharp.torch.set_num_threads(t);
+        Serve(self);
+    }
+
+    void Serve(Worker self)
+    {
+        var reader = _queue.Reader;
+        var active = self.Active;
+        var runnable = new List<Generator.DecodeSequence>();
+        try
+        {
+            while (true)
+            {
+                Service(self);
+                bool open = Admit(self, reader);
+                runnable.Clear();
+                foreach (var r in active) if (r.Sequence is { } s && r.Unwritten is null) runnable.Add(s);
+                if (runnable.Count > 0) { RunRound(self, runnable); continue; }
+                if (active.Count == 0)
+                {
+                    if (!open) break;
+                    // Idle: a request, or (while this worker may not admit) a place freed elsewhere, or shutdown.
+                    var freed = Volatile.Read(ref _placeFreed).Task;
+                    if (MayAdmit(self)) reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult();
+                    else Task.WaitAny(freed, reader.Completion);
+                    continue;
+                }
+                WaitForProgress(self, reader, open);
+            }
+        }
+        finally
+        {
+            foreach (var r in active) End(self, r, new ObjectDisposedException(nameof(BeagleEngine)));
+            active.Clear();
+        }
+    }
+
+    /// <summary>Delivers held chunks whose reader made room; ends streams that were cancelled, disposed or left unread too long.</summary>
+    void Service(Worker self)
+    {
+        var active = self.Active;
         for (int i = active.Count - 1; i >= 0; i--)
         {
             var r = active[i];
-            if (r.Ct.IsCancellationRequested) { End(r, new OperationCanceledException(r.Ct)); active.RemoveAt(i); continue; }
+            if (r.Ct.IsCancellationRequested) { End(self, r, new OperationCanceledException(r.Ct)); active.RemoveAt(i); continue; }
             if (r.Unwritten is { } chunk)
             {
                 if (r.Writer.TryWrite(chunk)) r.Unwritten = null;
                 else if (_options.StreamIdleTimeout != Timeout.InfiniteTimeSpan && System.Diagnostics.Stopwatch.GetElapsedTime(r.BlockedSince) >= _options.StreamIdleTimeout)
                 {
-                    End(r, new TimeoutException($"the stream was not read for {_options.StreamIdleTimeout.TotalSeconds:0.###} s (EngineOptions.StreamIdleTimeout), " +
+                    End(self, r, new TimeoutException($"the stream was not read for {_options.StreamIdleTimeout.TotalSeconds:0.###} s (EngineOptions.StreamIdleTimeout), " +
                         "so its generation was stopped to let other requests run; read a stream to its end, or dispose or cancel it"));
                     active.RemoveAt(i);
                     continue;
                 }
             }
-            if (r.Unwritten is null && r.Sequence is null) { End(r, null); active.RemoveAt(i); }   // finished and delivered
+            if (r.Unwritten is null && r.Sequence is null) { End(self, r, null); active.RemoveAt(i); }   // finished and delivered
         }
     }
 
     /// <summary>
-    /// Takes queued requests while the batch has room: work from <see cref="RunAsync"/> runs here, alone, between rounds;
-    /// a stream starts its generation (prefill) and joins the batch. Returns false once the queue is completed (shutdown).
+    /// Whether this worker may take a waiting request now: the engine holds fewer than MaxBatchSize generations, and no
+    /// other worker holds fewer than this one (the least loaded admits, so that requests spread over the workers).
     /// </summary>
-    bool Admit(ChannelReader<WorkItem> reader, List<StreamRun> active)
+    bool MayAdmit(Worker self)
     {
-        while (Decoding(active) < _options.MaxBatchSize && reader.TryRead(out var item))
+        if (Volatile.Read(ref _batchSize) >= _options.MaxBatchSize) return false;
+        int mine = Volatile.Read(ref self.Decoding);
+        foreach (var w in _workers) if (w != self && Volatile.Read(ref w.Decoding) < mine) return false;
+        return true;
+    }
+
+    /// <summary>
+    /// Takes queued requests while this worker may (<see cref="MayAdmit"/>): work from <see cref="RunAsync"/> runs here,
+    /// alone on this worker, between its rounds; a stream starts its generation (prefill) and joins this worker's batch.
+    /// Returns false once the queue is completed (shutdown).
+    /// </summary>
+    bool Admit(Worker self, ChannelReader<WorkItem> reader)
+    {
+        while (MayAdmit(self))
         {
+            // The place is reserved before the item is read, so that two workers admitting at once never exceed the bound.
+            if (Interlocked.Increment(ref _batchSize) > _options.MaxBatchSize) { Interlocked.Decrement(ref _batchSize); break; }
+            if (!reader.TryRead(out var item)) { Interlocked.Decrement(ref _batchSize); break; }
+            bool placeHeld = true;   // until a generation takes it over, or it is given back
             // An item cancelled while it waited was already taken out of the count (and its caller told); skip it.
-            if (!item.TryStart()) continue;
-            Interlocked.Increment(ref _running);
-            Interlocked.Decrement(ref _queued);
-            try
+            if (item.TryStart())
             {
-                if (item.Exclusive is { } work) { try { work(_generator!); } finally { Interlocked.Decrement(ref _running); } continue; }
-                var run = item.Stream!;
-                if (run.Ct.IsCancellationRequested) { End(run, new OperationCanceledException(run.Ct)); continue; }
-                try { run.Sequence = run.Start(_generator!); }
-                catch (Exception e) { End(run, e); continue; }
-                Interlocked.Increment(ref _batchSize);
-                active.Add(run);
-                Deliver(run);
+                Interlocked.Increment(ref _running);
+                Interlocked.Decrement(ref _queued);
+                try
+                {
+                    if (item.Exclusive is { } work)
+                    {
+                        ReleasePlace();   // work holds no generation: the place is free while it runs
+                        placeHeld = false;
+                        try { work(self.Generator!); } finally { Interlocked.Decrement(ref _running); }
+                    }
+                    else if (item.Stream is { } run)
+                    {
+                        if (run.Ct.IsCancellationRequested) End(self, run, new OperationCanceledException(run.Ct));
+                        else
+                        {
+                            try { run.Sequence = run.Start(self.Generator!); }
+                            catch (Exception e) { End(self, run, e); }
+                            if (run.Sequence is not null)
+                            {
+                                placeHeld = false;   // the generation holds it until Free
+                                Interlocked.Increment(ref self.Decoding);
+                                Interlocked.Increment(ref self.Admitted);
+                                self.Active.Add(run);
+                                Deliver(self, run);
+                            }
+                        }
+                    }
+                }
+                finally { item.Dispose(); }
             }
-            finally { item.Dispose(); }
+            else item.Dispose();
+            if (placeHeld) ReleasePlace();
         }
         return !reader.Completion.IsCompleted;
     }
 
     /// <summary>One round over the runnable generations; a failure of the shared forward ends each of them with it.</summary>
-    void RunRound(List<StreamRun> active, List<Generator.DecodeSequence> runnable)
+    void RunRound(Worker self, List<Generator.DecodeSequence> runnable)
     {
-        if (runnable.Count > _largestBatch) Volatile.Write(ref _largestBatch, runnable.Count);
-        try { _generator!.Round(runnable); }
+        var active = self.Active;
+        int largest;
+        while (runnable.Count > (largest = Volatile.Read(ref _largestBatch)) && Interlocked.CompareExchange(ref _largestBatch, runnable.Count, largest) != largest) { }
+        try { self.Generator!.Round(runnable); }
         catch (Exception e)
         {
             for (int i = active.Count - 1; i >= 0; i--)
-                if (active[i].Sequence is { } s && runnable.Contains(s)) { End(active[i], e); active.RemoveAt(i); }
+                if (active[i].Sequence is { } s && runnable.Contains(s)) { End(self, active[i], e); active.RemoveAt(i); }
             return;
         }
-        foreach (var r in active) if (r.Sequence is { } s && runnable.Contains(s)) Deliver(r);
+        foreach (var r in active) if (r.Sequence is { } s && runnable.Contains(s)) Deliver(self, r);
     }
 
     /// <summary>Writes the generation's new chunk, or holds it (pausing the generation) while the reader's buffer is full.</summary>
-    void Deliver(StreamRun r)
+    void Deliver(Worker self, StreamRun r)
     {
         var s = r.Sequence!;
         if (s.TakeChunk() is { } chunk && !r.Writer.TryWrite(chunk)) { r.Unwritten = chunk; r.BlockedSince = System.Diagnostics.Stopwatch.GetTimestamp(); }
-        if (s.Done) Free(r);   // its cache and draft session are freed now; a held chunk still waits for its reader
+        if (s.Done) Free(self, r);   // its cache and draft session are freed now; a held chunk still waits for its reader
     }
 
     /// <summary>
     /// Ends a stream: frees its generation and completes its channel (with <paramref name="error"/> if any). The counts
     /// drop first (running, then the batch), so that a caller who sees the stream end, or the batch shrink, sees them lowered.
     /// </summary>
-    void End(StreamRun r, Exception? error)
+    void End(Worker self, StreamRun r, Exception? error)
     {
         Interlocked.Decrement(ref _running);
-        Free(r);
+        Free(self, r);
         r.Writer.TryComplete(error);
     }
 
     /// <summary>Leaves the batch: the generation's cache and draft session are freed.</summary>
-    void Free(StreamRun r)
+    void Free(Worker self, StreamRun r)
     {
         if (r.Sequence is not { } s) return;
         r.Sequence = null;
         s.Dispose();
+        Interlocked.Decrement(ref self.Decoding);
+        ReleasePlace();
+    }
+
+    /// <summary>Gives a place in the engine's batches back and wakes the workers that wait for one.</summary>
+    void ReleasePlace()
+    {
         Interlocked.Decrement(ref _batchSize);
+        Interlocked.Exchange(ref _placeFreed, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
     }
 
     /// <summary>
     /// Every admitted stream is paused for its reader: sleeps until a reader makes room, a stream is cancelled, the first
-    /// idle timeout falls due, or (with room in the batch) a request arrives.
+    /// idle timeout falls due, a request arrives (when this worker may admit) or a place is freed elsewhere (when not).
     /// </summary>
-    void WaitForProgress(List<StreamRun> active, ChannelReader<WorkItem> reader, bool open)
+    void WaitForProgress(Worker self, ChannelReader<WorkItem> reader, bool open)
     {
-        var waits = new List<Task>(active.Count + 1);
+        var waits = new List<Task>(self.Active.Count + 1);
         var timeout = Timeout.InfiniteTimeSpan;
-        foreach (var r in active)
+        foreach (var r in self.Active)
         {
             if (r.Unwritten is null) continue;
             waits.Add(r.Writer.WaitToWriteAsync(r.Ct).AsTask());
@@ -267,18 +376,18 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
                 if (timeout == Timeout.InfiniteTimeSpan || left < timeout) timeout = left;
             }
         }
-        if (open && Decoding(active) < _options.MaxBatchSize) waits.Add(reader.WaitToReadAsync().AsTask());
+        if (open)
+        {
+            var freed = Volatile.Read(ref _placeFreed).Task;
+            waits.Add(MayAdmit(self) ? reader.WaitToReadAsync().AsTask() : freed);
+        }
         if (waits.Count > 0) Task.WaitAny(waits.ToArray(), timeout);
     }
 
-    static int Decoding(List<StreamRun> active)
-    {
-        int n = 0;
-        foreach (var r in active) if (r.Sequence is not null) n++;
-        return n;
-    }
-
-    /// <summary>Runs arbitrary work on the engine thread (e.g. a measurement) and returns its result. It runs alone, between two rounds of the batch.</summary>
+    /// <summary>
+    /// Runs arbitrary work on an engine thread (e.g. a measurement) and returns its result. It runs alone on one worker,
+    /// between two of its rounds, with that worker's generator (other workers go on decoding).
+    /// </summary>
     public async Task<T> RunAsync<T>(Func<Generator, CancellationToken, T> work, CancellationToken cancellationToken = default)
     {
         await Ready.ConfigureAwait(false);
@@ -402,7 +511,7 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
         if (_shutdown.IsCancellationRequested) return;
         _shutdown.Cancel();
         _queue.Writer.TryComplete();
-        await Task.Run(() => _worker.Join()).ConfigureAwait(false);
+        await Task.Run(() => { foreach (var w in _workers) w.Thread.Join(); }).ConfigureAwait(false);
         _shutdown.Dispose();
     }
 

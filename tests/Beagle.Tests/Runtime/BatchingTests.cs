@@ -18,13 +18,13 @@ namespace Beagle.Tests.Runtime;
 /// </summary>
 public sealed class BatchingTests
 {
-    static BeagleEngine Start(string model = "stories260K", string? draftArch = null, int maxBatch = 8, TimeSpan? idle = null) => new(() =>
+    static BeagleEngine Start(string model = "stories260K", string? draftArch = null, int maxBatch = 8, TimeSpan? idle = null, int workers = 1) => new(() =>
     {
         var dir = Path.Combine(TestAssets.Shared, "models", model);
         var t = TargetLoader.Load(Path.Combine(dir, model + ".bin"), Path.Combine(dir, "tok512.bin"));
         var draft = draftArch is null ? null : DraftCheckpoint.Load(Path.Combine(AppContext.BaseDirectory, "models", model, draftArch), t.Model);
         return new EngineModels(t.Model, t.Tokenizer, draft);
-    }, new EngineOptions { Threads = 1, MaxBatchSize = maxBatch, StreamIdleTimeout = idle ?? TimeSpan.FromSeconds(30) });
+    }, new EngineOptions { Threads = 1, MaxBatchSize = maxBatch, StreamIdleTimeout = idle ?? TimeSpan.FromSeconds(30), Workers = workers });
 
     static readonly string[] Prompts = ["Once upon a time", "The little dog", "Lily and Tom went to the park", "One day, a big bird", "The sun was", "Sam had a red ball"];
 
@@ -40,7 +40,8 @@ public sealed class BatchingTests
         var blocker = engine.RunAsync((_, _) => { held.Set(); release.Wait(TimeSpan.FromSeconds(30)); return 0; });
         Assert.True(held.Wait(TimeSpan.FromSeconds(30)));
         var tasks = requests.Select(r => engine.CompleteAsync(r.Prompt, r.Options)).ToArray();
-        await WaitUntil(() => engine.WaitingRequests == requests.Count);
+        // With more than one worker, the free ones take what they may meanwhile.
+        await WaitUntil(() => engine.WaitingRequests + engine.BatchSize == requests.Count);
         release.Set();
         await blocker;
         return await Task.WhenAll(tasks).WaitAsync(TimeSpan.FromSeconds(120));
@@ -196,6 +197,78 @@ public sealed class BatchingTests
         Assert.IsType<TimeoutException>(e);
         Assert.InRange(buffered, 1, BeagleEngine.StreamBuffer);
         await abandoned.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task Requests_spread_over_two_workers_give_each_its_output_alone()
+    {
+        await using var engine = Start(draftArch: "beagle", workers: 2);
+        await engine.Ready;
+        // Greedy chains and trees, a plain request and seeded samples: whichever worker runs a request and whoever shares
+        // its rounds, it gets its output alone.
+        var requests = Prompts.Select((p, i) => (p, new GenerationOptions
+        {
+            MaxNewTokens = 30 + 29 * i,
+            Speculative = i == 3 ? null : i % 2 == 0 ? new SpeculativeOptions() : new SpeculativeOptions { TreeTokens = 8, TreeDepth = 4, TreeTopK = 2 },
+            Sampling = i >= 4 ? new SamplingOptions { Temperature = 0.9f, TopP = 0.95f, Seed = 7 + i } : new SamplingOptions(),
+        })).ToArray();
+        // One worker is held while they queue, so the other takes what it may; the held one, released, takes its share.
+        var batched = await Together(engine, requests);
+
+        using var draft = DraftCheckpoint.Load(Path.Combine(AppContext.BaseDirectory, "models", "stories260K", "beagle"), TestAssets.Stories);
+        for (int i = 0; i < requests.Length; i++)
+            Assert.Equal(Alone("stories260K", draft, requests[i].p, requests[i].Item2).TokenIds, batched[i].TokenIds);
+        var admitted = engine.WorkerAdmissions;
+        Assert.Equal(requests.Length, admitted.Sum());
+        Assert.All(admitted, n => Assert.True(n >= 1, $"a worker admitted nothing: {string.Join(", ", admitted)}"));
+        await WaitUntil(() => engine.BatchSize == 0 && engine.QueueDepth == 0);
+    }
+
+    [Fact]
+    public async Task Two_workers_never_hold_more_generations_than_the_batch_size_and_a_freed_place_goes_to_the_next_request()
+    {
+        await using var engine = Start(maxBatch: 2, workers: 2);
+        await engine.Ready;
+        var o = Prompts.Select((_, i) => new GenerationOptions { MaxNewTokens = 40 + 20 * i }).ToArray();
+        int most = 0;
+        using var watching = new CancellationTokenSource();
+        var watcher = Task.Run(async () => { while (!watching.IsCancellationRequested) { most = Math.Max(most, engine.BatchSize); await Task.Delay(1); } });
+        var results = await Task.WhenAll(Prompts.Select((p, i) => engine.CompleteAsync(p, o[i]))).WaitAsync(TimeSpan.FromSeconds(120));
+        watching.Cancel();
+        await watcher;
+        for (int i = 0; i < Prompts.Length; i++) Assert.Equal(Alone("stories260K", null, Prompts[i], o[i]).TokenIds, results[i].TokenIds);
+        Assert.InRange(most, 1, 2);
+        Assert.Equal(Prompts.Length, engine.WorkerAdmissions.Sum());
+        await WaitUntil(() => engine.BatchSize == 0 && engine.QueueDepth == 0);
+    }
+
+    [Fact]
+    public async Task Disposing_an_engine_with_streams_on_two_workers_ends_them_and_returns()
+    {
+        var engine = Start(maxBatch: 4, workers: 2);
+        await engine.Ready;
+        var o = new GenerationOptions { MaxNewTokens = 400 };
+        var streams = Prompts.Take(4).Select(p => engine.GenerateAsync(p, o).GetAsyncEnumerator()).ToArray();
+        foreach (var s in streams) Assert.True(await s.MoveNextAsync());   // all running (paused at their buffers)
+        await WaitUntil(() => engine.BatchSize == 4);
+        Assert.All(engine.WorkerAdmissions, n => Assert.Equal(2, n));   // the least loaded worker takes each request
+        await engine.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30));
+        foreach (var s in streams)
+        {
+            var e = await Record.ExceptionAsync(async () => { while (await s.MoveNextAsync()) { } });
+            Assert.True(e is OperationCanceledException or ObjectDisposedException, $"the stream ended with {e?.GetType().Name ?? "no error"}");
+            await s.DisposeAsync();
+        }
+    }
+
+    [Theory]
+    [InlineData(0, 8)]
+    [InlineData(3, 2)]
+    public void Workers_must_be_between_one_and_the_batch_size(int workers, int maxBatch)
+    {
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => new EngineOptions { Workers = workers, MaxBatchSize = maxBatch }.Validate());
+        Assert.Equal("Workers", e.ParamName);
+        Assert.Equal(2, new EngineOptions { Workers = 2, MaxBatchSize = 2 }.Validate().Workers);
     }
 
     [Fact]
