@@ -13,7 +13,7 @@ namespace Beagle.Server;
 /// <summary>
 /// The OpenAI-compatible endpoints. Each request is validated completely before it reaches the engine (bad input is a
 /// 400 with OpenAI's error shape, never a 500), then runs as one concurrent <see cref="BeagleEngine.GenerateAsync(IReadOnlyList{int}, GenerationOptions, GenerationStats?, CancellationToken)"/>
-/// call whose cancellation token is the HTTP request's: a client that disconnects cancels its generation and frees its
+/// call per prompt (a completion request may carry several) whose cancellation token is the HTTP request's: a client that disconnects cancels its generation and frees its
 /// place in the engine. The chat prompt is built by the in-process chat client's own mapping (ChatRequestMapper and
 /// ChatTemplates), so that a server answer equals the in-process one token for token.
 /// </summary>
