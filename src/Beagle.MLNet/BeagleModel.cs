@@ -61,6 +61,7 @@ public static class BeagleModel
         catch (InvalidDataException e) { throw new InvalidDataException($"{path}: not a zip file, so not an ML.NET model ({e.Message})", e); }
         using (var zip = opened)
         {
+            CheckModelEntries(zip, path);
             target = ReadJson<TargetRecord>(zip, TargetEntry, path);
             settings = ReadJson<SettingsRecord>(zip, SettingsEntry, path);
             if (settings.Format != FormatName) throw new InvalidDataException($"{path}: Beagle model format '{settings.Format}' is not supported by this version (expects '{FormatName}')");
@@ -84,7 +85,9 @@ public static class BeagleModel
                 try { loaded = mlContext.Model.Load(path, out inputSchema); }
                 catch (Exception e) when (e is not OutOfMemoryException)
                 {
-                    // ML.NET wraps a component's failure in reflection exceptions: bring the cause and the file to the top.
+                    // ML.NET creates every saved component by reflection and rethrows a component's failure inside one
+                    // TargetInvocationException per level (or, for its own format errors, as "Error during class
+                    // instantiation"): bring the cause and the file to the top.
                     throw new InvalidDataException($"{path}: ML.NET could not load the pipeline in it: {e.GetBaseException().Message}", e);
                 }
             int wrapped = 0;
@@ -93,6 +96,29 @@ public static class BeagleModel
             return result;
         }
         catch { runtime.Dispose(); throw; }
+    }
+
+    /// <summary>The first 8 bytes of every ML.NET model entry ("ML\0MODEL" read as a little-endian ulong: ML.NET's ModelHeader.SignatureValue), and the header's size.</summary>
+    const ulong ModelSignature = 0x4C45444F4D004C4DUL;
+    const int ModelHeaderSize = 256;
+
+    /// <summary>
+    /// Checks the header of each ML.NET component entry (<c>…/Model.key</c>) before ML.NET reads it. ML.NET's own check
+    /// fails with "One of the identified items was in an invalid format." inside reflection exceptions, naming neither
+    /// the file nor the entry; this names both. Damage past a valid header is still ML.NET's to report.
+    /// </summary>
+    static void CheckModelEntries(ZipArchive zip, string path)
+    {
+        Span<byte> head = stackalloc byte[8];
+        foreach (var e in zip.Entries)
+        {
+            if (!(e.FullName == "Model.key" || e.FullName.EndsWith("/Model.key", StringComparison.Ordinal))) continue;
+            using var s = e.Open();
+            int n = s.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
+            if (e.Length < ModelHeaderSize || n < head.Length || System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(head) != ModelSignature)
+                throw new InvalidDataException($"{path}:{e.FullName}: a damaged ML.NET component ({e.Length} bytes, " +
+                    (e.Length < ModelHeaderSize ? $"shorter than ML.NET's {ModelHeaderSize}-byte header" : "without ML.NET's model signature") + "); the zip is corrupt: save the model again");
+        }
     }
 
     static void Collect(ITransformer t, List<BeagleTransformer> found)

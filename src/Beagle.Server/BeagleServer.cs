@@ -68,6 +68,11 @@ public static class BeagleServer
     public static WebApplication MapBeagleServer(this WebApplication app)
     {
         var options = app.Services.GetRequiredService<BeagleServerOptions>();
+        // A request's prompts enter the engine's queue together: more of them than it holds could never all get a place.
+        int queue = app.Services.GetRequiredService<BeagleEngineProvider>().Options.QueueCapacity;
+        if (options.MaxPromptsPerRequest > queue)
+            throw new ArgumentException($"invalid Beagle server options: {nameof(BeagleServerOptions.MaxPromptsPerRequest)} ({options.MaxPromptsPerRequest}) is above the model's " +
+                $"{nameof(BeagleModelOptions.QueueCapacity)} ({queue}): all of a request's prompts wait in the engine's queue together; lower the one or raise the other");
         // Created now, not at the first scrape: a MeterListener only sees measurements made after it starts.
         app.Services.GetRequiredService<PrometheusExporter>();
         if (options.ApiKey is { } key) app.Use(RequireKey(Encoding.UTF8.GetBytes(key)));

@@ -23,6 +23,12 @@ public sealed class BeagleServerOptions
     public long MaxRequestBytes { get; set; } = 1 << 20;
     /// <summary>Largest max_tokens a request may ask for (the model's context bounds it too); more gets 400.</summary>
     public int MaxTokensLimit { get; set; } = 2048;
+    /// <summary>
+    /// The most prompts one <c>POST /v1/completions</c> may carry (an array of strings or of token-id arrays); more gets
+    /// 400. Each prompt is a generation of its own (max_tokens applies to each), and all of a request's prompts wait in
+    /// the engine's queue together, so this may not exceed the model's <c>QueueCapacity</c> (checked when the server is mapped).
+    /// </summary>
+    public int MaxPromptsPerRequest { get; set; } = 16;
 
     /// <summary>The problems with these options, each naming its setting.</summary>
     public IReadOnlyList<string> Problems(string prefix = "")
@@ -35,6 +41,7 @@ public sealed class BeagleServerOptions
         if (ApiKey is not null && string.IsNullOrWhiteSpace(ApiKey)) p.Add($"{prefix}{nameof(ApiKey)} must not be blank (leave it unset for no authentication)");
         if (MaxRequestBytes < 1024) p.Add($"{prefix}{nameof(MaxRequestBytes)} must be >= 1024, got {MaxRequestBytes}");
         if (MaxTokensLimit < 1) p.Add($"{prefix}{nameof(MaxTokensLimit)} must be >= 1, got {MaxTokensLimit}");
+        if (MaxPromptsPerRequest < 1) p.Add($"{prefix}{nameof(MaxPromptsPerRequest)} must be >= 1, got {MaxPromptsPerRequest}");
         return p;
     }
 

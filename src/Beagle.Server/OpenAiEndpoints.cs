@@ -13,7 +13,7 @@ namespace Beagle.Server;
 /// <summary>
 /// The OpenAI-compatible endpoints. Each request is validated completely before it reaches the engine (bad input is a
 /// 400 with OpenAI's error shape, never a 500), then runs as one concurrent <see cref="BeagleEngine.GenerateAsync(IReadOnlyList{int}, GenerationOptions, GenerationStats?, CancellationToken)"/>
-/// call whose cancellation token is the HTTP request's: a client that disconnects cancels its generation and frees its
+/// call per prompt (a completion request may carry several) whose cancellation token is the HTTP request's: a client that disconnects cancels its generation and frees its
 /// place in the engine. The chat prompt is built by the in-process chat client's own mapping (ChatRequestMapper and
 /// ChatTemplates), so that a server answer equals the in-process one token for token.
 /// </summary>
@@ -30,8 +30,8 @@ internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServe
             var engine = ReadyEngine(req.Model);
             var prompt = ChatTemplates.Render(provider.ChatTemplate, ChatRequestMapper.ToTurns(req.Messages, req.Options));
             var gen = Generation(req.Options, prompt.StopStrings, engine);
-            var ids = Encode(engine, prompt.Text, gen, "messages");
-            await Run(ctx, ChatPath, engine, ids, gen, req.Stream, req.IncludeUsage, chat: true, echo: null);
+            var ids = Encode(engine, prompt.Text, gen, "messages", "the prompt");
+            await Run(ctx, ChatPath, engine, [new Choice(ids, null)], gen, req.Stream, req.IncludeUsage, chat: true);
         });
     }
 
@@ -39,13 +39,35 @@ internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServe
     {
         await Handle(ctx, CompletionsPath, async root =>
         {
-            var req = OpenAiRequests.ParseCompletion(root);
+            var req = OpenAiRequests.ParseCompletion(root, options.MaxPromptsPerRequest);
             var engine = ReadyEngine(req.Model);
             ChatRequestMapper.RefuseUnsupported(req.Options);
             var gen = Generation(req.Options, [], engine);
-            var ids = Encode(engine, req.Prompt, gen, "prompt");
-            await Run(ctx, CompletionsPath, engine, ids, gen, req.Stream, req.IncludeUsage, chat: false, echo: req.Echo ? req.Prompt : null);
+            // Every prompt is checked before any of them reaches the engine: a request is refused whole or run whole.
+            var choices = new Choice[req.Prompts.Count];
+            for (int i = 0; i < choices.Length; i++)
+            {
+                var p = req.Prompts[i];
+                var ids = p.Text is { } text
+                    ? Encode(engine, text, gen, "prompt", p.Where == "prompt" ? "the prompt" : $"'{p.Where}'")
+                    : CheckIds(engine, p.Ids!, p.Where);
+                choices[i] = new Choice(ids, !req.Echo ? null : p.Text ?? engine.Tokenizer.Decode(ids));
+            }
+            await Run(ctx, CompletionsPath, engine, choices, gen, req.Stream, req.IncludeUsage, chat: false);
         });
+    }
+
+    /// <summary>Token ids a client sent: each inside the target's vocabulary (the message names the offending index), fewer than the context holds.</summary>
+    static int[] CheckIds(BeagleEngine engine, int[] ids, string where)
+    {
+        int vocab = engine.TargetConfig.VocabSize, ctx = engine.TargetConfig.MaxSeqLen;
+        for (int j = 0; j < ids.Length; j++)
+            if ((uint)ids[j] >= (uint)vocab)
+                throw OpenAiError.BadRequest($"'{where}[{j}]' is token id {ids[j]}, outside this model's vocabulary (ids 0 to {vocab - 1})", "prompt", "invalid_token_id");
+        if (ids.Length >= ctx)
+            throw OpenAiError.BadRequest($"'{where}' has {ids.Length} tokens but the model's context is {ctx} tokens and leaves room for at most {ctx - 1}: " +
+                $"shorten it by {ids.Length - (ctx - 1)} tokens or more", "prompt", "context_length_exceeded");
+        return ids;
     }
 
     public Task Models(HttpContext ctx) => WriteJson(ctx, 200, w =>
@@ -101,7 +123,8 @@ internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServe
     const int ProbeCharsPerToken = 16;
 
     /// <summary>The prompt's token ids exactly as the engine would encode the text (BOS as the options say); too long is a 400 saying by how much.</summary>
-    static int[] Encode(BeagleEngine engine, string text, GenerationOptions gen, string param)
+    /// <param name="label">The prompt as the messages name it: "the prompt", or "'prompt[2]'" for one of several.</param>
+    static int[] Encode(BeagleEngine engine, string text, GenerationOptions gen, string param, string label)
     {
         int ctx = engine.TargetConfig.MaxSeqLen;
         bool bos = gen.AddBos && engine.Tokenizer.BosId >= 0;
@@ -113,13 +136,13 @@ internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServe
             if (char.IsHighSurrogate(text[probe - 1])) probe--;
             int head = engine.Tokenizer.Encode(text[..probe], bos).Length;
             if (head >= ctx)
-                throw OpenAiError.BadRequest($"the prompt has more than {head} tokens (its first {probe} of {text.Length} characters have {head}) but the model's context is {ctx} tokens " +
+                throw OpenAiError.BadRequest($"{label} has more than {head} tokens (its first {probe} of {text.Length} characters have {head}) but the model's context is {ctx} tokens " +
                     $"and leaves room for at most {ctx - 1}: shorten it by more than {head - (ctx - 1)} tokens", param, "context_length_exceeded");
         }
         var ids = engine.Tokenizer.Encode(text, bos);
-        if (ids.Length == 0) throw OpenAiError.BadRequest("the prompt is empty and this model's tokenizer adds no BOS token: give some text", param);
+        if (ids.Length == 0) throw OpenAiError.BadRequest($"{label} is empty and this model's tokenizer adds no BOS token: give some text", param);
         if (ids.Length >= ctx)
-            throw OpenAiError.BadRequest($"the prompt has {ids.Length} tokens but the model's context is {ctx} tokens and leaves room for at most {ctx - 1}: " +
+            throw OpenAiError.BadRequest($"{label} has {ids.Length} tokens but the model's context is {ctx} tokens and leaves room for at most {ctx - 1}: " +
                 $"shorten it by {ids.Length - (ctx - 1)} tokens or more", param, "context_length_exceeded");
         return ids;
     }
@@ -204,36 +227,104 @@ internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServe
     OpenAiError TooLarge(long? length) => new(413, $"the request body {(length is { } l ? $"of {l} bytes " : "")}is larger than this server's limit of {options.MaxRequestBytes} bytes (MaxRequestBytes, `beagle serve --max-request-bytes`)",
         OpenAiError.InvalidRequest, null, "request_too_large");
 
+    /// <summary>One prompt's generation: its token ids (validated) and, for an echoing completion, the text that opens its choice.</summary>
+    sealed record Choice(int[] Ids, string? Echo);
+
+    /// <summary>A choice's new text, or its end (<paramref name="Done"/>), in the order the engine produced them.</summary>
+    readonly record struct ChoiceEvent(int Index, string Text, bool Done);
+
+    /// <summary>How many events the choices of one request may produce ahead of the response writer (then their generations pause).</summary>
+    const int EventBuffer = 16;
+
     /// <summary>
-    /// Runs one generation. The response starts only with the first generated text (or the end), so that everything the
-    /// engine refuses up to then (a full queue, a prompt it rejects) still gets its own status code.
+    /// Runs a request's generations — one per choice, all handed to the engine at once, so that it batches them like
+    /// concurrent requests and each gets the output it would get alone — and writes the response. The response starts
+    /// only with the first generated text of any choice (or the end), so that everything the engine refuses up to then
+    /// (a full queue for any of the choices, a prompt it rejects) still gets its own status code; a failure of one choice
+    /// cancels the others.
     /// </summary>
-    async Task Run(HttpContext ctx, string endpoint, BeagleEngine engine, int[] ids, GenerationOptions gen, bool stream, bool includeUsage, bool chat, string? echo)
+    async Task Run(HttpContext ctx, string endpoint, BeagleEngine engine, IReadOnlyList<Choice> choices, GenerationOptions gen, bool stream, bool includeUsage, bool chat)
     {
         var ct = ctx.RequestAborted;
-        var stats = new GenerationStats();
+        int n = choices.Count;
+        var stats = new GenerationStats[n];
+        var texts = new System.Text.StringBuilder[n];
+        var completed = new bool[n];   // generation ran to its end (set by the producers)
+        var ended = new bool[n];       // its end was read from the events (by the writer)
+        for (int i = 0; i < n; i++) { stats[i] = new GenerationStats(); texts[i] = new System.Text.StringBuilder(choices[i].Echo); }
         string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        var text = new System.Text.StringBuilder(echo);
         var model = ServerMetrics.Model(ModelId);
         long t0 = Stopwatch.GetTimestamp();
-        bool completed = false, firstText = true;
-        ServerMetrics.ActiveGenerations.Add(1, model);
+        bool firstText = true;
+
+        // Bounded: a reader that stops reading pauses the generations (through the engine's own stream buffers) rather
+        // than letting them fill the server's memory.
+        var events = System.Threading.Channels.Channel.CreateBounded<ChoiceEvent>(new System.Threading.Channels.BoundedChannelOptions(EventBuffer)
+        {
+            SingleReader = true, SingleWriter = n == 1, FullMode = System.Threading.Channels.BoundedChannelFullMode.Wait,
+        });
+        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        Exception? failure = null;
+
+        async Task Produce(int i)
+        {
+            try
+            {
+                await foreach (var chunk in engine.GenerateAsync(choices[i].Ids, gen, stats[i], cancel.Token))
+                    if (chunk.Text.Length > 0) await events.Writer.WriteAsync(new ChoiceEvent(i, chunk.Text, false), cancel.Token);
+                completed[i] = true;
+                await events.Writer.WriteAsync(new ChoiceEvent(i, "", true), cancel.Token);
+            }
+            catch (Exception e)
+            {
+                // The first failure is the request's; the cancellations it causes in the other choices are not.
+                if (!(e is OperationCanceledException && cancel.IsCancellationRequested)) Interlocked.CompareExchange(ref failure, e, null);
+                cancel.Cancel();
+            }
+            finally
+            {
+                ServerMetrics.ActiveGenerations.Add(-1, model);
+                BeagleMetrics.Record(ModelId, stats[i], completed[i]);
+            }
+        }
+
+        ServerMetrics.ActiveGenerations.Add(n, model);
+        // Each call enqueues its generation before its first await (the engine is ready), so all of the request's
+        // choices are in the engine's queue, in order, before the first event is read.
+        var producers = new Task[n];
+        for (int i = 0; i < n; i++) producers[i] = Produce(i);
+        var all = Task.WhenAll(producers).ContinueWith(_ => events.Writer.TryComplete(), TaskScheduler.Default);
         try
         {
-            await foreach (var chunk in engine.GenerateAsync(ids, gen, stats, ct))
+            try
             {
-                if (chunk.Text.Length == 0) continue;
-                if (firstText)
+                await foreach (var e in events.Reader.ReadAllAsync(ct))
                 {
-                    ServerMetrics.FirstTokenSeconds.Record(Stopwatch.GetElapsedTime(t0).TotalSeconds, model);
-                    firstText = false;
-                    if (stream) await StartStream(ctx, id, created, chat, echo);
+                    if (e.Done)
+                    {
+                        ended[e.Index] = true;
+                        if (stream && !firstText) await WriteEvent(ctx, w => Chunk(w, id, created, chat, e.Index, "", Finish(stats[e.Index]), stats[e.Index]));
+                        continue;
+                    }
+                    if (firstText)
+                    {
+                        ServerMetrics.FirstTokenSeconds.Record(Stopwatch.GetElapsedTime(t0).TotalSeconds, model);
+                        firstText = false;
+                        if (stream) await StartStream(ctx, id, created, chat, choices, ended, stats);
+                    }
+                    if (stream) await WriteEvent(ctx, w => Chunk(w, id, created, chat, e.Index, e.Text, finish: null, stats: null));
+                    else texts[e.Index].Append(e.Text);
                 }
-                if (stream) await WriteEvent(ctx, w => Chunk(w, id, created, chat, chunk.Text, finish: null, stats: null));
-                else text.Append(chunk.Text);
             }
-            completed = true;
+            finally
+            {
+                // Also when writing failed (the client left): the generations must stop and the producers end.
+                cancel.Cancel();
+                await all;
+            }
+            ct.ThrowIfCancellationRequested();
+            if (failure is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
         {
@@ -250,16 +341,13 @@ internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServe
         }
         finally
         {
-            ServerMetrics.ActiveGenerations.Add(-1, model);
             ServerMetrics.RequestSeconds.Record(Stopwatch.GetElapsedTime(t0).TotalSeconds, model);
-            BeagleMetrics.Record(ModelId, stats, completed);
         }
 
-        string finish = stats.FinishReason is FinishReason.Length or FinishReason.ContextFull ? "length" : "stop";
         if (stream)
         {
-            if (firstText) await StartStream(ctx, id, created, chat, echo);
-            await WriteEvent(ctx, w => Chunk(w, id, created, chat, "", finish, stats));
+            // No text at all: the stream starts now, with every choice's end.
+            if (firstText) await StartStream(ctx, id, created, chat, choices, ended, stats);
             if (includeUsage) await WriteEvent(ctx, w => UsageChunk(w, id, created, chat, stats));
             await ctx.Response.WriteAsync("data: [DONE]\n\n", ct);
             await ctx.Response.Body.FlushAsync(ct);
@@ -270,36 +358,56 @@ internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServe
             w.WriteStartObject();
             Header(w, id, chat ? "chat.completion" : "text_completion", created);
             w.WriteStartArray("choices");
-            w.WriteStartObject();
-            w.WriteNumber("index", 0);
-            if (chat)
+            for (int i = 0; i < n; i++)
             {
-                w.WriteStartObject("message");
-                w.WriteString("role", "assistant");
-                w.WriteString("content", text.ToString());
-                w.WriteNull("refusal");
+                w.WriteStartObject();
+                w.WriteNumber("index", i);
+                if (chat)
+                {
+                    w.WriteStartObject("message");
+                    w.WriteString("role", "assistant");
+                    w.WriteString("content", texts[i].ToString());
+                    w.WriteNull("refusal");
+                    w.WriteEndObject();
+                }
+                else w.WriteString("text", texts[i].ToString());
+                w.WriteNull("logprobs");
+                w.WriteString("finish_reason", Finish(stats[i]));
+                Beagle(w, stats[i]);
                 w.WriteEndObject();
             }
-            else w.WriteString("text", text.ToString());
-            w.WriteNull("logprobs");
-            w.WriteString("finish_reason", finish);
-            w.WriteEndObject();
             w.WriteEndArray();
             Usage(w, stats);
-            Beagle(w, stats);
+            // A single choice's own "beagle" object also at the top, where single-prompt clients read it.
+            if (n == 1) Beagle(w, stats[0]);
             w.WriteEndObject();
         });
     }
 
-    async Task StartStream(HttpContext ctx, string id, long created, bool chat, string? echo)
+    static string Finish(GenerationStats s) => s.FinishReason is FinishReason.Length or FinishReason.ContextFull ? "length" : "stop";
+
+    /// <summary>
+    /// Opens the event stream: a chat stream with the assistant's role (OpenAI's first delta), a completion with each
+    /// echoed prompt; then the end of every choice that finished before the first text (their Done events were read
+    /// before the stream existed).
+    /// </summary>
+    async Task StartStream(HttpContext ctx, string id, long created, bool chat, IReadOnlyList<Choice> choices, bool[] ended, GenerationStats[] stats)
     {
         ctx.Response.StatusCode = 200;
         ctx.Response.ContentType = "text/event-stream; charset=utf-8";
         ctx.Response.Headers.CacheControl = "no-cache";
         ctx.Response.Headers["X-Accel-Buffering"] = "no";
-        // Chat streams open with the assistant's role (OpenAI's first delta); an echoed completion prompt comes first.
-        if (chat) await WriteEvent(ctx, w => Chunk(w, id, created, chat, "", finish: null, stats: null, role: true));
-        else if (!string.IsNullOrEmpty(echo)) await WriteEvent(ctx, w => Chunk(w, id, created, chat, echo, finish: null, stats: null));
+        for (int i = 0; i < choices.Count; i++)
+        {
+            int index = i;
+            if (chat) await WriteEvent(ctx, w => Chunk(w, id, created, chat, index, "", finish: null, stats: null, role: true));
+            else if (!string.IsNullOrEmpty(choices[i].Echo)) await WriteEvent(ctx, w => Chunk(w, id, created, chat, index, choices[index].Echo!, finish: null, stats: null));
+        }
+        for (int i = 0; i < choices.Count; i++)
+        {
+            int index = i;
+            if (ended[i]) await WriteEvent(ctx, w => Chunk(w, id, created, chat, index, "", Finish(stats[index]), stats[index]));
+        }
     }
 
     void Header(Utf8JsonWriter w, string id, string obj, long created)
@@ -310,13 +418,13 @@ internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServe
         w.WriteString("model", ModelId);
     }
 
-    void Chunk(Utf8JsonWriter w, string id, long created, bool chat, string text, string? finish, GenerationStats? stats, bool role = false)
+    void Chunk(Utf8JsonWriter w, string id, long created, bool chat, int index, string text, string? finish, GenerationStats? stats, bool role = false)
     {
         w.WriteStartObject();
         Header(w, id, chat ? "chat.completion.chunk" : "text_completion", created);
         w.WriteStartArray("choices");
         w.WriteStartObject();
-        w.WriteNumber("index", 0);
+        w.WriteNumber("index", index);
         if (chat)
         {
             w.WriteStartObject("delta");
@@ -333,7 +441,7 @@ internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServe
         w.WriteEndObject();
     }
 
-    void UsageChunk(Utf8JsonWriter w, string id, long created, bool chat, GenerationStats stats)
+    void UsageChunk(Utf8JsonWriter w, string id, long created, bool chat, GenerationStats[] stats)
     {
         w.WriteStartObject();
         Header(w, id, chat ? "chat.completion.chunk" : "text_completion", created);
@@ -343,12 +451,14 @@ internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServe
         w.WriteEndObject();
     }
 
-    static void Usage(Utf8JsonWriter w, GenerationStats s)
+    /// <summary>OpenAI's usage: summed over the request's choices.</summary>
+    static void Usage(Utf8JsonWriter w, GenerationStats[] stats)
     {
+        int prompt = stats.Sum(s => s.PromptTokens), completion = stats.Sum(s => s.NewTokens);
         w.WriteStartObject("usage");
-        w.WriteNumber("prompt_tokens", s.PromptTokens);
-        w.WriteNumber("completion_tokens", s.NewTokens);
-        w.WriteNumber("total_tokens", s.PromptTokens + s.NewTokens);
+        w.WriteNumber("prompt_tokens", prompt);
+        w.WriteNumber("completion_tokens", completion);
+        w.WriteNumber("total_tokens", prompt + completion);
         w.WriteEndObject();
     }
 

@@ -7,8 +7,18 @@ namespace Beagle.Server;
 /// <summary>A parsed <c>POST /v1/chat/completions</c>: M.E.AI messages and options, so that the server maps them with the very code the in-process chat client uses.</summary>
 internal sealed record ChatCompletionRequest(string? Model, List<ChatMessage> Messages, ChatOptions Options, bool Stream, bool IncludeUsage);
 
-/// <summary>A parsed <c>POST /v1/completions</c>: raw text in, raw text out (no chat template), the same sampling knobs.</summary>
-internal sealed record CompletionRequest(string? Model, string Prompt, ChatOptions Options, bool Stream, bool IncludeUsage, bool Echo);
+/// <summary>
+/// A parsed <c>POST /v1/completions</c>: raw text in, raw text out (no chat template), the same sampling knobs. Each
+/// prompt yields one choice, in order.
+/// </summary>
+internal sealed record CompletionRequest(string? Model, IReadOnlyList<CompletionPrompt> Prompts, ChatOptions Options, bool Stream, bool IncludeUsage, bool Echo);
+
+/// <summary>
+/// One prompt of a completion request: text (encoded with BOS as the options say) or token ids (used as given, not yet
+/// checked against the vocabulary, which only the loaded model knows). <paramref name="Where"/> names it in errors:
+/// "prompt" for the request's only prompt, "prompt[i]" for one of an array.
+/// </summary>
+internal sealed record CompletionPrompt(string? Text, int[]? Ids, string Where);
 
 /// <summary>
 /// Reads OpenAI request bodies into typed requests. Every type error is a 400 naming the field; fields the engine
@@ -70,23 +80,74 @@ internal static class OpenAiRequests
         return new ChatCompletionRequest(Model(root), messages, options, stream, includeUsage);
     }
 
-    public static CompletionRequest ParseCompletion(JsonElement root)
+    /// <param name="maxPrompts">The most prompts one request may carry (BeagleServerOptions.MaxPromptsPerRequest).</param>
+    public static CompletionRequest ParseCompletion(JsonElement root, int maxPrompts)
     {
         RequireObject(root);
         if (!root.TryGetProperty("prompt", out var p) || p.ValueKind == JsonValueKind.Null)
-            throw OpenAiError.BadRequest("'prompt' is required: a string (use \"\" to start from BOS)", "prompt");
-        string prompt = p.ValueKind switch
-        {
-            JsonValueKind.String => p.GetString()!,
-            JsonValueKind.Array when p.GetArrayLength() == 1 && p[0].ValueKind == JsonValueKind.String => p[0].GetString()!,
-            JsonValueKind.Array => throw new OpenAiError(400, "'prompt' must be one string (a batch of prompts or token ids is not supported: send one request per prompt, they run concurrently)", OpenAiError.InvalidRequest, "prompt", "unsupported"),
-            _ => throw OpenAiError.BadRequest($"'prompt' must be a string, got {Kind(p)}", "prompt"),
-        };
-        if (Has(root, "suffix", out _)) throw new OpenAiError(400, "'suffix' (insertion) is not supported by the Beagle server", OpenAiError.InvalidRequest, "suffix", "unsupported");
-        if (Has(root, "best_of", out var bo) && Int(bo, "best_of") != 1) throw new OpenAiError(400, "'best_of' must be 1 (the server generates one completion per request)", OpenAiError.InvalidRequest, "best_of", "unsupported");
+            throw OpenAiError.BadRequest("'prompt' is required: a string (use \"\" to start from BOS), an array of strings, an array of token ids or an array of arrays of token ids", "prompt");
+        var prompts = Prompts(p, maxPrompts);
+        if (Has(root, "suffix", out var sf) && !(sf.ValueKind == JsonValueKind.String && sf.GetString()!.Length == 0))
+            throw new OpenAiError(400, "'suffix' (insertion) is not supported by the Beagle server: leave it unset or \"\"", OpenAiError.InvalidRequest, "suffix", "unsupported");
+        if (Has(root, "best_of", out var bo) && Int(bo, "best_of") != 1)
+            throw new OpenAiError(400, "'best_of' must be 1 (the server generates one completion per prompt and cannot rank candidates without logprobs)", OpenAiError.InvalidRequest, "best_of", "unsupported");
         bool echo = Has(root, "echo", out var e) && Bool(e, "echo");
         var (stream, includeUsage) = Streaming(root);
-        return new CompletionRequest(Model(root), prompt, Sampling(root), stream, includeUsage, echo);
+        return new CompletionRequest(Model(root), prompts, Sampling(root), stream, includeUsage, echo);
+    }
+
+    /// <summary>
+    /// OpenAI's four prompt forms: a string, an array of strings, an array of token ids (one prompt), an array of arrays
+    /// of token ids. Each element's type is checked (the message names its index); an empty array of either kind and more
+    /// prompts than <paramref name="maxPrompts"/> are refused.
+    /// </summary>
+    static List<CompletionPrompt> Prompts(JsonElement p, int maxPrompts)
+    {
+        const string Forms = "a string, an array of strings, an array of token ids or an array of arrays of token ids";
+        if (p.ValueKind == JsonValueKind.String) return [new(p.GetString()!, null, "prompt")];
+        if (p.ValueKind != JsonValueKind.Array) throw OpenAiError.BadRequest($"'prompt' must be {Forms}, got {Kind(p)}", "prompt");
+        int count = p.GetArrayLength();
+        if (count == 0) throw OpenAiError.BadRequest($"'prompt' is an empty array: give {Forms}", "prompt");
+        var first = p[0];
+        if (first.ValueKind == JsonValueKind.Number) return [new(null, TokenIds(p, "prompt"), "prompt")];
+        if (first.ValueKind is not (JsonValueKind.String or JsonValueKind.Array))
+            throw OpenAiError.BadRequest($"'prompt' must be {Forms}; 'prompt[0]' is {Kind(first)}", "prompt");
+        if (count > maxPrompts)
+            throw OpenAiError.BadRequest($"'prompt' holds {count} prompts but this server takes at most {maxPrompts} per request (MaxPromptsPerRequest, `beagle serve --max-prompts`): split them over several requests",
+                "prompt", "too_many_prompts");
+        var prompts = new List<CompletionPrompt>(count);
+        bool strings = first.ValueKind == JsonValueKind.String;
+        int i = 0;
+        foreach (var x in p.EnumerateArray())
+        {
+            string where = $"prompt[{i}]";
+            if (strings)
+                prompts.Add(x.ValueKind == JsonValueKind.String ? new(x.GetString()!, null, where)
+                    : throw OpenAiError.BadRequest($"'{where}' must be a string like 'prompt[0]' (an array of prompts is all strings or all arrays of token ids), got {Kind(x)}", "prompt"));
+            else
+            {
+                if (x.ValueKind != JsonValueKind.Array)
+                    throw OpenAiError.BadRequest($"'{where}' must be an array of token ids like 'prompt[0]' (an array of prompts is all strings or all arrays of token ids), got {Kind(x)}", "prompt");
+                if (x.GetArrayLength() == 0) throw OpenAiError.BadRequest($"'{where}' is an empty array of token ids: give at least one token (e.g. BOS)", "prompt");
+                prompts.Add(new(null, TokenIds(x, where), where));
+            }
+            i++;
+        }
+        return prompts;
+    }
+
+    /// <summary>An array of token ids: each an integer (its range is the model's business, checked once it is known).</summary>
+    static int[] TokenIds(JsonElement a, string where)
+    {
+        var ids = new int[a.GetArrayLength()];
+        int j = 0;
+        foreach (var x in a.EnumerateArray())
+        {
+            ids[j] = x.ValueKind == JsonValueKind.Number && x.TryGetInt32(out var id) ? id
+                : throw OpenAiError.BadRequest($"'{where}[{j}]' must be a token id (an integer), got {x.GetRawText()}", "prompt");
+            j++;
+        }
+        return ids;
     }
 
     static ChatMessage ParseMessage(JsonElement m, string where)
@@ -145,7 +206,7 @@ internal static class OpenAiRequests
             else throw OpenAiError.BadRequest($"'stop' must be a string or an array of strings, got {Kind(stop)}", "stop");
             o.StopSequences = list;
         }
-        if (Has(root, "n", out var n) && Int(n, "n") != 1) throw new OpenAiError(400, "'n' must be 1 (the server generates one choice per request; send several requests, they run concurrently)", OpenAiError.InvalidRequest, "n", "unsupported");
+        if (Has(root, "n", out var n) && Int(n, "n") != 1) throw new OpenAiError(400, "'n' must be 1 (the server generates one choice per prompt; for several completions of one prompt send several requests, they run concurrently)", OpenAiError.InvalidRequest, "n", "unsupported");
         if (Has(root, "logprobs", out var lp) && lp.ValueKind != JsonValueKind.False && !(lp.ValueKind == JsonValueKind.Number && lp.GetRawText() == "0"))
             throw new OpenAiError(400, "'logprobs' is not supported by the Beagle server", OpenAiError.InvalidRequest, "logprobs", "unsupported");
         if (Has(root, "top_logprobs", out _)) throw new OpenAiError(400, "'top_logprobs' is not supported by the Beagle server", OpenAiError.InvalidRequest, "top_logprobs", "unsupported");

@@ -17,7 +17,7 @@ public static class ServerMetrics
     public static readonly Counter<long> Requests =
         Meter.CreateCounter<long>("beagle.server.requests", "{request}", "HTTP requests answered, by endpoint and status code");
     public static readonly UpDownCounter<long> ActiveGenerations =
-        Meter.CreateUpDownCounter<long>("beagle.server.active_generations", "{request}", "Generation requests the server has handed to the engine and not yet finished (queued or running)");
+        Meter.CreateUpDownCounter<long>("beagle.server.active_generations", "{generation}", "Generations (one per prompt of a request) the server has handed to the engine and not yet finished (queued or running)");
     public static readonly Counter<long> Cancelled =
         Meter.CreateCounter<long>("beagle.server.cancelled", "{request}", "Generations stopped because the client disconnected or cancelled");
     public static readonly Histogram<double> RequestSeconds =

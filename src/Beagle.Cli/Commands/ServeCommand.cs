@@ -64,6 +64,13 @@ public class ServeSettings : ModelSettings
     [Description("Largest max_tokens a request may ask for (default 2048); more gets 400.")]
     public int MaxTokensLimit { get; init; } = 2048;
 
+    [CommandOption("--max-prompts <N>")]
+    [Description("Most prompts one /v1/completions request may carry (default 16, or --queue-capacity if that is smaller; at most --queue-capacity: a request's prompts wait in the queue together); more gets 400.")]
+    public int? MaxPrompts { get; init; }
+
+    /// <summary>The prompts a request may carry: as given, else 16 within the queue.</summary>
+    internal int EffectiveMaxPrompts => MaxPrompts ?? Math.Min(16, QueueCapacity);
+
     [CommandOption("--max-request-bytes <N>")]
     [Description("Largest request body in bytes (default 1048576); larger gets 413.")]
     public long MaxRequestBytes { get; init; } = 1 << 20;
@@ -77,6 +84,7 @@ public class ServeSettings : ModelSettings
         var problems = ServerOptions().Problems();
         if (problems.Count > 0) return Spectre.Console.ValidationResult.Error(string.Join("; ", problems));
         if (QueueCapacity < 1) return Spectre.Console.ValidationResult.Error("--queue-capacity must be >= 1");
+        if (MaxPrompts is { } mp && mp > QueueCapacity) return Spectre.Console.ValidationResult.Error($"--max-prompts ({MaxPrompts}) must not exceed --queue-capacity ({QueueCapacity}): all of a request's prompts wait in the queue together");
         if (MaxBatch < 1) return Spectre.Console.ValidationResult.Error("--max-batch must be >= 1 (1 = one request at a time)");
         if (Workers < 1 || Workers > MaxBatch) return Spectre.Console.ValidationResult.Error($"--workers must be between 1 and --max-batch ({MaxBatch})");
         if (DefaultMaxTokens < 1) return Spectre.Console.ValidationResult.Error("--default-max-tokens must be >= 1");
@@ -86,7 +94,7 @@ public class ServeSettings : ModelSettings
     internal BeagleServerOptions ServerOptions() => new()
     {
         Host = Host, Port = Port, ApiKey = ApiKey ?? NullIfEmpty(Environment.GetEnvironmentVariable("BEAGLE_API_KEY")),
-        MaxTokensLimit = MaxTokensLimit, MaxRequestBytes = MaxRequestBytes,
+        MaxTokensLimit = MaxTokensLimit, MaxRequestBytes = MaxRequestBytes, MaxPromptsPerRequest = EffectiveMaxPrompts,
     };
 
     static string? NullIfEmpty(string? s) => string.IsNullOrEmpty(s) ? null : s;

@@ -33,10 +33,19 @@ public sealed class ServeCliTests
     [InlineData("load-test", "--url", "http://192.0.2.1:8080", "must be a loopback address")]
     [InlineData("serve", "--host", "example.org", "must be an IP address or localhost")]
     [InlineData("serve", "--port", "70000", "Port must be in [0, 65535]")]
+    [InlineData("serve", "--max-prompts", "65", "--max-prompts (65) must not exceed --queue-capacity (64)")]
+    [InlineData("serve", "--max-prompts", "0", "MaxPromptsPerRequest must be >= 1, got 0")]
     public void Bad_server_options_are_usage_errors(string command, string option, string value, string message)
     {
         var r = ChildProcess.Beagle([command, option, value]);
         Assert.True(r.ExitCode == 2, r.ToString());
         Assert.Contains(message, r.Stderr);
     }
+
+    [Theory]
+    [InlineData(null, 64, 16)]
+    [InlineData(null, 4, 4)]      // the default stays within a smaller queue
+    [InlineData(32, 64, 32)]
+    public void Max_prompts_defaults_to_16_within_the_queue(int? maxPrompts, int queue, int expected) =>
+        Assert.Equal(expected, new Beagle.Cli.Commands.ServeSettings { MaxPrompts = maxPrompts, QueueCapacity = queue }.ServerOptions().MaxPromptsPerRequest);
 }

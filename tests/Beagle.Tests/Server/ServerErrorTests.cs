@@ -10,11 +10,11 @@ using Xunit;
 
 namespace Beagle.Tests.Server;
 
-/// <summary>A server with small limits: queue capacity 1, 8 KiB bodies, max_tokens up to 100.</summary>
+/// <summary>A server with small limits: queue capacity 1, 8 KiB bodies, max_tokens up to 100, one prompt per request.</summary>
 public sealed class LimitedServerFixture : ServerFixture
 {
     protected override int QueueCapacity => 1;
-    protected override BeagleServerOptions Server => new() { Port = 0, MaxRequestBytes = 8192, MaxTokensLimit = 100 };
+    protected override BeagleServerOptions Server => new() { Port = 0, MaxRequestBytes = 8192, MaxTokensLimit = 100, MaxPromptsPerRequest = 1 };
 }
 
 /// <summary>A server over stories5M, whose plain decoding of a story takes long enough for a client to leave mid-way.</summary>
@@ -69,7 +69,8 @@ public sealed class ServerErrorTests(LimitedServerFixture fx) : IClassFixture<Li
         { "chat", "{CHAT},\"stream_options\":{\"include_usage\":true}}", 400, "stream_options", null, "only allowed with \"stream\": true" },
         { "chat", """{"model":"gpt-4","messages":[{"role":"user","content":"x"}]}""", 404, "model", "model_not_found", "'gpt-4' does not exist" },
         { "completions", """{"model":"{M}"}""", 400, "prompt", null, "'prompt' is required" },
-        { "completions", """{"model":"{M}","prompt":[1,2,3]}""", 400, "prompt", "unsupported", "one string" },
+        { "completions", """{"model":"{M}","prompt":["Lily","Tom"]}""", 400, "prompt", "too_many_prompts", "holds 2 prompts but this server takes at most 1 per request (MaxPromptsPerRequest" },
+        { "completions", """{"model":"{M}","prompt":[1,100000]}""", 400, "prompt", "invalid_token_id", "'prompt[1]' is token id 100000, outside this model's vocabulary" },
         { "completions", """{"model":"{M}","prompt":"x","echo":"yes"}""", 400, "echo", null, "true or false" },
         { "completions", """{"model":"{M}","prompt":"x","max_tokens":600}""", 400, "max_tokens", "max_tokens_limit", "above this server's limit" },
     };
