@@ -45,7 +45,7 @@ public class ServeSettings : ModelSettings
     public string? ChatTemplate { get; init; }
 
     [CommandOption("--max-batch <N>")]
-    [Description("Requests decoded together, one verifying forward per round for all of them (default 8; 1 = one at a time). Each gets exactly the output it would get alone.")]
+    [Description("Requests decoded at once, over all workers; each worker verifies its share in one forward per round (default 8; 1 = one at a time). Each gets exactly the output it would get alone.")]
     public int MaxBatch { get; init; } = 8;
 
     [CommandOption("--workers <N>")]
