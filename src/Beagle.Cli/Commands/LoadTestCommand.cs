@@ -73,12 +73,15 @@ public sealed class LoadTestSettings : ServeSettings
 
 /// <summary>One concurrency level's result.</summary>
 internal sealed record LoadLevel(int Concurrency, int Requests, int Errors, double WallSeconds, double P50Ms, double P95Ms, double MaxMs,
-    long CompletionTokens, double TokensPerSecond, double RequestsPerSecond, double MeanAcceptanceLength, long? RssBeforeBytes, long? RssAfterBytes, string? FirstError);
+    long CompletionTokens, double TokensPerSecond, double RequestsPerSecond, double MeanAcceptanceLength, long? RssBeforeBytes, long? RssAfterBytes, string? FirstError,
+    int DifferingOutputs, double? VsOneClient);
 
 /// <summary>
 /// <c>beagle load-test</c>: a bounded load against a loopback server: for each concurrency level, a fixed number of
 /// requests from that many concurrent clients; latency percentiles, aggregate tokens/s, errors, and the server's
-/// resident memory (from its /metrics) before and after each level. Stops by itself.
+/// resident memory (from its /metrics) before and after each level. Every request is greedy, so each answer must equal
+/// the one its prompt got alone: a sequential pass over the prompts first (untimed; it also warms the server up) gives
+/// the reference, and answers that differ are counted. Stops by itself.
 /// </summary>
 public sealed class LoadTestCommand : AsyncCommand<LoadTestSettings>
 {
@@ -112,20 +115,27 @@ public sealed class LoadTestCommand : AsyncCommand<LoadTestSettings>
             if (key is not null) http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", key);
             var modelId = await ModelId(http, cancellationToken);
             CliConsole.Status($"load test: {description}, model '{modelId}', {s.Requests} {s.Endpoint} requests per level, max_tokens {s.MaxTokens}, levels {string.Join(",", s.Levels)}");
-            // One request first, not counted: the first request of a process pays one-time costs (JIT, allocator warm-up).
-            await Send(http, s, modelId, prompts[0], cancellationToken);
+            // Each prompt once, one after another, not counted: the reference answers (greedy: what each prompt gets alone),
+            // and the first requests of a process pay one-time costs (JIT, allocator warm-up).
+            var reference = new string?[prompts.Length];
+            for (int i = 0; i < prompts.Length; i++)
+            {
+                var r = await Send(http, s, modelId, prompts[i], cancellationToken);
+                reference[i] = r.Error is null ? r.Text : throw new InvalidOperationException($"the server failed a request alone: {r.Error}");
+            }
 
             var levels = new List<LoadLevel>();
             foreach (var c in s.Levels)
             {
-                var level = await RunLevel(http, s, modelId, prompts, c, cancellationToken);
+                var level = await RunLevel(http, s, modelId, prompts, reference, c, levels.FirstOrDefault(l => l.Concurrency == 1)?.TokensPerSecond, cancellationToken);
                 levels.Add(level);
                 CliConsole.Status($"concurrency {c}: {level.Requests - level.Errors}/{level.Requests} ok, {level.TokensPerSecond:F0} tokens/s, p50 {level.P50Ms:F0} ms, p95 {level.P95Ms:F0} ms");
             }
             if (s.Json) Console.WriteLine(JsonSerializer.Serialize(new { server = description, model = modelId, endpoint = s.Endpoint, max_tokens = s.MaxTokens, levels },
                 new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true }));
             else CliConsole.Out.Write(Table(levels));
-            return levels.Any(l => l.Errors > 0) ? ExitCodes.RuntimeError : ExitCodes.Ok;
+            if (levels.Any(l => l.DifferingOutputs > 0)) CliConsole.Error.MarkupLine($"[red]{levels.Sum(l => l.DifferingOutputs)} answers differed from their prompt's answer alone[/]");
+            return levels.Any(l => l.Errors > 0 || l.DifferingOutputs > 0) ? ExitCodes.RuntimeError : ExitCodes.Ok;
         }
         finally
         {
@@ -135,22 +145,24 @@ public sealed class LoadTestCommand : AsyncCommand<LoadTestSettings>
 
     static Table Table(List<LoadLevel> levels)
     {
-        var t = new Table().AddColumns("concurrency", "requests", "errors", "wall s", "p50 ms", "p95 ms", "max ms", "tokens", "tokens/s", "req/s", "mean tau", "RSS before MB", "RSS after MB");
+        var t = new Table().AddColumns("concurrency", "requests", "errors", "differing", "wall s", "p50 ms", "p95 ms", "max ms", "tokens", "tokens/s", "vs 1 client", "req/s", "mean tau", "RSS before MB", "RSS after MB");
         foreach (var l in levels)
-            t.AddRow(l.Concurrency.ToString(), l.Requests.ToString(), l.Errors.ToString(), l.WallSeconds.ToString("F1"), l.P50Ms.ToString("F0"), l.P95Ms.ToString("F0"),
-                l.MaxMs.ToString("F0"), l.CompletionTokens.ToString(), l.TokensPerSecond.ToString("F0"), l.RequestsPerSecond.ToString("F1"), l.MeanAcceptanceLength.ToString("F2"),
-                Mb(l.RssBeforeBytes), Mb(l.RssAfterBytes));
+            t.AddRow(l.Concurrency.ToString(), l.Requests.ToString(), l.Errors.ToString(), l.DifferingOutputs.ToString(), l.WallSeconds.ToString("F1"), l.P50Ms.ToString("F0"), l.P95Ms.ToString("F0"),
+                l.MaxMs.ToString("F0"), l.CompletionTokens.ToString(), l.TokensPerSecond.ToString("F0"), l.VsOneClient is { } v ? $"{v:F2}x" : "n/a",
+                l.RequestsPerSecond.ToString("F1"), l.MeanAcceptanceLength.ToString("F2"), Mb(l.RssBeforeBytes), Mb(l.RssAfterBytes));
         return t;
     }
 
     static string Mb(long? bytes) => bytes is { } b ? (b / 1048576.0).ToString("F0") : "n/a";
 
-    static async Task<LoadLevel> RunLevel(HttpClient http, LoadTestSettings s, string modelId, string[] prompts, int concurrency, CancellationToken ct)
+    /// <param name="reference">Each prompt's answer alone.</param>
+    /// <param name="oneClient">Tokens/s of the one-client level, when it ran before this one.</param>
+    static async Task<LoadLevel> RunLevel(HttpClient http, LoadTestSettings s, string modelId, string[] prompts, string?[] reference, int concurrency, double? oneClient, CancellationToken ct)
     {
         var rssBefore = await Rss(http, ct);
         var latencies = new double[s.Requests];
         var ok = new bool[s.Requests];
-        long tokens = 0; double tauSum = 0; int tauCount = 0; string? firstError = null;
+        long tokens = 0; double tauSum = 0; int tauCount = 0, differing = 0; string? firstError = null;
         int next = -1;
         var wall = Stopwatch.StartNew();
         var clients = Enumerable.Range(0, concurrency).Select(_ => Task.Run(async () =>
@@ -162,6 +174,7 @@ public sealed class LoadTestCommand : AsyncCommand<LoadTestSettings>
                 var r = await Send(http, s, modelId, prompts[i % prompts.Length], ct);
                 latencies[i] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
                 ok[i] = r.Error is null;
+                if (r.Error is null && r.Text != reference[i % prompts.Length]) Interlocked.Increment(ref differing);
                 if (r.Error is not null) Interlocked.CompareExchange(ref firstError, r.Error, null);
                 Interlocked.Add(ref tokens, r.Tokens);
                 if (r.Tau is { } tau) lock (latencies) { tauSum += tau; tauCount++; }
@@ -174,11 +187,12 @@ public sealed class LoadTestCommand : AsyncCommand<LoadTestSettings>
         double Pct(double p) => sorted[Math.Clamp((int)Math.Ceiling(p * sorted.Length) - 1, 0, sorted.Length - 1)];
         return new LoadLevel(concurrency, s.Requests, ok.Count(x => !x), Math.Round(wall.Elapsed.TotalSeconds, 2), Math.Round(Pct(0.5), 1), Math.Round(Pct(0.95), 1), Math.Round(sorted[^1], 1),
             tokens, Math.Round(tokens / wall.Elapsed.TotalSeconds, 1), Math.Round(s.Requests / wall.Elapsed.TotalSeconds, 2),
-            tauCount == 0 ? 0 : Math.Round(tauSum / tauCount, 3), rssBefore, rssAfter, firstError);
+            tauCount == 0 ? 0 : Math.Round(tauSum / tauCount, 3), rssBefore, rssAfter, firstError,
+            differing, oneClient is { } one && one > 0 ? Math.Round(tokens / wall.Elapsed.TotalSeconds / one, 3) : null);
     }
 
     /// <summary>One non-streaming request; a non-200 answer or an exception is an error (its first line is kept).</summary>
-    static async Task<(long Tokens, double? Tau, string? Error)> Send(HttpClient http, LoadTestSettings s, string modelId, string prompt, CancellationToken ct)
+    static async Task<(long Tokens, double? Tau, string? Text, string? Error)> Send(HttpClient http, LoadTestSettings s, string modelId, string prompt, CancellationToken ct)
     {
         var body = s.Endpoint == "chat"
             ? JsonSerializer.Serialize(new { model = modelId, messages = new[] { new { role = "user", content = prompt } }, max_tokens = s.MaxTokens, temperature = 0 })
@@ -187,15 +201,17 @@ public sealed class LoadTestCommand : AsyncCommand<LoadTestSettings>
         {
             using var response = await http.PostAsync(s.Endpoint == "chat" ? "v1/chat/completions" : "v1/completions", new StringContent(body, Encoding.UTF8, "application/json"), ct);
             var text = await response.Content.ReadAsStringAsync(ct);
-            if (response.StatusCode != HttpStatusCode.OK) return (0, null, $"{(int)response.StatusCode}: {text.Split('\n')[0]}");
+            if (response.StatusCode != HttpStatusCode.OK) return (0, null, null, $"{(int)response.StatusCode}: {text.Split('\n')[0]}");
             using var doc = JsonDocument.Parse(text);
             long n = doc.RootElement.GetProperty("usage").GetProperty("completion_tokens").GetInt64();
             double? tau = doc.RootElement.TryGetProperty("beagle", out var b) && b.GetProperty("target_forwards").GetInt32() > 0 ? b.GetProperty("acceptance_length").GetDouble() : null;
-            return (n, tau, null);
+            var choice = doc.RootElement.GetProperty("choices")[0];
+            string? answer = s.Endpoint == "chat" ? choice.GetProperty("message").GetProperty("content").GetString() : choice.GetProperty("text").GetString();
+            return (n, tau, answer, null);
         }
         catch (Exception e) when (e is HttpRequestException or TaskCanceledException or JsonException or KeyNotFoundException && !ct.IsCancellationRequested)
         {
-            return (0, null, $"{e.GetType().Name}: {e.Message}");
+            return (0, null, null, $"{e.GetType().Name}: {e.Message}");
         }
     }
 

@@ -12,7 +12,8 @@ public sealed class ServeCliTests
     [Fact]
     public void Load_test_runs_its_own_loopback_server_and_prints_one_json_document_of_every_level()
     {
-        var r = ChildProcess.Beagle(["load-test", .. Stories260K, "--requests", "6", "--concurrency", "1,3", "--max-tokens", "8", "--json"]);
+        // Two workers: concurrent answers come from both, and each must equal its prompt's answer alone.
+        var r = ChildProcess.Beagle(["load-test", .. Stories260K, "--requests", "6", "--concurrency", "1,3", "--max-tokens", "8", "--workers", "2", "--json"]);
 
         Assert.True(r.ExitCode == 0, r.ToString());
         using var doc = JsonDocument.Parse(r.Stdout);
@@ -25,7 +26,10 @@ public sealed class ServeCliTests
             Assert.Equal(48, l.GetProperty("completion_tokens").GetInt64());   // 6 requests x 8 tokens, counted from each response's usage
             Assert.True(l.GetProperty("p95_ms").GetDouble() >= l.GetProperty("p50_ms").GetDouble());
             Assert.True(l.GetProperty("rss_after_bytes").GetInt64() > 0);
+            Assert.Equal(0, l.GetProperty("differing_outputs").GetInt32());
         }
+        Assert.Equal(JsonValueKind.Null, levels[0].GetProperty("vs_one_client").ValueKind);   // no one-client level before the first
+        Assert.True(levels[1].GetProperty("vs_one_client").GetDouble() > 0);
         Assert.Contains("concurrency 3: 6/6 ok", r.Stderr);
     }
 
@@ -35,6 +39,7 @@ public sealed class ServeCliTests
     [InlineData("serve", "--port", "70000", "Port must be in [0, 65535]")]
     [InlineData("serve", "--max-prompts", "65", "--max-prompts (65) must not exceed --queue-capacity (64)")]
     [InlineData("serve", "--max-prompts", "0", "MaxPromptsPerRequest must be >= 1, got 0")]
+    [InlineData("serve", "--workers", "9", "--workers must be between 1 and --max-batch (8)")]
     public void Bad_server_options_are_usage_errors(string command, string option, string value, string message)
     {
         var r = ChildProcess.Beagle([command, option, value]);
