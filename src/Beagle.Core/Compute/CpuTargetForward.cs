@@ -8,9 +8,10 @@ namespace Beagle.Compute;
 /// <see cref="ManagedAttention.MaxTokens"/> per sequence) is C# from start to end over pooled arrays
 /// (<see cref="ForwardManaged"/>): products over weights packed once at load (<see cref="PackedMatrix"/>: faster than
 /// libtorch's at every row count measured, one thread), RMSNorm, rotary, attention (<see cref="ManagedAttention"/>),
-/// SwiGLU, the embedding lookup; only its two outputs are tensors. Without per-op and per-tensor costs a stories260K
-/// step went from ~270 to ~42 µs (docs/benchmarks.md). Long prefills and training features keep libtorch's attention
-/// (<see cref="TensorTargetForward"/>) with the same C# products, norms and SwiGLU over tensors.
+/// SwiGLU, the embedding lookup, and its outputs are pooled host arrays too (<see cref="ForwardOutput"/>). Without
+/// per-op and per-tensor costs a stories260K step went from ~270 to ~42 µs (docs/benchmarks.md). Long prefills and
+/// training features keep libtorch's attention (<see cref="TensorTargetForward"/>) with the same C# products, norms
+/// and SwiGLU over tensors.
 /// The q | k | v product has no rotary partner rows here: they would be 75 % more qkv weights to stream per token
 /// (12 % of a stories5M step), and the rotation reads the partners from q and k instead.
 /// </summary>
@@ -112,12 +113,12 @@ internal sealed class CpuTargetForward : TensorTargetForward
 
     /// <summary>
     /// The forward of a few new tokens per sequence, start to end in C#: the intermediates live in arrays rented from the
-    /// shared pool and only the two outputs are tensors. Through tensors every intermediate was a libtorch allocation
+    /// shared pool. Through tensors every intermediate was a libtorch allocation
     /// plus TorchSharp's bookkeeping, ~40 per stories260K forward and ~25 % of a one-token step (`perf`,
     /// docs/benchmarks.md). The arithmetic is the tensor path's, kernel for kernel (products <see cref="PackedMatrix"/>,
     /// attention <see cref="ManagedAttention"/>), so results are bit-identical to it. The cache slots are already reserved.
-    /// The outputs are host arrays from the pool too (<see cref="ForwardBuffers"/>); tensors of them are made only for
-    /// a caller that asks.
+    /// The outputs are host arrays from the pool too (<see cref="ForwardBuffers"/>), so a decoding round allocates no
+    /// managed object here; tensors of them are made only for a caller that asks.
     /// </summary>
     ForwardOutput ForwardManaged(ReadOnlySpan<Segment> segments, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, bool lastLogitsOnly)
     {
