@@ -16,7 +16,7 @@ public static class Verifier
     /// <returns>Accepted node indices (root first) and the bonus token.</returns>
     public static (List<int> Path, int Bonus) AcceptGreedy(DraftTree tree, ReadOnlySpan<long> argmax)
     {
-        Span<int> path = stackalloc int[tree.Count];
+        Span<int> path = tree.Count <= 256 ? stackalloc int[tree.Count] : new int[tree.Count];
         int n = AcceptGreedy(tree, argmax, path, out int bonus);
         return ([.. path[..n]], bonus);
     }
@@ -47,7 +47,7 @@ public static class Verifier
     /// <summary>The sampling acceptance with one step of the rule deliberately broken (<paramref name="mutation"/>; tests only).</summary>
     internal static (List<int> Path, int Bonus) AcceptSampling(DraftTree tree, Func<int, float[]> probabilities, Sampler sampler, AcceptanceMutation mutation)
     {
-        Span<int> path = stackalloc int[tree.Count];
+        Span<int> path = tree.Count <= 256 ? stackalloc int[tree.Count] : new int[tree.Count];
         int n = AcceptSampling(tree, probabilities, sampler, mutation, path, out int bonus);
         return ([.. path[..n]], bonus);
     }
