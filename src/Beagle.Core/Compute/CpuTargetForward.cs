@@ -113,7 +113,7 @@ internal sealed class CpuTargetForward : TensorTargetForward
 
     /// <summary>
     /// The forward of a few new tokens per sequence, start to end in C#: the intermediates live in arrays rented from the
-    /// shared pool. Through tensors every intermediate was a libtorch allocation
+    /// forward's pool (<see cref="HostPool"/>). Through tensors every intermediate was a libtorch allocation
     /// plus TorchSharp's bookkeeping, ~40 per stories260K forward and ~25 % of a one-token step (`perf`,
     /// docs/benchmarks.md). The arithmetic is the tensor path's, kernel for kernel (products <see cref="PackedMatrix"/>,
     /// attention <see cref="ManagedAttention"/>), so results are bit-identical to it. The cache slots are already reserved.
@@ -125,7 +125,7 @@ internal sealed class CpuTargetForward : TensorTargetForward
         int T = tokens.Length, d = Config.Dim, hff = Config.HiddenDim, S = 0;
         foreach (var sg in segments) S = Math.Max(S, sg.Start + sg.Count);
         int qkvWidth = Q + 2 * Kv;                                                            // q | k | v
-        var pool = System.Buffers.ArrayPool<float>.Shared;
+        var pool = HostPool.Floats;
         float[] x = pool.Rent(T * d), h = pool.Rent(T * d), qkv = pool.Rent(T * qkvWidth), rot = pool.Rent(T * (H + KvH) * Hd),
             attn = pool.Rent(T * Q), gu = pool.Rent(T * 2 * hff), act = pool.Rent(T * hff), scores = pool.Rent(2 * S);
         try

@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Runtime.InteropServices;
 using static TorchSharp.torch;
 
@@ -44,14 +43,15 @@ public readonly struct ForwardOutput : IDisposable
 }
 
 /// <summary>
-/// The storage behind a <see cref="ForwardOutput"/>. The host form's shells are pooled (thread-safe: forwards of
-/// different generators may run on different threads) and their arrays rented from <see cref="ArrayPool{T}.Shared"/>;
+/// The storage behind a <see cref="ForwardOutput"/>. The host form's shells are pooled per thread (forwards of
+/// different generators may run on different threads; a shell released on another thread joins that thread's pool)
+/// and their arrays rented from the CPU forward's pool (<c>HostPool</c>, per thread too);
 /// each release bumps <see cref="Version"/>, which invalidates every handle of the use that ended.
 /// </summary>
 internal sealed class ForwardBuffers
 {
-    const int MaxPooled = 64;   // shells kept for reuse: more than any number of outputs alive at once in decoding
-    static readonly Stack<ForwardBuffers> Free = new();
+    const int MaxPooled = 8;   // shells kept per thread: more than the outputs alive at once in decoding
+    [ThreadStatic] static Stack<ForwardBuffers>? t_free;   // per thread, like the arrays (Compute.HostPool)
 
     public int Version { get; private set; }
     bool _host;
@@ -66,13 +66,11 @@ internal sealed class ForwardBuffers
     /// <summary>A host-form shell with arrays for logits [logitRows, vocab] and hidden [hiddenRows, dim] (contents undefined).</summary>
     public static ForwardBuffers RentHost(int logitRows, int vocab, int hiddenRows, int dim)
     {
-        ForwardBuffers? b = null;
-        lock (Free) if (Free.Count > 0) b = Free.Pop();
-        b ??= new ForwardBuffers();
+        var b = t_free is { Count: > 0 } free ? free.Pop() : new ForwardBuffers();
         b._host = true;
         (b._logitRows, b._vocab, b._hiddenRows, b._dim) = (logitRows, vocab, hiddenRows, dim);
-        b._hostLogits = ArrayPool<float>.Shared.Rent(logitRows * vocab);
-        b._hostHidden = ArrayPool<float>.Shared.Rent(hiddenRows * dim);
+        b._hostLogits = Compute.HostPool.Floats.Rent(logitRows * vocab);
+        b._hostHidden = Compute.HostPool.Floats.Rent(hiddenRows * dim);
         return b;
     }
 
@@ -117,9 +115,10 @@ internal sealed class ForwardBuffers
         _logits?.Dispose(); _hidden?.Dispose(); _logitsCopy?.Dispose(); _hiddenCopy?.Dispose();
         _logits = _hidden = _logitsCopy = _hiddenCopy = null;
         if (!_host) return;
-        ArrayPool<float>.Shared.Return(_hostLogits!); ArrayPool<float>.Shared.Return(_hostHidden!);
+        Compute.HostPool.Floats.Return(_hostLogits!); Compute.HostPool.Floats.Return(_hostHidden!);
         _hostLogits = _hostHidden = null;
-        lock (Free) if (Free.Count < MaxPooled) Free.Push(this);
+        var free = t_free ??= new Stack<ForwardBuffers>();
+        if (free.Count < MaxPooled) free.Push(this);
     }
 }
 
