@@ -131,14 +131,13 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
 
         var reader = _queue.Reader;
         var active = new List<StreamRun>();   // admitted streams: decoding, paused for their reader, or delivering their last chunk
-        var runnable = new List<Generator.DecodeSequence>();   // this round's generations (refilled each round: a round allocates nothing)
         try
         {
             while (true)
             {
                 Service(active);
                 bool open = Admit(reader, active);
-                runnable.Clear();
+                var runnable = new List<Generator.DecodeSequence>(active.Count);
                 foreach (var r in active) if (r.Sequence is { } s && r.Unwritten is null) runnable.Add(s);
                 if (runnable.Count > 0) { RunRound(active, runnable); continue; }
                 if (active.Count == 0)
