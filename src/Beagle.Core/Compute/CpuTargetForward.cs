@@ -8,9 +8,10 @@ namespace Beagle.Compute;
 /// <see cref="ManagedAttention.MaxTokens"/> per sequence) is C# from start to end over pooled arrays
 /// (<see cref="ForwardManaged"/>): products over weights packed once at load (<see cref="PackedMatrix"/>: faster than
 /// libtorch's at every row count measured, one thread), RMSNorm, rotary, attention (<see cref="ManagedAttention"/>),
-/// SwiGLU, the embedding lookup; only its two outputs are tensors. Without per-op and per-tensor costs a stories260K
-/// step went from ~270 to ~42 µs (docs/benchmarks.md). Long prefills and training features keep libtorch's attention
-/// (<see cref="TensorTargetForward"/>) with the same C# products, norms and SwiGLU over tensors.
+/// SwiGLU, the embedding lookup, and its outputs are pooled host arrays too (<see cref="ForwardOutput"/>). Without
+/// per-op and per-tensor costs a stories260K step went from ~270 to ~42 µs (docs/benchmarks.md). Long prefills and
+/// training features keep libtorch's attention (<see cref="TensorTargetForward"/>) with the same C# products, norms
+/// and SwiGLU over tensors.
 /// The q | k | v product has no rotary partner rows here: they would be 75 % more qkv weights to stream per token
 /// (12 % of a stories5M step), and the rotation reads the partners from q and k instead.
 /// </summary>
@@ -60,6 +61,21 @@ internal sealed class CpuTargetForward : TensorTargetForward
     }
 
     /// <summary>
+    /// The batch bookkeeping of <see cref="ForwardBatch"/>, reused from forward to forward so that a decoding round
+    /// allocates nothing here. Per thread: a model (and this forward) may serve generators on several threads at once.
+    /// </summary>
+    sealed class BatchScratch
+    {
+        public int[] Tokens = [], Positions = [];
+        public Segment[] Segments = [];
+        public readonly List<MaskedSlots> Masks = [];   // one per tree sequence of the batch, refilled each forward
+
+        public MaskedSlots Mask(int i) { while (Masks.Count <= i) Masks.Add(new MaskedSlots()); return Masks[i]; }
+        public static void Grow<T>(ref T[] a, int n) { if (a.Length < n) a = new T[Math.Max(n, 2 * a.Length)]; }
+    }
+    [ThreadStatic] static BatchScratch? t_scratch;
+
+    /// <summary>
     /// On the CPU the products run over all sequences' rows stacked (a pass over the weights serves every sequence: a
     /// memory-bound step costs little more for several sequences than for one), attention runs per sequence over its
     /// own cache. Each row's results are bit-identical to running its sequence alone (the packed kernels sum every
@@ -71,20 +87,21 @@ internal sealed class CpuTargetForward : TensorTargetForward
     {
         int B = sequences.Count, total = 0;
         bool managed = UseManagedAttention;
-        foreach (var sq in sequences) { if (sq.Tokens.Length > ManagedAttention.MaxTokens) managed = false; total += sq.Tokens.Length; }
+        for (int b = 0; b < B; b++) { int T = sequences[b].Tokens.Length; if (T > ManagedAttention.MaxTokens) managed = false; total += T; }
         if (!managed) return base.ForwardBatch(sequences);
-        var tokens = new int[total]; var positions = new int[total];
-        var segments = new Segment[B];
-        for (int b = 0, row = 0; b < B; b++)
+        var scratch = t_scratch ??= new BatchScratch();
+        BatchScratch.Grow(ref scratch.Tokens, total); BatchScratch.Grow(ref scratch.Positions, total); BatchScratch.Grow(ref scratch.Segments, B);
+        var segments = scratch.Segments.AsSpan(0, B);
+        for (int b = 0, row = 0, trees = 0; b < B; b++)
         {
             var sq = sequences[b];
             int T = sq.Tokens.Length, start = sq.Cache.Length;
-            sq.Tokens.CopyTo(tokens, row); sq.Positions.CopyTo(positions, row);
-            var masked = sq.Parents is { } parents ? new MaskedSlots(TreeAllowed(parents, start), T, start + T) : WindowMask(T, start);
+            sq.Tokens.CopyTo(scratch.Tokens.AsSpan(row)); sq.Positions.CopyTo(scratch.Positions.AsSpan(row));
+            var masked = sq.IsTree ? scratch.Mask(trees++).FillTree(sq.TreeParents, start) : WindowMask(T, start);
             segments[b] = new Segment(sq.Cache, row, T, sq.Cache.Advance(T), masked);
             row += T;
         }
-        return ForwardManaged(segments, tokens, positions, lastLogitsOnly: false);
+        return ForwardManaged(segments, scratch.Tokens.AsSpan(0, total), scratch.Positions.AsSpan(0, total), lastLogitsOnly: false);
     }
 
     /// <summary>One sequence's rows in a managed forward: rows [Row, Row + Count) of the batch, written at cache slots [Start, Start + Count).</summary>
@@ -96,17 +113,19 @@ internal sealed class CpuTargetForward : TensorTargetForward
 
     /// <summary>
     /// The forward of a few new tokens per sequence, start to end in C#: the intermediates live in arrays rented from the
-    /// shared pool and only the two outputs are tensors. Through tensors every intermediate was a libtorch allocation
+    /// forward's pool (<see cref="HostPool"/>). Through tensors every intermediate was a libtorch allocation
     /// plus TorchSharp's bookkeeping, ~40 per stories260K forward and ~25 % of a one-token step (`perf`,
     /// docs/benchmarks.md). The arithmetic is the tensor path's, kernel for kernel (products <see cref="PackedMatrix"/>,
     /// attention <see cref="ManagedAttention"/>), so results are bit-identical to it. The cache slots are already reserved.
+    /// The outputs are host arrays from the pool too (<see cref="ForwardBuffers"/>), so a decoding round allocates no
+    /// managed object here; tensors of them are made only for a caller that asks.
     /// </summary>
-    ForwardOutput ForwardManaged(Segment[] segments, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, bool lastLogitsOnly)
+    ForwardOutput ForwardManaged(ReadOnlySpan<Segment> segments, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, bool lastLogitsOnly)
     {
         int T = tokens.Length, d = Config.Dim, hff = Config.HiddenDim, S = 0;
         foreach (var sg in segments) S = Math.Max(S, sg.Start + sg.Count);
         int qkvWidth = Q + 2 * Kv;                                                            // q | k | v
-        var pool = System.Buffers.ArrayPool<float>.Shared;
+        var pool = HostPool.Floats;
         float[] x = pool.Rent(T * d), h = pool.Rent(T * d), qkv = pool.Rent(T * qkvWidth), rot = pool.Rent(T * (H + KvH) * Hd),
             attn = pool.Rent(T * Q), gu = pool.Rent(T * 2 * hff), act = pool.Rent(T * hff), scores = pool.Rent(2 * S);
         try
@@ -133,11 +152,16 @@ internal sealed class CpuTargetForward : TensorTargetForward
                 SwiGluRows(gu, act, T);
                 layer.W2.Multiply(act, T, x, x);                                               // x += act·W2
             }
-            using var scope = NewDisposeScope();
-            var hidden = empty(T, d, device: Device);                                          // [T, D]: final RMSNorm
-            NormRows(x, Floats(hidden), T, Floats(FinalNorm));
-            var logits = lastLogitsOnly ? LmHead.Linear(hidden.narrow(0, T - 1, 1), 1) : LmHead.Linear(hidden, T);   // [T or 1, V]
-            return new ForwardOutput(logits.MoveToOuterDisposeScope(), hidden.MoveToOuterDisposeScope());
+            var output = ForwardBuffers.RentHost(lastLogitsOnly ? 1 : T, Config.VocabSize, T, d);
+            try
+            {
+                var hidden = output.HiddenArray;                                               // [T, D]: final RMSNorm
+                NormRows(x, hidden, T, Floats(FinalNorm));
+                if (lastLogitsOnly) { hidden.AsSpan((T - 1) * d, d).CopyTo(x); LmHead.Multiply(x, 1, output.LogitsArray, null); }   // [1, V]
+                else LmHead.Multiply(hidden, T, output.LogitsArray, null);                    // [T, V]
+                return new ForwardOutput(output);
+            }
+            catch { output.Release(); throw; }
         }
         finally
         {

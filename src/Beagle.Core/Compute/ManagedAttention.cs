@@ -112,25 +112,61 @@ internal static class ManagedAttention
 /// </summary>
 internal sealed class MaskedSlots
 {
-    readonly int[] _hidden, _start;   // row t's hidden slots: _hidden[_start[t] .. _start[t + 1])
+    int[] _hidden = [], _start = [];   // row t's hidden slots: _hidden[_start[t] .. _start[t + 1])
 
-    public int Rows { get; }
-    public int Slots { get; }
+    public int Rows { get; private set; }
+    public int Slots { get; private set; }
+
+    /// <summary>An empty set, to be filled (and refilled: its arrays are reused, a forward's scratch).</summary>
+    public MaskedSlots() { }
 
     /// <param name="allowed">[rows, slots] row-major, true = may attend.</param>
-    public MaskedSlots(ReadOnlySpan<bool> allowed, int rows, int slots)
+    public MaskedSlots(ReadOnlySpan<bool> allowed, int rows, int slots) => Fill(allowed, rows, slots);
+
+    /// <param name="allowed">[rows, slots] row-major, true = may attend.</param>
+    public MaskedSlots Fill(ReadOnlySpan<bool> allowed, int rows, int slots)
     {
         if (rows < 1 || slots < 1 || allowed.Length != rows * slots) throw new ArgumentException($"allowed must be [{rows}, {slots}], got {allowed.Length} values", nameof(allowed));
-        (Rows, Slots) = (rows, slots);
         int count = 0;
         foreach (var a in allowed) if (!a) count++;
-        _hidden = new int[count]; _start = new int[rows + 1];
+        Reserve(rows, slots, count);
         for (int t = 0, k = 0; t < rows; t++)
         {
             var row = allowed.Slice(t * slots, slots);
             for (int s = 0; s < slots; s++) if (!row[s]) _hidden[k++] = s;
             _start[t + 1] = k;
         }
+        return this;
+    }
+
+    /// <summary>
+    /// The hidden slots of a tree of T new rows at slots [start, start + T) (<paramref name="parents"/>: -1 for row 0,
+    /// else an earlier row): every row sees the committed slots and the slots of its ancestors and itself, the same set
+    /// as <see cref="Fill"/> of that tree's [T, start + T] mask, without building the mask.
+    /// </summary>
+    public MaskedSlots FillTree(ReadOnlySpan<int> parents, int start)
+    {
+        int T = parents.Length;
+        Span<bool> seen = T <= 256 ? stackalloc bool[T] : new bool[T];
+        int count = 0;
+        for (int t = 0; t < T; t++) { count += T; for (int a = t; a >= 0; a = parents[a]) count--; }
+        Reserve(T, start + T, count);
+        for (int t = 0, k = 0; t < T; t++)
+        {
+            seen.Clear();
+            for (int a = t; a >= 0; a = parents[a]) seen[a] = true;
+            for (int j = 0; j < T; j++) if (!seen[j]) _hidden[k++] = start + j;
+            _start[t + 1] = k;
+        }
+        return this;
+    }
+
+    void Reserve(int rows, int slots, int hidden)
+    {
+        (Rows, Slots) = (rows, slots);
+        if (_hidden.Length < hidden) _hidden = new int[hidden];
+        if (_start.Length < rows + 1) _start = new int[rows + 1];
+        _start[0] = 0;
     }
 
     public ReadOnlySpan<int> Row(int t) => _hidden.AsSpan(_start[t], _start[t + 1] - _start[t]);

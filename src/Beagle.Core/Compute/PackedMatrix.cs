@@ -115,9 +115,16 @@ internal sealed class PackedMatrix
     {
         if (x.Length < n * Rows) throw new ArgumentException($"x has {x.Length} values, needs {n} x {Rows}", nameof(x));
         if (!Splits(n)) { Multiply(x, n, y.AsSpan(), addend); return; }
-        Split(n, (r0, rows, b0, count) => Multiply(x.AsSpan(r0 * Rows), rows, y.AsSpan(r0 * Cols),
-            addend is null ? default : addend.AsSpan(r0 * Cols), b0, count));
+        MultiplySplit(x, n, y, addend);
     }
+
+    /// <summary>
+    /// The split product of <see cref="Multiply(float[], int, float[], float[])"/>, apart because its lambda's closure
+    /// would otherwise be allocated on every call, split or not (a decoding round makes ~20 products).
+    /// </summary>
+    void MultiplySplit(float[] x, int n, float[] y, float[]? addend)
+        => Split(n, (r0, rows, b0, count) => Multiply(x.AsSpan(r0 * Rows), rows, y.AsSpan(r0 * Cols),
+            addend is null ? default : addend.AsSpan(r0 * Cols), b0, count));
 
     /// <summary>
     /// Runs <paramref name="part"/>(first row, rows, first panel, panels) over the whole product: in one call, or split over

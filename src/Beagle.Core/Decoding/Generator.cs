@@ -127,20 +127,29 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
     /// </summary>
     internal void Round(IReadOnlyList<DecodeSequence> sequences)
     {
-        var running = new List<DecodeSequence>(sequences.Count);
-        var rows = new List<SequenceRows>(sequences.Count);
-        foreach (var s in sequences)
+        // The round's lists are reused (a Generator runs rounds on one thread, one at a time) and emptied after each
+        // round so that they hold no finished sequence.
+        var running = _running; var rows = _rows;
+        try
         {
-            if (s.Done) throw new InvalidOperationException("a finished sequence cannot run another round");
-            if (s.Propose() is { } r) { running.Add(s); rows.Add(r); }
+            for (int i = 0; i < sequences.Count; i++)
+            {
+                var s = sequences[i];
+                if (s.Done) throw new InvalidOperationException("a finished sequence cannot run another round");
+                if (s.Propose() is { } r) { running.Add(s); rows.Add(r); }
+            }
+            if (rows.Count == 0) return;
+            long t0 = Stopwatch.GetTimestamp();
+            using var output = Target.ForwardBatch(rows);                        // logits [N, V], hidden [N, D]: the sequences' rows in order
+            double forward = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            for (int i = 0, row = 0; i < running.Count; row += rows[i].Tokens.Length, i++)
+                running[i].Finish(output, row, forward);
         }
-        if (rows.Count == 0) return;
-        long t0 = Stopwatch.GetTimestamp();
-        using var output = Target.ForwardBatch(rows);                        // logits [N, V], hidden [N, D]: the sequences' rows in order
-        double forward = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-        for (int i = 0, row = 0; i < running.Count; row += rows[i].Tokens.Length, i++)
-            running[i].Finish(output, row, forward);
+        finally { running.Clear(); rows.Clear(); }
     }
+
+    readonly List<DecodeSequence> _running = [];
+    readonly List<SequenceRows> _rows = [];
 
     IDecodeStrategy CreateStrategy(KvCache cache, Sampler sampler, GenerationStats stats, GenerationOptions o)
     {
@@ -225,18 +234,19 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
         }
 
         /// <summary>Takes a step's tokens up to EOS, a stop string or the token limit, and makes their chunk.</summary>
-        void Emit(int[] tokens)
+        /// <remarks>The chunk (its token array and text) is what this allocates: the text is gathered in a reused builder.</remarks>
+        void Emit(ReadOnlySpan<int> tokens)
         {
-            var emitted = new List<int>(tokens.Length);
-            string text = "";
+            var text = _text.Clear();
+            int emitted = 0;
             int consumed = 0;   // tokens of this step the output reached: the emitted ones, and the EOS that ended it
             foreach (var tok in tokens)
             {
                 consumed++;
                 if (_eos.Contains(tok)) { _stats.FinishReason = FinishReason.EndOfSequence; Done = true; break; }
-                emitted.Add(tok);
+                emitted++;
                 _stats.NewTokens++;
-                text += _stops!.Push(_decoder!.Append(tok));
+                _stops!.Push(_decoder!.Append(tok, ref _chars), text);
                 if (_stops.Stopped) { _stats.FinishReason = FinishReason.StopString; Done = true; break; }
                 if (_stats.NewTokens >= _o.MaxNewTokens) { _stats.FinishReason = FinishReason.Length; Done = true; break; }
             }
@@ -244,11 +254,14 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
             // towards the acceptance length (a plain step that produces EOS still counts its one token).
             if (!_first) _stats.RoundTokens += consumed;
             _first = false;
-            if (Done && _stats.FinishReason != FinishReason.StopString) text += _stops!.Push(_decoder!.Flush()) + _stops.Flush();
+            if (Done && _stats.FinishReason != FinishReason.StopString) text.Append(_stops!.Push(_decoder!.Flush())).Append(_stops.Flush());
             _stats.DecodeSeconds = Stopwatch.GetElapsedTime(_tDecode).TotalSeconds;
-            _chunk = emitted.Count > 0 || text.Length > 0 ? new GenerationChunk(emitted.ToArray(), text) : null;
+            _chunk = emitted > 0 || text.Length > 0 ? new GenerationChunk(tokens[..emitted].ToArray(), text.ToString()) : null;
             _pending = tokens[^1];
         }
+
+        readonly System.Text.StringBuilder _text = new();   // a step's text until its chunk is made
+        char[] _chars = [];                                 // the decoder's output of one token
 
         public void Dispose() { _strategy?.Dispose(); _cache?.Dispose(); }
     }

@@ -20,44 +20,55 @@ internal interface IDecodeStrategy : IDisposable
     /// <summary>
     /// The first half of a round. <paramref name="pending"/> is the last emitted token, not yet in the target's cache.
     /// Returns the rows to run through the target this round (the pending token first), or null when the context is
-    /// full. Exactly one <see cref="Finish"/> follows each non-null proposal, after the forward.
+    /// full. Exactly one <see cref="Finish"/> follows each non-null proposal, after the forward. The rows view the
+    /// strategy's own buffers (reused every round): they stay unchanged until that Finish.
     /// </summary>
     SequenceRows? Propose(int pending);
 
     /// <summary>
     /// The second half: <paramref name="output"/> holds this sequence's rows (as proposed) at rows
     /// [<paramref name="row"/>, row + T) of its logits [N, V] and hidden states [N, D] (other sequences' rows around them;
-    /// the caller owns the output). Returns at least one new token; the last one becomes the next pending token.
+    /// the caller owns the output). Returns at least one new token; the last one becomes the next pending token. The
+    /// span is the strategy's own buffer, valid until its next Propose (copy what must outlive the round).
     /// </summary>
-    int[] Finish(ForwardOutput output, int row);
+    ReadOnlySpan<int> Finish(ForwardOutput output, int row);
 }
 
 /// <summary>Plain decoding: one target forward per token.</summary>
 internal sealed class PlainStrategy(LlamaModel target, KvCache cache, Sampler sampler, GenerationStats stats) : IDecodeStrategy
 {
-    public int Start(ForwardOutput prefill, IReadOnlyList<int> prompt) => LogitsRow.Choose(prefill.Logits, 0, target.Config.VocabSize, sampler);
+    // The round's row and its result, reused every round (what Propose and Finish hand out views).
+    readonly int[] _token = new int[1], _position = new int[1], _next = new int[1];
 
-    public SequenceRows? Propose(int pending) => cache.Length + 1 > cache.Capacity ? null : new SequenceRows(cache, [pending], [cache.Length]);
+    public int Start(ForwardOutput prefill, IReadOnlyList<int> prompt) => LogitsRow.Choose(prefill, 0, target.Config.VocabSize, sampler);
 
-    public int[] Finish(ForwardOutput output, int row)
+    public SequenceRows? Propose(int pending)
+    {
+        if (cache.Length + 1 > cache.Capacity) return null;
+        (_token[0], _position[0]) = (pending, cache.Length);
+        return new SequenceRows(cache, _token, _position);
+    }
+
+    public ReadOnlySpan<int> Finish(ForwardOutput output, int row)
     {
         stats.TargetForwards++;
-        return [LogitsRow.Choose(output.Logits, row, target.Config.VocabSize, sampler)];
+        _next[0] = LogitsRow.Choose(output, row, target.Config.VocabSize, sampler);
+        return _next;
     }
 
     public void Dispose() { }
 }
 
-/// <summary>Reading rows of a logits tensor on the CPU side.</summary>
+/// <summary>Reading rows of a forward's logits on the CPU side.</summary>
 internal static class LogitsRow
 {
-    /// <summary>Greedy argmax or a draw from the sampling distribution of one row of logits [T, V].</summary>
+    /// <summary>Greedy argmax or a draw from the sampling distribution of one row of the logits [T, V].</summary>
     /// <param name="vocab">V, from the model's config (reading a tensor's shape costs ~1 µs).</param>
-    public static int Choose(TorchSharp.torch.Tensor logits, int row, int vocab, Sampler sampler)
+    public static int Choose(ForwardOutput output, int row, int vocab, Sampler sampler)
     {
-        using var host = HostFloats.Of(logits);
-        if ((row + 1) * vocab > host.Span.Length) throw new ArgumentException($"logits have {host.Span.Length} values, fewer than {row + 1} rows of {vocab}", nameof(logits));
-        return sampler.Next(host.Span.Slice(row * vocab, vocab));
+        var logits = output.HostLogits;
+        if ((row + 1) * vocab > logits.Length) throw new ArgumentException($"logits have {logits.Length} values, fewer than {row + 1} rows of {vocab}", nameof(output));
+        return sampler.Next(logits.Slice(row * vocab, vocab));
     }
 }
 

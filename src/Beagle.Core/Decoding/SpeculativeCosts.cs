@@ -79,7 +79,7 @@ public sealed record SpeculativeCosts(int Context, double PlainMs, double DraftS
             {
                 cache.Rewind(context);
                 long t0 = Stopwatch.GetTimestamp();
-                using (var o = target.Forward(cache, [pending], [context])) LogitsRow.Choose(o.Logits, 0, vocab, sampler);
+                using (var o = target.Forward(cache, [pending], [context])) LogitsRow.Choose(o, 0, vocab, sampler);
                 plainTicks += Stopwatch.GetTimestamp() - t0;
             }
             if (record) plain.Add(Ms(plainTicks) / reps);
@@ -131,23 +131,23 @@ public sealed record SpeculativeCosts(int Context, double PlainMs, double DraftS
             var tree = chain ?? Build(session!, draft!, pending, n, tokens);
             long t1 = Stopwatch.GetTimestamp();
             using var scope = NewDisposeScope();
-            var o = target.ForwardBatch([new SequenceRows(cache, tree.Tokens, tree.Positions(n), tree.IsChain ? null : tree.Parents)]);   // logits [T, V], hidden [T, D]
+            using var o = target.ForwardBatch([new SequenceRows(cache, tree.TokenBuffer, tree.Positions(n), tree.IsChain ? null : tree.ParentBuffer, tree.Count)]);   // logits [T, V], hidden [T, D]
             long t2 = Stopwatch.GetTimestamp();
             // The target's choice after every node (read in place, as the strategy does); acceptance then takes the whole
             // chain (the chain's own tokens stand in for those choices), so the KV compaction and the draft's commit do
             // the most work a round of this length can give them.
             var accept = new long[tree.Count];
-            using (var logits = HostFloats.Of(o.Logits))
-                for (int r = 0; r < tree.Count; r++) accept[r] = sampler.Next(logits.Span.Slice(r * vocab, vocab));
+            var logits = o.HostLogits;
+            for (int r = 0; r < tree.Count; r++) accept[r] = sampler.Next(logits.Slice(r * vocab, vocab));
             for (int r = 0; r + 1 < tree.Count; r++) accept[r] = tree.Tokens[r + 1];
             var (path, _) = Verifier.AcceptGreedy(tree, accept);
             cache.KeepSlots(n, path.Select(p => (long)(n + p)).ToArray());
             var pathTokens = path.Select(p => tree.Tokens[p]).ToArray();
             if (session?.ArrayPath is { } managed)
             {
-                using var hidden = HostFloats.Of(o.Hidden);
+                var hidden = o.HostHidden;
                 var rows = new float[path.Count * dim];
-                for (int r = 0; r < path.Count; r++) hidden.Span.Slice(path[r] * dim, dim).CopyTo(rows.AsSpan(r * dim, dim));
+                for (int r = 0; r < path.Count; r++) hidden.Slice(path[r] * dim, dim).CopyTo(rows.AsSpan(r * dim, dim));
                 managed.Commit(pathTokens, rows);
             }
             else session?.Commit(pathTokens, o.Hidden.index_select(0, tensor(path.Select(p => (long)p).ToArray(), device: target.Device)));

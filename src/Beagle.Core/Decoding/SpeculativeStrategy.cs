@@ -22,7 +22,11 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
     readonly int _tokens, _depth, _topK;
     readonly float _minLogProb;
     readonly AcceptanceMutation _mutation;
-    // Per-round scratch, allocated once: the accepted rows' true states for the managed draft [tokens * D].
+    // Per-round buffers, allocated once and reused every round (a round allocates nothing once drafting's scratch has
+    // grown): the tree (rebuilt by each Propose), its rows' positions, the accepted path, its tokens, the emitted
+    // tokens (what Finish returns) and the accepted rows' true states for the managed draft [(depth + 1) * D].
+    readonly DraftTree _tree = new();
+    readonly int[] _positions, _path, _pathTokens, _emitted;
     readonly float[] _acceptedRows;
 
     public SpeculativeStrategy(LlamaModel target, IDraftModel draft, KvCache cache, Sampler sampler, GenerationStats stats, TreeBudget budget, bool concat,
@@ -36,17 +40,19 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
         _session.ConcatDraftStates = concat;
         stats.AcceptedAtDepth = new long[_depth];
         stats.DraftStateBytes = _session.StateBytes;
+        int nodes = Math.Max(_tokens, 1);   // a round's tree never has more nodes than the budget's tokens (the root included)
+        (_positions, _path, _pathTokens, _emitted) = (new int[nodes], new int[nodes], new int[nodes], new int[nodes]);
         _acceptedRows = _session.ArrayPath is not null ? new float[(_depth + 1) * target.Config.Dim] : [];   // a path holds at most depth + 1 nodes
     }
 
     public int Start(ForwardOutput prefill, IReadOnlyList<int> prompt)
     {
         _session.Commit(prompt.ToArray(), prefill.Hidden);   // true states h_0..h_{n-1}
-        return LogitsRow.Choose(prefill.Logits, 0, _target.Config.VocabSize, _sampler);
+        return LogitsRow.Choose(prefill, 0, _target.Config.VocabSize, _sampler);
     }
 
-    // The round between Propose and Finish: its tree and the cache length it starts from.
-    DraftTree? _tree;
+    // The round between Propose and Finish: whether one is open and the cache length it starts from.
+    bool _proposed;
     int _n;
 
     public SequenceRows? Propose(int pending)
@@ -58,60 +64,58 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
 
         // 1. Draft: the tree never exceeds the context left.
         int steps = 0;
-        var tree = DraftTree.Build(_session, _draft.DraftToTarget, pending, n, Math.Min(_tokens, room), Math.Min(_depth, room - 1), _topK, ref steps, _minLogProb);
+        var tree = _tree.Rebuild(_session, _draft.DraftToTarget, pending, n, Math.Min(_tokens, room), Math.Min(_depth, room - 1), _topK, ref steps, _minLogProb);
         _session.EndRound();
         _stats.DraftSteps += steps;
         _stats.DraftSeconds += Stopwatch.GetElapsedTime(t0).TotalSeconds;
-        (_tree, _n) = (tree, n);
-        // 2. The whole tree is verified in one target forward (a chain's tree mask is the causal one).
-        return new SequenceRows(_cache, tree.Tokens, tree.Positions(n), tree.IsChain ? null : tree.Parents);
+        (_proposed, _n) = (true, n);
+        // 2. The whole tree is verified in one target forward (a chain's tree mask is the causal one). The rows view
+        // the tree's and this strategy's buffers, untouched until Finish.
+        tree.PositionsInto(n, _positions);
+        return new SequenceRows(_cache, tree.TokenBuffer, _positions, tree.IsChain ? null : tree.ParentBuffer, tree.Count);
     }
 
-    public int[] Finish(ForwardOutput o, int row)
+    public ReadOnlySpan<int> Finish(ForwardOutput o, int row)
     {
-        var tree = _tree ?? throw new InvalidOperationException("Finish without a proposal");
+        if (!_proposed) throw new InvalidOperationException("Finish without a proposal");
+        var tree = _tree;
         int n = _n;
-        _tree = null;
+        _proposed = false;
         long t1 = Stopwatch.GetTimestamp();
-        List<int> path; int bonus;
-        int[] pathTokens;
+        int bonus;
         _stats.TargetForwards++;
         // 4. Accept, reading the logits in place (no tensor ops: each costs microseconds at this size).
         int vocab = _target.Config.VocabSize;   // (not o.Logits.shape: ~1 µs per read)
-        using (var logits = HostFloats.Of(o.Logits))
+        int accepted;   // the path's length (root included)
+        var lg = o.HostLogits.Slice(row * vocab, tree.Count * vocab);
+        if (_sampler.Options.IsGreedy)
         {
-            var lg = logits.Span.Slice(row * vocab, tree.Count * vocab);
-            if (_sampler.Options.IsGreedy)
-            {
-                Span<long> argmax = stackalloc long[tree.Count];   // at most MaxRoundNodes + 1
-                for (int i = 0; i < argmax.Length; i++) argmax[i] = Sampler.ArgMax(lg.Slice(i * vocab, vocab));
-                (path, bonus) = Verifier.AcceptGreedy(tree, argmax);
-            }
-            else
-            {
-                var rows = logits;   // the lambda below cannot capture the span itself
-                (path, bonus) = Verifier.AcceptSampling(tree, i => _sampler.Probabilities(rows.Span.Slice((row + i) * vocab, vocab)), _sampler, _mutation);
-            }
+            Span<long> argmax = stackalloc long[tree.Count];   // at most the budget's tokens
+            for (int i = 0; i < argmax.Length; i++) argmax[i] = Sampler.ArgMax(lg.Slice(i * vocab, vocab));
+            accepted = Verifier.AcceptGreedy(tree, argmax, _path, out bonus);
         }
+        else accepted = AcceptSampling(o, row, vocab, out bonus);
+        var path = _path.AsSpan(0, accepted);
 
         // 5. Commit: keep the accepted path's KV entries in place; give the draft their true states.
-        Span<long> slots = stackalloc long[path.Count];
-        pathTokens = new int[path.Count];
-        for (int r = 0; r < path.Count; r++) { slots[r] = n + path[r]; pathTokens[r] = tree.Tokens[path[r]]; }
+        Span<long> slots = stackalloc long[accepted];
+        var pathTokens = _pathTokens.AsSpan(0, accepted);
+        for (int r = 0; r < accepted; r++) { slots[r] = n + path[r]; pathTokens[r] = tree.Tokens[path[r]]; }
         _cache.KeepSlots(n, slots);
         if (_session.ArrayPath is { } managed)
         {
             // The managed kernel takes the accepted rows straight from the forward's hidden states.
             int d = _target.Config.Dim;
-            using var hidden = HostFloats.Of(o.Hidden);
-            var rows = _acceptedRows.AsSpan(0, path.Count * d);
-            for (int r = 0; r < path.Count; r++) hidden.Span.Slice((row + path[r]) * d, d).CopyTo(rows.Slice(r * d, d));
+            var hidden = o.HostHidden;
+            var rows = _acceptedRows.AsSpan(0, accepted * d);
+            for (int r = 0; r < accepted; r++) hidden.Slice((row + path[r]) * d, d).CopyTo(rows.Slice(r * d, d));
             managed.Commit(pathTokens, rows);
         }
         else
         {
             using var scope = NewDisposeScope();
-            var pathIdx = path.Select(i => (long)(row + i)).ToArray();
+            var pathIdx = new long[accepted];
+            for (int r = 0; r < accepted; r++) pathIdx[r] = row + path[r];
             var hidden = o.Hidden.index_select(0, tensor(pathIdx, device: _target.Device));   // [len, D]
             _session.Commit(pathTokens, hidden);
         }
@@ -120,13 +124,21 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
         if (tree.Count > 1)
         {
             _stats.DraftRounds++;
-            for (int d = 1; d < path.Count; d++) _stats.AcceptedAtDepth[d - 1]++;
+            for (int d = 1; d < accepted; d++) _stats.AcceptedAtDepth[d - 1]++;
         }
-        var emitted = new int[path.Count];
-        for (int i = 1; i < path.Count; i++) emitted[i - 1] = tree.Tokens[path[i]];
+        // The emitted tokens: the accepted path after the root, then the bonus token. (Valid until the next Propose.)
+        var emitted = _emitted.AsSpan(0, accepted);
+        for (int i = 1; i < accepted; i++) emitted[i - 1] = tree.Tokens[path[i]];
         emitted[^1] = bonus;
         return emitted;
     }
+
+    /// <summary>
+    /// The sampling acceptance (a method of its own: the lambda's closure would otherwise be allocated on every
+    /// Finish, greedy ones included).
+    /// </summary>
+    int AcceptSampling(ForwardOutput o, int row, int vocab, out int bonus)
+        => Verifier.AcceptSampling(_tree, i => _sampler.Probabilities(o.HostLogits.Slice((row + i) * vocab, vocab)), _sampler, _mutation, _path, out bonus);
 
     public void Dispose() => _session.Dispose();
 }

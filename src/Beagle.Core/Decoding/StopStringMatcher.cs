@@ -10,6 +10,17 @@ internal sealed class StopStringMatcher(IReadOnlyList<string> stops)
 
     public bool Stopped { get; private set; }
 
+    /// <summary>
+    /// Adds decoded text and appends the part that is safe to emit to <paramref name="output"/>. Without stop strings
+    /// the text passes straight through (no string made); with them, matching works on strings.
+    /// </summary>
+    public void Push(ReadOnlySpan<char> text, System.Text.StringBuilder output)
+    {
+        if (Stopped || text.IsEmpty) return;
+        if (stops.Count == 0) output.Append(text);
+        else output.Append(Push(text.ToString()));
+    }
+
     /// <summary>Adds decoded text; returns the part that is safe to emit.</summary>
     public string Push(string text)
     {

@@ -16,15 +16,27 @@ public static class Verifier
     /// <returns>Accepted node indices (root first) and the bonus token.</returns>
     public static (List<int> Path, int Bonus) AcceptGreedy(DraftTree tree, ReadOnlySpan<long> argmax)
     {
-        var path = new List<int>(tree.IsChain ? tree.Count : 4) { 0 };
-        int cur = 0;
+        Span<int> path = tree.Count <= 256 ? stackalloc int[tree.Count] : new int[tree.Count];
+        int n = AcceptGreedy(tree, argmax, path, out int bonus);
+        return ([.. path[..n]], bonus);
+    }
+
+    /// <summary>
+    /// <see cref="AcceptGreedy(DraftTree, ReadOnlySpan{long})"/> into <paramref name="path"/> (at least tree.Count
+    /// long: a path never holds more nodes than the tree); returns the path's length. No allocation (decode rounds).
+    /// </summary>
+    internal static int AcceptGreedy(DraftTree tree, ReadOnlySpan<long> argmax, Span<int> path, out int bonus)
+    {
+        var tokens = tree.Tokens;
+        path[0] = 0;
+        int n = 1, cur = 0;
         while (true)
         {
             int want = (int)argmax[cur], next = -1;
-            if (tree.IsChain) { if (cur + 1 < tree.Count && tree.Tokens[cur + 1] == want) next = cur + 1; }   // the one child
-            else foreach (var c in tree.Children[cur]) if (tree.Tokens[c] == want) { next = c; break; }
-            if (next < 0) return (path, want);
-            path.Add(next); cur = next;
+            if (tree.IsChain) { if (cur + 1 < tree.Count && tokens[cur + 1] == want) next = cur + 1; }   // the one child
+            else foreach (var c in tree.ChildrenOf(cur)) if (tokens[c] == want) { next = c; break; }
+            if (next < 0) { bonus = want; return n; }
+            path[n++] = next; cur = next;
         }
     }
 
@@ -35,14 +47,22 @@ public static class Verifier
     /// <summary>The sampling acceptance with one step of the rule deliberately broken (<paramref name="mutation"/>; tests only).</summary>
     internal static (List<int> Path, int Bonus) AcceptSampling(DraftTree tree, Func<int, float[]> probabilities, Sampler sampler, AcceptanceMutation mutation)
     {
-        var path = new List<int> { 0 };
-        int cur = 0;
+        Span<int> path = tree.Count <= 256 ? stackalloc int[tree.Count] : new int[tree.Count];
+        int n = AcceptSampling(tree, probabilities, sampler, mutation, path, out int bonus);
+        return ([.. path[..n]], bonus);
+    }
+
+    /// <summary>The sampling acceptance into <paramref name="path"/> (at least tree.Count long); returns the path's length.</summary>
+    internal static int AcceptSampling(DraftTree tree, Func<int, float[]> probabilities, Sampler sampler, AcceptanceMutation mutation, Span<int> path, out int bonus)
+    {
+        path[0] = 0;
+        int n = 1, cur = 0;
         while (true)
         {
             var p = probabilities(cur);
             int accepted = -1;
             double mass = 1.0;   // remaining (unnormalised) mass of p after rejections
-            foreach (var c in tree.Children[cur])
+            foreach (var c in tree.ChildrenOf(cur))
             {
                 if (mutation == AcceptanceMutation.AcceptFirstChild) { accepted = c; break; }
                 int x = tree.Tokens[c];
@@ -52,8 +72,8 @@ public static class Verifier
                 if (mutation != AcceptanceMutation.BonusFromUnzeroed) p[x] = 0f;
                 if (mass <= 1e-12) break;
             }
-            if (accepted < 0) return (path, sampler.Draw(p));
-            path.Add(accepted); cur = accepted;
+            if (accepted < 0) { bonus = sampler.Draw(p); return n; }
+            path[n++] = accepted; cur = accepted;
         }
     }
 }

@@ -159,8 +159,9 @@ public sealed class LlamaModel : IDisposable
             int T = sq.Tokens.Length;
             if (T == 0) throw new ArgumentException($"sequence {b} has no tokens to run", nameof(sequences));
             if (sq.Positions.Length != T) throw new ArgumentException($"sequence {b}: {sq.Positions.Length} positions for {T} tokens", nameof(sequences));
-            if (sq.Parents is { } parents)
+            if (sq.IsTree)
             {
+                var parents = sq.TreeParents;
                 if (parents.Length != T) throw new ArgumentException($"sequence {b}: {parents.Length} parents for {T} tokens", nameof(sequences));
                 for (int i = 0; i < T; i++)
                     if (i == 0 ? parents[i] != -1 : parents[i] < 0 || parents[i] >= i)

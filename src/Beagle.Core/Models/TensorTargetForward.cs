@@ -163,11 +163,11 @@ internal abstract class TensorTargetForward : ITargetForward
             return new ForwardOutput(cat(parts.Select(p => p.Logits).ToArray(), 0).MoveToOuterDisposeScope(),
                 cat(parts.Select(p => p.Hidden).ToArray(), 0).MoveToOuterDisposeScope());
         }
-        finally { foreach (var p in parts) p?.Dispose(); }
+        finally { foreach (var p in parts) p.Dispose(); }   // (a default output, of a forward that never ran, disposes nothing)
     }
 
     ForwardOutput ForwardRows(SequenceRows sq) =>
-        Forward(sq.Cache, sq.Tokens, sq.Positions, sq.Parents is null ? null : TreeAllowed(sq.Parents, sq.Cache.Length), lastLogitsOnly: false);
+        Forward(sq.Cache, sq.Tokens, sq.Positions, sq.IsTree ? TreeAllowed(sq.TreeParents, sq.Cache.Length) : null, lastLogitsOnly: false);
 
     public Tensor HiddenStates(Tensor tokens)
     {
@@ -234,7 +234,7 @@ internal abstract class TensorTargetForward : ITargetForward
     /// [T, start+T] bool for a tree of T new rows: every row sees the committed slots [0, start) and the slots of its
     /// ancestors and itself (the tree attention mask; DraftTree.Mask builds the same).
     /// </summary>
-    protected static bool[] TreeAllowed(int[] parents, int start)
+    protected static bool[] TreeAllowed(ReadOnlySpan<int> parents, int start)
     {
         int T = parents.Length, S = start + T;
         var data = new bool[T * S];

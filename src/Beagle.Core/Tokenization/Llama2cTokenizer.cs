@@ -119,7 +119,7 @@ public sealed class Llama2cTokenizer : ITokenizer
         if (previous == BosId && piece.Length > 0 && piece[0] == (byte)' ') piece = piece[1..];   // run.c: strip the space after BOS
         // "<0xAB>" byte-fallback pieces decode to the raw byte.
         if (piece.Length == 6 && piece[0] == '<' && piece[1] == '0' && piece[2] == 'x' && piece[5] == '>' &&
-            byte.TryParse(Encoding.ASCII.GetString(piece.Slice(3, 2)), System.Globalization.NumberStyles.HexNumber, null, out var b))
+            byte.TryParse(piece.Slice(3, 2), System.Globalization.NumberStyles.HexNumber, null, out var b))   // (UTF-8 parse: no string per token)
             return _bytePieces[b];
         return piece;
     }

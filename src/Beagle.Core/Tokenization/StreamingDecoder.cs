@@ -15,13 +15,26 @@ public sealed class StreamingDecoder(ITokenizer tokenizer, int previous = -1)
     /// <summary>Adds one token; returns the text that became complete (possibly empty).</summary>
     public string Append(int token)
     {
+        char[] chars = [];
+        return new string(Append(token, ref chars));
+    }
+
+    /// <summary>
+    /// <see cref="Append(int)"/> without making a string: the text that became complete is decoded into
+    /// <paramref name="chars"/> (grown when too short; the caller keeps it for the next call) and returned as a view of it,
+    /// valid until the buffer is next used. A streaming loop that gathers text in a builder allocates nothing per token.
+    /// </summary>
+    public ReadOnlySpan<char> Append(int token, ref char[] chars)
+    {
         if (!tokenizer.IsSpecial(token)) foreach (var b in tokenizer.TokenBytes(token, _previous)) _pending.Add(b);
         _previous = token;
         int complete = CompletePrefixLength(_pending);
-        if (complete == 0) return "";
-        var text = Encoding.UTF8.GetString(_pending.GetRange(0, complete).ToArray());
+        if (complete == 0) return default;
+        var bytes = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_pending)[..complete];
+        if (chars.Length < complete) chars = new char[Math.Max(complete, 64)];   // UTF-8 never decodes to more chars than bytes
+        int n = Encoding.UTF8.GetChars(bytes, chars);
         _pending.RemoveRange(0, complete);
-        return text;
+        return chars.AsSpan(0, n);
     }
 
     /// <summary>Returns whatever is held back (an unfinished character becomes U+FFFD).</summary>

@@ -112,7 +112,7 @@ public class DraftTreeFloorTests
         float lf = PathLogProb(d, full, 10) + 1e-3f;
         int expected = Enumerable.Range(1, full.Count - 1).Count(i => PathLogProb(d, full, i) >= lf);
         var cut = Build(d, root, 21, 20, 1, lf, out int steps);
-        Assert.Equal(full.Tokens.Take(expected + 1), cut.Tokens);
+        Assert.Equal(full.Tokens[..(expected + 1)].ToArray(), cut.Tokens.ToArray());
         Assert.True(steps <= expected + 1 && steps < fullSteps, $"{steps} draft steps for a chain of {expected}");
     }
 }

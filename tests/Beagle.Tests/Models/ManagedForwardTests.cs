@@ -191,8 +191,9 @@ public class BatchInvarianceTests
             {
                 var r = rows[b]; int T = r.Tokens.Length, S = contexts[b] + T;
                 Tensor? mask = null;
-                if (r.Parents is { } parents)
+                if (r.IsTree)
                 {
+                    var parents = r.TreeParents;
                     var allowed = new bool[T * S];
                     for (int i = 0; i < T; i++)
                     {
