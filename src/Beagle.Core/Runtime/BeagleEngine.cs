@@ -94,9 +94,10 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
     readonly CancellationTokenSource _shutdown = new();
     EngineModels? _models;
     int _queued, _running, _batchSize, _largestBatch;
-    // Completed (and replaced) whenever a generation leaves a batch: a worker that may not admit (the engine is full,
-    // or another worker holds fewer) waits on it as well, since the place may be its to fill.
-    TaskCompletionSource _placeFreed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    // Completed (and replaced) whenever a worker's count of generations changes (one joins or leaves): a worker that may
+    // not admit (the engine is full, or another worker holds fewer) waits on it too, since a change elsewhere can make
+    // the next waiting request its to take.
+    TaskCompletionSource _loadChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     /// <summary>Starts the workers; the first loads the models (<paramref name="load"/> runs on it), the others then share them.</summary>
     public BeagleEngine(Func<EngineModels> load, EngineOptions? options = null)
@@ -202,10 +203,10 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
                 if (active.Count == 0)
                 {
                     if (!open) break;
-                    // Idle: a request, or (while this worker may not admit) a place freed elsewhere, or shutdown.
-                    var freed = Volatile.Read(ref _placeFreed).Task;
+                    // Idle: a request, or (while this worker may not admit) a change of load elsewhere, or shutdown.
+                    var changed = Volatile.Read(ref _loadChanged).Task;
                     if (MayAdmit(self)) reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult();
-                    else Task.WaitAny(freed, reader.Completion);
+                    else Task.WaitAny(changed, reader.Completion);
                     continue;
                 }
                 WaitForProgress(self, reader, open);
@@ -291,6 +292,7 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
                                 placeHeld = false;   // the generation holds it until Free
                                 Interlocked.Increment(ref self.Decoding);
                                 Interlocked.Increment(ref self.Admitted);
+                                SignalLoadChanged();   // a worker that may not admit waits for a change of load: another worker taking a place is one
                                 self.Active.Add(run);
                                 Deliver(self, run);
                             }
@@ -354,12 +356,16 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
     void ReleasePlace()
     {
         Interlocked.Decrement(ref _batchSize);
-        Interlocked.Exchange(ref _placeFreed, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+        SignalLoadChanged();
     }
+
+    /// <summary>Wakes the workers waiting for a change of load (see <see cref="_loadChanged"/>).</summary>
+    void SignalLoadChanged() =>
+        Interlocked.Exchange(ref _loadChanged, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
 
     /// <summary>
     /// Every admitted stream is paused for its reader: sleeps until a reader makes room, a stream is cancelled, the first
-    /// idle timeout falls due, a request arrives (when this worker may admit) or a place is freed elsewhere (when not).
+    /// idle timeout falls due, a request arrives (when this worker may admit) or the load changes elsewhere (when not).
     /// </summary>
     void WaitForProgress(Worker self, ChannelReader<WorkItem> reader, bool open)
     {
@@ -378,8 +384,8 @@ public sealed class BeagleEngine : IAsyncDisposable, IDisposable
         }
         if (open)
         {
-            var freed = Volatile.Read(ref _placeFreed).Task;
-            waits.Add(MayAdmit(self) ? reader.WaitToReadAsync().AsTask() : freed);
+            var changed = Volatile.Read(ref _loadChanged).Task;   // read before MayAdmit, so no change in between is missed
+            waits.Add(MayAdmit(self) ? reader.WaitToReadAsync().AsTask() : changed);
         }
         if (waits.Count > 0) Task.WaitAny(waits.ToArray(), timeout);
     }

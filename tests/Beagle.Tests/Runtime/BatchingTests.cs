@@ -249,7 +249,9 @@ public sealed class BatchingTests
         await engine.Ready;
         var o = new GenerationOptions { MaxNewTokens = 400 };
         var streams = Prompts.Take(4).Select(p => engine.GenerateAsync(p, o).GetAsyncEnumerator()).ToArray();
-        foreach (var s in streams) Assert.True(await s.MoveNextAsync());   // all running (paused at their buffers)
+        // One at a time, each left to pause at its buffer's end, so that the workers are asleep when the next arrives: a
+        // worker that could not admit when it fell asleep must be woken when another's admission makes it the least loaded.
+        foreach (var s in streams) { Assert.True(await s.MoveNextAsync()); await Task.Delay(200); }
         await WaitUntil(() => engine.BatchSize == 4);
         Assert.All(engine.WorkerAdmissions, n => Assert.Equal(2, n));   // the least loaded worker takes each request
         await engine.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30));
