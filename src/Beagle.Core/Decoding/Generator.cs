@@ -172,7 +172,8 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
     {
         readonly GenerationOptions _o;
         readonly GenerationStats _stats;
-        readonly KvCache? _cache;
+        readonly LlamaModel _target;
+        KvCache? _cache;            // rented from the target; returned on Dispose
         readonly IDecodeStrategy? _strategy;
         readonly StreamingDecoder? _decoder;
         readonly StopStringMatcher? _stops;
@@ -187,7 +188,7 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
 
         internal DecodeSequence(Generator g, int[] prompt, GenerationOptions o, GenerationStats stats)
         {
-            (_o, _stats, _eos) = (o, stats, g.Target.Config.EosIds);
+            (_o, _stats, _eos, _target) = (o, stats, g.Target.Config.EosIds, g.Target);
             stats.PromptTokens = prompt.Length;
             if (o.MaxNewTokens == 0) { stats.FinishReason = FinishReason.Length; Done = true; return; }
             var sampler = new Sampler(o.Sampling);
@@ -196,7 +197,7 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
             long t0 = Stopwatch.GetTimestamp();
             try
             {
-                _cache = g.Target.NewCache();
+                _cache = g.Target.RentCache();
                 _strategy = g.CreateStrategy(_cache, sampler, stats, o);
                 _decoder = new StreamingDecoder(g.Tokenizer, prompt[^1]);
                 _stops = new StopStringMatcher(o.StopStrings);
@@ -263,6 +264,11 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
         readonly System.Text.StringBuilder _text = new();   // a step's text until its chunk is made
         char[] _chars = [];                                 // the decoder's output of one token
 
-        public void Dispose() { _strategy?.Dispose(); _cache?.Dispose(); }
+        public void Dispose()
+        {
+            _strategy?.Dispose();
+            // Once only: a cache returned twice would be handed to two generations.
+            if (Interlocked.Exchange(ref _cache, null) is { } cache) _target.ReturnCache(cache);
+        }
     }
 }

@@ -18,6 +18,8 @@ public sealed class KvCache : IDisposable
     internal readonly Tensor[] K, V;        // per-layer views [kvH, hd, capacity]
 
     public int Capacity { get; }
+    /// <summary>Memory of the keys and values, in bytes.</summary>
+    public long Bytes => 2 * _k.NumberOfElements * _k.ElementSize;
     /// <summary>Number of committed positions.</summary>
     public int Length { get; private set; }
 
