@@ -109,7 +109,7 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
     /// <summary>
     /// Starts a generation of <paramref name="prompt"/> (validated like <see cref="Generate(string, GenerationOptions, GenerationStats?, CancellationToken)"/>)
     /// and runs its prefill: the returned sequence holds its first chunk and then advances with <see cref="Round"/>.
-    /// The caller owns it (Dispose frees its cache and draft session).
+    /// The caller owns it (Dispose frees its draft session and returns its cache to the target for reuse).
     /// </summary>
     internal DecodeSequence Start(string prompt, GenerationOptions options, GenerationStats stats)
         => Start(Tokenizer.Encode(prompt, options.AddBos && Tokenizer.BosId >= 0), options, stats);

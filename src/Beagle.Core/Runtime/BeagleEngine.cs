@@ -77,7 +77,7 @@ public sealed class EngineBusyException(int capacity)
 /// requests from one bounded queue, several at once: continuous batching. Each worker runs its own batch: between
 /// rounds it admits waiting requests (while the engine holds fewer than <see cref="EngineOptions.MaxBatchSize"/>
 /// generations and no other worker holds fewer than it does; each is prefilled on joining) and drops finished,
-/// cancelled and abandoned ones (freeing their caches and draft sessions); each round, <see cref="Generator.Round"/>
+/// cancelled and abandoned ones (freeing their draft sessions; their caches go back to the model for reuse); each round, <see cref="Generator.Round"/>
 /// verifies all of its generations' rows in one target forward. Each generation keeps its own cache, draft session and
 /// random source, so its output is the one it would get alone, whichever worker runs it and whoever shares its rounds.
 /// TorchSharp dispose scopes and no_grad are per thread, so a generation's tensor operations all happen on its worker;
