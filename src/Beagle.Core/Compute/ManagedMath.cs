@@ -452,6 +452,99 @@ internal static class ManagedMath
     }
 
     /// <summary>
+    /// <see cref="MatVec"/> of two vectors over the same W, which is read once for both: y0 = x0 · W, y1 = x1 · W. Every
+    /// output is the same chain of multiply-adds over W's rows in order as <see cref="MatVec"/>'s, so each result is
+    /// bit-identical to that vector's <see cref="MatVec"/> (what lets sequences draft together and still get exactly
+    /// what they get alone). Pays where W does not stay in L1/L2 between two calls (a draft step's matrices).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void MatVecPair(ReadOnlySpan<float> x0, ReadOnlySpan<float> x1, ReadOnlySpan<float> w, Span<float> y0, Span<float> y1)
+    {
+        int rows = x0.Length, cols = y0.Length, vw = Vector<float>.Count;
+        if (x1.Length != rows || y1.Length != cols) throw new ArgumentException("the two vectors differ in length", nameof(x1));
+        if (w.Length < rows * cols) throw new ArgumentException($"W has {w.Length} elements, expected {rows} x {cols}", nameof(w));
+        ref float w0 = ref MemoryMarshal.GetReference(w);
+        ref float ya = ref MemoryMarshal.GetReference(y0);
+        ref float yb = ref MemoryMarshal.GetReference(y1);
+        ref float xa = ref MemoryMarshal.GetReference(x0);
+        ref float xb = ref MemoryMarshal.GetReference(x1);
+        int c = 0;
+        for (; c + 4 * vw <= cols; c += 4 * vw)
+        {
+            Vector<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+            nuint o = (nuint)c;
+            for (int i = 0; i < rows; i++, o += (nuint)cols)
+            {
+                var p = new Vector<float>(Unsafe.Add(ref xa, i)); var q = new Vector<float>(Unsafe.Add(ref xb, i));
+                var w0v = Vector.LoadUnsafe(ref w0, o); var w1v = Vector.LoadUnsafe(ref w0, o + (nuint)vw);
+                var w2v = Vector.LoadUnsafe(ref w0, o + (nuint)(2 * vw)); var w3v = Vector.LoadUnsafe(ref w0, o + (nuint)(3 * vw));
+                a0 = Vector.FusedMultiplyAdd(p, w0v, a0); a1 = Vector.FusedMultiplyAdd(p, w1v, a1);
+                a2 = Vector.FusedMultiplyAdd(p, w2v, a2); a3 = Vector.FusedMultiplyAdd(p, w3v, a3);
+                b0 = Vector.FusedMultiplyAdd(q, w0v, b0); b1 = Vector.FusedMultiplyAdd(q, w1v, b1);
+                b2 = Vector.FusedMultiplyAdd(q, w2v, b2); b3 = Vector.FusedMultiplyAdd(q, w3v, b3);
+            }
+            a0.StoreUnsafe(ref ya, (nuint)c); a1.StoreUnsafe(ref ya, (nuint)(c + vw));
+            a2.StoreUnsafe(ref ya, (nuint)(c + 2 * vw)); a3.StoreUnsafe(ref ya, (nuint)(c + 3 * vw));
+            b0.StoreUnsafe(ref yb, (nuint)c); b1.StoreUnsafe(ref yb, (nuint)(c + vw));
+            b2.StoreUnsafe(ref yb, (nuint)(c + 2 * vw)); b3.StoreUnsafe(ref yb, (nuint)(c + 3 * vw));
+        }
+        for (; c + vw <= cols; c += vw)
+        {
+            Vector<float> a = default, b = default;
+            for (int i = 0; i < rows; i++)
+            {
+                var wv = Vector.LoadUnsafe(ref w0, (nuint)(i * cols + c));
+                a = Vector.FusedMultiplyAdd(new Vector<float>(x0[i]), wv, a);
+                b = Vector.FusedMultiplyAdd(new Vector<float>(x1[i]), wv, b);
+            }
+            a.StoreUnsafe(ref ya, (nuint)c); b.StoreUnsafe(ref yb, (nuint)c);
+        }
+        for (; c < cols; c++)
+        {
+            float a = 0, b = 0;
+            for (int i = 0; i < rows; i++) { a += x0[i] * w[i * cols + c]; b += x1[i] * w[i * cols + c]; }
+            y0[c] = a; y1[c] = b;
+        }
+    }
+
+    /// <summary>
+    /// <see cref="RowDots"/> of two vectors over the same m, read once for both; each result bit-identical to that
+    /// vector's <see cref="RowDots"/> (the same per-row sums in the same order).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void RowDotsPair(ReadOnlySpan<float> x0, ReadOnlySpan<float> x1, ReadOnlySpan<float> m, Span<float> y0, Span<float> y1)
+    {
+        int d = x0.Length, n = y0.Length, vw = Vector<float>.Count;
+        if (x1.Length != d || y1.Length != n) throw new ArgumentException("the two vectors differ in length", nameof(x1));
+        if (m.Length < n * d) throw new ArgumentException($"m has {m.Length} elements, expected {n} x {d}", nameof(m));
+        ref float m0 = ref MemoryMarshal.GetReference(m);
+        ref float xa = ref MemoryMarshal.GetReference(x0);
+        ref float xb = ref MemoryMarshal.GetReference(x1);
+        int r = 0;
+        if (d % vw == 0)
+        {
+            for (; r + 4 <= n; r += 4)
+            {
+                Vector<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+                nuint o = (nuint)(r * d);
+                for (int k = 0; k < d; k += vw)
+                {
+                    var p = Vector.LoadUnsafe(ref xa, (nuint)k); var q = Vector.LoadUnsafe(ref xb, (nuint)k);
+                    var m0v = Vector.LoadUnsafe(ref m0, o + (nuint)k); var m1v = Vector.LoadUnsafe(ref m0, o + (nuint)(d + k));
+                    var m2v = Vector.LoadUnsafe(ref m0, o + (nuint)(2 * d + k)); var m3v = Vector.LoadUnsafe(ref m0, o + (nuint)(3 * d + k));
+                    a0 = Vector.FusedMultiplyAdd(p, m0v, a0); a1 = Vector.FusedMultiplyAdd(p, m1v, a1);
+                    a2 = Vector.FusedMultiplyAdd(p, m2v, a2); a3 = Vector.FusedMultiplyAdd(p, m3v, a3);
+                    b0 = Vector.FusedMultiplyAdd(q, m0v, b0); b1 = Vector.FusedMultiplyAdd(q, m1v, b1);
+                    b2 = Vector.FusedMultiplyAdd(q, m2v, b2); b3 = Vector.FusedMultiplyAdd(q, m3v, b3);
+                }
+                y0[r] = Vector.Sum(a0); y0[r + 1] = Vector.Sum(a1); y0[r + 2] = Vector.Sum(a2); y0[r + 3] = Vector.Sum(a3);
+                y1[r] = Vector.Sum(b0); y1[r + 1] = Vector.Sum(b1); y1[r + 2] = Vector.Sum(b2); y1[r + 3] = Vector.Sum(b3);
+            }
+        }
+        for (; r < n; r++) { y0[r] = Dot(x0, m.Slice(r * d, d)); y1[r] = Dot(x1, m.Slice(r * d, d)); }
+    }
+
+    /// <summary>
     /// y[r] = x · m[r, :] for m [y.Length, x.Length] row-major, four rows at a time (x loaded once per four rows).
     /// For wide outputs such as the LM head this streams m contiguously, which beat <see cref="MatVec"/>'s column
     /// blocks by ~2x at 64 x 512 here (strided rows defeat the prefetcher once W leaves L1).
@@ -550,5 +643,31 @@ internal static class ManagedMath
         RowDots(output, lm, logProbs);
         Span<float> scratch = logProbs.Length <= 4096 ? stackalloc float[logProbs.Length] : new float[logProbs.Length];
         LogSoftmax(logProbs, scratch);
+    }
+
+    /// <summary>
+    /// <see cref="OutputAndLogits"/> of two draft nodes (of any two sessions of the same draft), each matrix read once
+    /// for both; each node's state and log-probs bit-identical to its own <see cref="OutputAndLogits"/> call.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void OutputAndLogitsPair(ReadOnlySpan<float> o0, ReadOnlySpan<float> o1, ReadOnlySpan<float> residual0, ReadOnlySpan<float> residual1,
+        float[] woT, float[] w13T, float[] w2T, float[] lm, float eps, Span<float> output0, Span<float> output1, Span<float> logProbs0, Span<float> logProbs1)
+    {
+        int d = residual0.Length, f = w2T.Length / d;
+        Span<float> y0 = stackalloc float[d], y1 = stackalloc float[d];
+        Span<float> yn0 = stackalloc float[d], yn1 = stackalloc float[d];
+        Span<float> gu0 = stackalloc float[2 * f], gu1 = stackalloc float[2 * f];
+        Span<float> act0 = stackalloc float[f], act1 = stackalloc float[f];
+        MatVecPair(o0, o1, woT, y0, y1);
+        Axpy(1f, residual0, y0); Axpy(1f, residual1, y1);
+        RmsNorm(y0, yn0, eps); RmsNorm(y1, yn1, eps);
+        MatVecPair(yn0, yn1, w13T, gu0, gu1);
+        SwiGlu(gu0[..f], gu0[f..], act0); SwiGlu(gu1[..f], gu1[f..], act1);
+        MatVecPair(act0, act1, w2T, output0, output1);
+        Axpy(1f, y0, output0); Axpy(1f, y1, output1);
+        RowDotsPair(output0, output1, lm, logProbs0, logProbs1);
+        Span<float> scratch = logProbs0.Length <= 4096 ? stackalloc float[logProbs0.Length] : new float[logProbs0.Length];
+        LogSoftmax(logProbs0, scratch);
+        LogSoftmax(logProbs1, scratch);
     }
 }

@@ -130,13 +130,31 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
         // The round's lists are reused (a Generator runs rounds on one thread, one at a time) and emptied after each
         // round so that they hold no finished sequence.
         var running = _running; var rows = _rows;
+        int chains = 0;
         try
         {
+            for (int i = 0; i < sequences.Count; i++)   // (not foreach: an interface enumerator is an allocation per round)
+                if (sequences[i].Done) throw new InvalidOperationException("a finished sequence cannot run another round");
+            // Sequences that draft a chain over sessions that can pair draft in lockstep, two steps per pass over the
+            // draft's weights (DraftTree.BuildChains); each gets the chain it would draft alone.
+            double chainSeconds = 0;
+            if (sequences.Count > 1)
+            {
+                if (_chainOf.Length < sequences.Count) (_chainOf, _jobs) = (new int[sequences.Count], new DraftTree.ChainJob[sequences.Count]);
+                for (int i = 0; i < sequences.Count; i++) _chainOf[i] = sequences[i].TryBeginChain(out _jobs[chains]) ? chains++ : -1;
+                if (chains > 1)
+                {
+                    long t = Stopwatch.GetTimestamp();
+                    DraftTree.BuildChains(_jobs.AsSpan(0, chains));
+                    chainSeconds = Stopwatch.GetElapsedTime(t).TotalSeconds;
+                }
+            }
             for (int i = 0; i < sequences.Count; i++)
             {
                 var s = sequences[i];
-                if (s.Done) throw new InvalidOperationException("a finished sequence cannot run another round");
-                if (s.Propose() is { } r) { running.Add(s); rows.Add(r); }
+                // (A lone chain is drafted by Propose, as for a sequence alone.)
+                var r = chains > 1 && _chainOf[i] >= 0 ? s.EndChain(_jobs[_chainOf[i]], chainSeconds) : s.Propose();
+                if (r is { } x) { running.Add(s); rows.Add(x); }
             }
             if (rows.Count == 0) return;
             long t0 = Stopwatch.GetTimestamp();
@@ -145,11 +163,14 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
             for (int i = 0, row = 0; i < running.Count; row += rows[i].Tokens.Length, i++)
                 running[i].Finish(output, row, forward);
         }
-        finally { running.Clear(); rows.Clear(); }
+        finally { running.Clear(); rows.Clear(); Array.Clear(_jobs, 0, chains); }
     }
 
     readonly List<DecodeSequence> _running = [];
     readonly List<SequenceRows> _rows = [];
+    // The round's lockstep chains (grown to the widest batch) and, per sequence, its job's index or -1.
+    DraftTree.ChainJob[] _jobs = [];
+    int[] _chainOf = [];
 
     IDecodeStrategy CreateStrategy(KvCache cache, Sampler sampler, GenerationStats stats, GenerationOptions o)
     {
@@ -213,6 +234,16 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
 
         /// <summary>The chunk of the last step (prefill or round), once; null when it produced neither tokens nor text.</summary>
         public GenerationChunk? TakeChunk() { var c = _chunk; _chunk = null; return c; }
+
+        /// <summary>Sets up this round's draft as a lockstep chain (<see cref="SpeculativeStrategy.TryBeginChain"/>); false: use <see cref="Propose"/>.</summary>
+        internal bool TryBeginChain(out DraftTree.ChainJob job)
+        {
+            job = default;
+            return _strategy is SpeculativeStrategy s && s.TryBeginChain(_pending, out job);
+        }
+
+        /// <summary>This round's rows once its lockstep chain is built (<see cref="SpeculativeStrategy.EndChain"/>).</summary>
+        internal SequenceRows EndChain(in DraftTree.ChainJob job, double draftSeconds) => ((SpeculativeStrategy)_strategy!).EndChain(job, draftSeconds);
 
         internal SequenceRows? Propose()
         {

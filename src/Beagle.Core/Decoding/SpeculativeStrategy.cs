@@ -75,6 +75,36 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
         return new SequenceRows(_cache, tree.TokenBuffer, _positions, tree.IsChain ? null : tree.ParentBuffer, tree.Count);
     }
 
+    /// <summary>
+    /// The first half of <see cref="Propose"/> for a round whose draft is a chain over a session that can draft in
+    /// lockstep with other sequences' (<see cref="DraftTree.BuildChains"/>): sets up the chain as Propose would build
+    /// it. False when this round drafts otherwise (a tree, a session that cannot pair, no room: use Propose).
+    /// </summary>
+    internal bool TryBeginChain(int pending, out DraftTree.ChainJob job)
+    {
+        job = default;
+        int n = _cache.Length, room = _cache.Capacity - n;
+        int tokens = Math.Min(_tokens, room), depth = Math.Min(_depth, room - 1);
+        if (_topK != 1 || room <= 0 || tokens <= 1 || depth < 1 || _session.ArrayPath is not IPairedDraftSession paired) return false;
+        job = new DraftTree.ChainJob(_tree, paired, _draft.DraftToTarget, pending, n, Math.Min(tokens - 1, depth), _minLogProb);
+        return true;
+    }
+
+    /// <summary>
+    /// The second half of <see cref="Propose"/> after <see cref="DraftTree.BuildChains"/> built the job's chain:
+    /// <paramref name="draftSeconds"/> is the lockstep drafting's time (shared, as a batched forward's is).
+    /// </summary>
+    internal SequenceRows EndChain(in DraftTree.ChainJob job, double draftSeconds)
+    {
+        int n = _cache.Length;
+        _session.EndRound();
+        _stats.DraftSteps += job.Steps;
+        _stats.DraftSeconds += draftSeconds;
+        (_proposed, _n) = (true, n);
+        _tree.PositionsInto(n, _positions);
+        return new SequenceRows(_cache, _tree.TokenBuffer, _positions, null, _tree.Count);
+    }
+
     public ReadOnlySpan<int> Finish(ForwardOutput o, int row)
     {
         if (!_proposed) throw new InvalidOperationException("Finish without a proposal");

@@ -188,6 +188,84 @@ public sealed class DraftTree
         return Seal(n);
     }
 
+    /// <summary>
+    /// A chain drafted in lockstep with other sequences' chains (<see cref="BuildChains"/>): its tree, session and
+    /// budget as <see cref="BuildChain"/> takes them, and its progress.
+    /// </summary>
+    internal struct ChainJob
+    {
+        public DraftTree Tree;
+        public IPairedDraftSession Session;
+        public IReadOnlyList<int>? DraftToTarget;
+        public int RootPosition, Length;
+        public float MinLogProb;
+        /// <summary>Draft steps taken (the caller adds them to its count).</summary>
+        public int Steps;
+        internal int Nodes;
+        internal float Score;
+        internal bool Ended;
+
+        public ChainJob(DraftTree tree, IPairedDraftSession session, IReadOnlyList<int>? draftToTarget, int root, int rootPosition, int length, float minLogProb)
+        {
+            (Tree, Session, DraftToTarget, RootPosition, Length, MinLogProb) = (tree, session, draftToTarget, rootPosition, length, minLogProb);
+            tree.Reserve(length + 1);
+            tree._tokens[0] = root;
+            Nodes = 1;
+            Ended = length < 1;
+        }
+    }
+
+    /// <summary>
+    /// Several sequences' chains at once, one draft step of every unfinished chain per pass: the steps of two sessions
+    /// that can pair run together (<see cref="IPairedDraftSession.ExpandPair"/>, the draft's weights read once for both).
+    /// Each tree is exactly the one <see cref="BuildChain"/> builds for its job alone (the paired step is bit-identical
+    /// to a session's own), so a sequence's proposals do not depend on who drafts beside it. Callers end each session's
+    /// round, as after BuildChain.
+    /// </summary>
+    internal static void BuildChains(Span<ChainJob> jobs)
+    {
+        Span<int> live = stackalloc int[jobs.Length];
+        for (int d = 1; ; d++)
+        {
+            int n = 0;
+            for (int j = 0; j < jobs.Length; j++) if (!jobs[j].Ended) live[n++] = j;
+            if (n == 0) break;
+            for (int k = 0; k < n; k++)
+            {
+                ref var a = ref jobs[live[k]];
+                int ta = a.Tree._tokens[d - 1], pa = a.RootPosition + d - 1;
+                if (k + 1 < n && a.Session.CanPairWith(jobs[live[k + 1]].Session))
+                {
+                    ref var b = ref jobs[live[k + 1]];
+                    var rowA = a.Session.ExpandPair(ta, pa, d - 2, b.Session, b.Tree._tokens[d - 1], b.RootPosition + d - 1, d - 2);
+                    Extend(ref a, rowA, d);
+                    Extend(ref b, b.Session.LastRow, d);
+                    k++;
+                }
+                else Extend(ref a, a.Session.ExpandToBuffer([ta], [pa], [d - 2]), d);
+            }
+        }
+        foreach (ref var job in jobs)
+        {
+            var t = job.Tree;
+            for (int i = 0; i < job.Nodes; i++) { t._parents[i] = i - 1; t._depths[i] = i; }
+            t.Seal(job.Nodes);
+        }
+
+        // The chain's step d: the same choice and stopping rules as the single-chain builder.
+        static void Extend(ref ChainJob job, ReadOnlySpan<float> row, int d)
+        {
+            job.Steps++;
+            int best = 0;
+            for (int v = 1; v < row.Length; v++) if (row[v] > row[best]) best = v;
+            if (float.IsNegativeInfinity(row[best])) { job.Ended = true; return; }   // no proposal here: the chain ends
+            job.Score += row[best];
+            if (!(job.Score >= job.MinLogProb)) { job.Ended = true; return; }
+            job.Tree._tokens[job.Nodes++] = job.DraftToTarget is null ? best : job.DraftToTarget[best];
+            if (d >= job.Length) job.Ended = true;
+        }
+    }
+
     /// <summary>EAGLE-2's search (see the class summary), any top-k.</summary>
     internal static DraftTree BuildTree(IDraftSession session, IReadOnlyList<int>? draftToTarget, int root, int rootPosition,
         int totalTokens, int depth, int topK, ref int draftSteps, float minLogProb)

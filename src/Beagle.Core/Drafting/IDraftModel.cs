@@ -102,6 +102,27 @@ public interface IArrayDraftSession
 }
 
 /// <summary>
+/// An array session that takes one draft step together with another session of the same draft, reading the draft's
+/// weights once for both: where a draft step streams its matrices from cache or memory, two sequences drafting in
+/// lockstep (DraftTree.BuildChains) pay about one step's reads for two. Each session's node, state and log-probs are
+/// bit-identical to what its own <see cref="IArrayDraftSession.ExpandToBuffer"/> gives, so a sequence drafts the same
+/// whichever sequences share its rounds.
+/// </summary>
+internal interface IPairedDraftSession : IArrayDraftSession
+{
+    /// <summary>Whether <paramref name="other"/> (another session) can expand together with this one: the same draft and settings.</summary>
+    bool CanPairWith(IPairedDraftSession other);
+    /// <summary>
+    /// Expands one node in this session and one in <paramref name="other"/> (each a single-node expansion, validated as
+    /// ExpandToBuffer validates it). Returns this session's log-prob row [VocabSize]; the other's is its
+    /// <see cref="LastRow"/>. Both stay valid until that session's next expansion.
+    /// </summary>
+    ReadOnlySpan<float> ExpandPair(int token, int position, int parent, IPairedDraftSession other, int otherToken, int otherPosition, int otherParent);
+    /// <summary>The log-prob row of the last single-node expansion (valid until the next).</summary>
+    ReadOnlySpan<float> LastRow { get; }
+}
+
+/// <summary>
 /// A draft that says what it is for the tree-budget cache (TreeBudgetCalibrator.DraftIdentity), where hashing its
 /// parameters does not apply: a draft with no parameters (n-gram lookup, identified by its settings) or one whose
 /// parameters are not a TorchSharp module (a whole language model, identified by its weights' fingerprint).

@@ -97,6 +97,7 @@ public class SteadyStateAllocationTests(ITestOutputHelper output)
             ("chain 4/3/1", Measure(g, Chain)),
             ("tree 16/5/4", Measure(g, Tree)),
             ("batch of plain + chain + tree", Measure(g, Plain, Chain, Tree)),
+            ("batch of three chains (Beagle's drafted in lockstep)", Measure(g, Chain, Chain, Chain)),
         };
         foreach (var (name, m) in cases) output.WriteLine($"{arch} {name}: {m}");
         foreach (var (name, m) in cases)
