@@ -85,7 +85,7 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
         job = default;
         int n = _cache.Length, room = _cache.Capacity - n;
         int tokens = Math.Min(_tokens, room), depth = Math.Min(_depth, room - 1);
-        if (_topK != 1 || room <= 0 || tokens <= 1 || depth < 1 || _session.ArrayPath is not IPairedDraftSession paired) return false;
+        if (_topK != 1 || room <= 0 || tokens <= 1 || depth < 1 || _session.ArrayPath is not IPairedDraftSession paired) return false;   // (others draft alone, in Propose)
         job = new DraftTree.ChainJob(_tree, paired, _draft.DraftToTarget, pending, n, Math.Min(tokens - 1, depth), _minLogProb);
         return true;
     }

@@ -162,30 +162,16 @@ public sealed class DraftTree
 
     /// <summary>
     /// <see cref="BuildChain(IDraftSession, IReadOnlyList{int}?, int, int, int, ref int, float)"/> over an array session:
-    /// the inputs live on the stack and the top-1 is read from the session's buffer (the same choice as
-    /// <see cref="TopK"/>: the first maximum).
+    /// the chain of <see cref="BuildChains"/> alone (inputs on the stack, the top-1 read from the session's buffer: the
+    /// same choice as <see cref="TopK"/>, the first maximum).
     /// </summary>
     DraftTree ChainInto(IArrayDraftSession session, IReadOnlyList<int>? draftToTarget, int root, int rootPosition,
         int length, ref int draftSteps, float minLogProb)
     {
-        Span<int> token = stackalloc int[1], position = stackalloc int[1], parent = stackalloc int[1];
-        _tokens[0] = root;
-        int n = 1;
-        float score = 0;
-        for (int d = 1; d <= length; d++)
-        {
-            token[0] = _tokens[d - 1]; position[0] = rootPosition + d - 1; parent[0] = d - 2;
-            var row = session.ExpandToBuffer(token, position, parent);   // [Vd]
-            draftSteps++;
-            int best = 0;
-            for (int v = 1; v < row.Length; v++) if (row[v] > row[best]) best = v;
-            if (float.IsNegativeInfinity(row[best])) break;   // no proposal here: the chain ends
-            score += row[best];
-            if (!(score >= minLogProb)) break;
-            _tokens[n++] = draftToTarget is null ? best : draftToTarget[best];
-        }
-        for (int i = 0; i < n; i++) { _parents[i] = i - 1; _depths[i] = i; }
-        return Seal(n);
+        var job = new ChainJob(this, session, draftToTarget, root, rootPosition, length, minLogProb);
+        BuildChains(new Span<ChainJob>(ref job));
+        draftSteps += job.Steps;
+        return this;
     }
 
     /// <summary>
@@ -195,7 +181,7 @@ public sealed class DraftTree
     internal struct ChainJob
     {
         public DraftTree Tree;
-        public IPairedDraftSession Session;
+        public IArrayDraftSession Session;
         public IReadOnlyList<int>? DraftToTarget;
         public int RootPosition, Length;
         public float MinLogProb;
@@ -205,7 +191,7 @@ public sealed class DraftTree
         internal float Score;
         internal bool Ended;
 
-        public ChainJob(DraftTree tree, IPairedDraftSession session, IReadOnlyList<int>? draftToTarget, int root, int rootPosition, int length, float minLogProb)
+        public ChainJob(DraftTree tree, IArrayDraftSession session, IReadOnlyList<int>? draftToTarget, int root, int rootPosition, int length, float minLogProb)
         {
             (Tree, Session, DraftToTarget, RootPosition, Length, MinLogProb) = (tree, session, draftToTarget, rootPosition, length, minLogProb);
             tree.Reserve(length + 1);
@@ -216,8 +202,8 @@ public sealed class DraftTree
     }
 
     /// <summary>
-    /// Several sequences' chains at once, one draft step of every unfinished chain per pass: the steps of two sessions
-    /// that can pair run together (<see cref="IPairedDraftSession.ExpandPair"/>, the draft's weights read once for both).
+    /// Several sequences' chains at once (or one: the single-chain builder is this), one draft step of every unfinished
+    /// chain per pass: the steps of two sessions that can pair run together (<see cref="IPairedDraftSession.ExpandPair"/>, the draft's weights read once for both).
     /// Each tree is exactly the one <see cref="BuildChain"/> builds for its job alone (the paired step is bit-identical
     /// to a session's own), so a sequence's proposals do not depend on who drafts beside it. Callers end each session's
     /// round, as after BuildChain.
@@ -234,12 +220,12 @@ public sealed class DraftTree
             {
                 ref var a = ref jobs[live[k]];
                 int ta = a.Tree._tokens[d - 1], pa = a.RootPosition + d - 1;
-                if (k + 1 < n && a.Session.CanPairWith(jobs[live[k + 1]].Session))
+                if (k + 1 < n && a.Session is IPairedDraftSession sa && jobs[live[k + 1]].Session is IPairedDraftSession sb && sa.CanPairWith(sb))
                 {
                     ref var b = ref jobs[live[k + 1]];
-                    var rowA = a.Session.ExpandPair(ta, pa, d - 2, b.Session, b.Tree._tokens[d - 1], b.RootPosition + d - 1, d - 2);
+                    var rowA = sa.ExpandPair(ta, pa, d - 2, sb, b.Tree._tokens[d - 1], b.RootPosition + d - 1, d - 2);
                     Extend(ref a, rowA, d);
-                    Extend(ref b, b.Session.LastRow, d);
+                    Extend(ref b, sb.LastRow, d);
                     k++;
                 }
                 else Extend(ref a, a.Session.ExpandToBuffer([ta], [pa], [d - 2]), d);
