@@ -207,7 +207,7 @@ public abstract class DraftTrainer
         }
         using var draft = created;
         var parameters = draft.parameters().Where(p => p.requires_grad).ToList();
-        using var optimizer = torch.optim.AdamW(parameters, lr: o.LearningRate, beta1: o.Beta1, beta2: o.Beta2, weight_decay: o.WeightDecay);
+        using var optimizer = new AdamW(parameters, lr: o.LearningRate, beta1: o.Beta1, beta2: o.Beta2, weightDecay: o.WeightDecay);
 
         long step = 0;
         var epochs = new List<EpochMetrics>();

@@ -53,7 +53,7 @@ public static class TrainBench
         var states = target.HiddenStates(tokens);                                                     // [B, T, D]
         using var draft = DraftCheckpoint.Create(DraftConfig.ForTarget(target.Config, s.Arch), target);
         var parameters = draft.parameters().Where(p => p.requires_grad).ToList();
-        using var opt = optim.AdamW(parameters, lr: 1e-4, beta1: 0.9, beta2: 0.95);
+        using var opt = new AdamW(parameters, lr: 1e-4, beta1: 0.9, beta2: 0.95);
         var trainer = DraftTrainer.Create(target, tokenizer, options);
 
         GC.Collect(); GC.WaitForPendingFinalizers(); GC.Collect();

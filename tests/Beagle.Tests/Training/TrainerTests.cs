@@ -37,7 +37,7 @@ public class TrainerTests
         manual_seed(7);
         using var draft = DraftCheckpoint.Create(DraftConfig.ForTarget(TestAssets.Stories.Config, arch), TestAssets.Stories);
         var ps = draft.parameters().Where(p => p.requires_grad).ToList();
-        using var opt = optim.AdamW(ps, lr: 3e-3, beta1: 0.9, beta2: 0.95);
+        using var opt = new AdamW(ps, lr: 3e-3, beta1: 0.9, beta2: 0.95);
         var (tokens, states) = FixedBatch();
         var losses = new List<double>();
         for (int i = 0; i < 15; i++)

@@ -31,7 +31,7 @@ public class TrainingAlignmentTests
 
         // A briefly trained draft, so that agreements are far from 0 and differ between depths (an untrained draft
         // agrees almost nowhere and would let any misalignment pass).
-        using (var opt = optim.AdamW(draft.parameters().Where(p => p.requires_grad), lr: 3e-3))
+        using (var opt = new AdamW(draft.parameters().Where(p => p.requires_grad), lr: 3e-3, beta1: 0.9, beta2: 0.999))
             for (int i = 0; i < 40; i++)
             {
                 using var scope = NewDisposeScope();
