@@ -58,21 +58,21 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
     public SequenceRows? Propose(int pending)
     {
         int n = _cache.Length;
-        int room = _cache.Capacity - n;
-        if (room <= 0) return null;
+        if (_cache.Capacity - n <= 0) return null;
         long t0 = Stopwatch.GetTimestamp();
 
         // 1. Draft: the tree never exceeds the context left.
         int steps = 0;
-        var tree = _tree.Rebuild(_session, _draft.DraftToTarget, pending, n, Math.Min(_tokens, room), Math.Min(_depth, room - 1), _topK, ref steps, _minLogProb);
-        _session.EndRound();
-        _stats.DraftSteps += steps;
-        _stats.DraftSeconds += Stopwatch.GetElapsedTime(t0).TotalSeconds;
-        (_proposed, _n) = (true, n);
-        // 2. The whole tree is verified in one target forward (a chain's tree mask is the causal one). The rows view
-        // the tree's and this strategy's buffers, untouched until Finish.
-        tree.PositionsInto(n, _positions);
-        return new SequenceRows(_cache, tree.TokenBuffer, _positions, tree.IsChain ? null : tree.ParentBuffer, tree.Count);
+        var (tokens, depth) = RoundBudget(n);
+        _tree.Rebuild(_session, _draft.DraftToTarget, pending, n, tokens, depth, _topK, ref steps, _minLogProb);
+        return EndProposal(steps, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+    }
+
+    /// <summary>This round's tree budget: the tokens and depth asked for, cut to the context left after <paramref name="n"/> positions.</summary>
+    (int Tokens, int Depth) RoundBudget(int n)
+    {
+        int room = _cache.Capacity - n;
+        return (Math.Min(_tokens, room), Math.Min(_depth, room - 1));
     }
 
     /// <summary>
@@ -83,9 +83,9 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
     internal bool TryBeginChain(int pending, out DraftTree.ChainJob job)
     {
         job = default;
-        int n = _cache.Length, room = _cache.Capacity - n;
-        int tokens = Math.Min(_tokens, room), depth = Math.Min(_depth, room - 1);
-        if (_topK != 1 || room <= 0 || tokens <= 1 || depth < 1 || _session.ArrayPath is not IPairedDraftSession paired) return false;   // (others draft alone, in Propose)
+        int n = _cache.Length;
+        var (tokens, depth) = RoundBudget(n);
+        if (_topK != 1 || tokens <= 1 || depth < 1 || _session.ArrayPath is not IPairedDraftSession paired) return false;   // (others draft alone, in Propose)
         job = new DraftTree.ChainJob(_tree, paired, _draft.DraftToTarget, pending, n, Math.Min(tokens - 1, depth), _minLogProb);
         return true;
     }
@@ -94,15 +94,21 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
     /// The second half of <see cref="Propose"/> after <see cref="DraftTree.BuildChains"/> built the job's chain:
     /// <paramref name="draftSeconds"/> is the lockstep drafting's time (shared, as a batched forward's is).
     /// </summary>
-    internal SequenceRows EndChain(in DraftTree.ChainJob job, double draftSeconds)
+    internal SequenceRows EndChain(in DraftTree.ChainJob job, double draftSeconds) => EndProposal(job.Steps, draftSeconds);
+
+    /// <summary>A proposal once its tree is built: ends the draft's round, counts it, and hands the tree's rows out.</summary>
+    SequenceRows EndProposal(int draftSteps, double draftSeconds)
     {
         int n = _cache.Length;
         _session.EndRound();
-        _stats.DraftSteps += job.Steps;
+        _stats.DraftSteps += draftSteps;
         _stats.DraftSeconds += draftSeconds;
         (_proposed, _n) = (true, n);
-        _tree.PositionsInto(n, _positions);
-        return new SequenceRows(_cache, _tree.TokenBuffer, _positions, null, _tree.Count);
+        // 2. The whole tree is verified in one target forward (a chain's tree mask is the causal one). The rows view
+        // the tree's and this strategy's buffers, untouched until Finish.
+        var tree = _tree;
+        tree.PositionsInto(n, _positions);
+        return new SequenceRows(_cache, tree.TokenBuffer, _positions, tree.IsChain ? null : tree.ParentBuffer, tree.Count);
     }
 
     public ReadOnlySpan<int> Finish(ForwardOutput o, int row)
