@@ -136,24 +136,21 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
             for (int i = 0; i < sequences.Count; i++)   // (not foreach: an interface enumerator is an allocation per round)
                 if (sequences[i].Done) throw new InvalidOperationException("a finished sequence cannot run another round");
             // Sequences that draft a chain over sessions that can pair draft in lockstep, two steps per pass over the
-            // draft's weights (DraftTree.BuildChains); each gets the chain it would draft alone.
+            // draft's weights (DraftTree.BuildChains; a lone chain is a lockstep of one); each gets the chain it would
+            // draft alone. The others (trees, drafts that cannot pair, plain steps) propose on their own.
+            if (_chainOf.Length < sequences.Count) (_chainOf, _jobs) = (new int[sequences.Count], new DraftTree.ChainJob[sequences.Count]);
+            for (int i = 0; i < sequences.Count; i++) _chainOf[i] = sequences[i].TryBeginChain(out _jobs[chains]) ? chains++ : -1;
             double chainSeconds = 0;
-            if (sequences.Count > 1)
+            if (chains > 0)
             {
-                if (_chainOf.Length < sequences.Count) (_chainOf, _jobs) = (new int[sequences.Count], new DraftTree.ChainJob[sequences.Count]);
-                for (int i = 0; i < sequences.Count; i++) _chainOf[i] = sequences[i].TryBeginChain(out _jobs[chains]) ? chains++ : -1;
-                if (chains > 1)
-                {
-                    long t = Stopwatch.GetTimestamp();
-                    DraftTree.BuildChains(_jobs.AsSpan(0, chains));
-                    chainSeconds = Stopwatch.GetElapsedTime(t).TotalSeconds;
-                }
+                long t = Stopwatch.GetTimestamp();
+                DraftTree.BuildChains(_jobs.AsSpan(0, chains));
+                chainSeconds = Stopwatch.GetElapsedTime(t).TotalSeconds;
             }
             for (int i = 0; i < sequences.Count; i++)
             {
                 var s = sequences[i];
-                // (A lone chain is drafted by Propose, as for a sequence alone.)
-                var r = chains > 1 && _chainOf[i] >= 0 ? s.EndChain(_jobs[_chainOf[i]], chainSeconds) : s.Propose();
+                var r = _chainOf[i] >= 0 ? s.EndChain(_jobs[_chainOf[i]], chainSeconds) : s.Propose();
                 if (r is { } x) { running.Add(s); rows.Add(x); }
             }
             if (rows.Count == 0) return;

@@ -138,8 +138,8 @@ public sealed class DraftTree
     DraftTree ChainInto(IDraftSession session, IReadOnlyList<int>? draftToTarget, int root, int rootPosition,
         int length, ref int draftSteps, float minLogProb)
     {
-        Reserve(length + 1);
         if (session.ArrayPath is { } fast) return ChainInto(fast, draftToTarget, root, rootPosition, length, ref draftSteps, minLogProb);
+        Reserve(length + 1);
         var search = _search ??= new TreeSearch();
         _tokens[0] = root;
         int n = 1;
@@ -238,7 +238,8 @@ public sealed class DraftTree
             t.Seal(job.Nodes);
         }
 
-        // The chain's step d: the same choice and stopping rules as the single-chain builder.
+        // The chain's step d: the top-1 (the first maximum, as TopK picks it) joins unless the draft has no proposal or
+        // the path falls below the confidence floor; the rules of the tensor sessions' chain (ChainInto) and BuildTree's.
         static void Extend(ref ChainJob job, ReadOnlySpan<float> row, int d)
         {
             job.Steps++;
