@@ -64,11 +64,14 @@ internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServe
         for (int j = 0; j < ids.Length; j++)
             if ((uint)ids[j] >= (uint)vocab)
                 throw OpenAiError.BadRequest($"'{where}[{j}]' is token id {ids[j]}, outside this model's vocabulary (ids 0 to {vocab - 1})", "prompt", "invalid_token_id");
-        if (ids.Length >= ctx)
-            throw OpenAiError.BadRequest($"'{where}' has {ids.Length} tokens but the model's context is {ctx} tokens and leaves room for at most {ctx - 1}: " +
-                $"shorten it by {ids.Length - (ctx - 1)} tokens or more", "prompt", "context_length_exceeded");
+        if (ids.Length >= ctx) throw ContextExceeded($"'{where}'", ids.Length, ctx, "prompt");
         return ids;
     }
+
+    /// <summary>The 400 for a prompt of <paramref name="tokens"/> tokens that leaves no room in a context of <paramref name="ctx"/>: says by how much.</summary>
+    static OpenAiError ContextExceeded(string label, int tokens, int ctx, string param) =>
+        OpenAiError.BadRequest($"{label} has {tokens} tokens but the model's context is {ctx} tokens and leaves room for at most {ctx - 1}: " +
+            $"shorten it by {tokens - (ctx - 1)} tokens or more", param, "context_length_exceeded");
 
     public Task Models(HttpContext ctx) => WriteJson(ctx, 200, w =>
     {
@@ -141,9 +144,7 @@ internal sealed class OpenAiEndpoints(BeagleEngineProvider provider, BeagleServe
         }
         var ids = engine.Tokenizer.Encode(text, bos);
         if (ids.Length == 0) throw OpenAiError.BadRequest($"{label} is empty and this model's tokenizer adds no BOS token: give some text", param);
-        if (ids.Length >= ctx)
-            throw OpenAiError.BadRequest($"{label} has {ids.Length} tokens but the model's context is {ctx} tokens and leaves room for at most {ctx - 1}: " +
-                $"shorten it by {ids.Length - (ctx - 1)} tokens or more", param, "context_length_exceeded");
+        if (ids.Length >= ctx) throw ContextExceeded(label, ids.Length, ctx, param);
         return ids;
     }
 
