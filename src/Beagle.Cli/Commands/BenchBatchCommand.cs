@@ -129,17 +129,11 @@ public sealed class BenchBatchCommand : Command<BenchBatchSettings>
 
         var table = new Table().AddColumns("concurrent requests", "one at a time (tokens/s)", "batched (aggregate tokens/s)", "ratio", "runs (ratio)", "ratio in CPU time");
         foreach (var n in levels)
-            table.AddRow(n.ToString(), $"{Median(single[n]):F0}", $"{Median(batched[n]):F0}",
-                $"{Median(ratios[n]):F2}x", string.Join(" ", ratios[n].Select(x => x.ToString("F2"))), $"{Median(cpuRatios[n]):F2}x");
+            table.AddRow(n.ToString(), $"{SpeculativeBenchmark.Median(single[n]):F0}", $"{SpeculativeBenchmark.Median(batched[n]):F0}",
+                $"{SpeculativeBenchmark.Median(ratios[n]):F2}x", string.Join(" ", ratios[n].Select(x => x.ToString("F2"))), $"{SpeculativeBenchmark.Median(cpuRatios[n]):F2}x");
         AnsiConsole.Write(table);
         var method = draft is null ? "plain decoding" : $"draft {draft.Architecture} ({Markup.Escape(draftPath ?? "")})";
         AnsiConsole.MarkupLine($"[grey]{method}; {s.Workers} worker(s) of {s.Threads} thread(s); at most {s.MaxTokens} new tokens per request (got {lengths.Min()}-{lengths.Max()}, mean {lengths.Average():F0}{(lengths.Min() < s.MaxTokens ? ": EOS ended some early" : "")}); greedy; {s.Runs} runs; batched outputs identical to one at a time: {identical}[/]");
         return identical ? 0 : 1;
-    }
-
-    static double Median(List<double> values)
-    {
-        var sorted = values.Order().ToArray();
-        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
     }
 }

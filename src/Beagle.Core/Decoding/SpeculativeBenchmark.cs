@@ -201,8 +201,8 @@ public static class SpeculativeBenchmark
     static GenerationOptions Options(BenchMethod m, SamplingOptions sampling, int maxNewTokens) =>
         new() { MaxNewTokens = maxNewTokens, Sampling = sampling, Speculative = m.Draft is null ? null : m.Speculative ?? new SpeculativeOptions() };
 
-    /// <summary>Median (mean of the middle two for an even count; 0 for none).</summary>
-    internal static double Median(IEnumerable<double> values)
+    /// <summary>Median (mean of the middle two for an even count; 0 for none): what every benchmark reports of its runs.</summary>
+    public static double Median(IEnumerable<double> values)
     {
         var s = values.OrderBy(x => x).ToArray();
         return s.Length == 0 ? 0 : s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
