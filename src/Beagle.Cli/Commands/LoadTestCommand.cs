@@ -94,10 +94,10 @@ public sealed class LoadTestCommand : AsyncCommand<LoadTestSettings>
         Microsoft.AspNetCore.Builder.WebApplication? app = null;
         Uri baseUri;
         string description;
+        var server = s.ServerOptions();
         if (s.Url is null)
         {
             // The load test's own server: the settings of `beagle serve`, on a free loopback port, quiet.
-            var server = s.ServerOptions();
             server.Host = "127.0.0.1"; server.Port = 0;
             app = BeagleServer.Create(s.ConfigureModel, server, logging: l => l.SetMinimumLevel(LogLevel.Warning)
                 .AddSimpleConsole(o => o.SingleLine = true));
@@ -111,7 +111,7 @@ public sealed class LoadTestCommand : AsyncCommand<LoadTestSettings>
         {
             using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = 512, PooledConnectionLifetime = Timeout.InfiniteTimeSpan })
             { BaseAddress = baseUri, Timeout = TimeSpan.FromSeconds(s.TimeoutSeconds) };
-            var key = s.ServerOptions().ApiKey;
+            var key = server.ApiKey;
             if (key is not null) http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", key);
             var modelId = await ModelId(http, cancellationToken);
             CliConsole.Status($"load test: {description}, model '{modelId}', {s.Requests} {s.Endpoint} requests per level, max_tokens {s.MaxTokens}, levels {string.Join(",", s.Levels)}");
