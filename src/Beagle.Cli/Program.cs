@@ -45,7 +45,7 @@ app.Configure(c =>
         .WithExample("download", "--dir", "./models", "--force");
     c.AddCommand<ReportCommand>("report").WithDescription("Write report.md and PNG charts (tokens/s, speedup, acceptance by depth) from a saved bench result JSON.")
         .WithExample("report", "bench.json", "--out", "./report");
-    c.AddCommand<BenchPlainCommand>("bench-plain").WithDescription("Plain greedy decoding tokens/s at several thread counts (a target, or a random-weight model of a real shape).")
+    c.AddCommand<BenchPlainCommand>("bench-plain").WithDescription("Plain decoding tokens/s (greedy, or sampled with --temperature) at several thread counts (a target, or a random-weight model of a real shape).")
         .WithExample("bench-plain", "--random-shape", "llama-110m", "--thread-counts", "1,2");
     c.AddCommand<BenchCostsCommand>("bench-costs").WithDescription("What a plain step, a verification of T tokens and a draft step cost here, and the acceptance length each chain needs to pay (random weights suffice).")
         .WithExample("bench-costs", "--random-shape", "llama-110m", "--draft-vocab", "8000");

@@ -21,18 +21,27 @@ public sealed class BenchPlainSettings : ShapeOrModelSettings
     [Description("Runs per thread count, interleaved; the median is reported (default 5).")]
     public int Runs { get; init; } = 5;
 
+    [CommandOption("-t|--temperature <T>")] [Description("0 = greedy (default); > 0 measures sampled decoding (the sampler's cost included).")] public float Temperature { get; init; }
+    [CommandOption("--top-k <K>")] [Description("Sample among the K most likely tokens (default 0: off).")] public int TopK { get; init; }
+    [CommandOption("--top-p <P>")] [Description("Nucleus sampling mass, 0 < P <= 1 (default 1: off).")] public float TopP { get; init; } = 1f;
+    [CommandOption("--seed <S>")] [Description("Sampling seed of every run (default 1).")] public int Seed { get; init; } = 1;
+
+    /// <summary>The sampling setting every run decodes with (greedy by default).</summary>
+    public SamplingOptions Sampling => new() { Temperature = Temperature, TopK = TopK, TopP = TopP, Seed = Seed };
+
     public override ValidationResult Validate()
     {
         var b = base.Validate();
         if (!b.Successful) return b;
         if (MaxTokens < 1 || Runs < 1) return ValidationResult.Error("--max-tokens and --runs must be >= 1");
         if (ThreadCounts.Split(',').Any(t => !int.TryParse(t, out var n) || n < 1)) return ValidationResult.Error("--thread-counts must be a list of positive integers, e.g. 1,2");
+        try { Sampling.Validate(); } catch (ArgumentException e) { return ValidationResult.Error(e.Message); }
         return ValidationResult.Success();
     }
 }
 
 /// <summary>
-/// <c>beagle bench-plain</c>: plain greedy decoding tokens/s of one target at several thread counts, interleaved run by
+/// <c>beagle bench-plain</c>: plain decoding tokens/s (greedy, or sampled with --temperature) of one target at several thread counts, interleaved run by
 /// run (the thread count is a process-wide libtorch setting, switched between runs). Picks the thread count by measurement.
 /// </summary>
 public sealed class BenchPlainCommand : Command<BenchPlainSettings>
@@ -44,7 +53,7 @@ public sealed class BenchPlainCommand : Command<BenchPlainSettings>
         var threads = s.ThreadCounts.Split(',').Select(int.Parse).ToArray();
         var gen = new Generator(model, tokenizer ?? new NullTokenizer(model.Config.VocabSize));
         int[] prompt = [model.Config.BosId];
-        var o = new GenerationOptions { MaxNewTokens = s.MaxTokens };
+        var o = new GenerationOptions { MaxNewTokens = s.MaxTokens, Sampling = s.Sampling };
         var runs = threads.ToDictionary(t => t, _ => new List<double>());
         TorchSharp.torch.set_num_threads(threads[0]);
         // Warm-up, untimed, every thread count: .NET optimises hot code only after it has run for a while (one 16-token

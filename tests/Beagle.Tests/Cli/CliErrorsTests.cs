@@ -35,6 +35,8 @@ public class CliErrorsTests
         Assert.Equal(ExitCodes.Usage, Run("nosuch"));
         Assert.Equal(ExitCodes.Usage, Run("download", "--bogus"));
         Assert.Equal(ExitCodes.Usage, Run("download", "--url", "not a url"));
+        Assert.Equal(ExitCodes.Usage, Run("bench-plain", "--temperature", "0.8", "--top-p", "0"));
+        Assert.Equal(ExitCodes.Usage, Run("bench-plain", "--temperature", "-1"));
     }
 
     [Theory]
