@@ -169,12 +169,15 @@ internal sealed class SpeculativeStrategy : IDecodeStrategy
         return emitted;
     }
 
-    /// <summary>
-    /// The sampling acceptance (a method of its own: the lambda's closure would otherwise be allocated on every
-    /// Finish, greedy ones included).
-    /// </summary>
+    /// <summary>The sampling acceptance over the tree's rows of the forward's logits (from <paramref name="row"/>).</summary>
     int AcceptSampling(ForwardOutput o, int row, int vocab, out int bonus)
-        => Verifier.AcceptSampling(_tree, i => _sampler.Probabilities(o.HostLogits.Slice((row + i) * vocab, vocab)), _sampler, _mutation, _path, out bonus);
+        => Verifier.AcceptSampling(_tree, new TreeRows(o, row, vocab, _sampler), _sampler, _mutation, _path, out bonus);
+
+    /// <summary>Node i's distribution: the sampler's, of logits row <c>row + i</c>, in the sampler's buffer.</summary>
+    readonly struct TreeRows(ForwardOutput output, int row, int vocab, Sampler sampler) : INodeDistributions
+    {
+        public Span<float> After(int node) => sampler.Distribution(output.HostLogits.Slice((row + node) * vocab, vocab));
+    }
 
     public void Dispose() => _session.Dispose();
 }

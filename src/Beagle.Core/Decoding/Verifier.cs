@@ -48,18 +48,23 @@ public static class Verifier
     internal static (List<int> Path, int Bonus) AcceptSampling(DraftTree tree, Func<int, float[]> probabilities, Sampler sampler, AcceptanceMutation mutation)
     {
         Span<int> path = tree.Count <= 256 ? stackalloc int[tree.Count] : new int[tree.Count];
-        int n = AcceptSampling(tree, probabilities, sampler, mutation, path, out int bonus);
+        int n = AcceptSampling(tree, new ArrayDistributions(probabilities), sampler, mutation, path, out int bonus);
         return ([.. path[..n]], bonus);
     }
 
-    /// <summary>The sampling acceptance into <paramref name="path"/> (at least tree.Count long); returns the path's length.</summary>
-    internal static int AcceptSampling(DraftTree tree, Func<int, float[]> probabilities, Sampler sampler, AcceptanceMutation mutation, Span<int> path, out int bonus)
+    /// <summary>
+    /// The sampling acceptance into <paramref name="path"/> (at least tree.Count long); returns the path's length.
+    /// <paramref name="distributions"/> is a struct (decode rounds pass the forward's rows without a closure), and the
+    /// span it returns for a node may be modified: rejected children are zeroed in it.
+    /// </summary>
+    internal static int AcceptSampling<TDistributions>(DraftTree tree, TDistributions distributions, Sampler sampler, AcceptanceMutation mutation, Span<int> path, out int bonus)
+        where TDistributions : struct, INodeDistributions
     {
         path[0] = 0;
         int n = 1, cur = 0;
         while (true)
         {
-            var p = probabilities(cur);
+            var p = distributions.After(cur);
             int accepted = -1;
             double mass = 1.0;   // remaining (unnormalised) mass of p after rejections
             foreach (var c in tree.ChildrenOf(cur))
@@ -76,6 +81,18 @@ public static class Verifier
             path[n++] = accepted; cur = accepted;
         }
     }
+
+    readonly struct ArrayDistributions(Func<int, float[]> probabilities) : INodeDistributions
+    {
+        public Span<float> After(int node) => probabilities(node);
+    }
+}
+
+/// <summary>The sampling distribution after each node of a draft tree, asked for lazily (only accepted nodes are).</summary>
+internal interface INodeDistributions
+{
+    /// <summary>The distribution after <paramref name="node"/>, [V], writable; valid until the next call.</summary>
+    Span<float> After(int node);
 }
 
 /// <summary>

@@ -75,6 +75,8 @@ public class SteadyStateAllocationTests(ITestOutputHelper output)
     static GenerationOptions Plain => new() { MaxNewTokens = 400 };
     static GenerationOptions Chain => new() { MaxNewTokens = 400, Speculative = new SpeculativeOptions { TreeTokens = 4, TreeDepth = 3, TreeTopK = 1 } };
     static GenerationOptions Tree => new() { MaxNewTokens = 400, Speculative = new SpeculativeOptions { TreeTokens = 16, TreeDepth = 5, TreeTopK = 4 } };
+    /// <summary>Sampled (temperature, top-k and top-p all on: the sampler's sort path), seeded.</summary>
+    static GenerationOptions Sampled(GenerationOptions o) => o with { Sampling = new SamplingOptions { Temperature = 0.8f, TopK = 40, TopP = 0.95f, Seed = 11 } };
 
     /// <summary>
     /// Rounds of one case that may allocate beyond their chunk. Not zero: in a loaded parallel test run, a single round
@@ -87,7 +89,7 @@ public class SteadyStateAllocationTests(ITestOutputHelper output)
     [Theory]
     [InlineData("beagle")]
     [InlineData("eagle2")]
-    public void A_round_allocates_nothing_but_its_chunk_plain_chain_tree_and_batched(string arch)
+    public void A_round_allocates_nothing_but_its_chunk_plain_chain_tree_batched_and_sampled(string arch)
     {
         using var draft = DraftCheckpoint.Load(Path.Combine(AppContext.BaseDirectory, "models", "stories260K", arch), TestAssets.Stories);
         var g = new Generator(TestAssets.Stories, TestAssets.StoriesTokenizer, draft);
@@ -98,6 +100,9 @@ public class SteadyStateAllocationTests(ITestOutputHelper output)
             ("tree 16/5/4", Measure(g, Tree)),
             ("batch of plain + chain + tree", Measure(g, Plain, Chain, Tree)),
             ("batch of three chains (Beagle's drafted in lockstep)", Measure(g, Chain, Chain, Chain)),
+            ("sampled plain", Measure(g, Sampled(Plain))),
+            ("sampled chain 4/3/1", Measure(g, Sampled(Chain))),
+            ("sampled tree 16/5/4", Measure(g, Sampled(Tree))),
         };
         foreach (var (name, m) in cases) output.WriteLine($"{arch} {name}: {m}");
         foreach (var (name, m) in cases)
