@@ -248,9 +248,10 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
             if (rows is null)
             {
                 _stats.FinishReason = FinishReason.ContextFull;
-                var tail = _stops!.Push(_decoder!.Flush()) + _stops.Flush();
+                var tail = _text.Clear();
+                _stops!.End(_decoder!.Flush(), tail);
                 _stats.DecodeSeconds = Stopwatch.GetElapsedTime(_tDecode).TotalSeconds;
-                _chunk = tail.Length > 0 ? new GenerationChunk([], tail) : null;
+                _chunk = tail.Length > 0 ? new GenerationChunk([], tail.ToString()) : null;
                 Done = true;
             }
             return rows;
@@ -283,7 +284,7 @@ public sealed class Generator(LlamaModel target, ITokenizer tokenizer, IDraftMod
             // towards the acceptance length (a plain step that produces EOS still counts its one token).
             if (!_first) _stats.RoundTokens += consumed;
             _first = false;
-            if (Done && _stats.FinishReason != FinishReason.StopString) text.Append(_stops!.Push(_decoder!.Flush())).Append(_stops.Flush());
+            if (Done && _stats.FinishReason != FinishReason.StopString) _stops!.End(_decoder!.Flush(), text);
             _stats.DecodeSeconds = Stopwatch.GetElapsedTime(_tDecode).TotalSeconds;
             _chunk = emitted > 0 || text.Length > 0 ? new GenerationChunk(tokens[..emitted].ToArray(), text.ToString()) : null;
             _pending = tokens[^1];

@@ -103,6 +103,8 @@ public class SteadyStateAllocationTests(ITestOutputHelper output)
             ("sampled plain", Measure(g, Sampled(Plain))),
             ("sampled chain 4/3/1", Measure(g, Sampled(Chain))),
             ("sampled tree 16/5/4", Measure(g, Sampled(Tree))),
+            // Stop strings that begin like the story's text, so some of it is held back and released.
+            ("chain 4/3/1 with stop strings", Measure(g, Chain with { StopStrings = ["Once upon a midnight", "The end of it all"] })),
         };
         foreach (var (name, m) in cases) output.WriteLine($"{arch} {name}: {m}");
         foreach (var (name, m) in cases)
