@@ -79,10 +79,7 @@ public sealed class BenchPlainCommand : Command<BenchPlainSettings>
             }
         var table = new Table().AddColumns("model", "threads", "tokens/s (median)", "runs");
         foreach (var t in threads)
-        {
-            var sorted = runs[t].OrderBy(x => x).ToArray();
-            table.AddRow(Markup.Escape(name), t.ToString(), $"{sorted[sorted.Length / 2]:F1}", string.Join(" ", runs[t].Select(x => x.ToString("F0"))));
-        }
+            table.AddRow(Markup.Escape(name), t.ToString(), $"{SpeculativeBenchmark.Median(runs[t]):F1}", string.Join(" ", runs[t].Select(x => x.ToString("F0"))));
         AnsiConsole.Write(table);
         return 0;
     }
